@@ -1,0 +1,30 @@
+# make demo: install into .venv if needed, then train the embedded default (char GPT on Shakespeare).
+# make test: install the test extras if needed, then run the test suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdirs/demo
+
+.PHONY: demo test test-slow clean-demo
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.test: requirements-test.txt $(VENV)/.runtime
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+demo: $(VENV)/.runtime
+	$(PY) -m lmjax.main --config=experiments/configs/shakespeare_char.py --workdir=$(WORKDIR)
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.test
+	$(PY) -m pytest -q -m slow
+
+clean-demo:
+	rm -rf $(WORKDIR)

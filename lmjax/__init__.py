@@ -1,0 +1,1 @@
+"""lmjax: a small JAX/Flax NNX codebase for pretraining and fine-tuning language models."""

@@ -1,0 +1,82 @@
+"""Orbax CheckpointManager holding the train state and the grain iterator state, step by step.
+
+Beside the checkpoints, a run's workdir holds its config (config.json) and tokenizer (tokenizer/).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from ml_collections import ConfigDict
+
+CKPT_DIR, CONFIG_FILE, TOKENIZER_DIR = "checkpoints", "config.json", "tokenizer"
+
+
+def manager(workdir: Path, *, keep: int) -> ocp.CheckpointManager:
+    """Saves happen when the loop asks (it checks the state is finite first); the newest `keep` are kept."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
+    return ocp.CheckpointManager(Path(workdir).absolute() / CKPT_DIR, options=options, item_names=("state", "data"))
+
+
+class _IteratorState:
+    """Adapts a grain iterator to grain's checkpoint handler, which stores per-process JSON.
+
+    Save: the state is read now, because Orbax writes in a background thread when the loop has moved on.
+    Restore: JSON turns tuples into lists, which grain's packing state compares against tuples.
+    """
+
+    def __init__(self, data_iter: Any):
+        self.data_iter = data_iter
+        self.saved = json.dumps(data_iter.get_state(), indent=2).encode()
+
+    def get_state(self) -> bytes:
+        return self.saved
+
+    def set_state(self, raw: bytes) -> None:
+        self.data_iter.set_state(_tuples(json.loads(raw)))
+
+    def start_prefetch(self) -> None:
+        pass
+
+
+def _tuples(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | None) -> bool:
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None:
+        items["data"] = grain.checkpoint.CheckpointSave(_IteratorState(data_iter))
+    return mngr.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any | None) -> Any:
+    """Restores the state (sharded like `abstract_state`) and, in place, the data iterator."""
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(_IteratorState(data_iter))
+    try:
+        restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"the checkpoint at step {step} in {mngr.directory} does not fit this model "
+                         f"({str(e).splitlines()[0][:200]}); use a fresh --workdir or the run's own config") from None
+    return restored["state"]
+
+
+def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+
+
+def save_config(workdir: Path, config: ConfigDict) -> None:
+    (Path(workdir) / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load_config(workdir: Path) -> dict | None:
+    path = Path(workdir) / CONFIG_FILE
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,83 @@
+"""The base config every experiment starts from; experiment files change values, never add keys."""
+from __future__ import annotations
+
+import difflib
+
+from ml_collections import ConfigDict
+
+
+def base() -> ConfigDict:
+    c = ConfigDict()
+    c.mode = "train"  # train | sample
+    c.seed = 0
+
+    c.model = ConfigDict(dict(
+        family="decoder", vocab_size=0,  # 0: the tokenizer's vocabulary size
+        num_layers=4, num_heads=4, d_model=128, d_ff=0,  # d_ff 0: 4 * d_model
+        max_len=64, positions="learned",  # learned | sinusoidal | rotary
+        dropout=0.0, attention_dropout=0.0, tie_embeddings=True, use_bias=True, dtype="float32"))
+
+    c.data = ConfigDict(dict(
+        text_files="",  # comma-separated text files; empty: the embedded Shakespeare corpus
+        tfds_name="", tfds_data_dir="", train_split="train", eval_split="validation", text_key="text",
+        validation_fraction=0.1,  # text files: the last fraction of each file is the validation split
+        cache_dir="",  # built datasets and downloads; empty: $LMJAX_CACHE or ~/.cache/lmjax
+        tokenizer="char",  # char | sentencepiece
+        vocab_size=0,  # sentencepiece vocabulary size to train
+        tokenizer_path="",  # a saved tokenizer directory to use instead of training one
+        tokenizer_train_examples=0,  # examples the tokenizer is trained on; 0: the whole train split
+        seq_len=64, batch_size=12,  # batch_size is global, over all processes and devices
+        shuffle_window=256))
+
+    c.optim = ConfigDict(dict(
+        learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100, b1=0.9, b2=0.99, eps=1e-8,
+        weight_decay=0.1, decay_embeddings=False, grad_clip=1.0, grad_accum_steps=1))
+
+    c.train = ConfigDict(dict(
+        objective="causal_lm", num_steps=2000, log_every=50, eval_every=250, eval_batches=50,
+        checkpoint_every=500, keep_checkpoints=3, sample_tokens=200, progress=True))
+
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+    c.sample = ConfigDict(dict(prompt="\n", num_tokens=500, temperature=0.8, top_k=200, num_samples=1, seed=0))
+    return c
+
+
+def lock(c: ConfigDict) -> ConfigDict:
+    validate(c)
+    c.lock()
+    return c
+
+
+def validate(c: ConfigDict) -> None:
+    """Value checks that would otherwise fail deep inside a run."""
+    if c.mode not in ("train", "sample"):
+        raise ValueError(f"mode={c.mode!r} is unknown; use 'train' or 'sample'")
+    if c.data.seq_len > c.model.max_len:
+        raise ValueError(f"data.seq_len={c.data.seq_len} is longer than the model's positions "
+                         f"(model.max_len={c.model.max_len}); shorten data.seq_len or raise model.max_len")
+    if c.optim.grad_accum_steps < 1 or c.data.batch_size % c.optim.grad_accum_steps:
+        raise ValueError(f"data.batch_size={c.data.batch_size} is not divisible by optim.grad_accum_steps="
+                         f"{c.optim.grad_accum_steps}; pick an accumulation count that divides the batch")
+    if c.data.tokenizer == "sentencepiece" and not (c.data.vocab_size or c.data.tokenizer_path):
+        raise ValueError("data.tokenizer='sentencepiece' needs data.vocab_size (e.g. 8000) or data.tokenizer_path")
+
+
+def unknown_key_message(error: Exception, c: ConfigDict) -> str | None:
+    """A one-line message for a misspelt `--config.a.b=...` override, or None if `error` is not that."""
+    text = str(error)
+    if not isinstance(error, (AttributeError, KeyError)) or "Did you mean" not in text and "not found" not in text.lower():
+        return None
+    keys = list(_flat_keys(c))
+    bad = text.split("'")[1] if "'" in text else text
+    close = difflib.get_close_matches(bad, [k.rsplit(".", 1)[-1] for k in keys], n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"unknown config key {bad!r}.{hint} Valid keys: {', '.join(keys)}"
+
+
+def _flat_keys(c: ConfigDict, prefix: str = ""):
+    for k, v in c.items():
+        if isinstance(v, ConfigDict):
+            yield from _flat_keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"

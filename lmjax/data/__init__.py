@@ -1,0 +1,1 @@
+"""Tokenizers, corpora (TFDS builders) and grain input pipelines."""

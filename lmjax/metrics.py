@@ -1,0 +1,100 @@
+"""Where numbers go: console progress, TensorBoard events, a metrics JSONL, a loss-curve PNG; FLOP counts."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import tqdm
+
+JSONL, PLOT, TB_DIR = "metrics.jsonl", "loss.png", "tensorboard"
+
+
+def decoder_flops_per_token(num_params: int, num_layers: int, d_model: int, seq_len: int) -> float:
+    """Training FLOPs per token, 6N + 12 * L * D * T (PaLM appendix B; H * Q = D): forward + backward.
+
+    N counts the non-embedding parameters plus the output head; the attention term covers QK^T and AV.
+    """
+    return 6.0 * num_params + 12.0 * num_layers * d_model * seq_len
+
+
+class Writer:
+    """Scalars to TensorBoard and to a JSONL (one line per logging step); text samples to both."""
+
+    def __init__(self, workdir: Path, resume_step: int = 0, enabled: bool = True):
+        self.path = Path(workdir) / JSONL
+        self.enabled = enabled
+        if not enabled:
+            return
+        if self.path.exists():  # a resumed run redoes the steps after its checkpoint: drop their old lines
+            lines = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
+            self.path.write_text("".join(l + "\n" for l in lines))
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(str(Path(workdir) / TB_DIR))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for k, v in values.items():
+            self.tb.add_scalar(k, v, step)
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}) + "\n")
+
+    def text(self, step: int, name: str, value: str) -> None:
+        if not self.enabled:
+            return
+        self.tb.add_text(name, value, step)
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, name: value}) + "\n")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+
+
+def read_jsonl(workdir: Path) -> list[dict]:
+    path = Path(workdir) / JSONL
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+
+def plot_losses(workdir: Path) -> Path:
+    """Train and validation loss against step, from the JSONL, as loss.png in the workdir."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_jsonl(workdir)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("train/loss", "train"), ("eval/loss", "validation")):
+        pts = [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
+        if pts:
+            ax.plot(*zip(*pts), label=label, marker="o" if key.startswith("eval") else None, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(workdir) / PLOT
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+class Progress:
+    """A tqdm bar showing step, loss, tokens/s and the ETA."""
+
+    def __init__(self, start: int, total: int, enabled: bool = True):
+        self.bar = tqdm.tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True,
+                             mininterval=1.0, smoothing=0.1)
+
+    def update(self, step: int, loss: float, tokens_per_s: float) -> None:
+        self.bar.set_postfix_str(f"loss={loss:.4f} tok/s={tokens_per_s:,.0f}", refresh=False)
+        self.bar.update(step - self.bar.n)
+
+    def write(self, message: str) -> None:
+        self.bar.write(message)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,329 @@
+"""TrainState, the pure train/eval steps, and the training loop."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from ml_collections import ConfigDict
+
+from lmjax import checkpoint, decode, metrics, models, objectives, optim, parallel
+from lmjax.data import corpora, pipeline, tokenizers
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: nnx.State
+    opt_state: optax.OptState
+    rng: jax.Array  # base key; step n uses fold_in(rng, n), so a resumed run draws the same numbers
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objective: Callable,
+                    accum_steps: int) -> Callable:
+    def loss_fn(params, batch, key):
+        model = nnx.merge(graphdef, params)
+        logits = model(batch["inputs"], deterministic=False, rngs=nnx.Rngs(dropout=key))
+        return objective(logits, batch)
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(state.rng, state.step)
+        if accum_steps == 1:
+            grads, stats = grad_fn(state.params, batch, key)
+        else:  # microbatch i takes rows i, i + A, ...: each device keeps its own rows
+            micro = jax.tree.map(lambda x: x.reshape(-1, accum_steps, *x.shape[1:]).swapaxes(0, 1), batch)
+
+            def accumulate(carry, xs):
+                i, mb = xs
+                g, s = grad_fn(state.params, mb, jax.random.fold_in(key, i))
+                return jax.tree.map(jnp.add, carry, (g, s)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params,
+                                                                jax.tree.map(lambda x: x[0], micro), key))
+            (grads, stats), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum_steps), micro))
+        # The loss is the token-weighted mean over the whole batch: divide the summed gradient once.
+        grads = jax.tree.map(lambda g: g / jnp.maximum(stats["weight"], 1.0), grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        out = objectives.summarize(stats) | {"grad_norm": optax.global_norm(grads)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
+
+    return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef, objective: Callable) -> Callable:
+    def eval_step(params: nnx.State, batch: dict) -> dict:
+        return objective(nnx.merge(graphdef, params)(batch["inputs"]), batch)[1]
+
+    return eval_step
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a run derives from its config: model structure, optimizer, shardings, compiled steps."""
+
+    config: ConfigDict
+    mesh: jax.sharding.Mesh
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    state_shardings: Any
+    abstract_state: Any
+    init: Callable
+    train_step: Callable
+    eval_step: Callable
+
+    @property
+    def num_params(self) -> int:
+        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state.params))
+
+
+def setup(config: ConfigDict, devices=None) -> Setup:
+    """Builds the mesh and compiles nothing yet; parameters are created directly sharded by `init`."""
+    mesh = parallel.make_mesh(config.mesh, devices)
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.data.batch_size % (batch_shards * config.optim.grad_accum_steps):
+        raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by the {batch_shards} batch shards "
+                         f"(mesh data x fsdp) x {config.optim.grad_accum_steps} accumulation steps; change the batch size")
+    tx = optim.make(config.optim, config.train.num_steps)
+
+    def init(rng: jax.Array) -> TrainState:
+        model = models.build(config.model, nnx.Rngs(params=rng))
+        params = nnx.state(model, nnx.Param)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=jax.random.fold_in(rng, 1))
+
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.build(config.model, nnx.Rngs(0))))
+    abstract_state = jax.eval_shape(init, jax.random.PRNGKey(0))
+    shardings = parallel.state_shardings(abstract_state, mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch_sharding = parallel.batch_sharding(mesh)
+    objective = objectives.get(config.train.objective)
+    train_step = jax.jit(make_train_step(graphdef, tx, objective, config.optim.grad_accum_steps),
+                         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
+                         donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(graphdef, objective), in_shardings=(shardings.params, batch_sharding),
+                        out_shardings=replicated)
+    return Setup(config, mesh, graphdef, tx, shardings, abstract_state,
+                 jax.jit(init, out_shardings=shardings), train_step, eval_step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run preparation: tokenizer and config checks against what the workdir already holds.
+
+
+_NON_ARCHITECTURE = ("dropout", "attention_dropout")
+
+
+def prepare_tokenizer(config: ConfigDict, workdir: Path, corpus: corpora.Corpus) -> tokenizers.Tokenizer:
+    """The run's tokenizer: the workdir's own if it has one, else loaded from data.tokenizer_path or trained."""
+    saved_dir = workdir / checkpoint.TOKENIZER_DIR
+    if saved_dir.is_dir():
+        tok = tokenizers.load(saved_dir)
+        if config.data.tokenizer_path:
+            other = tokenizers.load(Path(config.data.tokenizer_path))
+            if (other.kind, other.vocab_size, other.decode(range(other.vocab_size))) != (
+                    tok.kind, tok.vocab_size, tok.decode(range(tok.vocab_size))):
+                raise ValueError(f"data.tokenizer_path={config.data.tokenizer_path!r} ({other.kind}, {other.vocab_size} "
+                                 f"tokens) does not match the vocabulary this workdir was trained with ({tok.kind}, "
+                                 f"{tok.vocab_size} tokens); drop data.tokenizer_path or use a new --workdir")
+        return tok
+    if config.data.tokenizer_path:
+        tok = tokenizers.load(Path(config.data.tokenizer_path))
+    else:
+        texts = pipeline.tokenizer_texts(corpus, config.data.tokenizer_train_examples)
+        tok = tokenizers.train(config.data.tokenizer, texts, config.data.vocab_size)
+    if jax.process_index() == 0:
+        tok.save(saved_dir)
+    return tok
+
+
+def resolve_model_config(config: ConfigDict, tok: tokenizers.Tokenizer, workdir: Path) -> ConfigDict:
+    """Fills model.vocab_size from the tokenizer and checks the workdir holds no other architecture."""
+    config = ConfigDict(config.to_dict())  # unlocked copy
+    if not config.model.vocab_size:
+        config.model.vocab_size = tok.vocab_size
+    elif config.model.vocab_size < tok.vocab_size:
+        raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+                         f"{tok.vocab_size} tokens; set model.vocab_size=0 to take the tokenizer's size")
+    saved = checkpoint.load_config(workdir)
+    if saved is not None and (workdir / checkpoint.CKPT_DIR).is_dir():
+        mine = config.model.to_dict()
+        diff = {k: (saved["model"].get(k), mine[k]) for k in mine
+                if k not in _NON_ARCHITECTURE and saved["model"].get(k) != mine[k]}
+        if diff:
+            desc = ", ".join(f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise ValueError(f"{workdir} holds a checkpoint of a different architecture ({desc}); "
+                             f"use a new --workdir or the run's own config")
+    return config
+
+
+def _fmt(values: dict) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in values.items())
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict:
+    """Trains (resuming from the workdir's latest checkpoint if any); returns the final metrics."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    lead = jax.process_index() == 0
+    corpus = corpora.load(config.data)
+    tok = prepare_tokenizer(config, workdir, corpus)
+    config = resolve_model_config(config, tok, workdir)
+    s = setup(config)
+    c = config.train
+    mngr = checkpoint.manager(workdir, keep=c.keep_checkpoints)
+    if lead:
+        checkpoint.save_config(workdir, config)
+
+    shard, nshards = jax.process_index(), jax.process_count()
+    train_iter = iter(pipeline.train_dataset(
+        corpus, tok, seq_len=config.data.seq_len, batch_size=config.data.batch_size // nshards, seed=config.seed,
+        shuffle_window=config.data.shuffle_window, shard_index=shard, shard_count=nshards))
+    start = mngr.latest_step() or 0
+    if start:
+        abstract = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
+        state = checkpoint.restore(mngr, start, abstract, train_iter)
+    else:
+        state = s.init(jax.random.PRNGKey(config.seed))
+
+    writer = metrics.Writer(workdir, resume_step=start, enabled=lead)
+    progress = metrics.Progress(start, c.num_steps, enabled=lead and c.progress)
+    log = progress.write if lead else (lambda _: None)
+    log(f"lmjax: {s.num_params:,} parameters, mesh {dict(s.mesh.shape)}, corpus {corpus.name}, "
+        f"{tok.kind} tokenizer ({tok.vocab_size} tokens), " + (f"resuming at step {start}" if start else "from scratch"))
+    tokens_per_step = config.data.batch_size * config.data.seq_len
+
+    def evaluate(step: int) -> dict:
+        totals = None
+        for batch in pipeline.eval_batches(corpus, tok, seq_len=config.data.seq_len,
+                                           batch_size=config.data.batch_size // nshards,
+                                           max_batches=c.eval_batches, shard_index=shard, shard_count=nshards):
+            stats = s.eval_step(state.params, parallel.global_batch(batch, s.mesh))
+            totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
+        if totals is None:
+            raise ValueError("the validation split is too small for one batch; lower data.batch_size or data.seq_len, "
+                             "or raise data.validation_fraction")
+        result = {f"eval/{k}": float(v) for k, v in objectives.summarize(totals).items()}
+        text = sample_text(s, state.params, tok, config.sample.prompt, c.sample_tokens, config.sample.temperature,
+                           config.sample.top_k, jax.random.PRNGKey(step))
+        writer.scalars(step, result)
+        writer.text(step, "sample", text)
+        log(f"step {step}: {_fmt(result)}\n--- sample ---\n{text}\n--------------")
+        return result
+
+    history: list[dict] = []  # host copies of the metrics since the last log line
+    last_log = (start, time.perf_counter())
+    pending = None  # (step, device metrics) of the step dispatched before the current one
+
+    def settle(step: int, device_metrics: dict) -> None:
+        """Reads one step's metrics (the async-dispatch-friendly way: one step behind) and fails fast on NaN."""
+        nonlocal last_log
+        m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+            mngr.wait_until_finished()
+            raise NonFiniteLoss(f"loss became {m['loss']} (grad norm {m['grad_norm']}) at step {step}; stopped without "
+                                f"saving, the last good checkpoint (step {mngr.latest_step()}) is untouched. "
+                                f"Lower optim.learning_rate or raise optim.warmup_steps, then rerun to resume")
+        history.append(m)
+        if step % c.log_every == 0 or step == c.num_steps:
+            now = time.perf_counter()
+            mean = {f"train/{k}": float(np.mean([h[k] for h in history])) for k in history[0]}
+            mean["train/tokens_per_s"] = (step - last_log[0]) * tokens_per_step / max(now - last_log[1], 1e-9)
+            mean["train/learning_rate"] = float(optim.schedule(config.optim, c.num_steps)(step - 1))
+            writer.scalars(step, mean)
+            progress.update(step, mean["train/loss"], mean["train/tokens_per_s"])
+            history.clear()
+            last_log = (step, now)
+
+    final_eval: dict = {}
+    try:
+        for step in range(start + 1, c.num_steps + 1):
+            batch = parallel.global_batch(next(train_iter), s.mesh)
+            state, step_metrics = s.train_step(state, batch)
+            if pending is not None:
+                settle(*pending)
+            pending = (step, step_metrics)
+            is_last = step == c.num_steps
+            do_eval, do_save = is_last or step % c.eval_every == 0, is_last or step % c.checkpoint_every == 0
+            if do_eval or do_save:
+                settle(*pending)  # sync: the state about to be evaluated or saved must be finite
+                pending = None
+            if do_eval:
+                final_eval = evaluate(step)
+            if do_save:
+                checkpoint.save(mngr, step, state, train_iter)
+        if pending is not None:
+            settle(*pending)
+        if start >= c.num_steps:
+            final_eval = evaluate(start)
+    finally:
+        mngr.wait_until_finished()
+        progress.close()
+        writer.close()
+    if lead:
+        plot = metrics.plot_losses(workdir)
+        log(f"done: step {c.num_steps}, final validation loss {final_eval.get('eval/loss', float('nan')):.4f}; "
+            f"workdir {workdir} (checkpoints, {metrics.JSONL}, {metrics.TB_DIR}/, {plot.name})")
+    return final_eval
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling from a trained workdir.
+
+
+def sample_text(s: Setup, params: nnx.State, tok: tokenizers.Tokenizer, prompt: str, num_tokens: int,
+                temperature: float, top_k: int, key: jax.Array, num_samples: int = 1) -> str:
+    prompt_ids = tok.encode(prompt)
+    if prompt_ids.size == 0:
+        raise ValueError("sample.prompt is empty; give some text (e.g. a newline)")
+    prompt_BP = np.tile(prompt_ids[None], (num_samples, 1))
+    out = decode.generate(s.graphdef, params, prompt_BP, key, num_tokens=num_tokens, temperature=temperature,
+                          top_k=min(top_k, s.config.model.vocab_size))
+    return "\n=====\n".join(tok.decode(np.asarray(row)) for row in out)
+
+
+def load_trained(workdir: str | Path) -> tuple[Setup, nnx.State, tokenizers.Tokenizer, int]:
+    """The latest parameters of a workdir, with the run's own config and tokenizer."""
+    workdir = Path(workdir)
+    saved = checkpoint.load_config(workdir)
+    mngr = checkpoint.manager(workdir, keep=1)
+    step = mngr.latest_step() if (workdir / checkpoint.CKPT_DIR).is_dir() else None
+    if saved is None or step is None:
+        raise FileNotFoundError(f"{workdir} holds no trained run (no {checkpoint.CONFIG_FILE} and checkpoint); "
+                                "train first or point --workdir at a run")
+    config = ConfigDict(saved)
+    tok = tokenizers.load(workdir / checkpoint.TOKENIZER_DIR)
+    if tok.vocab_size > config.model.vocab_size:
+        raise ValueError(f"the tokenizer in {workdir / checkpoint.TOKENIZER_DIR} has {tok.vocab_size} tokens but the "
+                         f"checkpoint's model has {config.model.vocab_size}; restore the run's own tokenizer")
+    config.mesh.update(data=-1, fsdp=1, tensor=1)
+    s = setup(config)
+    abstract = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
+    state = checkpoint.restore(mngr, step, abstract, None)
+    return s, state.params, tok, step
+
+
+def sample(config: ConfigDict, workdir: str | Path) -> str:
+    s, params, tok, step = load_trained(workdir)
+    c = config.sample
+    text = sample_text(s, params, tok, c.prompt, c.num_tokens, c.temperature, c.top_k, jax.random.PRNGKey(c.seed),
+                       c.num_samples)
+    print(f"--- {c.num_samples} sample(s) from {workdir} at step {step} (temperature {c.temperature}, top-k {c.top_k}) ---")
+    print(text)
+    return text

@@ -1,0 +1,44 @@
+"""Test set-up: 8 fake CPU devices (before jax is imported), a small corpus and the tiny config."""
+import os
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from experiments.configs import shakespeare_char  # noqa: E402
+
+WORDS = ("the king queen sword crown night day love death speak heart lord lady fair noble hath thou thee "
+         "my our what shall be not to and of in is with").split()
+
+
+def make_text(num_lines: int, seed: int = 0) -> str:
+    """Verse-like text: speaker names, lines of words, blank lines between speeches."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(num_lines):
+        if i % 6 == 0:
+            out.append(("" if i == 0 else "\n") + rng.choice(["KING", "QUEEN", "LORD", "LADY"]) + ":")
+        out.append(" ".join(rng.choice(WORDS, size=rng.integers(4, 10))).capitalize() + rng.choice([".", ",", "!", "?"]))
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "verse.txt"
+    path.write_text(make_text(3000))
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("lmjax_cache")
+
+
+@pytest.fixture
+def tiny_config(corpus_file, cache_dir):
+    c = shakespeare_char.get_config("tiny")
+    c.data.text_files = str(corpus_file)
+    c.data.cache_dir = str(cache_dir)
+    return c

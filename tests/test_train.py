@@ -1,0 +1,182 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmjax import checkpoint, metrics, parallel, train
+from lmjax.data import tokenizers
+
+
+def fake_batches(n, batch=8, seq=32, vocab=16, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        tokens = rng.integers(3, vocab, size=(batch, seq + 1)).astype(np.int32)
+        out.append({"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": np.ones((batch, seq), np.float32)})
+    return out
+
+
+def run_steps(config, batches, devices=None):
+    s = train.setup(config, devices)
+    state = s.init(jax.random.PRNGKey(0))
+    losses = []
+    for b in batches:
+        state, m = s.train_step(state, parallel.global_batch(b, s.mesh))
+        losses.append(float(m["loss"]))
+    return losses, jax.device_get(state.params)
+
+
+def test_overfits_one_batch(tiny_config):
+    tiny_config.model.vocab_size = 16
+    tiny_config.optim.update(learning_rate=3e-3, warmup_steps=0, min_learning_rate=3e-3, weight_decay=0.0)
+    tiny_config.train.num_steps = 300
+    losses, _ = run_steps(tiny_config, fake_batches(1) * 300)
+    assert losses[0] > 2.5 and losses[-1] < 0.1, (losses[0], losses[-1])
+
+
+@pytest.mark.parametrize("mesh", [dict(data=8, fsdp=1, tensor=1), dict(data=2, fsdp=2, tensor=2)])
+def test_sharded_step_matches_one_device(tiny_config, mesh):
+    tiny_config.model.vocab_size = 16
+    tiny_config.model.dropout = 0.1  # dropout masks must not depend on the layout either
+    one = tiny_config.copy_and_resolve_references()
+    one.mesh.update(data=1, fsdp=1, tensor=1)
+    ref_losses, ref_params = run_steps(one, fake_batches(3), devices=jax.devices()[:1])
+    tiny_config.mesh.update(**mesh)
+    losses, params = run_steps(tiny_config, fake_batches(3))
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_accumulation_equals_one_big_batch(tiny_config):
+    tiny_config.model.vocab_size = 16
+    batches = fake_batches(2)
+    batches[0]["weights"][:3, 20:] = 0.0  # uneven weights: the mean must be over tokens, not microbatches
+    tiny_config.mesh.data = 2
+    ref_losses, ref_params = run_steps(tiny_config, batches, devices=jax.devices()[:2])
+    tiny_config.optim.grad_accum_steps = 4
+    losses, params = run_steps(tiny_config, batches, devices=jax.devices()[:2])
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# --- the loop, checkpoints and resume -------------------------------------------------------
+
+
+class Crash(Exception):
+    pass
+
+
+def record_batches(monkeypatch):
+    """Records the inputs of every train step the loop runs."""
+    seen = []
+    original = train.setup
+
+    def setup(*args, **kwargs):
+        s = original(*args, **kwargs)
+        step = s.train_step
+
+        def recording_step(state, batch):
+            seen.append(np.asarray(batch["inputs"]))
+            return step(state, batch)
+
+        s.train_step = recording_step
+        return s
+
+    monkeypatch.setattr(train, "setup", setup)
+    return seen
+
+
+def train_losses(workdir):
+    return {r["step"]: r["train/loss"] for r in metrics.read_jsonl(workdir) if "train/loss" in r}
+
+
+@pytest.fixture
+def loop_config(tiny_config):
+    tiny_config.train.update(num_steps=20, checkpoint_every=10, eval_every=10, log_every=1, keep_checkpoints=5)
+    tiny_config.model.dropout = 0.1  # the resumed run must draw the same dropout masks
+    return tiny_config
+
+
+def test_crash_and_resume_equals_uninterrupted_run(loop_config, tmp_path, monkeypatch):
+    seen = record_batches(monkeypatch)
+    train.train_and_evaluate(loop_config, tmp_path / "a")
+    uninterrupted_batches = list(seen)
+    ref = train_losses(tmp_path / "a")
+    for name in ("checkpoints", metrics.JSONL, metrics.PLOT, checkpoint.CONFIG_FILE, checkpoint.TOKENIZER_DIR):
+        assert (tmp_path / "a" / name).exists(), name
+    assert list((tmp_path / "a" / metrics.TB_DIR).glob("events.out.tfevents.*"))
+
+    original = metrics.Writer.scalars
+
+    def crash_at_13(self, step, values):
+        if step == 13 and "train/loss" in values:
+            raise Crash()
+        original(self, step, values)
+
+    monkeypatch.setattr(metrics.Writer, "scalars", crash_at_13)
+    with pytest.raises(Crash):
+        train.train_and_evaluate(loop_config, tmp_path / "b")
+    monkeypatch.setattr(metrics.Writer, "scalars", original)
+    seen.clear()
+    train.train_and_evaluate(loop_config, tmp_path / "b")
+    assert len(uninterrupted_batches) == 20 and len(seen) == 10
+    for a, b in zip(uninterrupted_batches[10:], seen):
+        np.testing.assert_array_equal(a, b)
+    got = train_losses(tmp_path / "b")
+    assert sorted(got) == list(range(1, 21))  # the crashed run's lines after step 10 were replaced
+    np.testing.assert_allclose([got[s] for s in range(1, 21)], [ref[s] for s in range(1, 21)], rtol=1e-6)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(loop_config, tmp_path):
+    loop_config.train.num_steps = 10
+    train.train_and_evaluate(loop_config, tmp_path)
+    ckpt = tmp_path / "checkpoints"
+    before = {p: p.stat().st_mtime_ns for p in ckpt.rglob("*") if p.is_file()}
+    loop_config.train.num_steps = 30
+    loop_config.optim.update(learning_rate=1e30, warmup_steps=0)
+    with pytest.raises(train.NonFiniteLoss, match=r"last good checkpoint \(step 10\) is untouched"):
+        train.train_and_evaluate(loop_config, tmp_path)
+    after = {p: p.stat().st_mtime_ns for p in ckpt.rglob("*") if p.is_file()}
+    assert before == after and sorted(os.listdir(ckpt)) == ["10"]
+
+
+def test_workdir_with_another_architecture_fails_clearly(loop_config, tmp_path):
+    loop_config.train.num_steps = 10
+    train.train_and_evaluate(loop_config, tmp_path)
+    files = sorted(str(p) for p in tmp_path.rglob("*"))
+    loop_config.model.d_model = 64
+    with pytest.raises(ValueError, match=r"different architecture \(model.d_model: checkpoint 32 vs config 64\)"):
+        train.train_and_evaluate(loop_config, tmp_path)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == files
+
+    other = tokenizers.train("char", ["xyz"], 0)
+    other.save(tmp_path.parent / "other_tok")
+    loop_config.model.d_model = 32
+    loop_config.data.tokenizer_path = str(tmp_path.parent / "other_tok")
+    with pytest.raises(ValueError, match="does not match the vocabulary this workdir was trained with"):
+        train.train_and_evaluate(loop_config, tmp_path)
+
+
+def test_sample_from_a_trained_workdir(loop_config, tmp_path, capsys):
+    loop_config.train.num_steps = 10
+    train.train_and_evaluate(loop_config, tmp_path)
+    loop_config.sample.update(prompt="KING:", num_tokens=40, num_samples=2, temperature=1.0, top_k=5)
+    text = train.sample(loop_config, tmp_path)
+    parts = text.split("\n=====\n")
+    assert len(parts) == 2 and all(p.startswith("KING:") and len(p) > 20 for p in parts)
+    # A tokenizer that does not fit the checkpoint's model is refused.
+    big = tokenizers.CharTokenizer("".join(chr(c) for c in range(0x100, 0x200)))
+    big.save(tmp_path / "tokenizer2")
+    (tmp_path / "tokenizer" / tokenizers.CHAR_FILE).write_text((tmp_path / "tokenizer2" / tokenizers.CHAR_FILE).read_text())
+    with pytest.raises(ValueError, match="has 259 tokens but the checkpoint's model has"):
+        train.sample(loop_config, tmp_path)
+
+
+def test_sample_needs_a_trained_workdir(loop_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no trained run"):
+        train.sample(loop_config, tmp_path)
