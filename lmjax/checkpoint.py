@@ -73,6 +73,12 @@ def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
 
 
+def saved_steps(workdir: Path) -> list[int]:
+    """The steps with a finished checkpoint, oldest first (without opening a manager, which creates dirs)."""
+    root = Path(workdir) / CKPT_DIR
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+
+
 def save_config(workdir: Path, config: ConfigDict) -> None:
     (Path(workdir) / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 
 from ml_collections import ConfigDict
 
@@ -66,10 +67,11 @@ def validate(c: ConfigDict) -> None:
 def unknown_key_message(error: Exception, c: ConfigDict) -> str | None:
     """A one-line message for a misspelt `--config.a.b=...` override, or None if `error` is not that."""
     text = str(error)
-    if not isinstance(error, (AttributeError, KeyError)) or "Did you mean" not in text and "not found" not in text.lower():
+    match = re.search(r'instead of "(\w+)"', text) or re.search(r"""['"]([A-Za-z_]\w*)['"]""", text)
+    if match is None or not ("Did you mean" in text or "does not exist" in text or "locked" in text):
         return None
     keys = list(_flat_keys(c))
-    bad = text.split("'")[1] if "'" in text else text
+    bad = match.group(1)
     close = difflib.get_close_matches(bad, [k.rsplit(".", 1)[-1] for k in keys], n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return f"unknown config key {bad!r}.{hint} Valid keys: {', '.join(keys)}"

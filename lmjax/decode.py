@@ -9,6 +9,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -16,7 +17,7 @@ def sample_logits(key: jax.Array, logits_BV: jax.Array, temperature: float, top_
     if temperature == 0.0:
         return jnp.argmax(logits_BV, axis=-1)
     logits_BV = logits_BV / temperature
-    if top_k:
+    if top_k and top_k < logits_BV.shape[-1]:
         kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
         logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
     return jax.random.categorical(key, logits_BV, axis=-1)
@@ -49,3 +50,14 @@ def generate(graphdef, params, prompt_BP: jax.Array, key: jax.Array, *, num_toke
         raise ValueError(f"temperature={temperature} is negative; use 0 (greedy) or a positive value")
     return _generate(graphdef, params, jnp.asarray(prompt_BP, jnp.int32), key, prompt_len=prompt_BP.shape[1],
                      num_tokens=num_tokens, temperature=float(temperature), top_k=int(top_k))
+
+
+def sample_text(graphdef: nnx.GraphDef, params: nnx.State, tok, prompt: str, num_tokens: int, temperature: float,
+                top_k: int, key: jax.Array, num_samples: int = 1) -> str:
+    """`num_samples` continuations of `prompt` (each with the prompt first), joined by a '=====' line."""
+    prompt_ids = tok.encode(prompt)
+    if prompt_ids.size == 0:
+        raise ValueError("sample.prompt is empty; give some text (e.g. a newline)")
+    out = generate(graphdef, params, np.tile(prompt_ids[None], (num_samples, 1)), key, num_tokens=num_tokens,
+                   temperature=temperature, top_k=top_k)
+    return "\n=====\n".join(tok.decode(np.asarray(row)) for row in out)

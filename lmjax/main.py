@@ -1,4 +1,9 @@
-"""Entry point: python -m lmjax.main --config=experiments/configs/<exp>.py --workdir=DIR [--config.a.b=v]."""
+"""Entry point: python -m lmjax.main --config=experiments/configs/<exp>.py --workdir=DIR [--config.a.b=v].
+
+Bad input ends the run with one line on stderr naming the problem and the fix (exit code 1);
+set LMJAX_TRACEBACK=1 to see the full traceback instead.
+"""
+import os
 import sys
 
 from absl import app, flags, logging
@@ -18,9 +23,10 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     config_lib.validate(config)
-    from lmjax import train  # imports jax: after the config checks, so bad input fails fast
+    from lmjax import sample, train  # import jax: after the config checks, so bad input fails fast
+
     if config.mode == "sample":
-        train.sample(config, FLAGS.workdir)
+        sample.sample(config, FLAGS.workdir)
     else:
         train.train_and_evaluate(config, FLAGS.workdir)
 
@@ -29,13 +35,14 @@ def run():
     try:
         app.run(main)
     except (ValueError, FileNotFoundError, RuntimeError, AttributeError, KeyError) as e:
-        # Bad input ends with one line that names the problem and the fix.
-        message = None
-        if isinstance(e, (AttributeError, KeyError)) and _CONFIG.value is not None:
-            message = config_lib.unknown_key_message(e, _CONFIG.value)
-        if message is None and isinstance(e, (AttributeError, KeyError)):
+        if os.environ.get("LMJAX_TRACEBACK"):
             raise
-        print(f"error: {message or str(e).splitlines()[0]}", file=sys.stderr)
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, (AttributeError, KeyError)):  # a misspelt --config.* key; anything else is a bug
+            message = config_lib.unknown_key_message(e, config_lib.base())
+            if message is None:
+                raise
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
 
 

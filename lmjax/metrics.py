@@ -1,4 +1,4 @@
-"""Where numbers go: console progress, TensorBoard events, a metrics JSONL, a loss-curve PNG; FLOP counts."""
+"""Where numbers go: console progress, TensorBoard events, a metrics JSONL, a loss-curve PNG."""
 from __future__ import annotations
 
 import json
@@ -8,14 +8,6 @@ from pathlib import Path
 import tqdm
 
 JSONL, PLOT, TB_DIR = "metrics.jsonl", "loss.png", "tensorboard"
-
-
-def decoder_flops_per_token(num_params: int, num_layers: int, d_model: int, seq_len: int) -> float:
-    """Training FLOPs per token, 6N + 12 * L * D * T (PaLM appendix B; H * Q = D): forward + backward.
-
-    N counts the non-embedding parameters plus the output head; the attention term covers QK^T and AV.
-    """
-    return 6.0 * num_params + 12.0 * num_layers * d_model * seq_len
 
 
 class Writer:

@@ -132,6 +132,9 @@ def prepare_tokenizer(config: ConfigDict, workdir: Path, corpus: corpora.Corpus)
     saved_dir = workdir / checkpoint.TOKENIZER_DIR
     if saved_dir.is_dir():
         tok = tokenizers.load(saved_dir)
+        if tok.kind != config.data.tokenizer and not config.data.tokenizer_path:
+            raise ValueError(f"{workdir} was trained with a {tok.kind} tokenizer but data.tokenizer="
+                             f"{config.data.tokenizer!r}; use a new --workdir for another tokenizer")
         if config.data.tokenizer_path:
             other = tokenizers.load(Path(config.data.tokenizer_path))
             if (other.kind, other.vocab_size, other.decode(range(other.vocab_size))) != (
@@ -159,7 +162,7 @@ def resolve_model_config(config: ConfigDict, tok: tokenizers.Tokenizer, workdir:
         raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
                          f"{tok.vocab_size} tokens; set model.vocab_size=0 to take the tokenizer's size")
     saved = checkpoint.load_config(workdir)
-    if saved is not None and (workdir / checkpoint.CKPT_DIR).is_dir():
+    if saved is not None and checkpoint.saved_steps(workdir):
         mine = config.model.to_dict()
         diff = {k: (saved["model"].get(k), mine[k]) for k in mine
                 if k not in _NON_ARCHITECTURE and saved["model"].get(k) != mine[k]}
@@ -170,15 +173,59 @@ def resolve_model_config(config: ConfigDict, tok: tokenizers.Tokenizer, workdir:
     return config
 
 
-def _fmt(values: dict) -> str:
-    return " ".join(f"{k}={v:.4f}" for k, v in values.items())
-
-
 # ---------------------------------------------------------------------------------------------
 
 
+def evaluate(s: Setup, params: nnx.State, corpus: corpora.Corpus, tok: tokenizers.Tokenizer) -> dict[str, float]:
+    """Loss, perplexity and accuracy over the validation split (its first train.eval_batches batches)."""
+    c = s.config
+    totals = None
+    for batch in pipeline.eval_batches(corpus, tok, seq_len=c.data.seq_len, batch_size=c.data.batch_size // jax.process_count(),
+                                       max_batches=c.train.eval_batches, shard_index=jax.process_index(),
+                                       shard_count=jax.process_count()):
+        stats = s.eval_step(params, parallel.global_batch(batch, s.mesh))
+        totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
+    if totals is None:
+        raise ValueError("the validation split is too small for one batch; lower data.batch_size or data.seq_len, "
+                         "or raise data.validation_fraction")
+    return {f"eval/{k}": float(v) for k, v in objectives.summarize(totals).items()}
+
+
+class _StepLog:
+    """Reads step metrics one step behind dispatch, fails fast on NaN, and writes means every log_every steps."""
+
+    def __init__(self, config: ConfigDict, start: int, writer: metrics.Writer, progress: metrics.Progress, mngr):
+        self.c, self.writer, self.progress, self.mngr = config, writer, progress, mngr
+        self.history: list[dict] = []
+        self.since = (start, time.perf_counter())  # (step, time) the tokens/s interval starts at
+        self.schedule = optim.schedule(config.optim, config.train.num_steps)
+
+    def settle(self, step: int, device_metrics: dict) -> None:
+        m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+            self.mngr.wait_until_finished()
+            raise NonFiniteLoss(f"loss became {m['loss']} (grad norm {m['grad_norm']}) at step {step}; stopped without "
+                                f"saving, the last good checkpoint (step {self.mngr.latest_step()}) is untouched. "
+                                f"Lower optim.learning_rate or raise optim.warmup_steps, then rerun to resume")
+        self.history.append(m)
+        if step % self.c.train.log_every == 0 or step == self.c.train.num_steps:
+            now = time.perf_counter()
+            mean = {f"train/{k}": float(np.mean([h[k] for h in self.history])) for k in self.history[0]}
+            tokens = (step - self.since[0]) * self.c.data.batch_size * self.c.data.seq_len
+            mean["train/tokens_per_s"] = tokens / max(now - self.since[1], 1e-9)
+            mean["train/learning_rate"] = float(self.schedule(step - 1))
+            self.writer.scalars(step, mean)
+            self.progress.update(step, mean["train/loss"], mean["train/tokens_per_s"])
+            self.history.clear()
+            self.since = (step, now)
+
+    def exclude(self, seconds: float) -> None:
+        """Keeps time spent on evaluation and checkpointing out of tokens/s."""
+        self.since = (self.since[0], self.since[1] + seconds)
+
+
 def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict:
-    """Trains (resuming from the workdir's latest checkpoint if any); returns the final metrics."""
+    """Trains (resuming from the workdir's latest checkpoint if any); returns the final evaluation metrics."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0
@@ -191,10 +238,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict:
     if lead:
         checkpoint.save_config(workdir, config)
 
-    shard, nshards = jax.process_index(), jax.process_count()
     train_iter = iter(pipeline.train_dataset(
-        corpus, tok, seq_len=config.data.seq_len, batch_size=config.data.batch_size // nshards, seed=config.seed,
-        shuffle_window=config.data.shuffle_window, shard_index=shard, shard_count=nshards))
+        corpus, tok, seq_len=config.data.seq_len, batch_size=config.data.batch_size // jax.process_count(),
+        seed=config.seed, shuffle_window=config.data.shuffle_window, shard_index=jax.process_index(),
+        shard_count=jax.process_count()))
     start = mngr.latest_step() or 0
     if start:
         abstract = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
@@ -207,71 +254,38 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict:
     log = progress.write if lead else (lambda _: None)
     log(f"lmjax: {s.num_params:,} parameters, mesh {dict(s.mesh.shape)}, corpus {corpus.name}, "
         f"{tok.kind} tokenizer ({tok.vocab_size} tokens), " + (f"resuming at step {start}" if start else "from scratch"))
-    tokens_per_step = config.data.batch_size * config.data.seq_len
 
-    def evaluate(step: int) -> dict:
-        totals = None
-        for batch in pipeline.eval_batches(corpus, tok, seq_len=config.data.seq_len,
-                                           batch_size=config.data.batch_size // nshards,
-                                           max_batches=c.eval_batches, shard_index=shard, shard_count=nshards):
-            stats = s.eval_step(state.params, parallel.global_batch(batch, s.mesh))
-            totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
-        if totals is None:
-            raise ValueError("the validation split is too small for one batch; lower data.batch_size or data.seq_len, "
-                             "or raise data.validation_fraction")
-        result = {f"eval/{k}": float(v) for k, v in objectives.summarize(totals).items()}
-        text = sample_text(s, state.params, tok, config.sample.prompt, c.sample_tokens, config.sample.temperature,
-                           config.sample.top_k, jax.random.PRNGKey(step))
+    def evaluate_and_sample(step: int) -> dict:
+        result = evaluate(s, state.params, corpus, tok)
+        text = decode.sample_text(s.graphdef, state.params, tok, config.sample.prompt, c.sample_tokens,
+                                  config.sample.temperature, config.sample.top_k, jax.random.PRNGKey(step))
         writer.scalars(step, result)
         writer.text(step, "sample", text)
-        log(f"step {step}: {_fmt(result)}\n--- sample ---\n{text}\n--------------")
+        log(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in result.items()) +
+            f"\n--- sample ---\n{text}\n--------------")
         return result
 
-    history: list[dict] = []  # host copies of the metrics since the last log line
-    last_log = (start, time.perf_counter())
-    pending = None  # (step, device metrics) of the step dispatched before the current one
-
-    def settle(step: int, device_metrics: dict) -> None:
-        """Reads one step's metrics (the async-dispatch-friendly way: one step behind) and fails fast on NaN."""
-        nonlocal last_log
-        m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-        if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
-            mngr.wait_until_finished()
-            raise NonFiniteLoss(f"loss became {m['loss']} (grad norm {m['grad_norm']}) at step {step}; stopped without "
-                                f"saving, the last good checkpoint (step {mngr.latest_step()}) is untouched. "
-                                f"Lower optim.learning_rate or raise optim.warmup_steps, then rerun to resume")
-        history.append(m)
-        if step % c.log_every == 0 or step == c.num_steps:
-            now = time.perf_counter()
-            mean = {f"train/{k}": float(np.mean([h[k] for h in history])) for k in history[0]}
-            mean["train/tokens_per_s"] = (step - last_log[0]) * tokens_per_step / max(now - last_log[1], 1e-9)
-            mean["train/learning_rate"] = float(optim.schedule(config.optim, c.num_steps)(step - 1))
-            writer.scalars(step, mean)
-            progress.update(step, mean["train/loss"], mean["train/tokens_per_s"])
-            history.clear()
-            last_log = (step, now)
-
+    steps = _StepLog(config, start, writer, progress, mngr)
     final_eval: dict = {}
+    pending = None  # (step, device metrics) of the step dispatched before the current one
     try:
         for step in range(start + 1, c.num_steps + 1):
-            batch = parallel.global_batch(next(train_iter), s.mesh)
-            state, step_metrics = s.train_step(state, batch)
+            state, step_metrics = s.train_step(state, parallel.global_batch(next(train_iter), s.mesh))
             if pending is not None:
-                settle(*pending)
+                steps.settle(*pending)
             pending = (step, step_metrics)
             is_last = step == c.num_steps
             do_eval, do_save = is_last or step % c.eval_every == 0, is_last or step % c.checkpoint_every == 0
             if do_eval or do_save:
-                settle(*pending)  # sync: the state about to be evaluated or saved must be finite
-                pending = None
-            if do_eval:
-                final_eval = evaluate(step)
-            if do_save:
-                checkpoint.save(mngr, step, state, train_iter)
-        if pending is not None:
-            settle(*pending)
+                steps.settle(*pending)  # sync: the state about to be evaluated or saved must be finite
+                pending, paused_at = None, time.perf_counter()
+                if do_eval:
+                    final_eval = evaluate_and_sample(step)
+                if do_save:
+                    checkpoint.save(mngr, step, state, train_iter)
+                steps.exclude(time.perf_counter() - paused_at)
         if start >= c.num_steps:
-            final_eval = evaluate(start)
+            final_eval = evaluate_and_sample(start)
     finally:
         mngr.wait_until_finished()
         progress.close()
@@ -281,49 +295,3 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict:
         log(f"done: step {c.num_steps}, final validation loss {final_eval.get('eval/loss', float('nan')):.4f}; "
             f"workdir {workdir} (checkpoints, {metrics.JSONL}, {metrics.TB_DIR}/, {plot.name})")
     return final_eval
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling from a trained workdir.
-
-
-def sample_text(s: Setup, params: nnx.State, tok: tokenizers.Tokenizer, prompt: str, num_tokens: int,
-                temperature: float, top_k: int, key: jax.Array, num_samples: int = 1) -> str:
-    prompt_ids = tok.encode(prompt)
-    if prompt_ids.size == 0:
-        raise ValueError("sample.prompt is empty; give some text (e.g. a newline)")
-    prompt_BP = np.tile(prompt_ids[None], (num_samples, 1))
-    out = decode.generate(s.graphdef, params, prompt_BP, key, num_tokens=num_tokens, temperature=temperature,
-                          top_k=min(top_k, s.config.model.vocab_size))
-    return "\n=====\n".join(tok.decode(np.asarray(row)) for row in out)
-
-
-def load_trained(workdir: str | Path) -> tuple[Setup, nnx.State, tokenizers.Tokenizer, int]:
-    """The latest parameters of a workdir, with the run's own config and tokenizer."""
-    workdir = Path(workdir)
-    saved = checkpoint.load_config(workdir)
-    mngr = checkpoint.manager(workdir, keep=1)
-    step = mngr.latest_step() if (workdir / checkpoint.CKPT_DIR).is_dir() else None
-    if saved is None or step is None:
-        raise FileNotFoundError(f"{workdir} holds no trained run (no {checkpoint.CONFIG_FILE} and checkpoint); "
-                                "train first or point --workdir at a run")
-    config = ConfigDict(saved)
-    tok = tokenizers.load(workdir / checkpoint.TOKENIZER_DIR)
-    if tok.vocab_size > config.model.vocab_size:
-        raise ValueError(f"the tokenizer in {workdir / checkpoint.TOKENIZER_DIR} has {tok.vocab_size} tokens but the "
-                         f"checkpoint's model has {config.model.vocab_size}; restore the run's own tokenizer")
-    config.mesh.update(data=-1, fsdp=1, tensor=1)
-    s = setup(config)
-    abstract = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
-    state = checkpoint.restore(mngr, step, abstract, None)
-    return s, state.params, tok, step
-
-
-def sample(config: ConfigDict, workdir: str | Path) -> str:
-    s, params, tok, step = load_trained(workdir)
-    c = config.sample
-    text = sample_text(s, params, tok, c.prompt, c.num_tokens, c.temperature, c.top_k, jax.random.PRNGKey(c.seed),
-                       c.num_samples)
-    print(f"--- {c.num_samples} sample(s) from {workdir} at step {step} (temperature {c.temperature}, top-k {c.top_k}) ---")
-    print(text)
-    return text

@@ -15,7 +15,7 @@ def test_schedule_warms_up_then_decays_to_min():
 
 def test_weight_decay_mask_skips_norms_biases_and_embeddings():
     c = shakespeare_char.get_config("tiny")
-    c.model.update(vocab_size=11, use_bias=True, tie_embeddings=False)
+    c.model.update(vocab_size=11, use_bias=True, tie_embeddings=False, positions="learned")
     params = nnx.state(models.build(c.model, nnx.Rngs(0)), nnx.Param)
     flat = {".".join(map(str, path)): v.value for path, v in optim.decay_mask(params, False).flat_state()}
     assert flat["blocks.0.mlp.up.kernel"] and flat["blocks.0.attn.query_DHK"] and flat["head_DV"]
@@ -29,7 +29,7 @@ def test_masked_parameters_get_no_decay():
     """With zero gradients AdamW changes only the decayed parameters."""
     c = shakespeare_char.get_config("tiny")
     c.model.vocab_size = 11
-    c.optim.update(warmup_steps=0, weight_decay=0.5)
+    c.optim.update(warmup_steps=0, weight_decay=0.5, decay_embeddings=False)
     params = nnx.state(models.build(c.model, nnx.Rngs(0)), nnx.Param)
     tx = optim.make(c.optim, 10)
     zeros = jax.tree.map(np.zeros_like, params)

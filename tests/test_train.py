@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmjax import checkpoint, metrics, parallel, train
+from lmjax import checkpoint, metrics, parallel, sample, train
 from lmjax.data import tokenizers
 
 
@@ -166,7 +166,7 @@ def test_sample_from_a_trained_workdir(loop_config, tmp_path, capsys):
     loop_config.train.num_steps = 10
     train.train_and_evaluate(loop_config, tmp_path)
     loop_config.sample.update(prompt="KING:", num_tokens=40, num_samples=2, temperature=1.0, top_k=5)
-    text = train.sample(loop_config, tmp_path)
+    text = sample.sample(loop_config, tmp_path)
     parts = text.split("\n=====\n")
     assert len(parts) == 2 and all(p.startswith("KING:") and len(p) > 20 for p in parts)
     # A tokenizer that does not fit the checkpoint's model is refused.
@@ -174,9 +174,9 @@ def test_sample_from_a_trained_workdir(loop_config, tmp_path, capsys):
     big.save(tmp_path / "tokenizer2")
     (tmp_path / "tokenizer" / tokenizers.CHAR_FILE).write_text((tmp_path / "tokenizer2" / tokenizers.CHAR_FILE).read_text())
     with pytest.raises(ValueError, match="has 259 tokens but the checkpoint's model has"):
-        train.sample(loop_config, tmp_path)
+        sample.sample(loop_config, tmp_path)
 
 
 def test_sample_needs_a_trained_workdir(loop_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no trained run"):
-        train.sample(loop_config, tmp_path)
+        sample.sample(loop_config, tmp_path)

@@ -1,0 +1,42 @@
+"""Sampling from a trained workdir, with the run's own config, tokenizer and latest parameters."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+from flax import nnx
+from ml_collections import ConfigDict
+
+from lmjax import checkpoint, decode, train
+from lmjax.data import tokenizers
+
+
+def load_trained(workdir: str | Path) -> tuple[train.Setup, nnx.State, tokenizers.Tokenizer, int]:
+    """The latest parameters of a workdir, with the run's own config and tokenizer."""
+    workdir = Path(workdir)
+    saved = checkpoint.load_config(workdir)
+    steps = checkpoint.saved_steps(workdir)
+    if saved is None or not steps:
+        raise FileNotFoundError(f"{workdir} holds no trained run (no {checkpoint.CONFIG_FILE} and checkpoint); "
+                                "train first or point --workdir at a run")
+    config = ConfigDict(saved)
+    tok = tokenizers.load(workdir / checkpoint.TOKENIZER_DIR)
+    if tok.vocab_size > config.model.vocab_size:
+        raise ValueError(f"the tokenizer in {workdir / checkpoint.TOKENIZER_DIR} has {tok.vocab_size} tokens but the "
+                         f"checkpoint's model has {config.model.vocab_size}; restore the run's own tokenizer")
+    config.mesh.update(data=-1, fsdp=1, tensor=1)
+    s = train.setup(config)
+    abstract = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
+    state = checkpoint.restore(checkpoint.manager(workdir, keep=1), steps[-1], abstract, None)
+    return s, state.params, tok, steps[-1]
+
+
+def sample(config: ConfigDict, workdir: str | Path) -> str:
+    """Prints and returns config.sample.num_samples continuations of config.sample.prompt."""
+    s, params, tok, step = load_trained(workdir)
+    c = config.sample
+    text = decode.sample_text(s.graphdef, params, tok, c.prompt, c.num_tokens, c.temperature, c.top_k,
+                              jax.random.PRNGKey(c.seed), c.num_samples)
+    print(f"--- {c.num_samples} sample(s) from {workdir} at step {step} (temperature {c.temperature}, top-k {c.top_k}) ---")
+    print(text)
+    return text

@@ -1,0 +1,38 @@
+import importlib
+from pathlib import Path
+
+import pytest
+
+from lmjax import config as config_lib
+
+CONFIGS = sorted(p.stem for p in Path("experiments/configs").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_experiment_configs_only_change_values(name):
+    module = importlib.import_module(f"experiments.configs.{name}")
+    base_keys = set(config_lib._flat_keys(config_lib.base()))
+    for arg in ("", "nanogpt", "tiny"):
+        c = module.get_config(arg)
+        config_lib.validate(c)
+        assert set(config_lib._flat_keys(c)) == base_keys
+        assert module.__doc__ and "python -m lmjax.main" in module.__doc__
+
+
+def test_unknown_key_message_suggests_the_nearest_key():
+    c = config_lib.lock(config_lib.base())
+    with pytest.raises(AttributeError) as e:
+        c.optim.learnig_rate = 1.0
+    msg = config_lib.unknown_key_message(e.value, c)
+    assert msg.startswith("unknown config key 'learnig_rate'. Did you mean 'learning_rate'?")
+
+
+def test_value_checks():
+    c = config_lib.base()
+    c.optim.grad_accum_steps = 5
+    with pytest.raises(ValueError, match="not divisible by optim.grad_accum_steps=5"):
+        config_lib.validate(c)
+    c = config_lib.base()
+    c.data.tokenizer = "sentencepiece"
+    with pytest.raises(ValueError, match="needs data.vocab_size"):
+        config_lib.validate(c)

@@ -1,0 +1,36 @@
+"""The command line: bad input ends with one clear line (exit code 1) and leaves existing work alone."""
+import subprocess
+import sys
+
+import pytest
+
+CONFIG = "experiments/configs/shakespeare_char.py:tiny"
+
+
+def run_main(*args, cwd=None):
+    result = subprocess.run([sys.executable, "-m", "lmjax.main", f"--config={CONFIG}", *args],
+                            capture_output=True, text=True, timeout=300)
+    lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
+    return result.returncode, lines, result
+
+
+def test_misspelt_config_key(tmp_path):
+    code, lines, _ = run_main(f"--workdir={tmp_path}", "--config.model.num_layer=3")
+    assert code == 1 and len(lines) == 1
+    assert "unknown config key 'num_layer'" in lines[0] and "Did you mean 'num_layers'?" in lines[0]
+
+
+def test_missing_text_file(tmp_path):
+    code, lines, _ = run_main(f"--workdir={tmp_path}", f"--config.data.text_files={tmp_path}/missing.txt")
+    assert code == 1 and lines == [f"error: text file '{tmp_path}/missing.txt' does not exist; "
+                                   "fix the path in --config.data.text_files"]
+
+
+def test_context_longer_than_positions(tmp_path):
+    code, lines, _ = run_main(f"--workdir={tmp_path}", "--config.data.seq_len=64")
+    assert code == 1 and "data.seq_len=64 is longer than the model's positions (model.max_len=32)" in lines[0]
+
+
+def test_sample_without_a_run(tmp_path):
+    code, lines, _ = run_main(f"--workdir={tmp_path}", "--config.mode=sample")
+    assert code == 1 and "holds no trained run" in lines[0]
