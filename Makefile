@@ -21,7 +21,7 @@ demo: $(VENV)/.runtime
 	$(PY) -m lmjax.main --config=experiments/configs/shakespeare_char.py --workdir=$(WORKDIR)
 
 test: $(VENV)/.test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-slow: $(VENV)/.test
 	$(PY) -m pytest -q -m slow
