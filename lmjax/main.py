@@ -23,6 +23,9 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     config_lib.validate(config)
+    if "://" in FLAGS.workdir:
+        raise ValueError(f"--workdir={FLAGS.workdir}: only local workdirs are supported so far; "
+                         "pass a local path (on a TPU VM, a directory on its disk)")
     from lmjax import sample, train  # import jax: after the config checks, so bad input fails fast
 
     if config.mode == "sample":

@@ -1,13 +1,14 @@
 """The command line: bad input ends with one clear line (exit code 1) and leaves existing work alone."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 CONFIG = "experiments/configs/shakespeare_char.py:tiny"
 
 
-def run_main(*args, cwd=None):
+def run_main(*args):
     result = subprocess.run([sys.executable, "-m", "lmjax.main", f"--config={CONFIG}", *args],
                             capture_output=True, text=True, timeout=300)
     lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
@@ -34,3 +35,8 @@ def test_context_longer_than_positions(tmp_path):
 def test_sample_without_a_run(tmp_path):
     code, lines, _ = run_main(f"--workdir={tmp_path}", "--config.mode=sample")
     assert code == 1 and "holds no trained run" in lines[0]
+
+
+def test_cloud_workdir_is_refused_rather_than_written_locally():
+    code, lines, _ = run_main("--workdir=gs://bucket/run")
+    assert code == 1 and "only local workdirs are supported" in lines[0] and not Path("gs:").exists()

