@@ -6,6 +6,9 @@ import re
 
 from ml_collections import ConfigDict
 
+from lmjax import models
+from lmjax.data import pipeline
+
 
 def base() -> ConfigDict:
     c = ConfigDict()
@@ -13,10 +16,20 @@ def base() -> ConfigDict:
     c.seed = 0
 
     c.model = ConfigDict(dict(
-        family="decoder", vocab_size=0,  # 0: the tokenizer's vocabulary size
-        num_layers=4, num_heads=4, d_model=128, d_ff=0,  # d_ff 0: 4 * d_model
-        max_len=64, positions="learned",  # learned | sinusoidal | rotary
-        dropout=0.0, attention_dropout=0.0, tie_embeddings=True, use_bias=True, dtype="float32"))
+        family="decoder",  # decoder | encoder | encoder_decoder
+        vocab_size=0,  # 0: the tokenizer's vocabulary size
+        num_layers=4, num_decoder_layers=0,  # encoder_decoder: 0 means num_layers
+        num_heads=4, head_dim=0, d_model=128, d_ff=0,  # head_dim 0: d_model / num_heads; d_ff 0: 4 * d_model
+        max_len=64,  # the longest sequence (and decoding cache) the model takes
+        positions="learned",  # learned | sinusoidal | rotary | relative (T5 bias)
+        relative_buckets=32, relative_max_distance=128,
+        norm="layernorm", norm_position="pre", norm_eps=1e-5,  # layernorm | rmsnorm; pre | post
+        activation="gelu_tanh",  # gelu | gelu_tanh | relu | swiglu | geglu
+        scale_attention=True,  # divide attention logits by sqrt(head_dim) (T5 does not)
+        dropout=0.0, attention_dropout=0.0, tie_embeddings=True, use_bias=True, dtype="float32",
+        type_vocab_size=2, embed_norm=False, encoder_heads="mlm_nsp",  # encoder: segments, BERT's norm, heads
+        share_embeddings=True,  # encoder_decoder: one token table for encoder and decoder
+        scale_output=False))  # encoder_decoder: decoder output * d_model**-0.5 before the head (T5 v1.0)
 
     c.data = ConfigDict(dict(
         text_files="",  # comma-separated text files; empty: the embedded Shakespeare corpus
@@ -27,20 +40,24 @@ def base() -> ConfigDict:
         vocab_size=0,  # sentencepiece vocabulary size to train
         tokenizer_path="",  # a saved tokenizer directory to use instead of training one
         tokenizer_train_examples=0,  # examples the tokenizer is trained on; 0: the whole train split
+        corpus="shakespeare",  # shakespeare | wiki_sample: the embedded corpus used without text_files/tfds_name
         seq_len=64, batch_size=12,  # batch_size is global, over all processes and devices
-        shuffle_window=256))
+        shuffle_window=256,
+        mask_rate=0.15, mask_token_frac=0.8, random_token_frac=0.1, whole_word=False, nsp=True,  # mlm
+        noise_density=0.15, mean_span=3.0))  # span_corruption; decoder length follows from seq_len
 
     c.optim = ConfigDict(dict(
         learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100, b1=0.9, b2=0.99, eps=1e-8,
         weight_decay=0.1, decay_embeddings=False, grad_clip=1.0, grad_accum_steps=1))
 
     c.train = ConfigDict(dict(
-        objective="causal_lm", num_steps=2000, log_every=50, eval_every=250, eval_batches=50,
+        objective="causal_lm",  # causal_lm | mlm | span_corruption (decoder | encoder | encoder_decoder)
+        label_smoothing=0.0, num_steps=2000, log_every=50, eval_every=250, eval_batches=50,
         checkpoint_every=500, keep_checkpoints=3, sample_tokens=200, progress=True))
 
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
-    c.sample = ConfigDict(dict(prompt="\n", num_tokens=500, temperature=0.8, top_k=200, num_samples=1, seed=0))
+    c.sample = ConfigDict(dict(prompt="\n", num_tokens=500, temperature=0.8, top_k=200, top_p=1.0, num_samples=1, seed=0))
     return c
 
 
@@ -54,9 +71,18 @@ def validate(c: ConfigDict) -> None:
     """Value checks that would otherwise fail deep inside a run."""
     if c.mode not in ("train", "sample"):
         raise ValueError(f"mode={c.mode!r} is unknown; use 'train' or 'sample'")
+    allowed = models.OBJECTIVES.get(c.model.family)
+    if allowed is None:
+        raise ValueError(f"model.family={c.model.family!r} is unknown; use one of {sorted(models.OBJECTIVES)}")
+    if c.train.objective not in allowed:
+        raise ValueError(f"train.objective={c.train.objective!r} does not train a model.family={c.model.family!r} "
+                         f"model; use {' or '.join(allowed)}")
     if c.data.seq_len > c.model.max_len:
         raise ValueError(f"data.seq_len={c.data.seq_len} is longer than the model's positions "
                          f"(model.max_len={c.model.max_len}); shorten data.seq_len or raise model.max_len")
+    if c.train.objective == "span_corruption" and pipeline.span_lengths(c.data)[1] > c.model.max_len:
+        raise ValueError(f"span corruption of {c.data.seq_len}-token inputs makes {pipeline.span_lengths(c.data)[1]}-token "
+                         f"targets, longer than model.max_len={c.model.max_len}; raise model.max_len")
     if c.optim.grad_accum_steps < 1 or c.data.batch_size % c.optim.grad_accum_steps:
         raise ValueError(f"data.batch_size={c.data.batch_size} is not divisible by optim.grad_accum_steps="
                          f"{c.optim.grad_accum_steps}; pick an accumulation count that divides the batch")

@@ -21,7 +21,7 @@ def decays(path: tuple, decay_embeddings: bool) -> bool:
     name = str(getattr(path[-1], "key", path[-1]))
     if name == "scale" or "bias" in name:
         return False
-    if name.startswith(("embed", "pos_embed")):
+    if "embed" in name:  # token, position, segment tables and T5's relative-bias table
         return decay_embeddings
     return True
 

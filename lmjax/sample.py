@@ -35,8 +35,11 @@ def sample(config: ConfigDict, workdir: str | Path) -> str:
     """Prints and returns config.sample.num_samples continuations of config.sample.prompt."""
     s, params, tok, step = load_trained(workdir)
     c = config.sample
-    text = decode.sample_text(s.graphdef, params, tok, c.prompt, c.num_tokens, c.temperature, c.top_k,
-                              jax.random.PRNGKey(c.seed), c.num_samples)
-    print(f"--- {c.num_samples} sample(s) from {workdir} at step {step} (temperature {c.temperature}, top-k {c.top_k}) ---")
+    if s.config.model.family != "decoder":
+        raise ValueError(f"{workdir} holds a model.family={s.config.model.family!r} model; sampling text needs a "
+                         "decoder (use lmjax.decode.generate / beam_search with inputs for encoder-decoders)")
+    text = decode.sample_text(s.graphdef, params, tok, c, c.num_tokens, jax.random.PRNGKey(c.seed))
+    print(f"--- {c.num_samples} sample(s) from {workdir} at step {step} (temperature {c.temperature}, top-k {c.top_k}, "
+          f"top-p {c.top_p}) ---")
     print(text)
     return text

@@ -33,9 +33,8 @@ class NonFiniteLoss(RuntimeError):
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objective: Callable,
                     accum_steps: int) -> Callable:
     def loss_fn(params, batch, key):
-        model = nnx.merge(graphdef, params)
-        logits = model(batch["inputs"], deterministic=False, rngs=nnx.Rngs(dropout=key))
-        return objective(logits, batch)
+        outputs = models.forward(nnx.merge(graphdef, params), batch, deterministic=False, rngs=nnx.Rngs(dropout=key))
+        return objective(outputs, batch)
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
@@ -66,7 +65,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
 
 def make_eval_step(graphdef: nnx.GraphDef, objective: Callable) -> Callable:
     def eval_step(params: nnx.State, batch: dict) -> dict:
-        return objective(nnx.merge(graphdef, params)(batch["inputs"]), batch)[1]
+        outputs = models.forward(nnx.merge(graphdef, params), batch)
+        stats = objective(outputs, batch)[1]
+        # How often each token is a target: the best constant prediction is the unigram baseline.
+        counts_V = jnp.zeros(outputs["logits"].shape[-1]).at[batch["targets"].ravel()].add(batch["weights"].ravel())
+        return stats | {"target_counts": counts_V}
 
     return eval_step
 
@@ -110,7 +113,7 @@ def setup(config: ConfigDict, devices=None) -> Setup:
     shardings = parallel.state_shardings(abstract_state, mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch_sharding = parallel.batch_sharding(mesh)
-    objective = objectives.get(config.train.objective)
+    objective = objectives.get(config.train)
     train_step = jax.jit(make_train_step(graphdef, tx, objective, config.optim.grad_accum_steps),
                          in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
                          donate_argnums=0)
@@ -164,8 +167,8 @@ def resolve_model_config(config: ConfigDict, tok: tokenizers.Tokenizer, workdir:
     saved = checkpoint.load_config(workdir)
     if saved is not None and checkpoint.saved_steps(workdir):
         mine = config.model.to_dict()
-        diff = {k: (saved["model"].get(k), mine[k]) for k in mine
-                if k not in _NON_ARCHITECTURE and saved["model"].get(k) != mine[k]}
+        diff = {k: (saved["model"][k], mine[k]) for k in mine
+                if k not in _NON_ARCHITECTURE and k in saved["model"] and saved["model"][k] != mine[k]}
         if diff:
             desc = ", ".join(f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ValueError(f"{workdir} holds a checkpoint of a different architecture ({desc}); "
@@ -177,10 +180,12 @@ def resolve_model_config(config: ConfigDict, tok: tokenizers.Tokenizer, workdir:
 
 
 def evaluate(s: Setup, params: nnx.State, corpus: corpora.Corpus, tok: tokenizers.Tokenizer) -> dict[str, float]:
-    """Loss, perplexity and accuracy over the validation split (its first train.eval_batches batches)."""
+    """Loss, perplexity and accuracy over the validation split (its first train.eval_batches batches), and
+    the accuracy of always predicting the most frequent target token (unigram_accuracy), to compare with."""
     c = s.config
     totals = None
-    for batch in pipeline.eval_batches(corpus, tok, seq_len=c.data.seq_len, batch_size=c.data.batch_size // jax.process_count(),
+    for batch in pipeline.eval_batches(corpus, tok, c.data, objective=c.train.objective,
+                                       batch_size=c.data.batch_size // jax.process_count(),
                                        max_batches=c.train.eval_batches, shard_index=jax.process_index(),
                                        shard_count=jax.process_count()):
         stats = s.eval_step(params, parallel.global_batch(batch, s.mesh))
@@ -188,7 +193,9 @@ def evaluate(s: Setup, params: nnx.State, corpus: corpora.Corpus, tok: tokenizer
     if totals is None:
         raise ValueError("the validation split is too small for one batch; lower data.batch_size or data.seq_len, "
                          "or raise data.validation_fraction")
-    return {f"eval/{k}": float(v) for k, v in objectives.summarize(totals).items()}
+    result = objectives.summarize(totals) | {
+        "unigram_accuracy": totals["target_counts"].max() / jnp.maximum(totals["weight"], 1.0)}
+    return {f"eval/{k}": float(v) for k, v in result.items()}
 
 
 class _StepLog:
@@ -239,9 +246,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict:
         checkpoint.save_config(workdir, config)
 
     train_iter = iter(pipeline.train_dataset(
-        corpus, tok, seq_len=config.data.seq_len, batch_size=config.data.batch_size // jax.process_count(),
-        seed=config.seed, shuffle_window=config.data.shuffle_window, shard_index=jax.process_index(),
-        shard_count=jax.process_count()))
+        corpus, tok, config.data, objective=c.objective, batch_size=config.data.batch_size // jax.process_count(),
+        seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count()))
     start = mngr.latest_step() or 0
     if start:
         abstract = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
@@ -257,12 +263,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict:
 
     def evaluate_and_sample(step: int) -> dict:
         result = evaluate(s, state.params, corpus, tok)
-        text = decode.sample_text(s.graphdef, state.params, tok, config.sample.prompt, c.sample_tokens,
-                                  config.sample.temperature, config.sample.top_k, jax.random.PRNGKey(step))
         writer.scalars(step, result)
-        writer.text(step, "sample", text)
-        log(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in result.items()) +
-            f"\n--- sample ---\n{text}\n--------------")
+        line = f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in result.items())
+        if config.model.family == "decoder" and c.sample_tokens:
+            text = decode.sample_text(s.graphdef, state.params, tok, config.sample, c.sample_tokens,
+                                      jax.random.PRNGKey(step))
+            writer.text(step, "sample", text)
+            line += f"\n--- sample ---\n{text}\n--------------"
+        log(line)
         return result
 
     steps = _StepLog(config, start, writer, progress, mngr)

@@ -42,3 +42,9 @@ def tiny_config(corpus_file, cache_dir):
     c.data.text_files = str(corpus_file)
     c.data.cache_dir = str(cache_dir)
     return c
+
+
+@pytest.fixture(scope="session")
+def verse():
+    """make_text, for tests that need texts of their own."""
+    return make_text

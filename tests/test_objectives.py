@@ -10,7 +10,7 @@ def test_causal_lm_matches_numpy_and_ignores_padding():
     logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
     targets = rng.integers(0, 7, size=(2, 5))
     weights = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.float32)
-    loss_sum, stats = objectives.causal_lm(jnp.asarray(logits), {"targets": targets, "weights": weights})
+    loss_sum, stats = objectives.language_model({"logits": jnp.asarray(logits)}, {"targets": targets, "weights": weights})
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     ce = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
     np.testing.assert_allclose(loss_sum, (ce * weights).sum(), rtol=1e-5)
@@ -21,12 +21,35 @@ def test_causal_lm_matches_numpy_and_ignores_padding():
     # Changing logits at padded positions changes nothing.
     logits2 = logits.copy()
     logits2[0, 3:] = 100.0
-    np.testing.assert_allclose(objectives.causal_lm(jnp.asarray(logits2), {"targets": targets, "weights": weights})[0],
+    np.testing.assert_allclose(objectives.language_model({"logits": jnp.asarray(logits2)}, {"targets": targets, "weights": weights})[0],
                                loss_sum, rtol=1e-6)
 
 
 def test_unknown_objective_fails_clearly():
     import pytest
 
-    with pytest.raises(ValueError, match="train.objective='mlm' is unknown"):
-        objectives.get("mlm")
+    from ml_collections import ConfigDict
+
+    with pytest.raises(ValueError, match="train.objective='mlm2' is unknown"):
+        objectives.get(ConfigDict(dict(objective="mlm2", label_smoothing=0.0)))
+
+
+def test_label_smoothing_and_nsp_terms():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 4, 5)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 5, (2, 4)))
+    weights = jnp.asarray([[1, 0, 1, 0], [1, 1, 1, 0]], jnp.float32)
+    batch = {"targets": targets, "weights": weights, "nsp_labels": jnp.asarray([0, 1])}
+    plain, stats = objectives.language_model({"logits": logits}, batch)
+    smooth, stats_s = objectives.language_model({"logits": logits}, batch, label_smoothing=0.1)
+    assert float(smooth) != float(plain) and float(stats_s["nll_sum"]) == float(stats["nll_sum"])
+    logp = jax.nn.log_softmax(logits)
+    manual = -((0.9 * jax.nn.one_hot(targets, 5) + 0.1 / 5) * logp).sum(-1)
+    np.testing.assert_allclose(smooth, (manual * weights).sum(), rtol=1e-5)
+    nsp_logits = jnp.asarray([[2.0, 0.0], [0.0, -1.0]])
+    total, s = objectives.masked_lm({"logits": logits, "nsp_logits": nsp_logits}, batch)
+    nsp_ce = -jax.nn.log_softmax(nsp_logits)[jnp.arange(2), batch["nsp_labels"]]
+    np.testing.assert_allclose(total, plain + 2 * nsp_ce[0] + 3 * nsp_ce[1], rtol=1e-5)
+    summary = objectives.summarize(s)
+    np.testing.assert_allclose(summary["nsp_accuracy"], 0.5)
+    np.testing.assert_allclose(summary["nsp_loss"], nsp_ce.mean(), rtol=1e-5)

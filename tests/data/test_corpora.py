@@ -2,15 +2,15 @@ import subprocess
 
 import pytest
 import tensorflow_datasets as tfds
-from ml_collections import ConfigDict
 
+from lmjax import config as base_config
 from lmjax.data import corpora, pipeline, tokenizers
 
 
 def data_config(**kw):
-    c = dict(text_files="", tfds_name="", tfds_data_dir="", train_split="train", eval_split="validation",
-             text_key="text", validation_fraction=0.1, cache_dir="")
-    return ConfigDict(c | kw)
+    c = base_config.base().data
+    c.update(kw)
+    return c
 
 
 def joined(source):
@@ -57,7 +57,7 @@ def test_tfds_catalog_dataset_loads_by_name_and_feeds_the_pipeline():
         corpus = corpora.load(data_config(tfds_name="lm1b", eval_split="test"))
         assert len(corpus.train) == 7 and corpus.documents
         tok = tokenizers.train("char", pipeline.tokenizer_texts(corpus, 0), 0)
-        batch = next(iter(pipeline.train_dataset(corpus, tok, seq_len=8, batch_size=2, seed=0, shuffle_window=4)))
+        batch = next(iter(pipeline.train_dataset(corpus, tok, data_config(seq_len=8, shuffle_window=4), objective="causal_lm", batch_size=2, seed=0)))
         assert batch["inputs"].shape == (2, 8)
         assert (batch["inputs"] == tok.eos_id).any() or (batch["targets"] == tok.eos_id).any()  # documents end in EOS
 

@@ -1,15 +1,19 @@
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
 
+from lmjax import config as base_config
 from lmjax.data import corpora, pipeline, tokenizers
+
+
+def data_config(**kw):
+    c = base_config.base().data
+    c.update(kw)
+    return c
 
 
 @pytest.fixture
 def corpus(corpus_file, cache_dir):
-    return corpora.load(ConfigDict(dict(text_files=str(corpus_file), tfds_name="", tfds_data_dir="", train_split="train",
-                                        eval_split="validation", text_key="text", validation_fraction=0.1,
-                                        cache_dir=str(cache_dir))))
+    return corpora.load(data_config(text_files=str(corpus_file), cache_dir=str(cache_dir)))
 
 
 @pytest.fixture
@@ -25,7 +29,7 @@ def batches(ds, n, state=None):
 
 
 def test_batches_are_packed_shifted_and_unpadded(corpus, tok):
-    ds = pipeline.train_dataset(corpus, tok, seq_len=16, batch_size=4, seed=0, shuffle_window=8)
+    ds = pipeline.train_dataset(corpus, tok, data_config(seq_len=16, shuffle_window=8), objective="causal_lm", batch_size=4, seed=0)
     (b,), _ = batches(ds, 1)
     assert {k: v.shape for k, v in b.items()} == {"inputs": (4, 16), "targets": (4, 16), "weights": (4, 16)}
     np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
@@ -34,7 +38,7 @@ def test_batches_are_packed_shifted_and_unpadded(corpus, tok):
 
 
 def test_deterministic_from_seed(corpus, tok):
-    make = lambda seed: pipeline.train_dataset(corpus, tok, seq_len=16, batch_size=4, seed=seed, shuffle_window=8)
+    make = lambda seed: pipeline.train_dataset(corpus, tok, data_config(seq_len=16, shuffle_window=8), objective="causal_lm", batch_size=4, seed=seed)
     a, _ = batches(make(0), 5)
     b, _ = batches(make(0), 5)
     c, _ = batches(make(1), 5)
@@ -43,7 +47,7 @@ def test_deterministic_from_seed(corpus, tok):
 
 
 def test_iterator_state_restores_the_same_batches(corpus, tok):
-    ds = pipeline.train_dataset(corpus, tok, seq_len=16, batch_size=4, seed=0, shuffle_window=8)
+    ds = pipeline.train_dataset(corpus, tok, data_config(seq_len=16, shuffle_window=8), objective="causal_lm", batch_size=4, seed=0)
     _, it = batches(ds, 37)  # mid-window, mid-epoch
     state = it.get_state()
     expected = [next(it) for _ in range(60)]  # crosses an epoch boundary of this small corpus
@@ -53,18 +57,19 @@ def test_iterator_state_restores_the_same_batches(corpus, tok):
 
 
 def test_process_shards_are_disjoint_and_cover_the_data(corpus, tok):
-    shard = lambda i: [b["inputs"] for b in pipeline.eval_batches(corpus, tok, seq_len=8, batch_size=1, max_batches=0,
-                                                                  shard_index=i, shard_count=2)]
-    whole = np.concatenate([b["inputs"] for b in pipeline.eval_batches(corpus, tok, seq_len=8, batch_size=1, max_batches=0)])
+    shard = lambda i: [b["inputs"] for b in pipeline.eval_batches(
+        corpus, tok, data_config(seq_len=8), objective="causal_lm", batch_size=1, max_batches=0, shard_index=i,
+        shard_count=2)]
+    whole = np.concatenate([b["inputs"] for b in pipeline.eval_batches(corpus, tok, data_config(seq_len=8), objective="causal_lm", batch_size=1, max_batches=0)])
     a, b = np.concatenate(shard(0)), np.concatenate(shard(1))
     assert abs(a.size + b.size - whole.size) <= 2 * 8 * 2  # each shard may lose a partial window at its end
     assert a.size and b.size and not np.array_equal(a[:4], b[:4])
 
 
 def test_eval_covers_validation_in_order_with_padding_masked(corpus, tok):
-    evals = list(pipeline.eval_batches(corpus, tok, seq_len=16, batch_size=2, max_batches=0))
+    evals = list(pipeline.eval_batches(corpus, tok, data_config(seq_len=16), objective="causal_lm", batch_size=2, max_batches=0))
     val = "".join(corpus.validation[i]["text"].decode() for i in range(len(corpus.validation)))
     text = "".join(tok.decode(np.concatenate([b["inputs"][r][b["weights"][r] > 0][:1], b["targets"][r][b["weights"][r] > 0]]))
                    for b in evals for r in range(2))
     assert val.startswith(text[:500]) and len(text) > 0.9 * len(val)
-    assert len(list(pipeline.eval_batches(corpus, tok, seq_len=16, batch_size=2, max_batches=3))) == 3
+    assert len(list(pipeline.eval_batches(corpus, tok, data_config(seq_len=16), objective="causal_lm", batch_size=2, max_batches=3))) == 3

@@ -4,16 +4,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lmjax.models.decoder import DecoderLM
+from lmjax import config as base_config
+from lmjax import models
 
 
 def tiny(positions="learned", **kw):
-    args = dict(vocab_size=19, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=12, positions=positions,
-                rngs=nnx.Rngs(0))
-    return DecoderLM(**(args | kw))
+    c = base_config.base().model
+    c.update(vocab_size=19, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=12, positions=positions, **kw)
+    return models.build(c, nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rotary"])
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rotary", "relative"])
 def test_causal_by_gradient(positions):
     """d logits[t] / d input[s] is exactly zero for every s > t, and not zero for s <= t."""
     model = tiny(positions)

@@ -1,19 +1,23 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from lmjax.models import layers
 
+SPEC = layers.Spec(d_model=16, num_heads=4, head_dim=4, d_ff=32, num_layers=2)
+
 
 def test_einsum_attention_path_matches_dot_product_attention():
     """The dropout path (used only for attention dropout) computes the same attention at rate 0."""
-    attn = layers.MultiHeadAttention(16, 4, use_bias=True, rotary=False, attention_dropout=0.0, rngs=nnx.Rngs(0))
+    attn = layers.MultiHeadAttention(SPEC, cross=False, rngs=nnx.Rngs(0))
     q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 5, 4, 4)) for i in range(3))
     mask = jnp.asarray(np.random.default_rng(0).random((2, 1, 5, 5)) > 0.3) | jnp.eye(5, dtype=bool)
+    bias = jax.random.normal(jax.random.PRNGKey(5), (1, 4, 5, 5))
     for is_causal in (False, True):
-        ref = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
-        got = attn._attend_with_dropout(q, k, v, mask, is_causal, nnx.Rngs(dropout=0))
+        ref = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=0.5)
+        got = attn._attend_with_dropout(q, k, v, mask, bias, is_causal, nnx.Rngs(dropout=0))
         np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
@@ -32,16 +36,37 @@ def test_sinusoidal_table_matches_formula():
     np.testing.assert_allclose(table[pos, 2 * i + 1], np.cos(pos / 10000 ** (2 * i / 8)), rtol=1e-5)
 
 
-def test_layernorm_normalises_in_fp32():
-    norm = layers.LayerNorm(8, use_bias=True, rngs=nnx.Rngs(0))
+def test_norms_normalise_in_fp32():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8)) * 5 + 3
-    y = np.asarray(norm(x))
+    y = np.asarray(layers.Norm(8, kind="layernorm", rngs=nnx.Rngs(0))(x))
     np.testing.assert_allclose(y.mean(-1), 0, atol=1e-5)
     np.testing.assert_allclose(y.std(-1), 1, atol=1e-3)
+    rms = layers.Norm(8, kind="rmsnorm", eps=0.0, rngs=nnx.Rngs(0))
+    assert rms.bias is None
+    np.testing.assert_allclose(np.sqrt(np.mean(np.square(np.asarray(rms(x))), -1)), 1, rtol=1e-5)
 
 
-def test_parameters_carry_logical_axes():
-    block = layers.Block(16, 4, 32, use_bias=True, rotary=False, dropout=0.0, attention_dropout=0.0, num_layers=2,
-                         rngs=nnx.Rngs(0))
+def test_t5_relative_buckets_match_the_reference_values():
+    rel = jnp.arange(-200, 201)
+    bi = np.asarray(layers.relative_bucket(rel, bidirectional=True, num_buckets=32, max_distance=128))
+    uni = np.asarray(layers.relative_bucket(rel, bidirectional=False, num_buckets=32, max_distance=128))
+    # Exact buckets for small distances; log-spaced after; saturating at max_distance.
+    assert list(bi[200 + np.arange(0, 8)]) == [0] + [16 + i for i in range(1, 8)] and bi[200 - 3] == 3
+    assert bi[200 + 128] == bi[200 + 200] == 31 and bi[0] == 15
+    assert uni[200 + 5] == 0 and uni[200 - 5] == 5 and uni[0] == 31
+    assert np.all(np.diff(uni[:201]) <= 0)
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(norm="rmsnorm", norm_position="post", activation="swiglu"),
+                                     dict(activation="geglu", use_bias=False, positions="rotary")])
+def test_block_variants_run_and_carry_logical_axes(variant):
+    import dataclasses
+
+    spec = dataclasses.replace(SPEC, **variant)
+    block = layers.Block(spec, cross_attention=True, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
+    enc = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 16))
+    y, _ = block(x, positions_BL=jnp.broadcast_to(jnp.arange(5), (2, 5)), is_causal=True, enc_BSD=enc)
+    assert y.shape == x.shape and np.all(np.isfinite(np.asarray(y)))
     for path, var in nnx.state(block, nnx.Param).flat_state():
         assert len(var.get_metadata()["axes"]) == var.value.ndim, path

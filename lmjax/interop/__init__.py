@@ -1,0 +1,1 @@
+"""Interop with other libraries\x27 checkpoints."""

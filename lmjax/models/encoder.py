@@ -1,0 +1,86 @@
+"""BERT-style bidirectional encoder with masked-LM and next-sentence heads (see layers.py for the dimension key)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lmjax.models import layers
+from lmjax.models.decoder import check_length
+
+HEADS = ("none", "mlm", "mlm_nsp")
+
+
+class EncoderLM(nnx.Module):
+    """Tokens + positions + segments -> (embedding norm) -> bidirectional blocks -> MLM / NSP heads.
+
+    MLM head: dense + activation + norm, then the (tied) output matrix and a vocabulary bias.
+    NSP head: tanh pooler over the first token ([CLS]), then a 2-way classifier (0: B follows A).
+    """
+
+    def __init__(self, spec: layers.Spec, *, vocab_size: int, max_len: int, type_vocab_size: int = 2,
+                 embed_norm: bool = True, heads: str = "mlm_nsp", tie_embeddings: bool = True,
+                 dtype: str = "float32", rngs: nnx.Rngs):
+        if heads not in HEADS:
+            raise ValueError(f"model.encoder_heads={heads!r} is unknown; use one of {HEADS}")
+        self.vocab_size, self.max_len, self.positions, self.heads = vocab_size, max_len, spec.positions, heads
+        self.dtype = jnp.dtype(dtype)
+        d = spec.d_model
+        normal = nnx.initializers.normal(0.02)
+        self.embed_VD = layers.param(rngs, normal, (vocab_size, d), ("vocab", "embed"))
+        self.pos_embed_LD = layers.param(rngs, normal, (max_len, d), (None, "embed")) if spec.positions == "learned" else None
+        self.segment_embed_TD = layers.param(rngs, normal, (type_vocab_size, d), (None, "embed")) if type_vocab_size else None
+        self.embed_norm = layers.make_norm(spec, rngs) if embed_norm else None
+        self.embed_dropout = nnx.Dropout(spec.dropout)
+        self.relative_bias = (layers.RelativePositionBias(spec, bidirectional=True, rngs=rngs)
+                              if spec.positions == "relative" else None)
+        self.blocks = nnx.List([layers.Block(spec, rngs=rngs) for _ in range(spec.num_layers)])
+        self.final_norm = layers.make_norm(spec, rngs) if spec.norm_position == "pre" else None
+        self.activation = layers.ACTIVATIONS[spec.activation][0]
+        if heads != "none":
+            self.mlm_dense = layers.Dense(d, d, ("embed", None), use_bias=True, rngs=rngs)
+            self.mlm_norm = layers.make_norm(spec, rngs)
+            self.mlm_bias_V = layers.param(rngs, nnx.initializers.zeros, (vocab_size,), ("vocab",))
+            self.mlm_head_DV = None if tie_embeddings else layers.param(rngs, normal, (d, vocab_size), ("embed", "vocab"))
+        if heads == "mlm_nsp":
+            self.pooler = layers.Dense(d, d, ("embed", None), use_bias=True, rngs=rngs)
+            self.nsp = layers.Dense(d, 2, ("embed", None), use_bias=True, rngs=rngs)
+
+    def encode(self, tokens_BL: jax.Array, *, segments_BL: jax.Array | None = None, mask_BL: jax.Array | None = None,
+               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Hidden states h_BLD; mask_BL marks real tokens (padding is never attended to)."""
+        B, L = tokens_BL.shape
+        check_length(L, self.max_len)
+        x_BLD = jnp.take(self.embed_VD[...], tokens_BL, axis=0)
+        x_BLD = layers.add_positions(x_BLD, None, self.positions, self.pos_embed_LD, self.max_len)
+        if self.segment_embed_TD is not None:
+            segments_BL = jnp.zeros_like(tokens_BL) if segments_BL is None else segments_BL
+            x_BLD = x_BLD + jnp.take(self.segment_embed_TD[...], segments_BL, axis=0)
+        if self.embed_norm is not None:
+            x_BLD = self.embed_norm(x_BLD)
+        x_BLD = self.embed_dropout(x_BLD.astype(self.dtype), deterministic=deterministic, rngs=rngs)
+        bias_1HLS = self.relative_bias(jnp.arange(L), jnp.arange(L)) if self.relative_bias is not None else None
+        positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L)) if self.positions == "rotary" else None
+        x_BLD, _ = layers.run_blocks(self.blocks, x_BLD, positions_BL=positions_BL, bias_1HLS=bias_1HLS,
+                                     mask_B1LS=layers.attention_mask(mask_BL, causal=False),
+                                     deterministic=deterministic, rngs=rngs)
+        return x_BLD if self.final_norm is None else self.final_norm(x_BLD)
+
+    def mlm_logits(self, h_BLD: jax.Array) -> jax.Array:
+        if self.heads == "none":
+            raise ValueError("this encoder has no MLM head (model.encoder_heads='none'); use 'mlm' or 'mlm_nsp'")
+        t_BLD = self.mlm_norm(self.activation(self.mlm_dense(h_BLD)))
+        head_DV = self.embed_VD[...].T if self.mlm_head_DV is None else self.mlm_head_DV[...]
+        logits_BLV = layers.matmul(t_BLD, head_DV.astype(self.dtype)) + self.mlm_bias_V[...].astype(self.dtype)
+        return logits_BLV.astype(jnp.float32)
+
+    def nsp_logits(self, h_BLD: jax.Array) -> jax.Array:
+        if self.heads != "mlm_nsp":
+            raise ValueError(f"this encoder has no NSP head (model.encoder_heads={self.heads!r}); use 'mlm_nsp'")
+        return self.nsp(jnp.tanh(self.pooler(h_BLD[:, 0]))).astype(jnp.float32)  # logits_B2
+
+    def __call__(self, tokens_BL: jax.Array, *, segments_BL: jax.Array | None = None, mask_BL: jax.Array | None = None,
+                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """MLM logits_BLV, or the hidden states h_BLD of an encoder without heads."""
+        h_BLD = self.encode(tokens_BL, segments_BL=segments_BL, mask_BL=mask_BL, deterministic=deterministic, rngs=rngs)
+        return h_BLD if self.heads == "none" else self.mlm_logits(h_BLD)

@@ -1,0 +1,69 @@
+"""Properties every family shares: padding never changes real tokens' outputs; bidirectional vs causal."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lmjax import config as base_config
+from lmjax import models
+
+V, L = 23, 10
+VARIANTS = {
+    "decoder": dict(family="decoder", positions="rotary"),
+    "bert": dict(family="encoder", norm_position="post", embed_norm=True, activation="gelu", encoder_heads="mlm_nsp"),
+    "encoder_relative": dict(family="encoder", positions="relative", norm="rmsnorm", encoder_heads="mlm"),
+    "t5": dict(family="encoder_decoder", positions="relative", norm="rmsnorm", use_bias=False, scale_attention=False,
+               activation="geglu", scale_output=True),
+    "transformer": dict(family="encoder_decoder", positions="sinusoidal", norm_position="post", activation="relu",
+                        share_embeddings=False, tie_embeddings=False),
+}
+
+
+def build(variant):
+    c = base_config.base().model
+    c.update(vocab_size=V, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=L, **VARIANTS[variant])
+    return models.build(c, nnx.Rngs(0))
+
+
+def run(model, tokens, mask):
+    batch = {"inputs": jnp.asarray(tokens), "input_mask": jnp.asarray(mask), "segments": jnp.zeros_like(tokens),
+             "decoder_inputs": jnp.asarray(tokens[:, :6]), "nsp_labels": jnp.zeros(len(tokens), jnp.int32)}
+    return models.forward(model, batch)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_outputs_at_real_tokens_ignore_padding_content_and_amount(variant):
+    model = build(variant)
+    rng = np.random.default_rng(0)
+    real = rng.integers(1, V, 6)
+    outs = []
+    for pad_len, seed in ((0, 1), (2, 2), (4, 3)):
+        tokens = np.concatenate([real, np.random.default_rng(seed).integers(0, V, pad_len)])[None]
+        mask = (np.arange(tokens.shape[1]) < 6)[None].astype(np.int32)
+        outs.append(jax.tree.map(lambda x: np.asarray(x)[:, :6] if x.ndim == 3 else np.asarray(x), run(model, tokens, mask)))
+    for other in outs[1:]:
+        for k in outs[0]:
+            np.testing.assert_allclose(other[k], outs[0][k], atol=1e-5, rtol=1e-5, err_msg=k)
+
+
+def test_encoder_is_bidirectional_and_decoder_of_encoder_decoder_is_causal():
+    tokens = jnp.asarray(np.random.default_rng(0).integers(1, V, (1, L)))
+    enc = build("bert")
+    x = enc.encode(tokens)
+    changed = enc.encode(tokens.at[0, -1].set((tokens[0, -1] + 1) % V))
+    assert not np.allclose(x[0, 0], changed[0, 0])  # the first token sees the last
+    t5 = build("t5")
+    a = t5(tokens, tokens)
+    b = t5(tokens, tokens.at[0, -1].set((tokens[0, -1] + 1) % V))
+    np.testing.assert_allclose(a[0, :-1], b[0, :-1], atol=1e-6)  # earlier decoder positions do not see it
+
+
+def test_unknown_choices_fail_clearly():
+    c = base_config.base().model
+    c.update(vocab_size=V, norm="batchnorm")
+    with pytest.raises(ValueError, match="model.norm='batchnorm' is unknown"):
+        models.build(c, nnx.Rngs(0))
+    c.update(norm="layernorm", family="encoder", encoder_heads="qa")
+    with pytest.raises(ValueError, match="model.encoder_heads='qa' is unknown"):
+        models.build(c, nnx.Rngs(0))
