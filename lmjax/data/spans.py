@@ -71,10 +71,10 @@ class SpanCorruption(grain.transforms.RandomMap):
 
     def random_map(self, packed: dict, rng: np.random.Generator) -> dict:
         tokens = packed["tokens"]
-        mask = noise_mask(tokens.size, rng, self.noise_density, self.mean_span)
-        if int(mask.sum()) and (np.cumsum(mask & ~np.r_[False, mask[:-1]]).max() > self.sentinels.size):
+        if span_counts(tokens.size, self.noise_density, self.mean_span)[1] > self.sentinels.size:
             raise ValueError(f"{tokens.size}-token windows need more than {self.sentinels.size} sentinels; "
                              "shorten data.seq_len or raise data.mean_span")
+        mask = noise_mask(tokens.size, rng, self.noise_density, self.mean_span)
         inputs, targets = corrupt(tokens, mask, self.sentinels, self.eos)
         return {"inputs": inputs, "input_mask": np.ones_like(inputs),
                 "decoder_inputs": np.concatenate([[0], targets[:-1]]).astype(np.int32), "targets": targets,

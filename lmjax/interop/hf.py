@@ -250,7 +250,8 @@ def _read_weights(directory: Path) -> dict[str, np.ndarray]:
 
 
 def _expand(rows) -> list[tuple[str, str | tuple[str, ...], str]]:
-    """Resolves packed HF names: 'x:i' (row i of 3 along the last axis) and '(q|k|v)' (three tensors joined)."""
+    """Turns an HF name '...(q|k|v)...' (three tensors joined into one lmjax parameter) into a tuple of names.
+    A name 'x:i' (part i of 3 along x's last axis: GPT-2's fused QKV) is left for load/save to split or join."""
     out = []
     for lm, hf, layout in rows:
         if "(" in hf:

@@ -73,3 +73,24 @@ def test_eval_covers_validation_in_order_with_padding_masked(corpus, tok):
                    for b in evals for r in range(2))
     assert val.startswith(text[:500]) and len(text) > 0.9 * len(val)
     assert len(list(pipeline.eval_batches(corpus, tok, data_config(seq_len=16), objective="causal_lm", batch_size=2, max_batches=3))) == 3
+
+
+@pytest.mark.parametrize("objective", ["mlm", "span_corruption"])
+def test_mlm_and_span_pipelines_are_deterministic_and_resumable(corpus, objective):
+    spm = tokenizers.train("sentencepiece", pipeline.tokenizer_texts(corpus, 0), 450)
+    data = data_config(seq_len=32)
+    make = lambda seed: pipeline.train_dataset(corpus, spm, data, objective=objective, batch_size=4, seed=seed)
+    a, it = batches(make(0), 3)
+    b, _ = batches(make(0), 3)
+    c, _ = batches(make(1), 3)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+    assert not np.array_equal(a[0]["inputs"], c[0]["inputs"])
+    state = it.get_state()
+    after, _ = batches(make(0), 2, state)
+    expected = [next(it) for _ in range(2)]
+    assert all(np.array_equal(x[k], y[k]) for x, y in zip(after, expected) for k in x)
+    assert a[0]["inputs"].shape == (4, 32)
+    if objective == "span_corruption":
+        assert a[0]["targets"].shape == (4, pipeline.span_lengths(data)[1])
+        np.testing.assert_array_equal(a[0]["decoder_inputs"][:, 1:], a[0]["targets"][:, :-1])
