@@ -8,12 +8,6 @@ from flax import nnx
 from lmjax.models import layers
 
 
-def check_length(L: int, max_len: int, what: str = "sequence") -> None:
-    if L > max_len:
-        raise ValueError(f"{what} length {L} is longer than the model's positions (model.max_len={max_len}); "
-                         f"shorten data.seq_len or raise model.max_len")
-
-
 class DecoderLM(nnx.Module):
     """Token embedding + positions -> causal blocks -> final norm (pre-norm) -> (tied) output head."""
 
@@ -44,7 +38,7 @@ class DecoderLM(nnx.Module):
                         rngs: nnx.Rngs | None = None) -> jax.Array:
         """The model after the token lookup (used by tests that differentiate w.r.t. the inputs)."""
         L = x_BLD.shape[1]
-        check_length(L, self.max_len)
+        layers.check_length(L, self.max_len)
         mask_B1LS = layers.attention_mask(mask_BL, causal=True, L=L)
         logits_BLV, _ = self._forward(x_BLD, None, mask_B1LS, is_causal=mask_B1LS is None, q_offset=0, S=L,
                                       caches=None, deterministic=deterministic, rngs=rngs)
@@ -52,8 +46,7 @@ class DecoderLM(nnx.Module):
 
     def init_cache(self, batch: int, length: int) -> list:
         """Empty self-attention caches for `length` slots (one (k, v) pair per block)."""
-        spec_HK = self.blocks[0].attn.query_DHK.shape[1:]
-        zeros = jnp.zeros((batch, length, *spec_HK), self.dtype)
+        zeros = jnp.zeros((batch, length, *self.blocks[0].attn.query_DHK.shape[1:]), self.dtype)
         return [((zeros, zeros), None) for _ in self.blocks]
 
     def decode(self, tokens_BL: jax.Array, caches: list, *, index: jax.Array, key_mask_BS: jax.Array,
@@ -65,17 +58,11 @@ class DecoderLM(nnx.Module):
 
     def _forward(self, x_BLD, positions_BL, mask_B1LS, *, is_causal, q_offset, S, caches, deterministic=True,
                  rngs=None):
-        B, L, _ = x_BLD.shape
         x_BLD = layers.add_positions(x_BLD, positions_BL, self.positions, self.pos_embed_LD, self.max_len)
         x_BLD = self.embed_dropout(x_BLD, deterministic=deterministic, rngs=rngs)
-        bias_1HLS = (self.relative_bias(jnp.arange(L) + q_offset, jnp.arange(S))
-                     if self.relative_bias is not None else None)
-        if positions_BL is None and self.positions == "rotary":
-            positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
-        x_BLD, caches = layers.run_blocks(self.blocks, x_BLD, caches=caches, positions_BL=positions_BL,
-                                          mask_B1LS=mask_B1LS, bias_1HLS=bias_1HLS, is_causal=is_causal,
-                                          cache_index=q_offset, deterministic=deterministic, rngs=rngs)
-        if self.final_norm is not None:
-            x_BLD = self.final_norm(x_BLD)
+        x_BLD, caches = layers.run_stack(self.blocks, self.final_norm, self.relative_bias, self.positions, x_BLD,
+                                         positions_BL=positions_BL, q_offset=q_offset, S=S, caches=caches,
+                                         mask_B1LS=mask_B1LS, is_causal=is_causal, deterministic=deterministic,
+                                         rngs=rngs)
         head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
         return layers.matmul(x_BLD, head_DV.astype(self.dtype)).astype(jnp.float32), caches

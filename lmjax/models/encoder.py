@@ -6,7 +6,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lmjax.models import layers
-from lmjax.models.decoder import check_length
 
 HEADS = ("none", "mlm", "mlm_nsp")
 
@@ -49,8 +48,7 @@ class EncoderLM(nnx.Module):
     def encode(self, tokens_BL: jax.Array, *, segments_BL: jax.Array | None = None, mask_BL: jax.Array | None = None,
                deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Hidden states h_BLD; mask_BL marks real tokens (padding is never attended to)."""
-        B, L = tokens_BL.shape
-        check_length(L, self.max_len)
+        layers.check_length(tokens_BL.shape[1], self.max_len)
         x_BLD = jnp.take(self.embed_VD[...], tokens_BL, axis=0)
         x_BLD = layers.add_positions(x_BLD, None, self.positions, self.pos_embed_LD, self.max_len)
         if self.segment_embed_TD is not None:
@@ -59,12 +57,9 @@ class EncoderLM(nnx.Module):
         if self.embed_norm is not None:
             x_BLD = self.embed_norm(x_BLD)
         x_BLD = self.embed_dropout(x_BLD.astype(self.dtype), deterministic=deterministic, rngs=rngs)
-        bias_1HLS = self.relative_bias(jnp.arange(L), jnp.arange(L)) if self.relative_bias is not None else None
-        positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L)) if self.positions == "rotary" else None
-        x_BLD, _ = layers.run_blocks(self.blocks, x_BLD, positions_BL=positions_BL, bias_1HLS=bias_1HLS,
-                                     mask_B1LS=layers.attention_mask(mask_BL, causal=False),
-                                     deterministic=deterministic, rngs=rngs)
-        return x_BLD if self.final_norm is None else self.final_norm(x_BLD)
+        return layers.run_stack(self.blocks, self.final_norm, self.relative_bias, self.positions, x_BLD,
+                                mask_B1LS=layers.attention_mask(mask_BL, causal=False), deterministic=deterministic,
+                                rngs=rngs)[0]
 
     def mlm_logits(self, h_BLD: jax.Array) -> jax.Array:
         if self.heads == "none":

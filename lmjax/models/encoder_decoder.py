@@ -9,7 +9,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lmjax.models import layers
-from lmjax.models.decoder import check_length
 
 
 class EncoderDecoderLM(nnx.Module):
@@ -50,23 +49,19 @@ class EncoderDecoderLM(nnx.Module):
     def encode(self, tokens_BS: jax.Array, *, mask_BS: jax.Array | None = None, deterministic: bool = True,
                rngs: nnx.Rngs | None = None) -> jax.Array:
         """Encoder states enc_BSD; mask_BS marks real tokens."""
-        B, S = tokens_BS.shape
-        check_length(S, self.max_len, "input")
+        layers.check_length(tokens_BS.shape[1], self.max_len, "input")
         x_BSD = self._embed(self.embed_VD, tokens_BS, None, self.encoder_pos_embed_LD, deterministic, rngs)
-        bias = self.encoder_bias(jnp.arange(S), jnp.arange(S)) if self.encoder_bias is not None else None
-        positions = jnp.broadcast_to(jnp.arange(S), (B, S)) if self.positions == "rotary" else None
-        x_BSD, _ = layers.run_blocks(self.encoder_blocks, x_BSD, positions_BL=positions, bias_1HLS=bias,
-                                     mask_B1LS=layers.attention_mask(mask_BS, causal=False),
-                                     deterministic=deterministic, rngs=rngs)
-        return x_BSD if self.encoder_norm is None else self.encoder_norm(x_BSD)
+        return layers.run_stack(self.encoder_blocks, self.encoder_norm, self.encoder_bias, self.positions, x_BSD,
+                                mask_B1LS=layers.attention_mask(mask_BS, causal=False), deterministic=deterministic,
+                                rngs=rngs)[0]
 
     def __call__(self, inputs_BS: jax.Array, decoder_inputs_BL: jax.Array, *, mask_BS: jax.Array | None = None,
                  decoder_mask_BL: jax.Array | None = None, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
         """Decoder logits_BLV (fp32) for teacher-forced decoder inputs."""
         enc_BSD = self.encode(inputs_BS, mask_BS=mask_BS, deterministic=deterministic, rngs=rngs)
-        B, L = decoder_inputs_BL.shape
-        check_length(L, self.max_len, "target")
+        L = decoder_inputs_BL.shape[1]
+        layers.check_length(L, self.max_len, "target")
         if mask_BS is None:
             mask_BS = jnp.ones(inputs_BS.shape, bool)
         logits_BLV, _ = self._decode(decoder_inputs_BL, enc_BSD, mask_BS, None,
@@ -88,17 +83,12 @@ class EncoderDecoderLM(nnx.Module):
 
     def _decode(self, tokens_BL, enc_BSD, enc_mask_BS, positions_BL, mask_B1LS, *, is_causal, q_offset, S, caches,
                 deterministic=True, rngs=None):
-        B, L = tokens_BL.shape
         table = self.embed_VD if self.decoder_embed_VD is None else self.decoder_embed_VD
         x_BLD = self._embed(table, tokens_BL, positions_BL, self.decoder_pos_embed_LD, deterministic, rngs)
-        bias = self.decoder_bias(jnp.arange(L) + q_offset, jnp.arange(S)) if self.decoder_bias is not None else None
-        if positions_BL is None and self.positions == "rotary":
-            positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
-        x_BLD, caches = layers.run_blocks(self.decoder_blocks, x_BLD, caches=caches, positions_BL=positions_BL,
-                                          mask_B1LS=mask_B1LS, bias_1HLS=bias, is_causal=is_causal, enc_BSD=enc_BSD,
-                                          enc_mask_B1LS=layers.attention_mask(enc_mask_BS, causal=False),
-                                          cache_index=q_offset, deterministic=deterministic, rngs=rngs)
-        if self.decoder_norm is not None:
-            x_BLD = self.decoder_norm(x_BLD)
+        x_BLD, caches = layers.run_stack(self.decoder_blocks, self.decoder_norm, self.decoder_bias, self.positions,
+                                         x_BLD, positions_BL=positions_BL, q_offset=q_offset, S=S, caches=caches,
+                                         mask_B1LS=mask_B1LS, is_causal=is_causal, enc_BSD=enc_BSD,
+                                         enc_mask_B1LS=layers.attention_mask(enc_mask_BS, causal=False),
+                                         deterministic=deterministic, rngs=rngs)
         head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
         return layers.matmul(x_BLD * self.output_scale, head_DV.astype(self.dtype)).astype(jnp.float32), caches

@@ -318,13 +318,33 @@ class Block(nnx.Module):
         return x_BLD, (None if cache is None else (self_cache, cross_cache))
 
 
-def run_blocks(blocks, x_BLD: jax.Array, *, caches: list | None = None, **kwargs) -> tuple[jax.Array, list | None]:
-    """Applies `blocks` in order; threads one cache per block when decoding."""
+def run_stack(blocks, final_norm: Norm | None, relative_bias: RelativePositionBias | None, positions: str,
+              x_BLD: jax.Array, *, positions_BL: jax.Array | None = None, q_offset: jax.Array | int = 0,
+              S: int | None = None, caches: list | None = None, **kwargs) -> tuple[jax.Array, list | None]:
+    """A stack of blocks, then its final norm (pre-norm stacks); threads one cache per block when decoding.
+
+    Queries sit at slots q_offset..q_offset+L-1 of S keys (S = L without a cache): T5's relative bias is
+    computed for them once and shared by the blocks; rotary positions default to 0..L-1 in every row.
+    """
+    B, L, _ = x_BLD.shape
+    bias_1HLS = None
+    if relative_bias is not None:
+        bias_1HLS = relative_bias(jnp.arange(L) + q_offset, jnp.arange(L if S is None else S))
+    if positions_BL is None and positions == "rotary":
+        positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
     new_caches = []
     for i, block in enumerate(blocks):
-        x_BLD, cache = block(x_BLD, cache=None if caches is None else caches[i], **kwargs)
+        x_BLD, cache = block(x_BLD, positions_BL=positions_BL, bias_1HLS=bias_1HLS, cache_index=q_offset,
+                             cache=None if caches is None else caches[i], **kwargs)
         new_caches.append(cache)
+    x_BLD = x_BLD if final_norm is None else final_norm(x_BLD)
     return x_BLD, (None if caches is None else new_caches)
+
+
+def check_length(L: int, max_len: int, what: str = "sequence") -> None:
+    if L > max_len:
+        raise ValueError(f"{what} length {L} is longer than the model's positions (model.max_len={max_len}); "
+                         f"shorten data.seq_len or raise model.max_len")
 
 
 def attention_mask(key_mask_BS: jax.Array | None, *, causal: bool, L: int = 0,
