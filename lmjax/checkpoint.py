@@ -16,10 +16,14 @@ from ml_collections import ConfigDict
 CKPT_DIR, CONFIG_FILE, TOKENIZER_DIR = "checkpoints", "config.json", "tokenizer"
 
 
+ITERATORS = ("data", "task_data")  # the data iterators a checkpoint may hold: pretraining / LM stream, task stream
+
+
 def manager(workdir: Path, *, keep: int) -> ocp.CheckpointManager:
     """Saves happen when the loop asks (it checks the state is finite first); the newest `keep` are kept."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
-    return ocp.CheckpointManager(Path(workdir).absolute() / CKPT_DIR, options=options, item_names=("state", "data"))
+    return ocp.CheckpointManager(Path(workdir).absolute() / CKPT_DIR, options=options,
+                                 item_names=("state",) + ITERATORS)
 
 
 class _IteratorState:
@@ -49,18 +53,21 @@ def _tuples(x: Any) -> Any:
     return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | None) -> bool:
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | None, **iters: Any) -> bool:
+    """Saves the state and the data iterators: `data_iter` as 'data', and keyword ones by name (ITERATORS)."""
     items = {"state": ocp.args.StandardSave(state)}
-    if data_iter is not None:
-        items["data"] = grain.checkpoint.CheckpointSave(_IteratorState(data_iter))
+    for name, it in ({"data": data_iter} | iters).items():
+        if it is not None:
+            items[name] = grain.checkpoint.CheckpointSave(_IteratorState(it))
     return mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any | None) -> Any:
-    """Restores the state (sharded like `abstract_state`) and, in place, the data iterator."""
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any | None, **iters: Any) -> Any:
+    """Restores the state (sharded like `abstract_state`) and, in place, the data iterators."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
-        items["data"] = grain.checkpoint.CheckpointRestore(_IteratorState(data_iter))
+    for name, it in ({"data": data_iter} | iters).items():
+        if it is not None:
+            items[name] = grain.checkpoint.CheckpointRestore(_IteratorState(it))
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, TypeError) as e:

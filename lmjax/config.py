@@ -12,7 +12,7 @@ from lmjax.data import pipeline
 
 def base() -> ConfigDict:
     c = ConfigDict()
-    c.mode = "train"  # train | sample
+    c.mode = "train"  # train | sample | finetune
     c.seed = 0
 
     c.model = ConfigDict(dict(
@@ -48,16 +48,44 @@ def base() -> ConfigDict:
 
     c.optim = ConfigDict(dict(
         learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100, b1=0.9, b2=0.99, eps=1e-8,
-        weight_decay=0.1, decay_embeddings=False, grad_clip=1.0, grad_accum_steps=1))
+        weight_decay=0.1, decay_embeddings=False, grad_clip=1.0, grad_accum_steps=1,
+        freeze="",  # comma-separated regexes matched at the start of parameter paths, e.g. 'backbone/' (a probe)
+        layer_decay=1.0,  # layer-wise learning-rate decay: block i (from 0) of N learns at layer_decay ** (N - i) x
+        head_learning_rate=0.0))  # fine-tuning: peak learning rate of the new head; 0 means optim.learning_rate
 
     c.train = ConfigDict(dict(
         objective="causal_lm",  # causal_lm | mlm | span_corruption (decoder | encoder | encoder_decoder)
         label_smoothing=0.0, num_steps=2000, log_every=50, eval_every=250, eval_batches=50,
         checkpoint_every=500, keep_checkpoints=3, sample_tokens=200, progress=True))
 
+    # mode=finetune: L_FT = L_task + lambda * L_pretrain (train.objective on the data.* stream) + l2sp * ||theta - theta_0||^2
+    c.task = ConfigDict(dict(
+        name="",  # rotten_tomatoes | glue/sst2 | imdb_reviews | conll2003 | squad (see lmjax/data/tasks.py)
+        tfds_data_dir="", num_labels=0,  # 0: the dataset's label count (else it must match)
+        pooling="cls",  # classification: cls | mean | last (decoders: last)
+        seq_len=128, batch_size=32, head_dropout=0.1))
+
+    c.finetune = ConfigDict(dict(
+        init="",  # lmjax workdir, Hugging Face directory, or 'all-MiniLM-L6-v2'; the model comes from it ('': c.model)
+        pretrain_lambda=0.0,  # lambda; 0: the pretraining stream is neither read nor computed
+        lambda_schedule="constant",  # constant | warmup (0 -> lambda) | decay (lambda -> 0), linear over lambda_steps
+        lambda_steps=0,  # 0: train.num_steps
+        l2sp=0.0))  # L2-SP weight towards the pretrained backbone
+
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
     c.sample = ConfigDict(dict(prompt="\n", num_tokens=500, temperature=0.8, top_k=200, top_p=1.0, num_samples=1, seed=0))
+    return c
+
+
+def from_saved(saved: dict) -> ConfigDict:
+    """A run's saved config.json as a ConfigDict, on top of today's base (keys added since take their defaults)."""
+    c = base()
+    for section, values in saved.items():
+        if isinstance(values, dict) and section in c:
+            c[section].update({k: v for k, v in values.items() if k in c[section]})
+        elif section in c:
+            c[section] = values
     return c
 
 
@@ -69,8 +97,21 @@ def lock(c: ConfigDict) -> ConfigDict:
 
 def validate(c: ConfigDict) -> None:
     """Value checks that would otherwise fail deep inside a run."""
-    if c.mode not in ("train", "sample"):
-        raise ValueError(f"mode={c.mode!r} is unknown; use 'train' or 'sample'")
+    if c.mode not in ("train", "sample", "finetune"):
+        raise ValueError(f"mode={c.mode!r} is unknown; use 'train', 'sample' or 'finetune'")
+    if c.mode == "finetune":
+        validate_finetune(c)
+    if not (c.mode == "finetune" and c.finetune.init):  # else the model comes from finetune.init: checked once loaded
+        validate_model(c)
+    if c.optim.grad_accum_steps < 1 or c.data.batch_size % c.optim.grad_accum_steps:
+        raise ValueError(f"data.batch_size={c.data.batch_size} is not divisible by optim.grad_accum_steps="
+                         f"{c.optim.grad_accum_steps}; pick an accumulation count that divides the batch")
+    if c.data.tokenizer == "sentencepiece" and not (c.data.vocab_size or c.data.tokenizer_path):
+        raise ValueError("data.tokenizer='sentencepiece' needs data.vocab_size (e.g. 8000) or data.tokenizer_path")
+
+
+def validate_model(c: ConfigDict) -> None:
+    """The checks that involve the model: its family against the objective, its positions against lengths."""
     allowed = models.OBJECTIVES.get(c.model.family)
     if allowed is None:
         raise ValueError(f"model.family={c.model.family!r} is unknown; use one of {sorted(models.OBJECTIVES)}")
@@ -83,11 +124,27 @@ def validate(c: ConfigDict) -> None:
     if c.train.objective == "span_corruption" and pipeline.span_lengths(c.data)[1] > c.model.max_len:
         raise ValueError(f"span corruption of {c.data.seq_len}-token inputs makes {pipeline.span_lengths(c.data)[1]}-token "
                          f"targets, longer than model.max_len={c.model.max_len}; raise model.max_len")
-    if c.optim.grad_accum_steps < 1 or c.data.batch_size % c.optim.grad_accum_steps:
-        raise ValueError(f"data.batch_size={c.data.batch_size} is not divisible by optim.grad_accum_steps="
-                         f"{c.optim.grad_accum_steps}; pick an accumulation count that divides the batch")
-    if c.data.tokenizer == "sentencepiece" and not (c.data.vocab_size or c.data.tokenizer_path):
-        raise ValueError("data.tokenizer='sentencepiece' needs data.vocab_size (e.g. 8000) or data.tokenizer_path")
+    if c.mode == "finetune" and c.task.seq_len > c.model.max_len:
+        raise ValueError(f"task.seq_len={c.task.seq_len} is longer than the model's positions "
+                         f"(model.max_len={c.model.max_len}); shorten task.seq_len")
+
+
+LAMBDA_SCHEDULES = ("constant", "warmup", "decay")
+
+
+def validate_finetune(c: ConfigDict) -> None:
+    f = c.finetune
+    if not c.task.name:
+        raise ValueError("mode=finetune needs task.name (e.g. rotten_tomatoes)")
+    for key in ("pretrain_lambda", "l2sp"):
+        if f[key] < 0:
+            raise ValueError(f"finetune.{key}={f[key]} is negative; a regulariser's weight must be >= 0")
+    if f.lambda_schedule not in LAMBDA_SCHEDULES:
+        raise ValueError(f"finetune.lambda_schedule={f.lambda_schedule!r} is unknown; use one of {LAMBDA_SCHEDULES}")
+    if c.optim.grad_accum_steps != 1:
+        raise ValueError("fine-tuning runs without gradient accumulation; set optim.grad_accum_steps=1")
+    if not 0 < c.optim.layer_decay <= 1:
+        raise ValueError(f"optim.layer_decay={c.optim.layer_decay} must be in (0, 1]")
 
 
 def unknown_key_message(error: Exception, c: ConfigDict) -> str | None:

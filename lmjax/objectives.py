@@ -59,13 +59,82 @@ def masked_lm(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple
     return loss_sum, stats
 
 
+# ----------------------------------------------------------------------------------------------
+# Task losses (fine-tuning). batch['weights'] is 0 for padding rows (and tokens), so a padded final
+# evaluation batch scores exactly the real examples.
+
+
+def classification(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple[jax.Array, Stats]:
+    """Sequence (logits_BK, labels_B) or token (logits_BLK, labels_BL) classification; the confusion matrix
+    (rows: true label, columns: prediction) gives macro-F1."""
+    logits, weights = outputs["logits"], batch["weights"]
+    loss_sum, stats = token_cross_entropy(logits, {"targets": batch["labels"], "weights": weights}, label_smoothing)
+    K = logits.shape[-1]
+    true_NK = jax.nn.one_hot(batch["labels"], K).reshape(-1, K) * weights.reshape(-1, 1)
+    pred_NK = jax.nn.one_hot(jnp.argmax(logits, -1), K).reshape(-1, K)
+    return loss_sum, stats | {"confusion": true_NK.T @ pred_NK}
+
+
+def best_span(start_BL: jax.Array, end_BL: jax.Array, max_answer: int = 30) -> tuple[jax.Array, jax.Array]:
+    """The (start, end) maximising start + end logits with start <= end < start + max_answer."""
+    L = start_BL.shape[-1]
+    offset_LL = jnp.arange(L)[None, :] - jnp.arange(L)[:, None]
+    score_BLL = start_BL[:, :, None] + end_BL[:, None, :] + jnp.where((offset_LL >= 0) & (offset_LL < max_answer), 0.0, -1e18)
+    flat_B = jnp.argmax(score_BLL.reshape(score_BLL.shape[0], -1), axis=-1)
+    return flat_B // L, flat_B % L
+
+
+def span_qa(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple[jax.Array, Stats]:
+    """Extractive QA: mean of the start and end cross-entropies; exact match and token-overlap F1 of the best span."""
+    del label_smoothing
+    w_B = batch["weights"]
+    nll_B = 0.5 * (optax.softmax_cross_entropy_with_integer_labels(outputs["start_logits"], batch["start"])
+                   + optax.softmax_cross_entropy_with_integer_labels(outputs["end_logits"], batch["end"]))
+    s_B, e_B = best_span(outputs["start_logits"], outputs["end_logits"])
+    overlap_B = jnp.maximum(jnp.minimum(e_B, batch["end"]) - jnp.maximum(s_B, batch["start"]) + 1, 0)
+    precision_B, recall_B = overlap_B / (e_B - s_B + 1), overlap_B / (batch["end"] - batch["start"] + 1)
+    f1_B = jnp.where(overlap_B > 0, 2 * precision_B * recall_B / jnp.maximum(precision_B + recall_B, 1e-9), 0.0)
+    exact_B = ((s_B == batch["start"]) & (e_B == batch["end"])).astype(jnp.float32)
+    loss_sum = jnp.sum(nll_B * w_B)
+    return loss_sum, {"loss_sum": loss_sum, "nll_sum": loss_sum, "weight": jnp.sum(w_B), "correct": jnp.sum(exact_B * w_B),
+                      "f1_sum": jnp.sum(f1_B * w_B)}
+
+
+def text_to_text(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple[jax.Array, Stats]:
+    """Seq2seq cross-entropy, plus exact match of the whole target (teacher-forced argmax = greedy decoding)."""
+    loss_sum, stats = token_cross_entropy(outputs["logits"], batch, label_smoothing)
+    right_BL = (jnp.argmax(outputs["logits"], -1) == batch["targets"]) | (batch["weights"] == 0)
+    real_B = (jnp.sum(batch["weights"], -1) > 0).astype(jnp.float32)
+    return loss_sum, stats | {"exact_sum": jnp.sum(jnp.all(right_BL, -1) * real_B), "examples": jnp.sum(real_B)}
+
+
+TASK_OBJECTIVES = {"classification": classification, "token_classification": classification, "span_qa": span_qa,
+                   "text_to_text": text_to_text}
+
+
+def macro_f1(confusion_KK: jax.Array) -> jax.Array:
+    """Mean F1 over the classes that occur as a label or a prediction."""
+    tp_K = jnp.diag(confusion_KK)
+    denom_K = confusion_KK.sum(0) + confusion_KK.sum(1)  # 2tp + fp + fn
+    present_K = denom_K > 0
+    return jnp.sum(jnp.where(present_K, 2 * tp_K / jnp.maximum(denom_K, 1e-9), 0.0)) / jnp.maximum(present_K.sum(), 1)
+
+
 def summarize(stats: Stats) -> dict[str, jax.Array]:
-    """Sums -> mean loss, perplexity and token accuracy (and NSP loss/accuracy when present)."""
+    """Sums -> mean loss, perplexity and accuracy, plus what the objective adds: NSP loss/accuracy,
+    macro-F1 (classification), exact match and F1 (span QA), exact match (text-to-text)."""
     n = jnp.maximum(stats["weight"], 1.0)
     out = {"loss": stats["loss_sum"] / n, "perplexity": jnp.exp(stats["nll_sum"] / n), "accuracy": stats["correct"] / n}
     if "nsp_count" in stats:
         m = jnp.maximum(stats["nsp_count"], 1.0)
         out |= {"nsp_loss": stats["nsp_loss_sum"] / m, "nsp_accuracy": stats["nsp_correct"] / m}
+    if "confusion" in stats:
+        out["macro_f1"] = macro_f1(stats["confusion"])
+    if "f1_sum" in stats:
+        out |= {"exact_match": out.pop("accuracy"), "f1": stats["f1_sum"] / n}
+        del out["perplexity"]
+    if "exact_sum" in stats:
+        out["exact_match"] = stats["exact_sum"] / jnp.maximum(stats["examples"], 1.0)
     return out
 
 
@@ -78,3 +147,7 @@ def get(train_config: ConfigDict) -> Callable[[dict, dict], tuple[jax.Array, Sta
     if name not in REGISTRY:
         raise ValueError(f"train.objective={name!r} is unknown; use one of {sorted(REGISTRY)}")
     return functools.partial(REGISTRY[name], label_smoothing=train_config.label_smoothing)
+
+
+def get_task(head: str, label_smoothing: float = 0.0) -> Callable[[dict, dict], tuple[jax.Array, Stats]]:
+    return functools.partial(TASK_OBJECTIVES[head], label_smoothing=label_smoothing)

@@ -1,6 +1,8 @@
-"""The optax chain: AdamW with warmup + cosine decay, global-norm clipping and a weight-decay mask."""
+"""The optax chain: AdamW with warmup + cosine decay, global-norm clipping and a weight-decay mask; for
+fine-tuning also frozen parameters, layer-wise learning-rate decay and a learning rate of its own for new heads."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -16,6 +18,12 @@ def schedule(c: ConfigDict, num_steps: int) -> optax.Schedule:
         decay_steps=max(num_steps, c.warmup_steps + 1), end_value=c.min_learning_rate)
 
 
+def path_str(path: tuple) -> str:
+    """'backbone/blocks/0/attn/query_DHK' for a pytree path (what optim.freeze patterns match)."""
+    keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+    return "/".join(keys[:-1] if keys and keys[-1] == ".value" else keys)  # a Variable's array: its own path
+
+
 def decays(path: tuple, decay_embeddings: bool) -> bool:
     """Weight decay applies to matrices; never to norm scales or biases; to embeddings only if asked."""
     name = str(getattr(path[-1], "key", path[-1]))
@@ -26,16 +34,59 @@ def decays(path: tuple, decay_embeddings: bool) -> bool:
     return True
 
 
-def decay_mask(params: Any, decay_embeddings: bool) -> Any:
+def per_param(params: Any, fn) -> Any:
+    """fn(path) for every parameter, in the structure of `params` (nnx Variables or plain arrays)."""
     def one(path, x):
-        return x.replace(decays(path, decay_embeddings)) if isinstance(x, nnx.Variable) else decays(path, decay_embeddings)
+        return x.replace(fn(path)) if isinstance(x, nnx.Variable) else fn(path)
 
     return jax.tree_util.tree_map_with_path(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def make(c: ConfigDict, num_steps: int) -> optax.GradientTransformation:
-    return optax.chain(
-        optax.clip_by_global_norm(c.grad_clip) if c.grad_clip else optax.identity(),
-        optax.adamw(schedule(c, num_steps), b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
-                    mask=lambda p: decay_mask(p, c.decay_embeddings)),
-    )
+def decay_mask(params: Any, decay_embeddings: bool) -> Any:
+    return per_param(params, lambda path: decays(path, decay_embeddings))
+
+
+def frozen(c: ConfigDict, path: tuple) -> bool:
+    """optim.freeze: comma-separated regular expressions matched at the start of a parameter's path."""
+    return any(re.match(p.strip(), path_str(path)) for p in c.freeze.split(",") if p.strip())
+
+
+def depth(path: tuple, num_layers: int, decoder_offset: int = 0) -> int:
+    """0 for embeddings, i + 1 for the i-th block (decoder blocks after the decoder_offset encoder blocks),
+    num_layers + 1 for everything above the blocks."""
+    keys = path_str(path).split("/")
+    for i, k in enumerate(keys[:-1]):
+        if k in ("blocks", "encoder_blocks", "decoder_blocks"):
+            return int(keys[i + 1]) + 1 + (decoder_offset if k == "decoder_blocks" else 0)
+    return 0 if any("embed" in k for k in keys) else num_layers + 1  # tables, their norm, relative-position bias
+
+
+def _label(c: ConfigDict, num_layers: int, decoder_offset: int, path: tuple) -> str:
+    if frozen(c, path):
+        return "frozen"
+    if path_str(path).startswith("head/"):
+        return "head"
+    return f"depth{depth(path, num_layers, decoder_offset)}"
+
+
+def make(c: ConfigDict, num_steps: int, model: ConfigDict | None = None) -> optax.GradientTransformation:
+    """With layer-wise decay a parameter's learning rate is scaled by layer_decay ** (N + 1 - depth), N the
+    model's blocks (encoder + decoder); new heads (parameters under head/) take head_learning_rate; frozen
+    parameters get no update and no optimizer state."""
+    base = schedule(c, num_steps)
+    decoder_offset = model.num_layers if model is not None else 0
+    num_layers = decoder_offset + ((model.num_decoder_layers or model.num_layers)
+                                   if model is not None and model.family == "encoder_decoder" else 0)
+
+    def adamw(scale: float) -> optax.GradientTransformation:
+        return optax.adamw(lambda step: scale * base(step), b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
+                           mask=lambda p: decay_mask(p, c.decay_embeddings))
+
+    clip = optax.clip_by_global_norm(c.grad_clip) if c.grad_clip else optax.identity()
+    if not c.freeze and c.layer_decay == 1.0 and not c.head_learning_rate:
+        return optax.chain(clip, adamw(1.0))
+    groups = {f"depth{d}": adamw(c.layer_decay ** (num_layers + 1 - d)) for d in range(num_layers + 2)}
+    groups |= {"head": adamw((c.head_learning_rate or c.learning_rate) / c.learning_rate), "frozen": optax.set_to_zero()}
+    labels = lambda p: per_param(p, lambda path: _label(c, num_layers, decoder_offset, path))  # noqa: E731
+    return optax.chain(optax.masked(optax.set_to_zero(), lambda p: per_param(p, lambda path: frozen(c, path))), clip,
+                       optax.multi_transform(groups, labels))

@@ -49,6 +49,8 @@ def state_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
 
     def one(x):
         if isinstance(x, nnx.Variable):
+            if not hasattr(x.value, "ndim"):  # optax's MaskedNode (no state for a frozen or masked parameter)
+                return x
             axes = x.get_metadata().get("axes")
             spec = logical_to_spec(axes) if axes is not None and len(axes) == x.value.ndim else P()
             return x.replace(NamedSharding(mesh, spec))

@@ -8,6 +8,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from lmjax import checkpoint, decode, train
+from lmjax import config as config_lib
 from lmjax.data import tokenizers
 
 
@@ -19,7 +20,7 @@ def load_trained(workdir: str | Path) -> tuple[train.Setup, nnx.State, tokenizer
     if saved is None or not steps:
         raise FileNotFoundError(f"{workdir} holds no trained run (no {checkpoint.CONFIG_FILE} and checkpoint); "
                                 "train first or point --workdir at a run")
-    config = ConfigDict(saved)
+    config = config_lib.from_saved(saved)
     tok = tokenizers.load(workdir / checkpoint.TOKENIZER_DIR)
     if tok.vocab_size > config.model.vocab_size:
         raise ValueError(f"the tokenizer in {workdir / checkpoint.TOKENIZER_DIR} has {tok.vocab_size} tokens but the "

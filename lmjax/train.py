@@ -74,6 +74,18 @@ def make_eval_step(graphdef: nnx.GraphDef, objective: Callable) -> Callable:
     return eval_step
 
 
+def make_init(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation):
+    """(graphdef, init(rng) -> TrainState, abstract TrainState) for the model that `build` makes."""
+
+    def init(rng: jax.Array) -> TrainState:
+        params = nnx.state(build(nnx.Rngs(params=rng)), nnx.Param)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=jax.random.fold_in(rng, 1))
+
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(nnx.Rngs(0))))
+    return graphdef, init, jax.eval_shape(init, jax.random.PRNGKey(0))
+
+
 @dataclasses.dataclass
 class Setup:
     """Everything a run derives from its config: model structure, optimizer, shardings, compiled steps."""
@@ -100,16 +112,8 @@ def setup(config: ConfigDict, devices=None) -> Setup:
     if config.data.batch_size % (batch_shards * config.optim.grad_accum_steps):
         raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by the {batch_shards} batch shards "
                          f"(mesh data x fsdp) x {config.optim.grad_accum_steps} accumulation steps; change the batch size")
-    tx = optim.make(config.optim, config.train.num_steps)
-
-    def init(rng: jax.Array) -> TrainState:
-        model = models.build(config.model, nnx.Rngs(params=rng))
-        params = nnx.state(model, nnx.Param)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          rng=jax.random.fold_in(rng, 1))
-
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.build(config.model, nnx.Rngs(0))))
-    abstract_state = jax.eval_shape(init, jax.random.PRNGKey(0))
+    tx = optim.make(config.optim, config.train.num_steps, config.model)
+    graphdef, init, abstract_state = make_init(lambda rngs: models.build(config.model, rngs), tx)
     shardings = parallel.state_shardings(abstract_state, mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch_sharding = parallel.batch_sharding(mesh)
@@ -140,8 +144,7 @@ def prepare_tokenizer(config: ConfigDict, workdir: Path, corpus: corpora.Corpus)
                              f"{config.data.tokenizer!r}; use a new --workdir for another tokenizer")
         if config.data.tokenizer_path:
             other = tokenizers.load(Path(config.data.tokenizer_path))
-            if (other.kind, other.vocab_size, other.decode(range(other.vocab_size))) != (
-                    tok.kind, tok.vocab_size, tok.decode(range(tok.vocab_size))):
+            if not tokenizers.same(other, tok):
                 raise ValueError(f"data.tokenizer_path={config.data.tokenizer_path!r} ({other.kind}, {other.vocab_size} "
                                  f"tokens) does not match the vocabulary this workdir was trained with ({tok.kind}, "
                                  f"{tok.vocab_size} tokens); drop data.tokenizer_path or use a new --workdir")
@@ -182,13 +185,18 @@ def resolve_model_config(config: ConfigDict, tok: tokenizers.Tokenizer, workdir:
 def evaluate(s: Setup, params: nnx.State, corpus: corpora.Corpus, tok: tokenizers.Tokenizer) -> dict[str, float]:
     """Loss, perplexity and accuracy over the validation split (its first train.eval_batches batches), and
     the accuracy of always predicting the most frequent target token (unigram_accuracy), to compare with."""
-    c = s.config
+    return evaluate_lm(s.eval_step, s.mesh, s.config, params, corpus, tok)
+
+
+def evaluate_lm(eval_step: Callable, mesh: jax.sharding.Mesh, c: ConfigDict, params: nnx.State,
+                corpus: corpora.Corpus, tok: tokenizers.Tokenizer) -> dict[str, float]:
+    """`evaluate` for any eval step of the train.objective (fine-tuning scores its backbone with it)."""
     totals = None
     for batch in pipeline.eval_batches(corpus, tok, c.data, objective=c.train.objective,
                                        batch_size=c.data.batch_size // jax.process_count(),
                                        max_batches=c.train.eval_batches, shard_index=jax.process_index(),
                                        shard_count=jax.process_count()):
-        stats = s.eval_step(params, parallel.global_batch(batch, s.mesh))
+        stats = eval_step(params, parallel.global_batch(batch, mesh))
         totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
     if totals is None:
         raise ValueError("the validation split is too small for one batch; lower data.batch_size or data.seq_len, "
@@ -201,8 +209,10 @@ def evaluate(s: Setup, params: nnx.State, corpus: corpora.Corpus, tok: tokenizer
 class _StepLog:
     """Reads step metrics one step behind dispatch, fails fast on NaN, and writes means every log_every steps."""
 
-    def __init__(self, config: ConfigDict, start: int, writer: metrics.Writer, progress: metrics.Progress, mngr):
+    def __init__(self, config: ConfigDict, start: int, writer: metrics.Writer, progress: metrics.Progress, mngr,
+                 tokens_per_step: int = 0):
         self.c, self.writer, self.progress, self.mngr = config, writer, progress, mngr
+        self.tokens_per_step = tokens_per_step or config.data.batch_size * config.data.seq_len
         self.history: list[dict] = []
         self.since = (start, time.perf_counter())  # (step, time) the tokens/s interval starts at
         self.schedule = optim.schedule(config.optim, config.train.num_steps)
@@ -218,7 +228,7 @@ class _StepLog:
         if step % self.c.train.log_every == 0 or step == self.c.train.num_steps:
             now = time.perf_counter()
             mean = {f"train/{k}": float(np.mean([h[k] for h in self.history])) for k in self.history[0]}
-            tokens = (step - self.since[0]) * self.c.data.batch_size * self.c.data.seq_len
+            tokens = (step - self.since[0]) * self.tokens_per_step
             mean["train/tokens_per_s"] = tokens / max(now - self.since[1], 1e-9)
             mean["train/learning_rate"] = float(self.schedule(step - 1))
             self.writer.scalars(step, mean)

@@ -48,3 +48,16 @@ def tiny_config(corpus_file, cache_dir):
 def verse():
     """make_text, for tests that need texts of their own."""
     return make_text
+
+
+@pytest.fixture(scope="session")
+def bert_workdir(tmp_path_factory, cache_dir):
+    """A tiny BERT pretrained for a few MLM steps on the Wikipedia sample (experiments/configs/bert_mlm.py:smoke)."""
+    from experiments.configs import bert_mlm
+    from lmjax import train
+
+    c = bert_mlm.get_config("smoke")
+    c.data.cache_dir = str(cache_dir)
+    workdir = tmp_path_factory.mktemp("bert_mlm")
+    train.train_and_evaluate(c, workdir)
+    return workdir

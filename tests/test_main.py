@@ -40,3 +40,12 @@ def test_sample_without_a_run(tmp_path):
 def test_cloud_workdir_is_refused_rather_than_written_locally():
     code, lines, _ = run_main("--workdir=gs://bucket/run")
     assert code == 1 and "only local workdirs are supported" in lines[0] and not Path("gs:").exists()
+
+
+def test_negative_lambda_fails_before_anything_runs(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "lmjax.main", "--config=experiments/configs/finetune_minilm.py:smoke",
+                             f"--workdir={tmp_path / 'ft'}", "--config.finetune.pretrain_lambda=-1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
+        "error: finetune.pretrain_lambda=-1.0 is negative; a regulariser's weight must be >= 0")
+    assert not (tmp_path / "ft").exists()

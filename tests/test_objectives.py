@@ -53,3 +53,38 @@ def test_label_smoothing_and_nsp_terms():
     summary = objectives.summarize(s)
     np.testing.assert_allclose(summary["nsp_accuracy"], 0.5)
     np.testing.assert_allclose(summary["nsp_loss"], nsp_ce.mean(), rtol=1e-5)
+
+
+def test_macro_f1_matches_a_hand_count():
+    import jax.numpy as jnp
+
+    logits = jnp.asarray(np.eye(3)[[0, 0, 1, 2, 2, 1]] * 5.0, jnp.float32)
+    batch = {"labels": jnp.asarray([0, 1, 1, 2, 2, 2]), "weights": jnp.ones(6)}
+    stats = objectives.classification({"logits": logits}, batch)[1]
+    out = objectives.summarize(stats)
+    # class 0: tp 1, fp 1, fn 0 -> 2/3; class 1: tp 1, fp 1, fn 1 -> 1/2; class 2: tp 2, fp 0, fn 1 -> 4/5
+    np.testing.assert_allclose(out["macro_f1"], (2 / 3 + 1 / 2 + 4 / 5) / 3, rtol=1e-6)
+    np.testing.assert_allclose(out["accuracy"], 4 / 6, rtol=1e-6)
+
+
+def test_span_qa_exact_match_and_f1():
+    import jax.numpy as jnp
+
+    start = jnp.full((2, 8), -5.0).at[0, 2].set(5.0).at[1, 3].set(5.0)
+    end = jnp.full((2, 8), -5.0).at[0, 4].set(5.0).at[1, 4].set(5.0)
+    batch = {"start": jnp.asarray([2, 2]), "end": jnp.asarray([4, 5]), "weights": jnp.ones(2)}
+    out = objectives.summarize(objectives.span_qa({"start_logits": start, "end_logits": end}, batch)[1])
+    # second: predicted 3..4 vs gold 2..5: precision 1, recall 1/2 -> F1 2/3
+    np.testing.assert_allclose([out["exact_match"], out["f1"]], [0.5, (1 + 2 / 3) / 2], rtol=1e-6)
+    s, e = objectives.best_span(end, start)  # end before start is never chosen
+    assert (np.asarray(s) <= np.asarray(e)).all()
+
+
+def test_text_to_text_exact_match_counts_whole_targets():
+    import jax.numpy as jnp
+
+    targets = jnp.asarray([[3, 1, 0], [4, 1, 0]])
+    logits = jax.nn.one_hot(jnp.asarray([[3, 1, 2], [4, 2, 0]]), 5) * 9.0
+    batch = {"targets": targets, "weights": (targets > 0).astype(jnp.float32)}
+    out = objectives.summarize(objectives.text_to_text({"logits": logits}, batch)[1])
+    np.testing.assert_allclose([out["exact_match"], out["accuracy"]], [0.5, 3 / 4])

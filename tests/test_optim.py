@@ -36,3 +36,37 @@ def test_masked_parameters_get_no_decay():
     updates, _ = tx.update(zeros, tx.init(params), params)
     moved = {".".join(map(str, p)): bool(np.any(v.value != 0)) for p, v in updates.flat_state()}
     assert moved["blocks.0.mlp.up.kernel"] and not moved["embed_VD"] and not moved["final_norm.scale"]
+
+
+def fine_tune_params(c):
+    from lmjax.models import heads
+
+    c.model.vocab_size = 11
+    return nnx.state(heads.TaskModel(models.build(c.model, nnx.Rngs(0)), head="classification", num_labels=2,
+                                     pooling="last", rngs=nnx.Rngs(1)), nnx.Param)
+
+
+def first_update_sizes(c, params):
+    """Adam's first update is learning rate x sign(gradient): its size is each parameter's learning rate."""
+    tx = optim.make(c.optim, 10, c.model)
+    ones = jax.tree.map(np.ones_like, params)
+    updates, state = tx.update(ones, tx.init(params), params)
+    return {optim.path_str(p): float(np.abs(u).max()) for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]}, state
+
+
+def test_layer_decay_head_rate_and_freezing():
+    c = shakespeare_char.get_config("tiny")
+    c.model.num_layers = 3
+    c.optim.update(warmup_steps=0, learning_rate=1e-3, min_learning_rate=1e-3, weight_decay=0.0, layer_decay=0.5,
+                   head_learning_rate=1e-2, freeze="backbone/blocks/2/")
+    sizes, opt_state = first_update_sizes(c, fine_tune_params(c))
+    get = lambda prefix: {v for k, v in sizes.items() if k.startswith(prefix)}  # noqa: E731
+    np.testing.assert_allclose(list(get("backbone/embed_VD")), [1e-3 * 0.5 ** 4], rtol=1e-3)
+    np.testing.assert_allclose(list(get("backbone/blocks/0/")), [1e-3 * 0.5 ** 3], rtol=1e-3)
+    np.testing.assert_allclose(list(get("backbone/blocks/1/")), [1e-3 * 0.5 ** 2], rtol=1e-3)
+    assert get("backbone/blocks/2/") == {0.0}
+    np.testing.assert_allclose(list(get("backbone/final_norm")), [1e-3], rtol=1e-3)
+    np.testing.assert_allclose(list(get("head/")), [1e-2], rtol=1e-3)
+    # Frozen parameters keep no Adam moments.
+    moments = [optim.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(opt_state)[0]]
+    assert not any("blocks/2/" in m for m in moments) and any("blocks/1/" in m for m in moments)

@@ -3,7 +3,7 @@
 An example holds
   inputs  int32[L]  [CLS] A [SEP] B [SEP] with some tokens replaced    segments int32[L] 0 for A, 1 for B
   input_mask int32[L] 1 on real tokens    targets int32[L] the original tokens
-  weights float32[L] 1 where a prediction is scored    nsp_labels int32 0: B follows A, 1: B is random
+  weights float32[L] 1 where a prediction is scored    nsp_labels int32 0: B follows A, 1: B is random (with NSP)
 """
 from __future__ import annotations
 
@@ -114,6 +114,7 @@ class BertExamples(grain.transforms.RandomMap):
                                       word_start_L=None if self.word_starts is None else self.word_starts[tokens])
         pad = self.seq_len - tokens.size
         padded = lambda x, dtype: np.pad(x, (0, pad)).astype(dtype)  # noqa: E731
-        return {"inputs": padded(inputs, np.int32), "segments": padded(segments, np.int32),
-                "input_mask": padded(np.ones(tokens.size), np.int32), "targets": padded(tokens, np.int32),
-                "weights": padded(weights, np.float32), "nsp_labels": np.int32(label)}
+        example = {"inputs": padded(inputs, np.int32), "segments": padded(segments, np.int32),
+                   "input_mask": padded(np.ones(tokens.size), np.int32), "targets": padded(tokens, np.int32),
+                   "weights": padded(weights, np.float32)}
+        return example | {"nsp_labels": np.int32(label)} if self.nsp else example

@@ -1,4 +1,5 @@
-"""Tokenizers behind one interface: character-level and sentencepiece; trained, saved with a run, loaded."""
+"""Tokenizers behind one interface: character-level and sentencepiece (trained, saved with a run, loaded), and
+WordPiece (read from a Hugging Face tokenizer.json, e.g. a pretrained BERT's)."""
 from __future__ import annotations
 
 import io
@@ -8,7 +9,7 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
-CHAR_FILE, SPM_FILE = "char_vocab.json", "spm.model"
+CHAR_FILE, SPM_FILE, HF_FILE = "char_vocab.json", "spm.model", "tokenizer.json"
 CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
 NUM_SENTINELS = 100  # T5's <extra_id_0> ... <extra_id_99>
 
@@ -148,7 +149,53 @@ class SentencePieceTokenizer:
         return np.asarray([not p or p[0] in "\u2581\n<[" for p in map(self._sp.id_to_piece, range(self.vocab_size))])
 
 
-KINDS = {"char": CharTokenizer, "sentencepiece": SentencePieceTokenizer}
+class WordPieceTokenizer:
+    """A Hugging Face `tokenizers` WordPiece tokenizer (BERT's), read from tokenizer.json; pads with [PAD] and
+    ends sequences with [SEP]. It is not trained here: it comes with the pretrained weights."""
+
+    kind = "wordpiece"
+
+    def __init__(self, json_text: str):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.json_text = json_text
+        self._tok = HFTokenizer.from_str(json_text)
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        self.vocab_size = self._tok.get_vocab_size()
+        self.pad_id, self.eos_id = self.special_id("[PAD]"), self.special_id(SEP)
+        self._specials = sorted(i for i, t in self._tok.get_added_tokens_decoder().items() if t.special)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> "WordPieceTokenizer":
+        raise ValueError("WordPiece vocabularies come with pretrained weights; set data.tokenizer_path to the "
+                         "model's directory (holding tokenizer.json), or use data.tokenizer='sentencepiece'")
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, np.int32)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / HF_FILE).write_text(self.json_text, encoding="utf-8")
+
+    def special_id(self, piece: str) -> int:
+        i = self._tok.token_to_id(piece)
+        if i is None:
+            raise ValueError(f"this WordPiece vocabulary has no {piece} token; use a BERT-style tokenizer.json")
+        return i
+
+    def special_ids(self) -> np.ndarray:
+        return np.asarray(self._specials, np.int32)
+
+    def word_starts(self) -> np.ndarray:
+        vocab = sorted(self._tok.get_vocab().items(), key=lambda kv: kv[1])
+        return np.asarray([not piece.startswith("##") for piece, _ in vocab])
+
+
+KINDS = {"char": CharTokenizer, "sentencepiece": SentencePieceTokenizer, "wordpiece": WordPieceTokenizer}
 
 
 def train(kind: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -157,11 +204,19 @@ def train(kind: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return KINDS[kind].train(texts, vocab_size)
 
 
+def same(a: Tokenizer, b: Tokenizer) -> bool:
+    """Both map every id to the same piece (the same vocabulary, so ids mean the same to a model)."""
+    return (a.kind, a.vocab_size) == (b.kind, b.vocab_size) and all(
+        a.decode([i]) == b.decode([i]) for i in range(a.vocab_size))
+
+
 def load(directory: Path) -> Tokenizer:
     directory = Path(directory)
     if (directory / CHAR_FILE).exists():
         return CharTokenizer(json.loads((directory / CHAR_FILE).read_text(encoding="utf-8"))["chars"])
     if (directory / SPM_FILE).exists():
         return SentencePieceTokenizer((directory / SPM_FILE).read_bytes())
-    raise FileNotFoundError(f"no tokenizer in {directory} (expected {CHAR_FILE} or {SPM_FILE}); "
+    if (directory / HF_FILE).exists():
+        return WordPieceTokenizer((directory / HF_FILE).read_text(encoding="utf-8"))
+    raise FileNotFoundError(f"no tokenizer in {directory} (expected {CHAR_FILE}, {SPM_FILE} or {HF_FILE}); "
                             "point data.tokenizer_path at a directory a run saved")

@@ -37,12 +37,20 @@ class DecoderLM(nnx.Module):
     def from_embeddings(self, x_BLD: jax.Array, *, mask_BL: jax.Array | None = None, deterministic: bool = True,
                         rngs: nnx.Rngs | None = None) -> jax.Array:
         """The model after the token lookup (used by tests that differentiate w.r.t. the inputs)."""
+        return self.logits(self.hidden(x_BLD, mask_BL=mask_BL, deterministic=deterministic, rngs=rngs))
+
+    def hidden(self, x_BLD: jax.Array, *, mask_BL: jax.Array | None = None, deterministic: bool = True,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+        """The last block's (normed) hidden states h_BLD for embedded inputs x_BLD (task heads read these)."""
         L = x_BLD.shape[1]
         layers.check_length(L, self.max_len)
         mask_B1LS = layers.attention_mask(mask_BL, causal=True, L=L)
-        logits_BLV, _ = self._forward(x_BLD, None, mask_B1LS, is_causal=mask_B1LS is None, q_offset=0, S=L,
-                                      caches=None, deterministic=deterministic, rngs=rngs)
-        return logits_BLV
+        return self._forward(x_BLD, None, mask_B1LS, is_causal=mask_B1LS is None, q_offset=0, S=L, caches=None,
+                             deterministic=deterministic, rngs=rngs)[0]
+
+    def logits(self, h_BLD: jax.Array) -> jax.Array:
+        head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
+        return layers.matmul(h_BLD, head_DV.astype(self.dtype)).astype(jnp.float32)
 
     def init_cache(self, batch: int, length: int) -> list:
         """Empty self-attention caches for `length` slots (one (k, v) pair per block)."""
@@ -53,16 +61,14 @@ class DecoderLM(nnx.Module):
                positions_BL: jax.Array) -> tuple[jax.Array, list]:
         """Runs L new tokens written at cache slots index..index+L-1; key_mask_BS marks filled, non-padding slots."""
         mask_B1LS = layers.attention_mask(key_mask_BS, causal=True, L=tokens_BL.shape[1], q_offset=index)
-        return self._forward(self.embed(tokens_BL), positions_BL, mask_B1LS, is_causal=False, q_offset=index,
-                             S=key_mask_BS.shape[1], caches=caches)
+        h_BLD, caches = self._forward(self.embed(tokens_BL), positions_BL, mask_B1LS, is_causal=False, q_offset=index,
+                                      S=key_mask_BS.shape[1], caches=caches)
+        return self.logits(h_BLD), caches
 
     def _forward(self, x_BLD, positions_BL, mask_B1LS, *, is_causal, q_offset, S, caches, deterministic=True,
                  rngs=None):
         x_BLD = layers.add_positions(x_BLD, positions_BL, self.positions, self.pos_embed_LD, self.max_len)
         x_BLD = self.embed_dropout(x_BLD, deterministic=deterministic, rngs=rngs)
-        x_BLD, caches = layers.run_stack(self.blocks, self.final_norm, self.relative_bias, self.positions, x_BLD,
-                                         positions_BL=positions_BL, q_offset=q_offset, S=S, caches=caches,
-                                         mask_B1LS=mask_B1LS, is_causal=is_causal, deterministic=deterministic,
-                                         rngs=rngs)
-        head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
-        return layers.matmul(x_BLD, head_DV.astype(self.dtype)).astype(jnp.float32), caches
+        return layers.run_stack(self.blocks, self.final_norm, self.relative_bias, self.positions, x_BLD,
+                                positions_BL=positions_BL, q_offset=q_offset, S=S, caches=caches, mask_B1LS=mask_B1LS,
+                                is_causal=is_causal, deterministic=deterministic, rngs=rngs)

@@ -1,0 +1,74 @@
+"""Task heads on a pretrained language model (see layers.py for the dimension key; K is the number of labels).
+
+`TaskModel` holds the pretrained model whole under `backbone` (so its own LM head stays available for the
+pretraining-loss regulariser) and a new head under `head`:
+
+  classification        pooled h_BD -> logits_BK    (pooling: cls = first token, mean over real tokens, last real token)
+  token_classification  h_BLD -> logits_BLK
+  span_qa               h_BLD -> start/end logits_BL, restricted to batch['answer_mask'] (context tokens + position 0)
+  text_to_text          no new parameters: an encoder-decoder's own LM head writes the label as text
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lmjax.models import layers
+from lmjax.models.decoder import DecoderLM
+from lmjax.models.encoder import EncoderLM
+from lmjax.models.encoder_decoder import EncoderDecoderLM
+
+HEADS = ("classification", "token_classification", "span_qa", "text_to_text")
+POOLINGS = ("cls", "mean", "last")
+
+
+def hidden_states(backbone: nnx.Module, batch: dict, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
+    """h_BLD of an encoder or decoder for batch['inputs'] (padding marked by batch['input_mask'])."""
+    kw = dict(mask_BL=batch["input_mask"], deterministic=deterministic, rngs=rngs)
+    if isinstance(backbone, EncoderLM):
+        return backbone.encode(batch["inputs"], segments_BL=batch.get("segments"), **kw)
+    return backbone.hidden(backbone.embed(batch["inputs"]), **kw)
+
+
+def pool(h_BLD: jax.Array, mask_BL: jax.Array, pooling: str) -> jax.Array:
+    if pooling == "cls":
+        return h_BLD[:, 0]
+    if pooling == "mean":
+        m_BL1 = mask_BL[..., None].astype(h_BLD.dtype)
+        return jnp.sum(h_BLD * m_BL1, axis=1) / jnp.maximum(jnp.sum(m_BL1, axis=1), 1.0)
+    last_B = jnp.maximum(jnp.sum(mask_BL.astype(jnp.int32), axis=1) - 1, 0)  # inputs are right-padded
+    return jnp.take_along_axis(h_BLD, last_B[:, None, None], axis=1)[:, 0]
+
+
+class TaskModel(nnx.Module):
+    def __init__(self, backbone: nnx.Module, *, head: str, num_labels: int, pooling: str = "cls",
+                 dropout: float = 0.1, rngs: nnx.Rngs):
+        if head not in HEADS:
+            raise ValueError(f"task head {head!r} is unknown; use one of {HEADS}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"task.pooling={pooling!r} is unknown; use one of {POOLINGS}")
+        if (head == "text_to_text") != isinstance(backbone, EncoderDecoderLM):
+            raise ValueError(f"a {type(backbone).__name__} cannot take the {head} head: encoder-decoder models "
+                             "fine-tune text-to-text, encoders and decoders with classification / token / span heads")
+        if isinstance(backbone, DecoderLM) and head == "classification" and pooling != "last":
+            raise ValueError(f"a causal decoder sees the whole input only at its last token; set task.pooling='last' "
+                             f"(not {pooling!r})")
+        self.backbone, self.kind, self.pooling = backbone, head, pooling
+        self.dropout = nnx.Dropout(dropout)
+        d = backbone.embed_VD.shape[1]
+        outputs = {"classification": num_labels, "token_classification": num_labels, "span_qa": 2}.get(head)
+        self.head = layers.Dense(d, outputs, ("embed", None), use_bias=True, rngs=rngs) if outputs else None
+
+    def __call__(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
+        if self.kind == "text_to_text":
+            return {"logits": self.backbone(batch["inputs"], batch["decoder_inputs"], mask_BS=batch["input_mask"],
+                                            deterministic=deterministic, rngs=rngs)}
+        h_BLD = hidden_states(self.backbone, batch, deterministic=deterministic, rngs=rngs)
+        if self.kind == "classification":
+            h_BLD = pool(h_BLD, batch["input_mask"], self.pooling)
+        y = self.head(self.dropout(h_BLD, deterministic=deterministic, rngs=rngs)).astype(jnp.float32)
+        if self.kind != "span_qa":
+            return {"logits": y}
+        blocked_BL = jnp.where(batch["answer_mask"] > 0, 0.0, -1e9)
+        return {"start_logits": y[..., 0] + blocked_BL, "end_logits": y[..., 1] + blocked_BL}

@@ -1,0 +1,244 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from experiments.configs import bert_mlm, finetune_bert_mlm
+from lmjax import checkpoint, config as config_lib, finetune, metrics, models, optim
+from lmjax.data import tokenizers
+
+V, L, B = 40, 16, 8
+
+
+def step_config(**finetune_values):
+    """A tiny encoder (MLM + NSP heads) fine-tuned from random weights, without dropout."""
+    c = finetune_bert_mlm.get_config("smoke")
+    c.model.update(bert_mlm.get_config("smoke").model.to_dict() | dict(vocab_size=V, dropout=0.0, num_layers=2))
+    c.task.update(head_dropout=0.0, batch_size=B, seq_len=L)
+    c.finetune.update(init="", **finetune_values)
+    c.optim.update(warmup_steps=0, learning_rate=1e-2, min_learning_rate=1e-2)
+    c.mesh.update(data=1)
+    return c
+
+
+def batches(seed=0):
+    rng = np.random.default_rng(seed)
+    inputs = rng.integers(5, V, (B, L)).astype(np.int32)
+    mask = (np.arange(L) < rng.integers(L // 2, L + 1, (B, 1))).astype(np.int32)
+    task = {"inputs": inputs * mask, "input_mask": mask, "segments": np.zeros((B, L), np.int32),
+            "labels": rng.integers(0, 2, B).astype(np.int32), "weights": np.ones(B, np.float32)}
+    pre = {"inputs": rng.integers(5, V, (B, L)).astype(np.int32), "input_mask": np.ones((B, L), np.int32),
+           "segments": np.zeros((B, L), np.int32), "targets": rng.integers(5, V, (B, L)).astype(np.int32),
+           "weights": (rng.random((B, L)) < 0.15).astype(np.float32)}
+    return jax.tree.map(jnp.asarray, task), jax.tree.map(jnp.asarray, pre)
+
+
+def setup(c):
+    return finetune.setup(c, num_labels=2, head="classification", devices=jax.devices()[:1])
+
+
+def test_lambda_zero_is_a_plain_task_step():
+    s = setup(step_config(pretrain_lambda=0.0))
+    assert not s.uses_pretrain
+    task, _ = batches()
+    state = s.init(jax.random.PRNGKey(0))
+
+    @jax.jit
+    def plain_step(params, opt_state, rng):
+        key = jax.random.fold_in(rng, 0)
+        grads = jax.grad(lambda p: s.terms(p, task, None, None, key)[0]["task"])(params)
+        updates, _ = s.tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates)
+
+    expected = jax.device_get(plain_step(state.params, state.opt_state, state.rng))
+    new_state, m = s.train_step(state, task, None, None)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(jax.device_get(new_state.params))):
+        np.testing.assert_allclose(a, b, atol=1e-6)  # two compilations may round differently
+    assert "pretrain_loss" not in m and float(m["lambda"]) == 0.0
+
+
+@pytest.mark.parametrize("lam", [0.3, 2.0])
+def test_combined_gradient_is_task_plus_lambda_pretrain(lam):
+    s = setup(step_config(pretrain_lambda=lam, l2sp=0.5))
+    task, pre = batches()
+    params = s.init(jax.random.PRNGKey(0)).params
+    anchor = jax.tree.map(lambda x: x + 0.01, params["backbone"])
+    key = jax.random.PRNGKey(1)
+    total = jax.grad(lambda p: finetune.combine(s.terms(p, task, pre, anchor, key)[0], lam, 0.5))(params)
+    parts = {k: jax.grad(lambda p, k=k: s.terms(p, task, pre, anchor, key)[0][k])(params)
+             for k in ("task", "pretrain", "l2sp")}
+    expected = jax.tree.map(lambda t, p, r: t + lam * p + 0.5 * r, parts["task"], parts["pretrain"], parts["l2sp"])
+    for a, b in zip(jax.tree.leaves(total), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # The pretraining gradient reaches the backbone and its MLM head, not the new head; L2-SP pulls towards the anchor.
+    assert float(jnp.abs(parts["pretrain"]["backbone"]["mlm_bias_V"][...]).sum()) > 0
+    assert float(jnp.abs(parts["pretrain"]["head"]["kernel"][...]).sum()) == 0
+    np.testing.assert_allclose(parts["l2sp"]["backbone"]["embed_VD"][...], -0.02 * np.ones((V, 32)), rtol=1e-4)
+
+
+def test_frozen_parameters_stay_bit_identical():
+    c = step_config(pretrain_lambda=1.0)
+    c.optim.freeze = "backbone/embed_VD,backbone/blocks/0/"
+    s = setup(c)
+    state = s.init(jax.random.PRNGKey(0))
+    before = jax.device_get(state.params)
+    for seed in range(3):
+        state, _ = s.train_step(state, *batches(seed), None)
+    after = jax.device_get(state.params)
+    frozen = lambda path: optim.frozen(c.optim, path)  # noqa: E731
+    flat_before = jax.tree_util.tree_flatten_with_path(before)[0]
+    flat_after = jax.tree.leaves(after)
+    moved, checked = {}, 0
+    for (path, a), b in zip(flat_before, flat_after):
+        moved[optim.path_str(path)] = not np.array_equal(a, b)
+        if frozen(path):
+            assert a.tobytes() == b.tobytes(), optim.path_str(path)
+            checked += 1
+    assert checked > 10 and moved["head/kernel"] and moved["backbone/blocks/1/attn/query_DHK"]
+
+
+def test_restore_backbone_with_a_new_head(bert_workdir, tmp_path):
+    pre = finetune.pretrained(str(bert_workdir))
+    assert pre.model_config.family == "encoder" and pre.tokenizer.kind == "sentencepiece"
+    c = step_config()
+    c.model = pre.model_config
+    s = setup(c)
+    state = s.init(jax.random.PRNGKey(0))
+    head_before = np.asarray(state.params["head"]["kernel"][...])
+    params = finetune.load_backbone(state.params, pre.params())
+    saved = jax.tree.leaves(jax.device_get(pre.params()))
+    for a, b in zip(saved, jax.tree.leaves(jax.device_get(params["backbone"]))):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(head_before, params["head"]["kernel"][...])
+    # A backbone of another size does not fit: one clear line.
+    other = step_config()
+    other.model.update(pre.model_config.to_dict() | dict(d_model=48))
+    s2 = setup(other)
+    with pytest.raises(ValueError, match=r"backbone parameter .* has shape .* in the pretrained model but"):
+        finetune.load_backbone(s2.init(jax.random.PRNGKey(0)).params, pre.params())
+
+
+def test_finetune_from_a_pretraining_workdir_end_to_end_and_resume(bert_workdir, tmp_path, cache_dir, monkeypatch):
+    c = finetune_bert_mlm.get_config("smoke")
+    c.data.cache_dir = str(cache_dir)
+    c.finetune.update(init=str(bert_workdir), pretrain_lambda=0.5, l2sp=0.01, lambda_schedule="warmup")
+    c.train.num_steps = 4
+    c.train.checkpoint_every = 2
+    files = sorted(p.name for p in (bert_workdir / "checkpoints").iterdir())
+    result = finetune.run(c, tmp_path / "a")
+    assert {"test/accuracy", "test/macro_f1", "validation/accuracy", "pretrain/heldout_loss",
+            "pretrain/heldout_loss_before"} <= set(result)
+    assert json.loads((tmp_path / "a" / finetune.RESULTS).read_text())["test/accuracy"] == result["test/accuracy"]
+    assert sorted(p.name for p in (bert_workdir / "checkpoints").iterdir()) == files  # the source is only read
+    rows = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    lambdas = [r["train/lambda"] for r in rows if "train/lambda" in r]
+    assert lambdas == sorted(lambdas) and lambdas[0] < 0.5  # the warmup schedule
+
+    # Interrupted after step 2's checkpoint, resumed: the parameters of the uninterrupted run (both streams resume).
+    original = metrics.Writer.scalars
+
+    def crash_at_3(self, step, values):
+        if step == 3 and "train/loss" in values:
+            raise RuntimeError("crash")
+        original(self, step, values)
+
+    monkeypatch.setattr(metrics.Writer, "scalars", crash_at_3)
+    with pytest.raises(RuntimeError, match="crash"):
+        finetune.run(c, tmp_path / "b")
+    monkeypatch.setattr(metrics.Writer, "scalars", original)
+    assert checkpoint.saved_steps(tmp_path / "b") == [2]
+    finetune.run(c, tmp_path / "b")
+    restored = [finetune_params(tmp_path / name, c) for name in ("a", "b")]
+    for x, y in zip(*map(jax.tree.leaves, restored)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def finetune_params(workdir, c):
+    config, tok, pre, corpus = finetune.resolve(c, workdir)
+    s = finetune.setup(config, 2, "classification")
+    mngr = checkpoint.manager(workdir, keep=5)
+    abstract = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
+    return jax.device_get(checkpoint.restore(mngr, mngr.latest_step(), abstract, None).params)
+
+
+def test_bad_input_fails_with_one_line(bert_workdir, tmp_path, cache_dir):
+    c = finetune_bert_mlm.get_config("smoke")
+    c.data.cache_dir = str(cache_dir)
+    c.finetune.init = str(bert_workdir)
+    c.task.num_labels = 3
+    with pytest.raises(ValueError, match=r"task.num_labels=3 but rotten_tomatoes has 2 labels"):
+        finetune.run(c, tmp_path / "labels")
+    c.task.num_labels = 0
+    tokenizers.train("char", ["some other text"], 0).save(tmp_path / "char_tok")
+    c.data.tokenizer_path = str(tmp_path / "char_tok")
+    with pytest.raises(ValueError, match="the pretraining stream's tokenizer .* is not the model's"):
+        finetune.run(c, tmp_path / "tok")
+    c.data.tokenizer_path = ""
+    c.finetune.pretrain_lambda = -0.1
+    with pytest.raises(ValueError, match="finetune.pretrain_lambda=-0.1 is negative"):
+        config_lib.validate(c)
+    c.finetune.pretrain_lambda = 0.0
+    c.finetune.init = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        finetune.run(c, tmp_path / "init")
+
+
+def test_regulariser_needs_a_pretraining_head():
+    c = step_config(pretrain_lambda=0.1)
+    c.model.encoder_heads = "none"
+    with pytest.raises(ValueError, match="needs the backbone's pretraining head"):
+        setup(c)
+
+
+def test_minilm_weights_and_wordpiece_tokenizer():
+    """The shipped all-MiniLM-L6-v2 reproduces its published sentence similarity (mean pooling)."""
+    from lmjax.models import heads
+
+    pre = finetune.pretrained(finetune.MINILM)
+    assert pre.tokenizer.kind == "wordpiece" and pre.model_config.vocab_size == pre.tokenizer.vocab_size == 30522
+    model = models.build(pre.model_config, nnx.Rngs(0))
+    nnx.update(model, pre.params())
+    cls, sep = pre.tokenizer.special_id("[CLS]"), pre.tokenizer.special_id("[SEP]")
+    embeddings = []
+    for text in ("A man is eating food.", "A man is eating a piece of bread."):
+        ids = np.r_[cls, pre.tokenizer.encode(text), sep][None].astype(np.int32)
+        h = model.encode(jnp.asarray(ids), mask_BL=jnp.ones_like(ids))
+        embeddings.append(np.asarray(heads.pool(h, jnp.ones_like(ids), "mean"))[0])
+    a, b = embeddings
+    assert abs(a @ b / np.linalg.norm(a) / np.linalg.norm(b) - 0.755) < 0.005
+
+
+@pytest.mark.parametrize("family", ["decoder", "encoder_decoder"])
+def test_decoder_and_encoder_decoder_fine_tune(family):
+    """A decoder classifies from its last token; an encoder-decoder writes the label's name (text-to-text)."""
+    from experiments.configs import shakespeare_char, t5_span
+    from lmjax.data import task_pipeline, tasks
+
+    rows = [{"text": t.encode(), "label": y} for t, y in
+            (("a fine warm film", 1), ("dull and cold", 0), ("warm, fine, bright", 1), ("cold dull mess", 0))]
+    task = tasks.Task("toy", tasks.TASKS["rotten_tomatoes"], {"train": rows, "validation": rows, "test": rows},
+                      ("rotten", "fresh"))
+    tok = tokenizers.train("char", [r["text"].decode() for r in rows] + ["rotten fresh"], 0)
+    base = shakespeare_char.get_config("tiny") if family == "decoder" else t5_span.get_config("smoke")
+    c = finetune_bert_mlm.get_config("smoke")
+    c.model = base.model
+    c.model.update(vocab_size=tok.vocab_size, dropout=0.0)
+    c.train.objective = base.train.objective
+    c.task.update(pooling="last", seq_len=24, batch_size=4, head_dropout=0.0)
+    c.optim.update(learning_rate=3e-3, warmup_steps=0, min_learning_rate=3e-3, weight_decay=0.0)
+    c.mesh.update(data=1)
+    head = "classification" if family == "decoder" else "text_to_text"
+    s = finetune.setup(c, 2, head, devices=jax.devices()[:1])
+    batch = next(task_pipeline.eval_batches(task, tok, "train", head=head, seq_len=24, batch_size=4))
+    state = s.init(jax.random.PRNGKey(0))
+    losses = []
+    for _ in range(60):
+        state, m = s.train_step(state, jax.tree.map(jnp.asarray, batch), None, None)
+        losses.append(float(m["task_loss"]))
+    result = finetune.evaluate_task(s, state.params, task, tok, "test")
+    key = "test/accuracy" if family == "decoder" else "test/exact_match"
+    assert result[key] == 1.0 and losses[-1] < 0.7 * losses[0], (result, losses[0], losses[-1])
