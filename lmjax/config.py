@@ -36,7 +36,7 @@ def base() -> ConfigDict:
         tfds_name="", tfds_data_dir="", train_split="train", eval_split="validation", text_key="text",
         validation_fraction=0.1,  # text files: the last fraction of each file is the validation split
         cache_dir="",  # built datasets and downloads; empty: $LMJAX_CACHE or ~/.cache/lmjax
-        tokenizer="char",  # char | sentencepiece
+        tokenizer="char",  # char | sentencepiece (trained here) | wordpiece (a pretrained model's, via tokenizer_path)
         vocab_size=0,  # sentencepiece vocabulary size to train
         tokenizer_path="",  # a saved tokenizer directory to use instead of training one
         tokenizer_train_examples=0,  # examples the tokenizer is trained on; 0: the whole train split

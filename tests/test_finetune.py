@@ -68,8 +68,8 @@ def test_combined_gradient_is_task_plus_lambda_pretrain(lam):
     params = s.init(jax.random.PRNGKey(0)).params
     anchor = jax.tree.map(lambda x: x + 0.01, params["backbone"])
     key = jax.random.PRNGKey(1)
-    total = jax.grad(lambda p: finetune.combine(s.terms(p, task, pre, anchor, key)[0], lam, 0.5))(params)
-    parts = {k: jax.grad(lambda p, k=k: s.terms(p, task, pre, anchor, key)[0][k])(params)
+    total = jax.jit(jax.grad(lambda p: finetune.combine(s.terms(p, task, pre, anchor, key)[0], lam, 0.5)))(params)
+    parts = {k: jax.jit(jax.grad(lambda p, k=k: s.terms(p, task, pre, anchor, key)[0][k]))(params)
              for k in ("task", "pretrain", "l2sp")}
     expected = jax.tree.map(lambda t, p, r: t + lam * p + 0.5 * r, parts["task"], parts["pretrain"], parts["l2sp"])
     for a, b in zip(jax.tree.leaves(total), jax.tree.leaves(expected)):
