@@ -197,7 +197,7 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> Setup
 
     graphdef, init, abstract = train.make_init(build, tx)
     shardings = parallel.state_shardings(abstract, mesh)
-    frozen = (optim.per_param(abstract.params, lambda path: optim.frozen(c.optim, path)) if c.optim.freeze else None)
+    frozen = optim.frozen_mask(c.optim, abstract.params) if c.optim.freeze else None
     task_objective = objectives.get_task(head, c.train.label_smoothing)
     terms = make_terms(graphdef, task_objective, objectives.get(c.train), frozen)
     batch, replicated = parallel.batch_sharding(mesh), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -292,16 +292,18 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
                                                 batch_size=config.data.batch_size // jax.process_count(), **shard)
                          ) if s.uses_pretrain else None
 
+    # The starting point (pretrained backbone, new head) anchors L2-SP and gives the "before" pretraining loss.
     fresh = s.init(jax.random.PRNGKey(config.seed))
     if pre is not None:
         fresh = fresh.replace(params=load_backbone(fresh.params, pre.params()))
-        fresh = fresh.replace(opt_state=jax.jit(s.tx.init, out_shardings=s.state_shardings.opt_state)(fresh.params))
     start = mngr.latest_step() or 0
     anchor = jax.tree.map(jnp.copy, fresh.params["backbone"]) if config.finetune.l2sp else None
     before = evaluate_pretraining(s, fresh.params, corpus, tok) if s.pretrain_eval_step else {}
     if start:
         abstract = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
         state = checkpoint.restore(mngr, start, abstract, pretrain_iter, task_data=task_iter)
+    elif pre is not None:  # Adam's state for the pretrained values (s.init made it for random ones)
+        state = fresh.replace(opt_state=jax.jit(s.tx.init, out_shardings=s.state_shardings.opt_state)(fresh.params))
     else:
         state = fresh
     del fresh
@@ -356,6 +358,6 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
     final |= {"step": c.num_steps, "seconds": time.perf_counter() - started}
     if lead:
         (workdir / RESULTS).write_text(json.dumps(final, indent=2, sort_keys=True))
-        log(f"done: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(final.items()) if k.startswith("test/"))
+        log("done: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(final.items()) if k.startswith("test/"))
             + f"; {workdir / RESULTS}")
     return final

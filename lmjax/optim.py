@@ -51,6 +51,10 @@ def frozen(c: ConfigDict, path: tuple) -> bool:
     return any(re.match(p.strip(), path_str(path)) for p in c.freeze.split(",") if p.strip())
 
 
+def frozen_mask(c: ConfigDict, params: Any) -> Any:
+    return per_param(params, lambda path: frozen(c, path))
+
+
 def depth(path: tuple, num_layers: int, decoder_offset: int = 0) -> int:
     """0 for embeddings, i + 1 for the i-th block (decoder blocks after the decoder_offset encoder blocks),
     num_layers + 1 for everything above the blocks."""
@@ -88,5 +92,5 @@ def make(c: ConfigDict, num_steps: int, model: ConfigDict | None = None) -> opta
     groups = {f"depth{d}": adamw(c.layer_decay ** (num_layers + 1 - d)) for d in range(num_layers + 2)}
     groups |= {"head": adamw((c.head_learning_rate or c.learning_rate) / c.learning_rate), "frozen": optax.set_to_zero()}
     labels = lambda p: per_param(p, lambda path: _label(c, num_layers, decoder_offset, path))  # noqa: E731
-    return optax.chain(optax.masked(optax.set_to_zero(), lambda p: per_param(p, lambda path: frozen(c, path))), clip,
+    return optax.chain(optax.masked(optax.set_to_zero(), lambda p: frozen_mask(c, p)), clip,
                        optax.multi_transform(groups, labels))

@@ -3,7 +3,6 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from experiments.configs import shakespeare_char
 from lmjax import parallel, train
 
 

@@ -163,13 +163,19 @@ def build_text_corpus(name: str, files: Sequence[Path], validation_fraction: flo
     """Builds (once; cached by fingerprint) the array_record TFDS dataset for `files`, or for the documents
     that `documents()` returns (then `files` only fingerprints them)."""
     config = tfds.core.BuilderConfig(name=f"{name}-{_fingerprint(files, validation_fraction)}")
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)  # TFDS warns that a custom config is custom, on every run
-    try:
-        kwargs = dict(validation_fraction=validation_fraction, config=config, data_dir=str(data_dir),
-                      file_format="array_record")
-        builder = (TextCorpus(files=files, **kwargs) if documents is None else
+    kwargs = dict(validation_fraction=validation_fraction, config=config, data_dir=str(data_dir),
+                  file_format="array_record")
+    return prepare(lambda: TextCorpus(files=files, **kwargs) if documents is None else
                    DocumentCorpus(documents=documents, **kwargs))
+
+
+def prepare(make_builder: Callable[[], tfds.core.DatasetBuilder]) -> tfds.core.DatasetBuilder:
+    """Makes one of our builders and builds its dataset unless built, without TFDS's INFO and WARNING lines
+    (it warns on every run that a custom config is custom, or that a new dataset has no info yet)."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        builder = make_builder()
         if not builder.is_prepared():
             tfds.disable_progress_bar()
             builder.download_and_prepare()

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging
 
 from lmjax.data import corpora
 
@@ -118,16 +117,8 @@ def load(task_config) -> Task:
         raise ValueError(f"task.name={name!r} is unknown; use one of {sorted(TASKS)}")
     spec = TASKS[name]
     if name == "rotten_tomatoes":
-        builder = RottenTomatoes(data_dir=str(corpora.cache_dir(task_config.cache_dir) / "tfds"),
-                                 file_format="array_record")
-        if not builder.is_prepared():
-            tfds.disable_progress_bar()
-            verbosity = logging.get_verbosity()
-            logging.set_verbosity(logging.ERROR)
-            try:
-                builder.download_and_prepare()
-            finally:
-                logging.set_verbosity(verbosity)
+        builder = corpora.prepare(lambda: RottenTomatoes(
+            data_dir=str(corpora.cache_dir(task_config.cache_dir) / "tfds"), file_format="array_record"))
         sources = {s: builder.as_data_source(s) for s in ("train", "validation", "test")}
     else:
         if spec.module:

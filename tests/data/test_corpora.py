@@ -1,4 +1,3 @@
-import subprocess
 
 import pytest
 import tensorflow_datasets as tfds
