@@ -14,8 +14,9 @@ $(VENV)/.runtime: requirements.txt requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
-$(VENV)/.test: requirements-test.txt $(VENV)/.runtime
+$(VENV)/.test: requirements-test.txt requirements-aot.txt $(VENV)/.runtime
 	$(PY) -m pip install --quiet -r requirements-test.txt
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/tpu-compiler -r requirements-aot.txt
 	touch $@
 
 demo: $(VENV)/.runtime

@@ -70,7 +70,7 @@ class LmjaxRun:
         rng = np.random.default_rng(0)
         tokens = rng.integers(0, VOCAB, (c.data.batch_size, c.data.seq_len + 1), dtype=np.int32)
         batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": np.ones_like(tokens[:, 1:], np.float32)}
-        self.batch = parallel.global_batch(batch, self.setup.mesh)
+        self.batch = parallel.global_batch(batch, self.setup.layout)
         self.state = self.setup.init(jax.random.PRNGKey(0))
         start = time.perf_counter()
         self.step = self.setup.train_step.lower(self.state, self.batch).compile()

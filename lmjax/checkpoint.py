@@ -5,6 +5,8 @@ Beside the checkpoints, a run's workdir holds its config (config.json) and token
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,34 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
         raise ValueError(f"the checkpoint at step {step} in {mngr.directory} does not fit this model "
                          f"({str(e).splitlines()[0][:200]}); use a fresh --workdir or the run's own config") from None
     return restored["state"]
+
+
+class Preemption:
+    """Tells the loop when to save and stop: SIGTERM (what a preempted VM or `scancel` sends) on one process;
+    with several, JAX's preemption service, which turns a notice on any host into the same step on all.
+
+    Use as a context manager; `reached(step)` is called once per step, after the step is dispatched.
+    """
+
+    def __init__(self, mngr: ocp.CheckpointManager):
+        self.mngr, self.signalled, self.previous = mngr, False, None
+        # Several processes: no Python handler, which would displace the one JAX's service listens with.
+        self.own = jax.process_count() == 1 and threading.current_thread() is threading.main_thread()
+
+    def __enter__(self) -> "Preemption":
+        if self.own:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.own:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.signalled = True
+
+    def reached(self, step: int) -> bool:
+        return self.signalled if self.own else self.mngr.reached_preemption(step)
 
 
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:

@@ -6,7 +6,7 @@ import re
 
 from ml_collections import ConfigDict
 
-from lmjax import models
+from lmjax import models, parallel
 from lmjax.data import pipeline
 
 
@@ -42,6 +42,7 @@ def base() -> ConfigDict:
         tokenizer_train_examples=0,  # examples the tokenizer is trained on; 0: the whole train split
         corpus="shakespeare",  # shakespeare | wiki_sample: the embedded corpus used without text_files/tfds_name
         seq_len=64, batch_size=12,  # batch_size is global, over all processes and devices
+        shards=0,  # data shards (documents i::shards), a multiple of the processes; 0: one per process
         shuffle_window=256,
         mask_rate=0.15, mask_token_frac=0.8, random_token_frac=0.1, whole_word=False, nsp=True,  # mlm
         noise_density=0.15, mean_span=3.0))  # span_corruption; decoder length follows from seq_len
@@ -72,7 +73,14 @@ def base() -> ConfigDict:
         lambda_steps=0,  # 0: train.num_steps
         l2sp=0.0))  # L2-SP weight towards the pretrained backbone
 
-    c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Devices as a (data, fsdp, tensor) mesh (one axis -1: the rest); rules: logical axis -> mesh axes (lmjax/parallel.py).
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, engine="jit",  # jit | pmap (data-parallel, pmap-era scripts)
+                             rules=ConfigDict(parallel.DEFAULT_RULES)))
+    # Multi-host (jax.distributed). enable: auto (start when the environment shows several processes: Slurm, a TPU
+    # pod's TPU_WORKER_HOSTNAMES) | yes (let JAX detect the cluster: TPU VMs, Slurm, MPI, Kubernetes) | no.
+    # An explicit coordinator_address (host:port) with num_processes / process_id works anywhere.
+    c.distributed = ConfigDict(dict(enable="auto", coordinator_address="", num_processes=0, process_id=-1,
+                                    local_device_ids=""))
 
     c.sample = ConfigDict(dict(prompt="\n", num_tokens=500, temperature=0.8, top_k=200, top_p=1.0, num_samples=1, seed=0))
     return c
@@ -106,6 +114,11 @@ def validate(c: ConfigDict) -> None:
     if c.optim.grad_accum_steps < 1 or c.data.batch_size % c.optim.grad_accum_steps:
         raise ValueError(f"data.batch_size={c.data.batch_size} is not divisible by optim.grad_accum_steps="
                          f"{c.optim.grad_accum_steps}; pick an accumulation count that divides the batch")
+    if c.mesh.engine not in parallel.ENGINES:
+        raise ValueError(f"mesh.engine={c.mesh.engine!r} is unknown; use one of {parallel.ENGINES}")
+    parallel.parse_rules(c.mesh.rules)
+    if c.distributed.enable not in ("auto", "yes", "no"):
+        raise ValueError(f"distributed.enable={c.distributed.enable!r} is unknown; use 'auto', 'yes' or 'no'")
     if c.data.tokenizer == "sentencepiece" and not (c.data.vocab_size or c.data.tokenizer_path):
         raise ValueError("data.tokenizer='sentencepiece' needs data.vocab_size (e.g. 8000) or data.tokenizer_path")
 

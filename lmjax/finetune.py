@@ -156,7 +156,7 @@ def make_train_step(terms: Callable, tx: optax.GradientTransformation, lam_fn: o
 @dataclasses.dataclass
 class Setup:
     config: ConfigDict
-    mesh: jax.sharding.Mesh
+    layout: parallel.Layout
     head: str
     graphdef: nnx.GraphDef
     tx: optax.GradientTransformation
@@ -181,10 +181,12 @@ def scores_pretraining(model_config: ConfigDict) -> bool:
 
 def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> Setup:
     c, m = config, config.model
-    mesh = parallel.make_mesh(c.mesh, devices)
-    if c.task.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+    if c.mesh.engine != "jit":
+        raise ValueError(f"mesh.engine={c.mesh.engine!r}: fine-tuning runs under jit only; set mesh.engine='jit'")
+    layout = parallel.make_layout(c.mesh, devices)
+    if c.task.batch_size % layout.batch_shards:
         raise ValueError(f"task.batch_size={c.task.batch_size} is not divisible by the batch shards of mesh "
-                         f"{dict(mesh.shape)}; change the batch size")
+                         f"{dict(layout.mesh.shape)}; change the batch size")
     uses_pretrain = c.finetune.pretrain_lambda > 0
     if uses_pretrain and not scores_pretraining(m):
         raise ValueError("finetune.pretrain_lambda > 0 needs the backbone's pretraining head, but this encoder has "
@@ -196,13 +198,13 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> Setup
                                dropout=c.task.head_dropout, rngs=rngs)
 
     graphdef, init, abstract = train.make_init(build, tx)
-    shardings = parallel.state_shardings(abstract, mesh)
+    shardings = parallel.state_shardings(abstract, layout)
     frozen = optim.frozen_mask(c.optim, abstract.params) if c.optim.freeze else None
     task_objective = objectives.get_task(head, c.train.label_smoothing)
     terms = make_terms(graphdef, task_objective, objectives.get(c.train), frozen)
-    batch, replicated = parallel.batch_sharding(mesh), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch, replicated = parallel.batch_sharding(layout), layout.replicated
     step = make_train_step(terms, tx, lambda_schedule(c), c.finetune.l2sp)
-    train_step = jax.jit(step, donate_argnums=0, out_shardings=(shardings, replicated), in_shardings=(
+    train_step = jax.jit(layout.traced(step), donate_argnums=0, out_shardings=(shardings, replicated), in_shardings=(
         shardings, batch, batch if uses_pretrain else None, shardings.params["backbone"] if c.finetune.l2sp else None))
 
     def eval_step(params, task_batch):
@@ -211,10 +213,10 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> Setup
     pretrain_eval = None
     if scores_pretraining(m):
         backbone_def = nnx.graphdef(nnx.eval_shape(lambda: models.build(m, nnx.Rngs(0))))
-        pretrain_eval = jax.jit(train.make_eval_step(backbone_def, objectives.get(c.train)),
+        pretrain_eval = jax.jit(layout.traced(train.make_eval_step(backbone_def, objectives.get(c.train))),
                                 in_shardings=(shardings.params["backbone"], batch), out_shardings=replicated)
-    return Setup(c, mesh, head, graphdef, tx, shardings, abstract, jax.jit(init, out_shardings=shardings), terms,
-                 train_step, jax.jit(eval_step, in_shardings=(shardings.params, batch), out_shardings=replicated),
+    return Setup(c, layout, head, graphdef, tx, shardings, abstract, jax.jit(init, out_shardings=shardings), terms,
+                 train_step, jax.jit(layout.traced(eval_step), in_shardings=(shardings.params, batch), out_shardings=replicated),
                  pretrain_eval, uses_pretrain)
 
 
@@ -228,14 +230,14 @@ def evaluate_task(s: Setup, params: nnx.State, task: tasks.Task, tok: tokenizers
     for batch in task_pipeline.eval_batches(task, tok, split, head=s.head, seq_len=s.config.task.seq_len,
                                             batch_size=s.config.task.batch_size // jax.process_count(),
                                             shard_index=jax.process_index(), shard_count=jax.process_count()):
-        stats = s.eval_step(params, parallel.global_batch(batch, s.mesh))
+        stats = s.eval_step(params, parallel.global_batch(batch, s.layout))
         totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
     return {f"{split}/{k}": float(v) for k, v in objectives.summarize(totals).items() if k != "perplexity"}
 
 
 def evaluate_pretraining(s: Setup, params: nnx.State, corpus: corpora.Corpus, tok: tokenizers.Tokenizer) -> dict:
     """The backbone's pretraining loss on held-out text (the corpus's validation split): what forgetting costs."""
-    result = train.evaluate_lm(s.pretrain_eval_step, s.mesh, s.config, params["backbone"], corpus, tok)
+    result = train.evaluate_lm(s.pretrain_eval_step, s.layout, s.config, params["backbone"], corpus, tok)
     return {k.replace("eval/", "pretrain/heldout_"): v for k, v in result.items() if "perplexity" not in k}
 
 
@@ -332,23 +334,29 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
     final: dict = {}
     pending = None
     try:
-        for step in range(start + 1, c.num_steps + 1):
-            task_batch = parallel.global_batch(next(task_iter), s.mesh)
-            pretrain_batch = parallel.global_batch(next(pretrain_iter), s.mesh) if s.uses_pretrain else None
-            state, step_metrics = s.train_step(state, task_batch, pretrain_batch, anchor)
-            if pending is not None:
-                steps.settle(*pending)
-            pending = (step, step_metrics)
-            is_last = step == c.num_steps
-            do_eval, do_save = not is_last and step % c.eval_every == 0, is_last or step % c.checkpoint_every == 0
-            if do_eval or do_save:
-                steps.settle(*pending)
-                pending, paused_at = None, time.perf_counter()
-                if do_eval:
-                    evaluate(step, ("validation",))
-                if do_save:
-                    checkpoint.save(mngr, step, state, pretrain_iter, task_data=task_iter)
-                steps.exclude(time.perf_counter() - paused_at)
+        with checkpoint.Preemption(mngr) as preemption:
+            for step in range(start + 1, c.num_steps + 1):
+                task_batch = parallel.global_batch(next(task_iter), s.layout)
+                pretrain_batch = parallel.global_batch(next(pretrain_iter), s.layout) if s.uses_pretrain else None
+                state, step_metrics = s.train_step(state, task_batch, pretrain_batch, anchor)
+                if pending is not None:
+                    steps.settle(*pending)
+                pending = (step, step_metrics)
+                is_last, preempted = step == c.num_steps, preemption.reached(step)
+                do_eval = not (is_last or preempted) and step % c.eval_every == 0
+                do_save = is_last or preempted or step % c.checkpoint_every == 0
+                if do_eval or do_save:
+                    steps.settle(*pending)
+                    pending, paused_at = None, time.perf_counter()
+                    if do_eval:
+                        evaluate(step, ("validation",))
+                    if do_save:
+                        checkpoint.save(mngr, step, state, pretrain_iter, task_data=task_iter)
+                    steps.exclude(time.perf_counter() - paused_at)
+                if preempted and not is_last:
+                    mngr.wait_until_finished()
+                    log(f"preempted: saved the checkpoint of step {step} and stopped; the same command resumes it")
+                    return {"preempted_at": step}
         final = evaluate(c.num_steps, ("validation", "test"))
     finally:
         mngr.wait_until_finished()

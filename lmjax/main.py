@@ -26,8 +26,9 @@ def main(argv):
     if "://" in FLAGS.workdir:
         raise ValueError(f"--workdir={FLAGS.workdir}: only local workdirs are supported so far; "
                          "pass a local path (on a TPU VM, a directory on its disk)")
-    from lmjax import finetune, sample, train  # import jax: after the config checks, so bad input fails fast
+    from lmjax import finetune, parallel, sample, train  # import jax: after the config checks, so bad input fails fast
 
+    parallel.initialize(config.distributed)  # before anything touches a device
     if config.mode == "sample":
         sample.sample(config, FLAGS.workdir)
     elif config.mode == "finetune":

@@ -1,7 +1,20 @@
-"""Device mesh and the one table that maps logical axis names to mesh axes."""
+"""Device mesh, the one table mapping logical axis names to mesh axes, multi-host start-up, the pmap engine.
+
+Parameters name their axes in `axes` metadata (lmjax.models.layers.param); key activations are
+constrained with `constrain(x, axes)`. Both go through `config.mesh.rules`, one table:
+
+  logical axis -> comma-separated mesh axes ('' = replicated)
+
+A dimension that the mesh axes do not divide (a 65-character vocabulary on tensor=2) is replicated
+rather than refused, so every config runs on every mesh; `describe` lists what is sharded how.
+"""
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextvars
+import dataclasses
+import functools
+import os
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -10,16 +23,22 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
 MESH_AXES = ("data", "fsdp", "tensor")
+ENGINES = ("jit", "pmap")
 
-# Logical axis -> mesh axis (or None: replicated). Parameters name their axes in `axes` metadata.
-RULES: dict[str | None, str | tuple[str, ...] | None] = {
-    "batch": ("data", "fsdp"),
+# The default table (config.mesh.rules starts from it). Parameters: vocab, embed, heads, kv, mlp.
+# Activations: batch, length, act_embed (the residual stream), act_heads, act_mlp, act_vocab (logits).
+DEFAULT_RULES = {
+    "batch": "data,fsdp",
+    "length": "",
     "vocab": "tensor",
     "embed": "fsdp",
     "heads": "tensor",
-    "kv": None,
+    "kv": "",
     "mlp": "tensor",
-    None: None,
+    "act_embed": "",
+    "act_heads": "tensor",
+    "act_mlp": "tensor",
+    "act_vocab": "tensor",
 }
 
 
@@ -37,14 +56,94 @@ def make_mesh(mesh_config: ConfigDict, devices: Sequence[jax.Device] | None = No
     if int(np.prod(shape)) != len(devices):
         raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices but "
                          f"{len(devices)} are available; set --config.mesh.* so the product matches")
+    if getattr(devices[0], "platform", "") == "tpu":  # axes laid out along the chips' interconnect
+        from jax.experimental import mesh_utils
+        try:
+            return Mesh(mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True), MESH_AXES)
+        except (AssertionError, ValueError, NotImplementedError):  # e.g. one device per core, not per chip
+            pass
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
-def logical_to_spec(axes: Sequence[str | None]) -> P:
-    return P(*(RULES[a] for a in axes))
+def parse_rules(rules: ConfigDict | dict | None) -> dict[str, tuple[str, ...]]:
+    """config.mesh.rules -> {logical axis: mesh axes}; unknown mesh axes fail with one line."""
+    table = dict(DEFAULT_RULES if rules is None else rules)
+    parsed = {}
+    for logical, value in table.items():
+        axes = tuple(a.strip() for a in str(value).split(",") if a.strip())
+        bad = [a for a in axes if a not in MESH_AXES]
+        if bad:
+            raise ValueError(f"mesh.rules.{logical}={value!r} names {bad}, not a mesh axis; use a comma-separated "
+                             f"subset of {MESH_AXES} or '' to replicate")
+        parsed[logical] = axes
+    return parsed
 
 
-def state_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A mesh and the rules table: everything that decides where an array lives."""
+
+    mesh: Mesh
+    rules: dict[str, tuple[str, ...]]
+
+    def spec(self, axes: Sequence[str | None], shape: Sequence[int] | None = None) -> P:
+        """The PartitionSpec of an array with these logical axes; undivisible or repeated mesh axes are dropped."""
+        used: set[str] = set()
+        out = []
+        for i, logical in enumerate(axes):
+            if logical is not None and logical not in self.rules:
+                raise ValueError(f"logical axis {logical!r} has no entry in mesh.rules; add one "
+                                 f"(known: {sorted(self.rules)})")
+            mesh_axes = tuple(a for a in self.rules.get(logical, ()) if a not in used and self.mesh.shape[a] > 1)
+            size = int(np.prod([self.mesh.shape[a] for a in mesh_axes]))
+            if shape is not None and shape[i] % size:
+                mesh_axes = ()
+            used.update(mesh_axes)
+            out.append(mesh_axes[0] if len(mesh_axes) == 1 else (mesh_axes or None))
+        return P(*out)
+
+    def sharding(self, axes: Sequence[str | None], shape: Sequence[int] | None = None) -> NamedSharding:
+        return NamedSharding(self.mesh, self.spec(axes, shape))
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    @property
+    def batch_shards(self) -> int:
+        return int(np.prod([self.mesh.shape[a] for a in self.rules["batch"]]))
+
+    def traced(self, fn: Callable) -> Callable:
+        """`fn` run with this layout current, so that `constrain` inside it (traced by jit) takes effect."""
+
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            token = _CURRENT.set(self)
+            try:
+                with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+                    return fn(*args, **kwargs)
+            finally:
+                _CURRENT.reset(token)
+
+        return wrapped
+
+
+_CURRENT: contextvars.ContextVar[Layout | None] = contextvars.ContextVar("lmjax_layout", default=None)
+
+
+def make_layout(mesh_config: ConfigDict, devices: Sequence[jax.Device] | None = None) -> Layout:
+    return Layout(make_mesh(mesh_config, devices), parse_rules(mesh_config.get("rules")))
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """Pins an activation's sharding by its logical axes; a no-op outside `Layout.traced` (e.g. eager calls)."""
+    layout = _CURRENT.get()
+    if layout is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, layout.spec(axes, x.shape))
+
+
+def state_shardings(abstract_tree: Any, layout: Layout) -> Any:
     """Shardings for a pytree holding nnx Variables (sharded by their `axes`) and plain arrays (replicated)."""
 
     def one(x):
@@ -52,19 +151,99 @@ def state_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
             if not hasattr(x.value, "ndim"):  # optax's MaskedNode (no state for a frozen or masked parameter)
                 return x
             axes = x.get_metadata().get("axes")
-            spec = logical_to_spec(axes) if axes is not None and len(axes) == x.value.ndim else P()
-            return x.replace(NamedSharding(mesh, spec))
-        return NamedSharding(mesh, P())
+            spec = layout.spec(axes, x.value.shape) if axes is not None and len(axes) == x.value.ndim else P()
+            return x.replace(NamedSharding(layout.mesh, spec))
+        return layout.replicated
 
     return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """[batch, ...] arrays split over the data and fsdp axes."""
-    return NamedSharding(mesh, P(RULES["batch"]))
+def describe(shardings: Any) -> dict[str, str]:
+    """{parameter path: PartitionSpec} for the sharded arrays of a shardings tree (for logs and tests)."""
+    out = {}
+    for path, s in jax.tree_util.tree_leaves_with_path(shardings, is_leaf=lambda x: isinstance(x, NamedSharding)):
+        if isinstance(s, NamedSharding) and any(a is not None for a in s.spec):
+            out["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)] = str(s.spec)
+    return out
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def batch_sharding(layout: Layout) -> NamedSharding:
+    """[batch, ...] arrays split over the batch axes of the rules (data and fsdp by default)."""
+    return layout.sharding(("batch",))
+
+
+def global_batch(local_batch: dict[str, np.ndarray], layout: Layout) -> dict[str, jax.Array]:
     """Assembles this process's share of a batch into global arrays sharded over the batch axes."""
-    sharding = batch_sharding(mesh)
+    sharding = batch_sharding(layout)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-host start-up.
+
+
+def cluster_detected(environ: dict | None = None) -> str | None:
+    """The kind of multi-process launch this process is part of, if any: 'slurm', 'tpu' or None."""
+    env = os.environ if environ is None else environ
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_STEP_ID" in env:
+        return "slurm"
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        return "tpu"
+    return None
+
+
+def initialize(dist: ConfigDict) -> bool:
+    """Starts `jax.distributed` when this is one process of several; returns whether it did.
+
+    distributed.coordinator_address (host:port) with num_processes and process_id starts it explicitly
+    (any cluster, or several local processes); enable='yes' lets JAX detect the cluster (TPU VMs, Slurm,
+    MPI, Kubernetes); enable='auto' does that only when the environment shows a multi-process launch.
+    """
+    if dist.enable == "no":
+        return False
+    if dist.coordinator_address:
+        if dist.num_processes < 1 or not 0 <= dist.process_id < dist.num_processes:
+            raise ValueError(f"distributed.coordinator_address={dist.coordinator_address!r} needs num_processes >= 1 "
+                             f"and 0 <= process_id < num_processes (got {dist.num_processes}, {dist.process_id})")
+        local = [int(i) for i in str(dist.local_device_ids).split(",") if i.strip()] or None
+        jax.distributed.initialize(dist.coordinator_address, dist.num_processes, dist.process_id,
+                                   local_device_ids=local)
+        return True
+    if dist.enable == "yes" or cluster_detected():
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The pmap engine: the same step function, data-parallel over this process's devices.
+
+
+PMAP_AXIS = "devices"
+
+
+def check_pmap(mesh_config: ConfigDict) -> None:
+    if jax.process_count() > 1:
+        raise ValueError("mesh.engine='pmap' runs in one process; multi-host runs use mesh.engine='jit'")
+    if mesh_config.fsdp != 1 or mesh_config.tensor != 1 or mesh_config.data not in (-1, jax.device_count()):
+        raise ValueError(f"mesh.engine='pmap' is data-parallel only: it needs mesh.fsdp=1, mesh.tensor=1 and "
+                         f"mesh.data=-1 (got {mesh_config.data}, {mesh_config.fsdp}, {mesh_config.tensor}); "
+                         f"use mesh.engine='jit' for FSDP or tensor parallelism")
+
+
+def replicate(tree: Any) -> Any:
+    """A state on one device -> one copy per local device (the leading axis pmap maps over)."""
+    devices = jax.local_devices()
+    stacked = NamedSharding(Mesh(np.asarray(devices), (PMAP_AXIS,)), P(PMAP_AXIS))
+    return jax.tree.map(lambda x: jax.device_put(jax.numpy.broadcast_to(x, (len(devices), *x.shape)), stacked), tree)
+
+
+def unreplicate(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def split_for_pmap(local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """[B_local, ...] -> [local devices, B_local / local devices, ...]."""
+    n = jax.local_device_count()
+    return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in local_batch.items()}
+

@@ -31,7 +31,10 @@ class NonFiniteLoss(RuntimeError):
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objective: Callable,
-                    accum_steps: int) -> Callable:
+                    accum_steps: int, axis_name: str | None = None) -> Callable:
+    """The pure step. Under pmap (`axis_name`), each device's summed gradients and statistics are summed over
+    devices before the one division by the token count, so the update equals the jit step's."""
+
     def loss_fn(params, batch, key):
         outputs = models.forward(nnx.merge(graphdef, params), batch, deterministic=False, rngs=nnx.Rngs(dropout=key))
         return objective(outputs, batch)
@@ -53,6 +56,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
             zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params,
                                                                 jax.tree.map(lambda x: x[0], micro), key))
             (grads, stats), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum_steps), micro))
+        if axis_name is not None:
+            grads, stats = jax.lax.psum((grads, stats), axis_name)
         # The loss is the token-weighted mean over the whole batch: divide the summed gradient once.
         grads = jax.tree.map(lambda g: g / jnp.maximum(stats["weight"], 1.0), grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -88,10 +93,15 @@ def make_init(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransfo
 
 @dataclasses.dataclass
 class Setup:
-    """Everything a run derives from its config: model structure, optimizer, shardings, compiled steps."""
+    """Everything a run derives from its config: model structure, optimizer, shardings, compiled steps.
+
+    The loop keeps the state in the engine's form: `to_engine` / `from_engine` convert from / to the
+    sharded global form that init, checkpoints and evaluation use (the identity under jit; under
+    pmap, one copy per local device). `device_batch` turns this process's NumPy batch into step input.
+    """
 
     config: ConfigDict
-    mesh: jax.sharding.Mesh
+    layout: parallel.Layout
     graphdef: nnx.GraphDef
     tx: optax.GradientTransformation
     state_shardings: Any
@@ -101,29 +111,55 @@ class Setup:
     eval_step: Callable
 
     @property
+    def mesh(self) -> jax.sharding.Mesh:
+        return self.layout.mesh
+
+    @property
+    def pmap(self) -> bool:
+        return self.config.mesh.engine == "pmap"
+
+    @property
     def num_params(self) -> int:
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state.params))
+
+    def to_engine(self, state: TrainState) -> TrainState:
+        return parallel.replicate(state) if self.pmap else state
+
+    def from_engine(self, state: TrainState) -> TrainState:
+        return jax.device_put(parallel.unreplicate(state), self.state_shardings) if self.pmap else state
+
+    def device_batch(self, local_batch: dict[str, np.ndarray]) -> dict:
+        return parallel.split_for_pmap(local_batch) if self.pmap else parallel.global_batch(local_batch, self.layout)
 
 
 def setup(config: ConfigDict, devices=None) -> Setup:
     """Builds the mesh and compiles nothing yet; parameters are created directly sharded by `init`."""
-    mesh = parallel.make_mesh(config.mesh, devices)
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.data.batch_size % (batch_shards * config.optim.grad_accum_steps):
-        raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by the {batch_shards} batch shards "
-                         f"(mesh data x fsdp) x {config.optim.grad_accum_steps} accumulation steps; change the batch size")
+    if config.mesh.engine == "pmap":
+        parallel.check_pmap(config.mesh)
+    layout = parallel.make_layout(config.mesh, devices)
+    if config.data.batch_size % (layout.batch_shards * config.optim.grad_accum_steps):
+        raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by the {layout.batch_shards} batch "
+                         f"shards (mesh data x fsdp) x {config.optim.grad_accum_steps} accumulation steps; change the "
+                         f"batch size")
     tx = optim.make(config.optim, config.train.num_steps, config.model)
     graphdef, init, abstract_state = make_init(lambda rngs: models.build(config.model, rngs), tx)
-    shardings = parallel.state_shardings(abstract_state, mesh)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    batch_sharding = parallel.batch_sharding(mesh)
+    shardings = parallel.state_shardings(abstract_state, layout)
+    batch_sharding = parallel.batch_sharding(layout)
     objective = objectives.get(config.train)
-    train_step = jax.jit(make_train_step(graphdef, tx, objective, config.optim.grad_accum_steps),
-                         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
-                         donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(graphdef, objective), in_shardings=(shardings.params, batch_sharding),
-                        out_shardings=replicated)
-    return Setup(config, mesh, graphdef, tx, shardings, abstract_state,
+    if config.mesh.engine == "pmap":
+        step = jax.pmap(make_train_step(graphdef, tx, objective, config.optim.grad_accum_steps, parallel.PMAP_AXIS),
+                        axis_name=parallel.PMAP_AXIS, donate_argnums=0)
+
+        def train_step(state, batch):
+            state, out = step(state, batch)
+            return state, parallel.unreplicate(out)
+    else:
+        train_step = jax.jit(layout.traced(make_train_step(graphdef, tx, objective, config.optim.grad_accum_steps)),
+                             in_shardings=(shardings, batch_sharding), out_shardings=(shardings, layout.replicated),
+                             donate_argnums=0)
+    eval_step = jax.jit(layout.traced(make_eval_step(graphdef, objective)),
+                        in_shardings=(shardings.params, batch_sharding), out_shardings=layout.replicated)
+    return Setup(config, layout, graphdef, tx, shardings, abstract_state,
                  jax.jit(init, out_shardings=shardings), train_step, eval_step)
 
 
@@ -185,10 +221,10 @@ def resolve_model_config(config: ConfigDict, tok: tokenizers.Tokenizer, workdir:
 def evaluate(s: Setup, params: nnx.State, corpus: corpora.Corpus, tok: tokenizers.Tokenizer) -> dict[str, float]:
     """Loss, perplexity and accuracy over the validation split (its first train.eval_batches batches), and
     the accuracy of always predicting the most frequent target token (unigram_accuracy), to compare with."""
-    return evaluate_lm(s.eval_step, s.mesh, s.config, params, corpus, tok)
+    return evaluate_lm(s.eval_step, s.layout, s.config, params, corpus, tok)
 
 
-def evaluate_lm(eval_step: Callable, mesh: jax.sharding.Mesh, c: ConfigDict, params: nnx.State,
+def evaluate_lm(eval_step: Callable, layout: parallel.Layout, c: ConfigDict, params: nnx.State,
                 corpus: corpora.Corpus, tok: tokenizers.Tokenizer) -> dict[str, float]:
     """`evaluate` for any eval step of the train.objective (fine-tuning scores its backbone with it)."""
     totals = None
@@ -196,7 +232,7 @@ def evaluate_lm(eval_step: Callable, mesh: jax.sharding.Mesh, c: ConfigDict, par
                                        batch_size=c.data.batch_size // jax.process_count(),
                                        max_batches=c.train.eval_batches, shard_index=jax.process_index(),
                                        shard_count=jax.process_count()):
-        stats = eval_step(params, parallel.global_batch(batch, mesh))
+        stats = eval_step(params, parallel.global_batch(batch, layout))
         totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
     if totals is None:
         raise ValueError("the validation split is too small for one batch; lower data.batch_size or data.seq_len, "
@@ -241,15 +277,19 @@ class _StepLog:
         self.since = (self.since[0], self.since[1] + seconds)
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict:
-    """Trains (resuming from the workdir's latest checkpoint if any); returns the final evaluation metrics."""
+def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices=None) -> dict:
+    """Trains (resuming from the workdir's latest checkpoint if any); returns the final evaluation metrics.
+
+    On SIGTERM (preemption) it saves a checkpoint at the next step boundary and returns {"preempted_at": step};
+    running it again resumes there. `devices` (default: all) is for tests that want a smaller mesh.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0
     corpus = corpora.load(config.data)
     tok = prepare_tokenizer(config, workdir, corpus)
     config = resolve_model_config(config, tok, workdir)
-    s = setup(config)
+    s = setup(config, devices)
     c = config.train
     mngr = checkpoint.manager(workdir, keep=c.keep_checkpoints)
     if lead:
@@ -264,6 +304,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict:
         state = checkpoint.restore(mngr, start, abstract, train_iter)
     else:
         state = s.init(jax.random.PRNGKey(config.seed))
+    state = s.to_engine(state)
 
     writer = metrics.Writer(workdir, resume_step=start, enabled=lead)
     progress = metrics.Progress(start, c.num_steps, enabled=lead and c.progress)
@@ -272,11 +313,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict:
         f"{tok.kind} tokenizer ({tok.vocab_size} tokens), " + (f"resuming at step {start}" if start else "from scratch"))
 
     def evaluate_and_sample(step: int) -> dict:
-        result = evaluate(s, state.params, corpus, tok)
+        params = s.from_engine(state).params
+        result = evaluate(s, params, corpus, tok)
         writer.scalars(step, result)
         line = f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in result.items())
         if config.model.family == "decoder" and c.sample_tokens:
-            text = decode.sample_text(s.graphdef, state.params, tok, config.sample, c.sample_tokens,
+            text = decode.sample_text(s.graphdef, params, tok, config.sample, c.sample_tokens,
                                       jax.random.PRNGKey(step))
             writer.text(step, "sample", text)
             line += f"\n--- sample ---\n{text}\n--------------"
@@ -287,21 +329,27 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict:
     final_eval: dict = {}
     pending = None  # (step, device metrics) of the step dispatched before the current one
     try:
-        for step in range(start + 1, c.num_steps + 1):
-            state, step_metrics = s.train_step(state, parallel.global_batch(next(train_iter), s.mesh))
-            if pending is not None:
-                steps.settle(*pending)
-            pending = (step, step_metrics)
-            is_last = step == c.num_steps
-            do_eval, do_save = is_last or step % c.eval_every == 0, is_last or step % c.checkpoint_every == 0
-            if do_eval or do_save:
-                steps.settle(*pending)  # sync: the state about to be evaluated or saved must be finite
-                pending, paused_at = None, time.perf_counter()
-                if do_eval:
-                    final_eval = evaluate_and_sample(step)
-                if do_save:
-                    checkpoint.save(mngr, step, state, train_iter)
-                steps.exclude(time.perf_counter() - paused_at)
+        with checkpoint.Preemption(mngr) as preemption:
+            for step in range(start + 1, c.num_steps + 1):
+                state, step_metrics = s.train_step(state, s.device_batch(next(train_iter)))
+                if pending is not None:
+                    steps.settle(*pending)
+                pending = (step, step_metrics)
+                is_last, preempted = step == c.num_steps, preemption.reached(step)
+                do_eval = is_last or (not preempted and step % c.eval_every == 0)
+                do_save = is_last or preempted or step % c.checkpoint_every == 0
+                if do_eval or do_save:
+                    steps.settle(*pending)  # sync: the state about to be evaluated or saved must be finite
+                    pending, paused_at = None, time.perf_counter()
+                    if do_eval:
+                        final_eval = evaluate_and_sample(step)
+                    if do_save:
+                        checkpoint.save(mngr, step, s.from_engine(state), train_iter)
+                    steps.exclude(time.perf_counter() - paused_at)
+                if preempted and not is_last:
+                    mngr.wait_until_finished()
+                    log(f"preempted: saved the checkpoint of step {step} and stopped; the same command resumes it")
+                    return {"preempted_at": step}
         if start >= c.num_steps:
             final_eval = evaluate_and_sample(start)
     finally:

@@ -1,8 +1,17 @@
-"""Test set-up: 8 fake CPU devices (before jax is imported), a small corpus and the tiny config."""
+"""Test set-up: 8 fake CPU devices (before jax is imported), a small corpus and the tiny config.
+
+Compiled programs are cached on disk (JAX's persistent cache, shared by the xdist workers, the
+subprocesses they start and later runs): many tests compile the same tiny models, and compiling
+dominates their time. Set JAX_COMPILATION_CACHE_DIR to move it.
+"""
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "lmjax-test-xla-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -69,13 +69,56 @@ def _examples(ds: grain.MapDataset, documents: grain.MapDataset, corpus: Corpus,
     raise ValueError(f"train.objective={objective!r} is unknown; use one of {OBJECTIVES}")
 
 
+def batch_shapes(data: ConfigDict, objective: str, batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{key: (shape, dtype)} of the batches `train_dataset` yields (for compiling ahead of time, without data)."""
+    B, L = batch_size, data.seq_len
+    tokens = {"inputs": ((B, L), np.int32), "targets": ((B, L), np.int32), "weights": ((B, L), np.float32)}
+    if objective == "causal_lm":
+        return tokens
+    if objective == "mlm":
+        return tokens | {"segments": ((B, L), np.int32), "input_mask": ((B, L), np.int32)} | (
+            {"nsp_labels": ((B,), np.int32)} if data.nsp else {})
+    if objective == "span_corruption":
+        T = span_lengths(data)[1]
+        return {"inputs": ((B, L), np.int32), "input_mask": ((B, L), np.int32), "decoder_inputs": ((B, T), np.int32),
+                "targets": ((B, T), np.int32), "weights": ((B, T), np.float32)}
+    raise ValueError(f"train.objective={objective!r} is unknown; use one of {OBJECTIVES}")
+
+
+def process_shards(split, data: ConfigDict, shard_index: int, shard_count: int) -> list[grain.MapDataset]:
+    """This process's data shards: documents i::S of the split for i = shard_index, shard_index + shard_count, ...
+
+    S = data.shards, or one shard per process when 0. A fixed S makes the global batch (shard j's rows at
+    block j) the same whatever the number of processes, so runs on 1 or N hosts see the same data.
+    """
+    num_shards = data.shards or shard_count
+    if num_shards % shard_count:
+        raise ValueError(f"data.shards={num_shards} is not a multiple of the {shard_count} processes; "
+                         f"use a multiple, or 0 for one shard per process")
+    return [grain.MapDataset.source(split)[i::num_shards] for i in range(shard_index, num_shards, shard_count)]
+
+
+def _rows_of_shards(streams: list[grain.IterDataset], batch_size: int) -> grain.IterDataset:
+    """Batches of `batch_size` rows: an equal block from each shard's stream, in shard order."""
+    if batch_size % len(streams):
+        raise ValueError(f"this process's batch of {batch_size} rows does not split over its {len(streams)} data "
+                         f"shards; make data.batch_size a multiple of data.shards")
+    if len(streams) == 1:
+        return streams[0].batch(batch_size, drop_remainder=True)
+    blocks = grain.experimental.ZipIterDataset(streams, strict=False).batch(batch_size // len(streams), drop_remainder=True)
+    return blocks.map(_concat)
+
+
+def _concat(parts: tuple[dict, ...]) -> dict:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def train_dataset(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, *, objective: str, batch_size: int,
                   seed: int, shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
     """Infinite, reshuffled every epoch; `batch_size` is this process's share of the global batch."""
-    documents = grain.MapDataset.source(corpus.train)[shard_index::shard_count]
-    ds = documents.shuffle(seed=seed).repeat()
-    return _examples(ds, documents, corpus, tokenizer, data, objective, seed, training=True).batch(
-        batch_size, drop_remainder=True)
+    streams = [_examples(documents.shuffle(seed=seed).repeat(), documents, corpus, tokenizer, data, objective, seed,
+                         training=True) for documents in process_shards(corpus.train, data, shard_index, shard_count)]
+    return _rows_of_shards(streams, batch_size)
 
 
 def eval_batches(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, *, objective: str, batch_size: int,
@@ -83,13 +126,13 @@ def eval_batches(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, *, obje
     """The validation split in order (at most `max_batches` batches; 0 means one pass). Random choices
     (masks, pairs, spans) use a fixed seed, so every evaluation scores the same examples. MLM draws one
     pair per document and pass, so with max_batches it makes further passes until it has enough batches."""
-    documents = grain.MapDataset.source(corpus.validation)[shard_index::shard_count]
-    ds = documents
-    if objective == "mlm" and max_batches:
-        ds = documents.repeat(-(-max_batches * batch_size // max(len(documents), 1)))
-    batches = _examples(ds, documents, corpus, tokenizer, data, objective, seed=0, training=False).batch(
-        batch_size, drop_remainder=True)
-    for i, batch in enumerate(batches):
+    streams = []
+    for documents in process_shards(corpus.validation, data, shard_index, shard_count):
+        ds = documents
+        if objective == "mlm" and max_batches:
+            ds = documents.repeat(-(-max_batches * batch_size // max(len(documents), 1)))
+        streams.append(_examples(ds, documents, corpus, tokenizer, data, objective, seed=0, training=False))
+    for i, batch in enumerate(_rows_of_shards(streams, batch_size)):
         if max_batches and i >= max_batches:
             return
         yield batch

@@ -50,7 +50,7 @@ class DecoderLM(nnx.Module):
 
     def logits(self, h_BLD: jax.Array) -> jax.Array:
         head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
-        return layers.matmul(h_BLD, head_DV.astype(self.dtype)).astype(jnp.float32)
+        return layers.vocab_logits(h_BLD, head_DV.astype(self.dtype))
 
     def init_cache(self, batch: int, length: int) -> list:
         """Empty self-attention caches for `length` slots (one (k, v) pair per block)."""

@@ -66,8 +66,7 @@ class EncoderLM(nnx.Module):
             raise ValueError("this encoder has no MLM head (model.encoder_heads='none'); use 'mlm' or 'mlm_nsp'")
         t_BLD = self.mlm_norm(self.activation(self.mlm_dense(h_BLD)))
         head_DV = self.embed_VD[...].T if self.mlm_head_DV is None else self.mlm_head_DV[...]
-        logits_BLV = layers.matmul(t_BLD, head_DV.astype(self.dtype)) + self.mlm_bias_V[...].astype(self.dtype)
-        return logits_BLV.astype(jnp.float32)
+        return layers.vocab_logits(t_BLD, head_DV.astype(self.dtype)) + self.mlm_bias_V[...].astype(jnp.float32)
 
     def nsp_logits(self, h_BLD: jax.Array) -> jax.Array:
         if self.heads != "mlm_nsp":

@@ -91,4 +91,4 @@ class EncoderDecoderLM(nnx.Module):
                                          enc_mask_B1LS=layers.attention_mask(enc_mask_BS, causal=False),
                                          deterministic=deterministic, rngs=rngs)
         head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
-        return layers.matmul(x_BLD * self.output_scale, head_DV.astype(self.dtype)).astype(jnp.float32), caches
+        return layers.vocab_logits(x_BLD * self.output_scale, head_DV.astype(self.dtype)), caches

@@ -5,8 +5,9 @@ Dimension key (used in names and einsum strings):
   D: model width      H: attention heads            K: head size
   F: MLP hidden size  V: vocabulary                 N: relative-position buckets
 
-Every parameter carries logical axis names in its `axes` metadata; `lmjax.parallel` maps them to
-mesh axes with one table.
+Every parameter carries logical axis names in its `axes` metadata, and the residual stream, the
+attention projections, the MLP hidden layer and the logits are constrained by logical names
+(`constrain`); `lmjax.parallel` maps both to mesh axes with one table.
 
 Attention caches are plain tuples (k_BSHK, v_BSHK): decoding threads them through the model
 functionally (see lmjax/decode.py); self-attention writes the new keys at `cache_index`,
@@ -22,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
+
+from lmjax.parallel import constrain
 
 Initializer = Callable[..., jax.Array]
 Cache = tuple[jax.Array, jax.Array]
@@ -86,6 +89,11 @@ def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """
     d = w.shape[0]
     return (x.reshape(-1, d) @ w.reshape(d, -1)).reshape(*x.shape[:-1], *w.shape[1:])
+
+
+def vocab_logits(h_BLD: jax.Array, head_DV: jax.Array) -> jax.Array:
+    """fp32 logits_BLV, sharded over the vocabulary by the rules (act_vocab)."""
+    return constrain(matmul(h_BLD, head_DV).astype(jnp.float32), ("batch", "length", "act_vocab"))
 
 
 def param(rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], axes: tuple[str | None, ...],
@@ -218,7 +226,8 @@ class MultiHeadAttention(nnx.Module):
     def _project(self, x_BLD: jax.Array, i: int) -> jax.Array:
         w = (self.query_DHK, self.key_DHK, self.value_DHK)[i][...].astype(x_BLD.dtype)
         y_BLHK = matmul(x_BLD, w)
-        return y_BLHK if self.bias_3HK is None else y_BLHK + self.bias_3HK[i].astype(x_BLD.dtype)
+        y_BLHK = y_BLHK if self.bias_3HK is None else y_BLHK + self.bias_3HK[i].astype(x_BLD.dtype)
+        return constrain(y_BLHK, ("batch", "length", "act_heads", "kv"))
 
     def __call__(self, x_BLD: jax.Array, kv_BSD: jax.Array | None = None, *, positions_BL: jax.Array | None = None,
                  mask_B1LS: jax.Array | None = None, bias_1HLS: jax.Array | None = None, is_causal: bool = False,
@@ -276,7 +285,7 @@ class MLP(nnx.Module):
         h_BLF = self.activation(self.up(x_BLD))
         if self.gate is not None:
             h_BLF = h_BLF * self.gate(x_BLD)
-        return self.down(h_BLF)
+        return self.down(constrain(h_BLF, ("batch", "length", "act_mlp")))
 
 
 class Block(nnx.Module):
@@ -336,6 +345,7 @@ def run_stack(blocks, final_norm: Norm | None, relative_bias: RelativePositionBi
     for i, block in enumerate(blocks):
         x_BLD, cache = block(x_BLD, positions_BL=positions_BL, bias_1HLS=bias_1HLS, cache_index=q_offset,
                              cache=None if caches is None else caches[i], **kwargs)
+        x_BLD = constrain(x_BLD, ("batch", "length", "act_embed"))
         new_caches.append(cache)
     x_BLD = x_BLD if final_norm is None else final_norm(x_BLD)
     return x_BLD, (None if caches is None else new_caches)

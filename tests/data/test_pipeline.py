@@ -66,6 +66,24 @@ def test_process_shards_are_disjoint_and_cover_the_data(corpus, tok):
     assert a.size and b.size and not np.array_equal(a[:4], b[:4])
 
 
+def test_fixed_data_shards_give_the_same_global_batches_on_one_or_two_processes(corpus, tok):
+    objective = "causal_lm"
+    data = data_config(seq_len=16, shuffle_window=8, shards=2)
+    make = lambda batch_size, **shard: pipeline.train_dataset(corpus, tok, data, objective=objective, seed=3,
+                                                              batch_size=batch_size, **shard)
+    one, it = batches(make(8), 6)
+    state = it.get_state()
+    two = [batches(make(4, shard_index=i, shard_count=2), 6)[0] for i in range(2)]
+    for whole, first, second in zip(one, *two):  # process 0's rows, then process 1's: the same global batch
+        for k in whole:
+            np.testing.assert_array_equal(whole[k], np.concatenate([first[k], second[k]]))
+    resumed, _ = batches(make(8), 2, state)  # the state of several shards in one process restores too
+    np.testing.assert_array_equal(resumed[0]["inputs"], next(it)["inputs"])
+    with pytest.raises(ValueError, match="data.shards=3 is not a multiple of the 2 processes"):
+        pipeline.train_dataset(corpus, tok, data_config(shards=3), objective=objective, seed=0, batch_size=4,
+                               shard_index=0, shard_count=2)
+
+
 def test_eval_covers_validation_in_order_with_padding_masked(corpus, tok):
     evals = list(pipeline.eval_batches(corpus, tok, data_config(seq_len=16), objective="causal_lm", batch_size=2, max_batches=0))
     val = "".join(corpus.validation[i]["text"].decode() for i in range(len(corpus.validation)))
