@@ -256,12 +256,10 @@ def resolve(config: ConfigDict, workdir: Path) -> tuple[ConfigDict, tokenizers.T
         tok = train.prepare_tokenizer(config, workdir, corpus)
     else:
         tok = pre.tokenizer
-        if config.data.tokenizer_path:
-            stream = tokenizers.load(Path(config.data.tokenizer_path))
-            if not tokenizers.same(stream, tok):
-                raise ValueError(f"the pretraining stream's tokenizer (data.tokenizer_path={config.data.tokenizer_path!r}: "
-                                 f"{stream.kind}, {stream.vocab_size} tokens) is not the model's ({tok.kind}, "
-                                 f"{tok.vocab_size} tokens); drop data.tokenizer_path, the stream then uses the model's")
+        if config.data.tokenizer_path and (stream := tokenizers.differing(config.data.tokenizer_path, tok)):
+            raise ValueError(f"the pretraining stream's tokenizer (data.tokenizer_path={config.data.tokenizer_path!r}: "
+                             f"{stream.kind}, {stream.vocab_size} tokens) is not the model's ({tok.kind}, "
+                             f"{tok.vocab_size} tokens); drop data.tokenizer_path, the stream then uses the model's")
         if tok.vocab_size > config.model.vocab_size:
             raise ValueError(f"the tokenizer of finetune.init has {tok.vocab_size} tokens but its model only "
                              f"{config.model.vocab_size}; the model and vocabulary do not belong together")

@@ -6,7 +6,7 @@ constrained with `constrain(x, axes)`. Both go through `config.mesh.rules`, one 
   logical axis -> comma-separated mesh axes ('' = replicated)
 
 A dimension that the mesh axes do not divide (a 65-character vocabulary on tensor=2) is replicated
-rather than refused, so every config runs on every mesh; `describe` lists what is sharded how.
+rather than refused, so every config runs on every mesh.
 """
 from __future__ import annotations
 
@@ -156,15 +156,6 @@ def state_shardings(abstract_tree: Any, layout: Layout) -> Any:
         return layout.replicated
 
     return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def describe(shardings: Any) -> dict[str, str]:
-    """{parameter path: PartitionSpec} for the sharded arrays of a shardings tree (for logs and tests)."""
-    out = {}
-    for path, s in jax.tree_util.tree_leaves_with_path(shardings, is_leaf=lambda x: isinstance(x, NamedSharding)):
-        if isinstance(s, NamedSharding) and any(a is not None for a in s.spec):
-            out["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)] = str(s.spec)
-    return out
 
 
 def batch_sharding(layout: Layout) -> NamedSharding:

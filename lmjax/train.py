@@ -178,12 +178,10 @@ def prepare_tokenizer(config: ConfigDict, workdir: Path, corpus: corpora.Corpus)
         if tok.kind != config.data.tokenizer and not config.data.tokenizer_path:
             raise ValueError(f"{workdir} was trained with a {tok.kind} tokenizer but data.tokenizer="
                              f"{config.data.tokenizer!r}; use a new --workdir for another tokenizer")
-        if config.data.tokenizer_path:
-            other = tokenizers.load(Path(config.data.tokenizer_path))
-            if not tokenizers.same(other, tok):
-                raise ValueError(f"data.tokenizer_path={config.data.tokenizer_path!r} ({other.kind}, {other.vocab_size} "
-                                 f"tokens) does not match the vocabulary this workdir was trained with ({tok.kind}, "
-                                 f"{tok.vocab_size} tokens); drop data.tokenizer_path or use a new --workdir")
+        if config.data.tokenizer_path and (other := tokenizers.differing(config.data.tokenizer_path, tok)):
+            raise ValueError(f"data.tokenizer_path={config.data.tokenizer_path!r} ({other.kind}, {other.vocab_size} "
+                             f"tokens) does not match the vocabulary this workdir was trained with ({tok.kind}, "
+                             f"{tok.vocab_size} tokens); drop data.tokenizer_path or use a new --workdir")
         return tok
     if config.data.tokenizer_path:
         tok = tokenizers.load(Path(config.data.tokenizer_path))

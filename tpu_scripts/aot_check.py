@@ -64,7 +64,7 @@ def main(argv) -> int:
     import jax
     import numpy as np
 
-    from lmjax import checkpoint, config as config_lib, train
+    from lmjax import checkpoint, config as config_lib, parallel, train
     from lmjax.data import pipeline
 
     config = _CONFIG.value
@@ -74,7 +74,7 @@ def main(argv) -> int:
     devices = tpu_devices(_TOPOLOGY.value)
     s = train.setup(config, devices)
     state = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
-    batch_sharding = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(*s.layout.spec(("batch",))))
+    batch_sharding = parallel.batch_sharding(s.layout)
     batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
              for k, (shape, dtype) in pipeline.batch_shapes(config.data, config.train.objective,
                                                             config.data.batch_size).items()}

@@ -210,6 +210,12 @@ def same(a: Tokenizer, b: Tokenizer) -> bool:
         a.decode([i]) == b.decode([i]) for i in range(a.vocab_size))
 
 
+def differing(path: str | Path, tok: Tokenizer) -> Tokenizer | None:
+    """The tokenizer saved at `path` if its vocabulary is not `tok`'s, else None."""
+    other = load(Path(path))
+    return None if same(other, tok) else other
+
+
 def load(directory: Path) -> Tokenizer:
     directory = Path(directory)
     if (directory / CHAR_FILE).exists():
