@@ -6,7 +6,8 @@ import re
 
 from ml_collections import ConfigDict
 
-from lmjax import models, parallel
+from lmjax import models, optim, parallel
+from lmjax.models import elmo
 from lmjax.data import pipeline
 
 
@@ -16,7 +17,7 @@ def base() -> ConfigDict:
     c.seed = 0
 
     c.model = ConfigDict(dict(
-        family="decoder",  # decoder | encoder | encoder_decoder
+        family="decoder",  # decoder | encoder | encoder_decoder | rnn | elmo | word2vec | glove
         vocab_size=0,  # 0: the tokenizer's vocabulary size
         num_layers=4, num_decoder_layers=0,  # encoder_decoder: 0 means num_layers
         num_heads=4, head_dim=0, d_model=128, d_ff=0,  # head_dim 0: d_model / num_heads; d_ff 0: 4 * d_model
@@ -29,15 +30,18 @@ def base() -> ConfigDict:
         dropout=0.0, attention_dropout=0.0, tie_embeddings=True, use_bias=True, dtype="float32",
         type_vocab_size=2, embed_norm=False, encoder_heads="mlm_nsp",  # encoder: segments, BERT's norm, heads
         share_embeddings=True,  # encoder_decoder: one token table for encoder and decoder
-        scale_output=False))  # encoder_decoder: decoder output * d_model**-0.5 before the head (T5 v1.0)
+        scale_output=False,  # encoder_decoder: decoder output * d_model**-0.5 before the head (T5 v1.0)
+        cell="lstm",  # rnn: lstm | gru (d_model wide, num_layers deep)
+        char_dim=16, char_filters="1:32,2:32,3:64,4:128,5:256", highway_layers=2))  # elmo's character CNN
 
     c.data = ConfigDict(dict(
         text_files="",  # comma-separated text files; empty: the embedded Shakespeare corpus
         tfds_name="", tfds_data_dir="", train_split="train", eval_split="validation", text_key="text",
         validation_fraction=0.1,  # text files: the last fraction of each file is the validation split
         cache_dir="",  # built datasets and downloads; empty: $LMJAX_CACHE or ~/.cache/lmjax
-        tokenizer="char",  # char | sentencepiece (trained here) | wordpiece (a pretrained model's, via tokenizer_path)
-        vocab_size=0,  # sentencepiece vocabulary size to train
+        tokenizer="char",  # char | word | sentencepiece (trained here) | wordpiece (a pretrained model's, via tokenizer_path)
+        vocab_size=0,  # sentencepiece vocabulary size to train; word: the most frequent words kept (0: all)
+        min_count=5,  # word: words seen fewer times are dropped
         tokenizer_path="",  # a saved tokenizer directory to use instead of training one
         tokenizer_train_examples=0,  # examples the tokenizer is trained on; 0: the whole train split
         corpus="shakespeare",  # shakespeare | wiki_sample: the embedded corpus used without text_files/tfds_name
@@ -45,17 +49,23 @@ def base() -> ConfigDict:
         shards=0,  # data shards (documents i::shards), a multiple of the processes; 0: one per process
         shuffle_window=256,
         mask_rate=0.15, mask_token_frac=0.8, random_token_frac=0.1, whole_word=False, nsp=True,  # mlm
-        noise_density=0.15, mean_span=3.0))  # span_corruption; decoder length follows from seq_len
+        noise_density=0.15, mean_span=3.0,  # span_corruption; decoder length follows from seq_len
+        max_chars=50,  # bilm (ELMo): characters kept per token, markers included
+        window=5, negatives=5, sample=1e-3))  # skipgram / cbow / glove: window, noise words, subsampling threshold
 
     c.optim = ConfigDict(dict(
+        name="adamw",  # adamw | sgd (word2vec) | adagrad (GloVe)
+        schedule="cosine",  # cosine | linear: decay after warmup to min_learning_rate at train.num_steps
         learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100, b1=0.9, b2=0.99, eps=1e-8,
+        initial_accumulator=0.0,  # adagrad's starting sum of squared gradients
         weight_decay=0.1, decay_embeddings=False, grad_clip=1.0, grad_accum_steps=1,
         freeze="",  # comma-separated regexes matched at the start of parameter paths, e.g. 'backbone/' (a probe)
         layer_decay=1.0,  # layer-wise learning-rate decay: block i (from 0) of N learns at layer_decay ** (N - i) x
         head_learning_rate=0.0))  # fine-tuning: peak learning rate of the new head; 0 means optim.learning_rate
 
     c.train = ConfigDict(dict(
-        objective="causal_lm",  # causal_lm | mlm | span_corruption (decoder | encoder | encoder_decoder)
+        objective="causal_lm",  # causal_lm | mlm | span_corruption | contrastive | bilm | skipgram | cbow | glove
+        temperature=0.05, glove_x_max=100.0, glove_alpha=0.75,  # contrastive (InfoNCE); glove's f(x)
         label_smoothing=0.0, num_steps=2000, log_every=50, eval_every=250, eval_batches=50,
         checkpoint_every=500, keep_checkpoints=3, sample_tokens=200, progress=True))
 
@@ -114,6 +124,9 @@ def validate(c: ConfigDict) -> None:
     if c.optim.grad_accum_steps < 1 or c.data.batch_size % c.optim.grad_accum_steps:
         raise ValueError(f"data.batch_size={c.data.batch_size} is not divisible by optim.grad_accum_steps="
                          f"{c.optim.grad_accum_steps}; pick an accumulation count that divides the batch")
+    if c.optim.name not in optim.OPTIMIZERS or c.optim.schedule not in optim.SCHEDULES:
+        raise ValueError(f"optim.name={c.optim.name!r} / optim.schedule={c.optim.schedule!r}: use a name in "
+                         f"{optim.OPTIMIZERS} and a schedule in {optim.SCHEDULES}")
     if c.mesh.engine not in parallel.ENGINES:
         raise ValueError(f"mesh.engine={c.mesh.engine!r} is unknown; use one of {parallel.ENGINES}")
     parallel.parse_rules(c.mesh.rules)
@@ -131,6 +144,16 @@ def validate_model(c: ConfigDict) -> None:
     if c.train.objective not in allowed:
         raise ValueError(f"train.objective={c.train.objective!r} does not train a model.family={c.model.family!r} "
                          f"model; use {' or '.join(allowed)}")
+    if c.train.objective == "contrastive" and not c.model.dropout > 0:
+        raise ValueError("train.objective='contrastive' makes a text's two views by dropout; set model.dropout > 0 "
+                         "(SimCSE: 0.1)")
+    if c.model.family in models.WORD_VECTORS and c.data.tokenizer != "word":
+        raise ValueError(f"model.family={c.model.family!r} learns vectors of words; set data.tokenizer='word'")
+    if c.model.family == "elmo" and max(w for w, _ in elmo.parse_filters(c.model.char_filters)) > c.data.max_chars:
+        raise ValueError(f"model.char_filters={c.model.char_filters!r} has filters wider than data.max_chars="
+                         f"{c.data.max_chars} characters; raise data.max_chars or narrow the filters")
+    if c.model.family not in ("decoder", "encoder", "encoder_decoder"):
+        return  # recurrent and word-vector models have no position table
     if c.data.seq_len > c.model.max_len:
         raise ValueError(f"data.seq_len={c.data.seq_len} is longer than the model's positions "
                          f"(model.max_len={c.model.max_len}); shorten data.seq_len or raise model.max_len")

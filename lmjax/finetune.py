@@ -224,11 +224,17 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> Setup
 # The run
 
 
+def char_table(config: ConfigDict, tok: tokenizers.Tokenizer) -> np.ndarray | None:
+    """The characters of every token, for an ELMo backbone (its batches carry them); None for other models."""
+    return pipeline.char_table(tok, config.data.max_chars) if config.model.family == "elmo" else None
+
+
 def evaluate_task(s: Setup, params: nnx.State, task: tasks.Task, tok: tokenizers.Tokenizer, split: str) -> dict:
     """Task metrics over the whole split (accuracy and macro-F1; exact match and F1 for span QA)."""
     totals = None
     for batch in task_pipeline.eval_batches(task, tok, split, head=s.head, seq_len=s.config.task.seq_len,
                                             batch_size=s.config.task.batch_size // jax.process_count(),
+                                            chars=char_table(s.config, tok),
                                             shard_index=jax.process_index(), shard_count=jax.process_count()):
         stats = s.eval_step(params, parallel.global_batch(batch, s.layout))
         totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
@@ -287,7 +293,8 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
         checkpoint.save_config(workdir, config)
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
     task_iter = iter(task_pipeline.train_dataset(task, tok, head=head, seq_len=config.task.seq_len, seed=config.seed,
-                                                 batch_size=config.task.batch_size // jax.process_count(), **shard))
+                                                 batch_size=config.task.batch_size // jax.process_count(),
+                                                 chars=char_table(config, tok), **shard))
     pretrain_iter = iter(pipeline.train_dataset(corpus, tok, config.data, objective=c.objective, seed=config.seed,
                                                 batch_size=config.data.batch_size // jax.process_count(), **shard)
                          ) if s.uses_pretrain else None

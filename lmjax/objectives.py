@@ -59,6 +59,59 @@ def masked_lm(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple
     return loss_sum, stats
 
 
+def bidirectional_lm(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple[jax.Array, Stats]:
+    """ELMo's biLM: the forward LM's cross-entropy on batch['targets'] (next tokens) plus the backward LM's on
+    batch['prev_targets'] (previous tokens); loss and perplexity are over the predictions of both directions."""
+    fwd_sum, fwd = token_cross_entropy(outputs["logits"], batch, label_smoothing)
+    bwd_sum, bwd = token_cross_entropy(outputs["backward_logits"], {"targets": batch["prev_targets"],
+                                                                    "weights": batch["prev_weights"]}, label_smoothing)
+    stats = jax.tree.map(jnp.add, fwd, bwd) | {"forward_nll_sum": fwd["nll_sum"], "forward_weight": fwd["weight"]}
+    return fwd_sum + bwd_sum, stats
+
+
+def negative_sampling(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple[jax.Array, Stats]:
+    """word2vec: -log sigma(s_pos) - sum_k log sigma(-s_neg_k) per example; accuracy: the true word outscores
+    every noise word."""
+    del label_smoothing
+    w_B = batch["weights"]
+    loss_B = -(jax.nn.log_sigmoid(outputs["pos_B"]) + jax.nn.log_sigmoid(-outputs["neg_BK"]).sum(-1))
+    correct_B = (outputs["pos_B"] > outputs["neg_BK"].max(-1)).astype(jnp.float32)
+    loss_sum = jnp.sum(loss_B * w_B)
+    return loss_sum, {"loss_sum": loss_sum, "weight": jnp.sum(w_B), "correct": jnp.sum(correct_B * w_B)}
+
+
+def glove(outputs: dict, batch: dict, label_smoothing: float = 0.0, x_max: float = 100.0,
+          alpha: float = 0.75) -> tuple[jax.Array, Stats]:
+    """GloVe's weighted least squares f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2 with f(x) = min(1, (x / x_max)^alpha),
+    halved as glove.c does."""
+    del label_smoothing
+    x_B, w_B = batch["counts"], batch["weights"]
+    f_B = jnp.minimum(1.0, (x_B / x_max) ** alpha)
+    err_B = outputs["prediction_B"] - jnp.log(jnp.maximum(x_B, 1e-30))
+    loss_sum = 0.5 * jnp.sum(w_B * f_B * jnp.square(err_B))
+    return loss_sum, {"loss_sum": loss_sum, "weight": jnp.sum(w_B)}
+
+
+def info_nce(outputs: dict, batch: dict, label_smoothing: float = 0.0,
+             temperature: float = 0.05) -> tuple[jax.Array, Stats]:
+    """InfoNCE with in-batch negatives (SimCSE): view a_i must pick its own b_i among all b_j by cosine / temperature.
+    outputs['embeddings'] is [2, B, D]; rows with weight 0 (padding) are neither anchors nor candidates."""
+    a_BD, b_BD = outputs["embeddings"].astype(jnp.float32)
+    w_B = batch["weights"]
+    a_BD = a_BD / jnp.maximum(jnp.linalg.norm(a_BD, axis=-1, keepdims=True), 1e-8)
+    b_BD = b_BD / jnp.maximum(jnp.linalg.norm(b_BD, axis=-1, keepdims=True), 1e-8)
+    sim_BB = jnp.where(w_B[None, :] > 0, a_BD @ b_BD.T / temperature, -1e9)
+    labels_B = jnp.arange(sim_BB.shape[0])
+    if label_smoothing:
+        loss_B = optax.softmax_cross_entropy(sim_BB, optax.smooth_labels(jax.nn.one_hot(labels_B, len(labels_B)),
+                                                                         label_smoothing))
+    else:
+        loss_B = optax.softmax_cross_entropy_with_integer_labels(sim_BB, labels_B)
+    correct_B = (jnp.argmax(sim_BB, -1) == labels_B).astype(jnp.float32)
+    loss_sum = jnp.sum(loss_B * w_B)
+    return loss_sum, {"loss_sum": loss_sum, "weight": jnp.sum(w_B), "correct": jnp.sum(correct_B * w_B)}
+
+
 # ----------------------------------------------------------------------------------------------
 # Task losses (fine-tuning). batch['weights'] is 0 for padding rows (and tokens), so a padded final
 # evaluation batch scores exactly the real examples.
@@ -124,7 +177,13 @@ def summarize(stats: Stats) -> dict[str, jax.Array]:
     """Sums -> mean loss, perplexity and accuracy, plus what the objective adds: NSP loss/accuracy,
     macro-F1 (classification), exact match and F1 (span QA), exact match (text-to-text)."""
     n = jnp.maximum(stats["weight"], 1.0)
-    out = {"loss": stats["loss_sum"] / n, "perplexity": jnp.exp(stats["nll_sum"] / n), "accuracy": stats["correct"] / n}
+    out = {"loss": stats["loss_sum"] / n}
+    if "nll_sum" in stats:
+        out["perplexity"] = jnp.exp(stats["nll_sum"] / n)
+    if "forward_nll_sum" in stats:
+        out["forward_perplexity"] = jnp.exp(stats["forward_nll_sum"] / jnp.maximum(stats["forward_weight"], 1.0))
+    if "correct" in stats:
+        out["accuracy"] = stats["correct"] / n
     if "nsp_count" in stats:
         m = jnp.maximum(stats["nsp_count"], 1.0)
         out |= {"nsp_loss": stats["nsp_loss_sum"] / m, "nsp_accuracy": stats["nsp_correct"] / m}
@@ -139,14 +198,17 @@ def summarize(stats: Stats) -> dict[str, jax.Array]:
 
 
 REGISTRY: dict[str, Callable[..., tuple[jax.Array, Stats]]] = {
-    "causal_lm": language_model, "span_corruption": language_model, "mlm": masked_lm}
+    "causal_lm": language_model, "span_corruption": language_model, "mlm": masked_lm, "bilm": bidirectional_lm,
+    "skipgram": negative_sampling, "cbow": negative_sampling, "glove": glove, "contrastive": info_nce}
 
 
 def get(train_config: ConfigDict) -> Callable[[dict, dict], tuple[jax.Array, Stats]]:
     name = train_config.objective
     if name not in REGISTRY:
         raise ValueError(f"train.objective={name!r} is unknown; use one of {sorted(REGISTRY)}")
-    return functools.partial(REGISTRY[name], label_smoothing=train_config.label_smoothing)
+    extra = {"contrastive": {"temperature": train_config.temperature},
+             "glove": {"x_max": train_config.glove_x_max, "alpha": train_config.glove_alpha}}.get(name, {})
+    return functools.partial(REGISTRY[name], label_smoothing=train_config.label_smoothing, **extra)
 
 
 def get_task(head: str, label_smoothing: float = 0.0) -> Callable[[dict, dict], tuple[jax.Array, Stats]]:

@@ -1,5 +1,6 @@
-"""The optax chain: AdamW with warmup + cosine decay, global-norm clipping and a weight-decay mask; for
-fine-tuning also frozen parameters, layer-wise learning-rate decay and a learning rate of its own for new heads."""
+"""The optax chain: AdamW (or plain SGD / AdaGrad, as word2vec and GloVe train) with warmup + cosine or linear
+decay, global-norm clipping and a weight-decay mask; for fine-tuning also frozen parameters, layer-wise
+learning-rate decay and a learning rate of its own for new heads."""
 from __future__ import annotations
 
 import re
@@ -11,8 +12,16 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 
+OPTIMIZERS = ("adamw", "sgd", "adagrad")
+SCHEDULES = ("cosine", "linear")
+
+
 def schedule(c: ConfigDict, num_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to c.learning_rate, then cosine decay to c.min_learning_rate at num_steps."""
+    """Linear warmup from 0 to c.learning_rate, then cosine (or linear) decay to c.min_learning_rate at num_steps."""
+    if c.schedule == "linear":
+        return optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps),
+                                     optax.linear_schedule(c.learning_rate, c.min_learning_rate,
+                                                           max(num_steps - c.warmup_steps, 1))], [c.warmup_steps])
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=c.learning_rate, warmup_steps=c.warmup_steps,
         decay_steps=max(num_steps, c.warmup_steps + 1), end_value=c.min_learning_rate)
@@ -83,6 +92,11 @@ def make(c: ConfigDict, num_steps: int, model: ConfigDict | None = None) -> opta
                                    if model is not None and model.family == "encoder_decoder" else 0)
 
     def adamw(scale: float) -> optax.GradientTransformation:
+        if c.name == "sgd":  # word2vec's update; weight decay does not apply
+            return optax.sgd(lambda step: scale * base(step))
+        if c.name == "adagrad":  # GloVe's
+            return optax.adagrad(lambda step: scale * base(step), initial_accumulator_value=c.initial_accumulator,
+                                 eps=c.eps)
         return optax.adamw(lambda step: scale * base(step), b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
                            mask=lambda p: decay_mask(p, c.decay_embeddings))
 

@@ -14,7 +14,7 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from lmjax import checkpoint, decode, metrics, models, objectives, optim, parallel
+from lmjax import checkpoint, decode, metrics, models, objectives, optim, parallel, vectors
 from lmjax.data import corpora, pipeline, tokenizers
 
 
@@ -68,12 +68,20 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
     return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, objective: Callable) -> Callable:
+def make_eval_step(graphdef: nnx.GraphDef, objective: Callable, dropout_views: bool = False) -> Callable:
+    """dropout_views: the contrastive objective's two views differ only by dropout, so it stays on (fixed masks)."""
+
     def eval_step(params: nnx.State, batch: dict) -> dict:
-        outputs = models.forward(nnx.merge(graphdef, params), batch)
+        kw = dict(deterministic=False, rngs=nnx.Rngs(dropout=jax.random.PRNGKey(0))) if dropout_views else {}
+        outputs = models.forward(nnx.merge(graphdef, params), batch, **kw)
         stats = objective(outputs, batch)[1]
-        # How often each token is a target: the best constant prediction is the unigram baseline.
+        if "logits" not in outputs:  # contrastive: no token targets
+            return stats
+        # How often each token is a target (of either direction for ELMo): the best constant prediction is the
+        # unigram baseline.
         counts_V = jnp.zeros(outputs["logits"].shape[-1]).at[batch["targets"].ravel()].add(batch["weights"].ravel())
+        if "prev_targets" in batch:
+            counts_V = counts_V.at[batch["prev_targets"].ravel()].add(batch["prev_weights"].ravel())
         return stats | {"target_counts": counts_V}
 
     return eval_step
@@ -157,7 +165,7 @@ def setup(config: ConfigDict, devices=None) -> Setup:
         train_step = jax.jit(layout.traced(make_train_step(graphdef, tx, objective, config.optim.grad_accum_steps)),
                              in_shardings=(shardings, batch_sharding), out_shardings=(shardings, layout.replicated),
                              donate_argnums=0)
-    eval_step = jax.jit(layout.traced(make_eval_step(graphdef, objective)),
+    eval_step = jax.jit(layout.traced(make_eval_step(graphdef, objective, config.train.objective == "contrastive")),
                         in_shardings=(shardings.params, batch_sharding), out_shardings=layout.replicated)
     return Setup(config, layout, graphdef, tx, shardings, abstract_state,
                  jax.jit(init, out_shardings=shardings), train_step, eval_step)
@@ -168,6 +176,7 @@ def setup(config: ConfigDict, devices=None) -> Setup:
 
 
 _NON_ARCHITECTURE = ("dropout", "attention_dropout")
+VECTORS_FILE = "vectors.txt"
 
 
 def prepare_tokenizer(config: ConfigDict, workdir: Path, corpus: corpora.Corpus) -> tokenizers.Tokenizer:
@@ -187,7 +196,7 @@ def prepare_tokenizer(config: ConfigDict, workdir: Path, corpus: corpora.Corpus)
         tok = tokenizers.load(Path(config.data.tokenizer_path))
     else:
         texts = pipeline.tokenizer_texts(corpus, config.data.tokenizer_train_examples)
-        tok = tokenizers.train(config.data.tokenizer, texts, config.data.vocab_size)
+        tok = tokenizers.train(config.data.tokenizer, texts, config.data.vocab_size, config.data.min_count)
     if jax.process_index() == 0:
         tok.save(saved_dir)
     return tok
@@ -218,7 +227,11 @@ def resolve_model_config(config: ConfigDict, tok: tokenizers.Tokenizer, workdir:
 
 def evaluate(s: Setup, params: nnx.State, corpus: corpora.Corpus, tok: tokenizers.Tokenizer) -> dict[str, float]:
     """Loss, perplexity and accuracy over the validation split (its first train.eval_batches batches), and
-    the accuracy of always predicting the most frequent target token (unigram_accuracy), to compare with."""
+    the accuracy of always predicting the most frequent target token (unigram_accuracy), to compare with.
+    Word vectors are scored on word similarity (Spearman) and analogies (accuracy) instead (lmjax.vectors)."""
+    if s.config.model.family in models.WORD_VECTORS:
+        wv = vectors.WordVectors.from_model(nnx.merge(s.graphdef, params), tok)
+        return {f"eval/{k}": float(v) for k, v in vectors.evaluate(wv).items()}
     return evaluate_lm(s.eval_step, s.layout, s.config, params, corpus, tok)
 
 
@@ -235,8 +248,9 @@ def evaluate_lm(eval_step: Callable, layout: parallel.Layout, c: ConfigDict, par
     if totals is None:
         raise ValueError("the validation split is too small for one batch; lower data.batch_size or data.seq_len, "
                          "or raise data.validation_fraction")
-    result = objectives.summarize(totals) | {
-        "unigram_accuracy": totals["target_counts"].max() / jnp.maximum(totals["weight"], 1.0)}
+    result = objectives.summarize(totals)
+    if "target_counts" in totals:
+        result["unigram_accuracy"] = totals["target_counts"].max() / jnp.maximum(totals["weight"], 1.0)
     return {f"eval/{k}": float(v) for k, v in result.items()}
 
 
@@ -323,7 +337,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices=None) ->
         log(line)
         return result
 
-    steps = _StepLog(config, start, writer, progress, mngr)
+    steps = _StepLog(config, start, writer, progress, mngr,  # word vectors: examples (pairs, entries) per second
+                     tokens_per_step=config.data.batch_size if config.model.family in models.WORD_VECTORS else 0)
     final_eval: dict = {}
     pending = None  # (step, device metrics) of the step dispatched before the current one
     try:
@@ -356,6 +371,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices=None) ->
         writer.close()
     if lead:
         plot = metrics.plot_losses(workdir)
-        log(f"done: step {c.num_steps}, final validation loss {final_eval.get('eval/loss', float('nan')):.4f}; "
-            f"workdir {workdir} (checkpoints, {metrics.JSONL}, {metrics.TB_DIR}/, {plot.name})")
+        if config.model.family in models.WORD_VECTORS:
+            vectors.WordVectors.from_model(nnx.merge(s.graphdef, s.from_engine(state).params), tok).save_word2vec_format(
+                workdir / VECTORS_FILE)
+            outcome = ", ".join(f"{k[5:]} {final_eval[k]:.4f}" for k in ("eval/wordsim353", "eval/simlex999", "eval/analogy"))
+            outcome += f"; vectors in {VECTORS_FILE} (word2vec text format)"
+        else:
+            outcome = f"final validation loss {final_eval.get('eval/loss', float('nan')):.4f}"
+        log(f"done: step {c.num_steps}, {outcome}; workdir {workdir} (checkpoints, {metrics.JSONL}, {metrics.TB_DIR}/, "
+            f"{plot.name})")
     return final_eval

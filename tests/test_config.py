@@ -56,3 +56,22 @@ def test_family_objective_and_length_checks():
     c.data.noise_density = 0.9
     with pytest.raises(ValueError, match="targets, longer than model.max_len=8"):
         config_lib.validate(c)
+
+
+def test_lineage_checks():
+    c = config_lib.base()
+    c.model.family, c.train.objective = "word2vec", "skipgram"
+    with pytest.raises(ValueError, match="learns vectors of words; set data.tokenizer='word'"):
+        config_lib.validate(c)
+    c.train.objective = "glove"
+    with pytest.raises(ValueError, match="use skipgram or cbow"):
+        config_lib.validate(c)
+    c = config_lib.base()
+    c.model.update(family="elmo", char_filters="1:8,9:8")
+    c.train.objective, c.data.max_chars = "bilm", 8
+    with pytest.raises(ValueError, match="filters wider than data.max_chars=8"):
+        config_lib.validate(c)
+    c = config_lib.base()
+    c.optim.name = "lamb"
+    with pytest.raises(ValueError, match="optim.name='lamb'"):
+        config_lib.validate(c)

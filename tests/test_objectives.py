@@ -88,3 +88,33 @@ def test_text_to_text_exact_match_counts_whole_targets():
     batch = {"targets": targets, "weights": (targets > 0).astype(jnp.float32)}
     out = objectives.summarize(objectives.text_to_text({"logits": logits}, batch)[1])
     np.testing.assert_allclose([out["exact_match"], out["accuracy"]], [0.5, 3 / 4])
+
+
+def test_info_nce_matches_a_direct_computation():
+    rng = np.random.default_rng(0)
+    B, D, tau = 5, 4, 0.1
+    a, b = rng.normal(size=(B, D)), rng.normal(size=(B, D))
+    w = np.array([1, 1, 1, 1, 0], np.float32)  # the last row is padding: neither anchor nor candidate
+    loss, stats = objectives.info_nce({"embeddings": jnp.asarray(np.stack([a, b]), jnp.float32)}, {"weights": w},
+                                      temperature=tau)
+    an, bn = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    want, correct = 0.0, 0
+    for i in range(4):
+        s = an[i] @ bn[:4].T / tau
+        want += -(s[i] - np.log(np.exp(s).sum()))
+        correct += int(np.argmax(s) == i)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    assert float(stats["weight"]) == 4 and float(stats["correct"]) == correct
+
+
+def test_bidirectional_lm_sums_both_directions():
+    rng = np.random.default_rng(0)
+    fwd, bwd = rng.normal(size=(2, 3, 6)), rng.normal(size=(2, 3, 6))
+    batch = {"targets": rng.integers(0, 6, (2, 3)), "weights": np.ones((2, 3), np.float32),
+             "prev_targets": rng.integers(0, 6, (2, 3)), "prev_weights": np.array([[0, 1, 1], [0, 1, 1]], np.float32)}
+    loss, stats = objectives.bidirectional_lm({"logits": jnp.asarray(fwd), "backward_logits": jnp.asarray(bwd)}, batch)
+    nll = lambda z, t: -(z[..., t] - np.log(np.exp(z).sum()))  # noqa: E731
+    want = sum(nll(fwd[i, j], batch["targets"][i, j]) for i in range(2) for j in range(3)) + sum(
+        nll(bwd[i, j], batch["prev_targets"][i, j]) for i in range(2) for j in (1, 2))
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    assert float(stats["weight"]) == 10

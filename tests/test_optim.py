@@ -70,3 +70,32 @@ def test_layer_decay_head_rate_and_freezing():
     # Frozen parameters keep no Adam moments.
     moments = [optim.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(opt_state)[0]]
     assert not any("blocks/2/" in m for m in moments) and any("blocks/1/" in m for m in moments)
+
+
+def test_linear_schedule_and_plain_sgd_as_word2vec():
+    from experiments.configs import word2vec
+
+    c = word2vec.get_config().optim
+    sched = optim.schedule(c, 1000)
+    np.testing.assert_allclose([sched(0), sched(500), sched(1000)],
+                               [c.learning_rate, (c.learning_rate + c.min_learning_rate) / 2, c.min_learning_rate],
+                               rtol=1e-5)
+    tx = optim.make(c, 1000)
+    params = {"w": jax.numpy.ones(3)}
+    updates, _ = tx.update({"w": jax.numpy.full(3, 2.0)}, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], -2.0 * c.learning_rate, rtol=1e-6)  # no clipping, no decay, no moments
+
+
+def test_adagrad_on_the_batch_mean_makes_glove_c_per_entry_updates():
+    from experiments.configs import word2vec
+
+    c = word2vec.get_config("glove").optim
+    B = word2vec.get_config("glove").data.batch_size
+    tx = optim.make(c, 100)
+    params = {"w": jax.numpy.zeros(2)}
+    state = tx.init(params)
+    G = np.array([3.0, 0.5])  # the summed (per-entry) gradient; the step sees the mean G / B
+    u1, state = tx.update({"w": jax.numpy.asarray(G / B)}, state, params)
+    u2, _ = tx.update({"w": jax.numpy.asarray(G / B)}, state, params)
+    np.testing.assert_allclose(u1["w"], -0.05 * G / np.sqrt(1 + G ** 2), rtol=1e-4)  # glove.c: sum of squares from 1
+    np.testing.assert_allclose(u2["w"], -0.05 * G / np.sqrt(1 + 2 * G ** 2), rtol=1e-4)

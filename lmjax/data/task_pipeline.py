@@ -16,6 +16,7 @@ from typing import Iterator
 import grain
 import numpy as np
 
+from lmjax.data.pipeline import AddChars
 from lmjax.data.tasks import Task
 from lmjax.data.tokenizers import CLS, SEP, Tokenizer
 
@@ -118,15 +119,17 @@ def _has(tokenizer: Tokenizer, piece: str) -> bool:
 
 
 def train_dataset(task: Task, tokenizer: Tokenizer, *, head: str, seq_len: int, batch_size: int, seed: int,
-                  shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
-    """Infinite, reshuffled every epoch, checkpointable; `batch_size` is this process's share."""
+                  shard_index: int = 0, shard_count: int = 1, chars: np.ndarray | None = None) -> grain.IterDataset:
+    """Infinite, reshuffled every epoch, checkpointable; `batch_size` is this process's share. With a character
+    table (pipeline.char_table, for ELMo) batches also hold the inputs' characters."""
     source = grain.MapDataset.source(task.sources["train"])[shard_index::shard_count]
-    return (source.shuffle(seed=seed).repeat().map(Encode(task, tokenizer, seq_len, head))
-            .batch(batch_size, drop_remainder=True).to_iter_dataset())
+    batches = (source.shuffle(seed=seed).repeat().map(Encode(task, tokenizer, seq_len, head))
+               .batch(batch_size, drop_remainder=True))
+    return (batches if chars is None else batches.map(AddChars(chars))).to_iter_dataset()
 
 
 def eval_batches(task: Task, tokenizer: Tokenizer, split: str, *, head: str, seq_len: int, batch_size: int,
-                 shard_index: int = 0, shard_count: int = 1) -> Iterator[dict]:
+                 shard_index: int = 0, shard_count: int = 1, chars: np.ndarray | None = None) -> Iterator[dict]:
     """All of `split` in order; the final batch is padded with weight-0 copies so every example counts once."""
     source = grain.MapDataset.source(task.sources[split])
     n = len(source)
@@ -138,4 +141,4 @@ def eval_batches(task: Task, tokenizer: Tokenizer, split: str, *, head: str, seq
         batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
         real = np.asarray([r < n for r in rows], np.float32)
         batch["weights"] = batch["weights"] * real.reshape(-1, *([1] * (batch["weights"].ndim - 1)))
-        yield batch
+        yield batch if chars is None else AddChars(chars).map(batch)

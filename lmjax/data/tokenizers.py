@@ -1,15 +1,17 @@
-"""Tokenizers behind one interface: character-level and sentencepiece (trained, saved with a run, loaded), and
-WordPiece (read from a Hugging Face tokenizer.json, e.g. a pretrained BERT's)."""
+"""Tokenizers behind one interface: character-level, word-level (word vectors) and sentencepiece (trained,
+saved with a run, loaded), and WordPiece (read from a Hugging Face tokenizer.json, e.g. a pretrained BERT's)."""
 from __future__ import annotations
 
+import collections
 import io
 import json
+import re
 from pathlib import Path
 from typing import Iterable, Protocol
 
 import numpy as np
 
-CHAR_FILE, SPM_FILE, HF_FILE = "char_vocab.json", "spm.model", "tokenizer.json"
+CHAR_FILE, WORD_FILE, SPM_FILE, HF_FILE = "char_vocab.json", "word_vocab.json", "spm.model", "tokenizer.json"
 CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
 NUM_SENTINELS = 100  # T5's <extra_id_0> ... <extra_id_99>
 
@@ -37,12 +39,29 @@ class Tokenizer(Protocol):
     def word_starts(self) -> np.ndarray: ...
 
 
-class CharTokenizer:
+class _ThreeSpecials:
+    """Ids 0, 1, 2 are <pad>, <eos>, <unk> (character and word vocabularies); no [MASK] or sentinels."""
+
+    kind: str
+    vocab_size: int
+    SPECIALS = ("<pad>", "<eos>", "<unk>")
+    pad_id, eos_id, unk_id = 0, 1, 2
+
+    def special_id(self, piece: str) -> int:
+        raise ValueError(f"the {self.kind} tokenizer has no {piece} token; masked-LM and span-corruption objectives "
+                         "need data.tokenizer='sentencepiece'")
+
+    def special_ids(self) -> np.ndarray:
+        return np.arange(len(self.SPECIALS), dtype=np.int32)
+
+    def word_starts(self) -> np.ndarray:
+        return np.ones(self.vocab_size, bool)
+
+
+class CharTokenizer(_ThreeSpecials):
     """One id per character seen in training; ids 0, 1, 2 are <pad>, <eos>, <unk>."""
 
     kind = "char"
-    SPECIALS = ("<pad>", "<eos>", "<unk>")
-    pad_id, eos_id, unk_id = 0, 1, 2
 
     def __init__(self, chars: str):
         self.chars = "".join(sorted(set(chars)))
@@ -74,15 +93,46 @@ class CharTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CHAR_FILE).write_text(json.dumps({"chars": self.chars}), encoding="utf-8")
 
-    def special_id(self, piece: str) -> int:
-        raise ValueError(f"the char tokenizer has no {piece} token; masked-LM and span-corruption objectives need "
-                         "data.tokenizer='sentencepiece'")
 
-    def special_ids(self) -> np.ndarray:
-        return np.arange(len(self.SPECIALS), dtype=np.int32)
+class WordTokenizer(_ThreeSpecials):
+    """Lower-cased words (letters and digits, inner apostrophes kept) seen at least min_count times, most
+    frequent first, with their training counts (word2vec's subsampling and noise distribution use them);
+    ids 0, 1, 2 are <pad>, <eos>, <unk>."""
 
-    def word_starts(self) -> np.ndarray:
-        return np.ones(self.vocab_size, bool)
+    kind = "word"
+    WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+
+    def __init__(self, words: list[str], counts: list[int]):
+        self.words, self.counts_V = list(self.SPECIALS) + list(words), np.asarray([0, 0, 0] + list(counts), np.int64)
+        self.vocab_size = len(self.words)
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    @classmethod
+    def split(cls, text: str) -> list[str]:
+        return cls.WORD.findall(text.lower())
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 0, min_count: int = 1) -> "WordTokenizer":
+        """All words seen min_count times (the vocab_size most frequent of them when vocab_size > 0)."""
+        counts = collections.Counter(w for t in texts for w in cls.split(t))
+        kept = sorted(((c, w) for w, c in counts.items() if c >= min_count), key=lambda cw: (-cw[0], cw[1]))
+        want = vocab_size - len(cls.SPECIALS) if vocab_size else len(kept)
+        if not kept or len(kept) < want:
+            raise ValueError(f"the corpus has {len(kept)} distinct words seen at least data.min_count={min_count} "
+                             f"times ({sum(counts.values())} words in all), too few for data.vocab_size={vocab_size}; "
+                             "give a larger corpus, or lower data.min_count or data.vocab_size (0: every word kept)")
+        return cls([w for _, w in kept[:want]], [c for c, _ in kept[:want]])
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.fromiter((self.index.get(w, self.unk_id) for w in self.split(text)), np.int32)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return " ".join(self.words[i] for i in ids if len(self.SPECIALS) <= i < self.vocab_size)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / WORD_FILE).write_text(json.dumps({"words": self.words[3:], "counts": self.counts_V[3:].tolist()}),
+                                           encoding="utf-8")
 
 
 class SentencePieceTokenizer:
@@ -195,12 +245,15 @@ class WordPieceTokenizer:
         return np.asarray([not piece.startswith("##") for piece, _ in vocab])
 
 
-KINDS = {"char": CharTokenizer, "sentencepiece": SentencePieceTokenizer, "wordpiece": WordPieceTokenizer}
+KINDS = {"char": CharTokenizer, "word": WordTokenizer, "sentencepiece": SentencePieceTokenizer,
+         "wordpiece": WordPieceTokenizer}
 
 
-def train(kind: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
+def train(kind: str, texts: Iterable[str], vocab_size: int, min_count: int = 1) -> Tokenizer:
     if kind not in KINDS:
         raise ValueError(f"data.tokenizer={kind!r} is unknown; use one of {sorted(KINDS)}")
+    if kind == "word":
+        return WordTokenizer.train(texts, vocab_size, min_count)
     return KINDS[kind].train(texts, vocab_size)
 
 
@@ -220,9 +273,12 @@ def load(directory: Path) -> Tokenizer:
     directory = Path(directory)
     if (directory / CHAR_FILE).exists():
         return CharTokenizer(json.loads((directory / CHAR_FILE).read_text(encoding="utf-8"))["chars"])
+    if (directory / WORD_FILE).exists():
+        saved = json.loads((directory / WORD_FILE).read_text(encoding="utf-8"))
+        return WordTokenizer(saved["words"], saved["counts"])
     if (directory / SPM_FILE).exists():
         return SentencePieceTokenizer((directory / SPM_FILE).read_bytes())
     if (directory / HF_FILE).exists():
         return WordPieceTokenizer((directory / HF_FILE).read_text(encoding="utf-8"))
-    raise FileNotFoundError(f"no tokenizer in {directory} (expected {CHAR_FILE}, {SPM_FILE} or {HF_FILE}); "
+    raise FileNotFoundError(f"no tokenizer in {directory} (expected {CHAR_FILE}, {WORD_FILE}, {SPM_FILE} or {HF_FILE}); "
                             "point data.tokenizer_path at a directory a run saved")

@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
 from lmjax.models.decoder import DecoderLM
+from lmjax.models.elmo import ELMo
 from lmjax.models.encoder import EncoderLM
 from lmjax.models.encoder_decoder import EncoderDecoderLM
 from lmjax.models.layers import Spec
+from lmjax.models.rnn import RecurrentLM
+from lmjax.models.wordvec import GloVe, Word2Vec
 
 
 def _decoder(c: ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
@@ -31,10 +35,24 @@ def _encoder_decoder(c: ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
                             tie_embeddings=c.tie_embeddings, scale_output=c.scale_output, dtype=c.dtype, rngs=rngs)
 
 
+def _rnn(c: ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    return RecurrentLM(vocab_size=c.vocab_size, d_model=c.d_model, num_layers=c.num_layers, cell=c.cell,
+                       dropout=c.dropout, tie_embeddings=c.tie_embeddings, rngs=rngs)
+
+
+def _elmo(c: ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    return ELMo(vocab_size=c.vocab_size, d_model=c.d_model, num_layers=c.num_layers, char_dim=c.char_dim,
+                char_filters=c.char_filters, highway_layers=c.highway_layers, dropout=c.dropout, rngs=rngs)
+
+
 REGISTRY: dict[str, Callable[[ConfigDict, nnx.Rngs], nnx.Module]] = {
-    "decoder": _decoder, "encoder": _encoder, "encoder_decoder": _encoder_decoder}
-# The objective each family trains with (lmjax.config checks the pair).
-OBJECTIVES = {"decoder": ("causal_lm",), "encoder": ("mlm",), "encoder_decoder": ("span_corruption",)}
+    "decoder": _decoder, "encoder": _encoder, "encoder_decoder": _encoder_decoder, "rnn": _rnn, "elmo": _elmo,
+    "word2vec": lambda c, rngs: Word2Vec(c.vocab_size, c.d_model, rngs=rngs),
+    "glove": lambda c, rngs: GloVe(c.vocab_size, c.d_model, rngs=rngs)}
+# The objectives each family trains with (lmjax.config checks the pair).
+OBJECTIVES = {"decoder": ("causal_lm",), "encoder": ("mlm", "contrastive"), "encoder_decoder": ("span_corruption",),
+              "rnn": ("causal_lm",), "elmo": ("bilm",), "word2vec": ("skipgram", "cbow"), "glove": ("glove",)}
+WORD_VECTORS = ("word2vec", "glove")
 
 
 def build(model_config: ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
@@ -47,10 +65,20 @@ def build(model_config: ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
 
 def forward(model: nnx.Module, batch: dict[str, jax.Array], *, deterministic: bool = True,
             rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
-    """The outputs the objectives score: {'logits'} (+ 'nsp_logits' for an encoder with an NSP head)."""
+    """The outputs the objectives score: {'logits'} (+ 'nsp_logits' for an encoder with an NSP head; +
+    'backward_logits' for ELMo); an encoder given a batch without targets returns the sentence embeddings
+    [2, B, D] of two views (contrastive: the same text under two dropout masks, or batch['positive_inputs'])."""
     kw = dict(deterministic=deterministic, rngs=rngs)
-    if isinstance(model, DecoderLM):
+    if isinstance(model, (DecoderLM, RecurrentLM)):
         return {"logits": model(batch["inputs"], mask_BL=batch.get("input_mask"), **kw)}
+    if isinstance(model, (Word2Vec, GloVe)):
+        return model(batch)
+    if isinstance(model, ELMo):
+        return model(batch["chars"], **kw)
+    if isinstance(model, EncoderLM) and "targets" not in batch:
+        views = [(batch["inputs"], batch["input_mask"]),
+                 (batch.get("positive_inputs", batch["inputs"]), batch.get("positive_mask", batch["input_mask"]))]
+        return {"embeddings": jnp.stack([model.sentence_embedding(x, mask, **kw) for x, mask in views])}
     if isinstance(model, EncoderLM):
         h_BLD = model.encode(batch["inputs"], segments_BL=batch.get("segments"), mask_BL=batch["input_mask"], **kw)
         out = {"logits": model.mlm_logits(h_BLD)}

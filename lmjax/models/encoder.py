@@ -61,6 +61,13 @@ class EncoderLM(nnx.Module):
                                 mask_B1LS=layers.attention_mask(mask_BL, causal=False), deterministic=deterministic,
                                 rngs=rngs)[0]
 
+    def sentence_embedding(self, tokens_BL: jax.Array, mask_BL: jax.Array, *, deterministic: bool = True,
+                           rngs: nnx.Rngs | None = None) -> jax.Array:
+        """The mean of the real tokens' hidden states, e_BD (what the contrastive objective compares)."""
+        h_BLD = self.encode(tokens_BL, mask_BL=mask_BL, deterministic=deterministic, rngs=rngs).astype(jnp.float32)
+        m_BL1 = mask_BL[..., None].astype(jnp.float32)
+        return jnp.sum(h_BLD * m_BL1, axis=1) / jnp.maximum(jnp.sum(m_BL1, axis=1), 1.0)
+
     def mlm_logits(self, h_BLD: jax.Array) -> jax.Array:
         if self.heads == "none":
             raise ValueError("this encoder has no MLM head (model.encoder_heads='none'); use 'mlm' or 'mlm_nsp'")

@@ -1,7 +1,8 @@
 """Task heads on a pretrained language model (see layers.py for the dimension key; K is the number of labels).
 
 `TaskModel` holds the pretrained model whole under `backbone` (so its own LM head stays available for the
-pretraining-loss regulariser) and a new head under `head`:
+pretraining-loss regulariser) and a new head under `head` (an ELMo backbone adds its task's scalar mix of layers
+under `mix`; freeze 'backbone/' to use ELMo as frozen features):
 
   classification        pooled h_BD -> logits_BK    (pooling: cls = first token, mean over real tokens, last real token)
   token_classification  h_BLD -> logits_BLK
@@ -16,15 +17,17 @@ from flax import nnx
 
 from lmjax.models import layers
 from lmjax.models.decoder import DecoderLM
+from lmjax.models.elmo import ELMo, ScalarMix
 from lmjax.models.encoder import EncoderLM
 from lmjax.models.encoder_decoder import EncoderDecoderLM
+from lmjax.models.rnn import RecurrentLM
 
 HEADS = ("classification", "token_classification", "span_qa", "text_to_text")
 POOLINGS = ("cls", "mean", "last")
 
 
 def hidden_states(backbone: nnx.Module, batch: dict, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
-    """h_BLD of an encoder or decoder for batch['inputs'] (padding marked by batch['input_mask'])."""
+    """h_BLD of an encoder, decoder or recurrent LM for batch['inputs'] (padding marked by batch['input_mask'])."""
     kw = dict(mask_BL=batch["input_mask"], deterministic=deterministic, rngs=rngs)
     if isinstance(backbone, EncoderLM):
         return backbone.encode(batch["inputs"], segments_BL=batch.get("segments"), **kw)
@@ -51,12 +54,15 @@ class TaskModel(nnx.Module):
         if (head == "text_to_text") != isinstance(backbone, EncoderDecoderLM):
             raise ValueError(f"a {type(backbone).__name__} cannot take the {head} head: encoder-decoder models "
                              "fine-tune text-to-text, encoders and decoders with classification / token / span heads")
-        if isinstance(backbone, DecoderLM) and head == "classification" and pooling != "last":
+        if isinstance(backbone, ELMo) and head not in ("classification", "token_classification"):
+            raise ValueError(f"ELMo features feed classification or token_classification heads, not {head}")
+        if isinstance(backbone, (DecoderLM, RecurrentLM)) and head == "classification" and pooling != "last":
             raise ValueError(f"a causal decoder sees the whole input only at its last token; set task.pooling='last' "
                              f"(not {pooling!r})")
         self.backbone, self.kind, self.pooling = backbone, head, pooling
         self.dropout = nnx.Dropout(dropout)
-        d = backbone.embed_VD.shape[1]
+        self.mix = ScalarMix(len(backbone.forward_layers) + 1, rngs=rngs) if isinstance(backbone, ELMo) else None
+        d = backbone.feature_dim if isinstance(backbone, ELMo) else backbone.embed_VD.shape[1]
         outputs = {"classification": num_labels, "token_classification": num_labels, "span_qa": 2}.get(head)
         self.head = layers.Dense(d, outputs, ("embed", None), use_bias=True, rngs=rngs) if outputs else None
 
@@ -64,7 +70,10 @@ class TaskModel(nnx.Module):
         if self.kind == "text_to_text":
             return {"logits": self.backbone(batch["inputs"], batch["decoder_inputs"], mask_BS=batch["input_mask"],
                                             deterministic=deterministic, rngs=rngs)}
-        h_BLD = hidden_states(self.backbone, batch, deterministic=deterministic, rngs=rngs)
+        if self.mix is not None:
+            h_BLD = self.mix(self.backbone.features(batch["chars"], deterministic=deterministic, rngs=rngs))
+        else:
+            h_BLD = hidden_states(self.backbone, batch, deterministic=deterministic, rngs=rngs)
         if self.kind == "classification":
             h_BLD = pool(h_BLD, batch["input_mask"], self.pooling)
         y = self.head(self.dropout(h_BLD, deterministic=deterministic, rngs=rngs)).astype(jnp.float32)

@@ -37,3 +37,15 @@ def test_errors_are_clear(tmp_path):
         tokenizers.train("bpe", [TEXT], 0)
     with pytest.raises(FileNotFoundError, match="no tokenizer in"):
         tokenizers.load(tmp_path)
+
+
+def test_word_tokenizer_counts_min_count_and_save_load(tmp_path):
+    texts = ["The cat sat; the cat's hat.", "THE dog sat"]
+    tok = tokenizers.train("word", texts, 0, min_count=2)
+    assert tok.words[3:] == ["the", "sat"] and tok.counts_V[3:].tolist() == [3, 2]  # "cat's" is one word
+    assert tok.encode("The cat's dog sat").tolist() == [3, 2, 2, 4]  # unknown words -> <unk> (2)
+    tok.save(tmp_path)
+    back = tokenizers.load(tmp_path)
+    assert back.words == tok.words and tokenizers.same(back, tok)
+    with pytest.raises(ValueError, match="distinct words seen at least data.min_count=5 times"):
+        tokenizers.train("word", texts, 0, min_count=5)
