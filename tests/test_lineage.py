@@ -1,16 +1,19 @@
 """The lineage on the same trainer, end to end on tiny configs: word2vec / GloVe (vectors exported for gensim),
 recurrent LMs, ELMo pretraining then frozen scalar-mix features for a classifier, and SimCSE."""
 import importlib
+import json
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from flax import traverse_util
 
 from lmjax import checkpoint, finetune, train
 from lmjax import config as config_lib
 from lmjax.data import tokenizers
 
 
-def smoke(name, arg, tmp_path, corpus_file, cache_dir, **data):
+def smoke(name, arg, corpus_file, cache_dir, **data):
     c = importlib.import_module(f"experiments.configs.{name}").get_config(arg)
     c.data.update(cache_dir=str(cache_dir), text_files=str(corpus_file), **data)
     config_lib.validate(c)
@@ -21,15 +24,14 @@ def smoke(name, arg, tmp_path, corpus_file, cache_dir, **data):
 def test_word_vectors_train_resume_and_export(arg, tmp_path, corpus_file, cache_dir):
     from gensim.models import KeyedVectors
 
-    c = smoke("word2vec", arg, tmp_path, corpus_file, cache_dir)
+    c = smoke("word2vec", arg, corpus_file, cache_dir)
     result = train.train_and_evaluate(c, tmp_path / "run")
     assert result["eval/wordsim353_pairs"] + result["eval/wordsim353_oov"] == 353  # OOV pairs counted, not fatal
     kv = KeyedVectors.load_word2vec_format(str(tmp_path / "run" / train.VECTORS_FILE))
     tok = tokenizers.load(tmp_path / "run" / checkpoint.TOKENIZER_DIR)
     assert kv.index_to_key == tok.words[3:] and kv.vector_size == c.model.d_model
     assert kv.most_similar("king", topn=1)  # gensim can use them
-    losses = [r["train/loss"] for r in map(__import__("json").loads,
-                                             (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    losses = [r["train/loss"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
               if "train/loss" in r]
     assert np.isfinite(losses).all()
     c.train.num_steps = 8  # resumes from step 6 with the data iterator's state
@@ -39,10 +41,10 @@ def test_word_vectors_train_resume_and_export(arg, tmp_path, corpus_file, cache_
 
 def test_word2vec_learns_the_corpus_structure(tmp_path, corpus_file, cache_dir):
     """On the verse corpus, 'thou' and 'thee' share contexts less than random words do not: a loss that falls."""
-    c = smoke("word2vec", "smoke", tmp_path, corpus_file, cache_dir)
+    c = smoke("word2vec", "smoke", corpus_file, cache_dir)
     c.train.update(num_steps=150, eval_every=150, checkpoint_every=150, log_every=50)
     train.train_and_evaluate(c, tmp_path / "run")
-    rows = [r for r in map(__import__("json").loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    rows = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
             if "train/loss" in r]
     assert rows[-1]["train/loss"] < rows[0]["train/loss"] - 0.3
 
@@ -50,7 +52,7 @@ def test_word2vec_learns_the_corpus_structure(tmp_path, corpus_file, cache_dir):
 def test_too_small_corpus_fails_with_one_line(tmp_path, cache_dir):
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("a few words only\n\nand a few more words\n")
-    c = smoke("word2vec", "smoke", tmp_path, tiny, cache_dir)
+    c = smoke("word2vec", "smoke", tiny, cache_dir)
     with pytest.raises(ValueError, match=r"distinct words seen at least data.min_count=2 times .* too few"):
         train.train_and_evaluate(c, tmp_path / "run")
     c.data.update(min_count=1, vocab_size=500)
@@ -60,7 +62,7 @@ def test_too_small_corpus_fails_with_one_line(tmp_path, cache_dir):
 
 @pytest.mark.parametrize("arg", ["smoke", "gru"])
 def test_recurrent_lm_trains(arg, tmp_path, corpus_file, cache_dir):
-    c = smoke("rnn_lm", "smoke", tmp_path, corpus_file, cache_dir)
+    c = smoke("rnn_lm", "smoke", corpus_file, cache_dir)
     c.model.cell = "lstm" if arg == "smoke" else "gru"
     result = train.train_and_evaluate(c, tmp_path / "run")
     assert np.isfinite(result["eval/loss"]) and 0 < result["eval/unigram_accuracy"] < 1
@@ -78,11 +80,9 @@ def test_elmo_pretrains_then_feeds_a_frozen_classifier(tmp_path, cache_dir):
     out = finetune.run(ft, tmp_path / "rt")
     assert 0 <= out["test/accuracy"] <= 1
     # The backbone stayed frozen: its parameters equal the pretrained ones; the mix and head moved.
-    import orbax.checkpoint as ocp
     pre = ocp.StandardCheckpointer().restore((tmp_path / "elmo" / "checkpoints" / "3" / "state").absolute())
     fine = ocp.StandardCheckpointer().restore((tmp_path / "rt" / "checkpoints" / "3" / "state").absolute())
-    flat = lambda t: {k: v for k, v in __import__("flax").traverse_util.flatten_dict(t, sep="/").items()}  # noqa: E731
-    p, f = flat(pre["params"]), flat(fine["params"])
+    p, f = (traverse_util.flatten_dict(t["params"], sep="/") for t in (pre, fine))
     assert all(np.array_equal(p[k], f["backbone/" + k]) for k in p)
     assert not np.allclose(f["mix/weights_J/value"], 0.0) or not np.allclose(f["mix/gamma/value"], 1.0)
 
