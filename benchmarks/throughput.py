@@ -21,7 +21,7 @@ products: all but the token and position embeddings, plus the V·D output head; 
 T context); encoders add the MLM transform D² to N; encoder-decoders count encoder, decoder (self + cross
 attention) and head matmuls over the S input and T target tokens and 12·H·Q·(Le·S² + Ld·T² + Ld·T·S) for
 attention, per input + target token (see train_flops' docstring).
-MFU = FLOPs per token x tokens/s / --peak-tflops (default: the device's dense bf16 peak where known).
+MFU = FLOPs per token x tokens/s / (devices x --peak-tflops; default: the device's dense bf16 peak where known).
 """
 from __future__ import annotations
 
@@ -207,7 +207,7 @@ def main() -> None:
                    "step_ms": step_s * 1e3, "tokens_per_s": tokens / step_s, "compile_s": run.compile_s,
                    "peak_mem_mb": peak_memory_mb(), "flops_per_token": flops_per_token,
                    "step_ms_rounds": [t * 1e3 for t in lmjax_s[n]], "decode_tokens_per_s": decode_tps}
-            row["mfu"] = flops_per_token * row["tokens_per_s"] / (peak * 1e12) if peak else None
+            row["mfu"] = flops_per_token * row["tokens_per_s"] / (peak * n * 1e12) if peak else None
             if torch_s:
                 row["torch_step_ms"] = statistics.median(torch_s) * 1e3
                 row["torch_tokens_per_s"] = tokens / statistics.median(torch_s)
@@ -223,8 +223,8 @@ def main() -> None:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "–"
         ref = (f"{r['torch_tokens_per_s']:,.0f} | {r['speedup_vs_torch']:.2f}x" if "torch_tokens_per_s" in r else "– | –")
         dec = f"{r['decode_tokens_per_s']:,.0f}" if r["decode_tokens_per_s"] else "–"
-        print(f"| {r['preset']} | {r['dtype']} | {r['devices']} | {r['params']:,} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['compile_s']:.1f} "
-              f"| {r['peak_mem_mb']:,.0f} | {mfu} | {dec} | {ref} |")
+        print(f"| {r['preset']} | {r['dtype']} | {r['devices']} | {r['params']:,} | {r['step_ms']:.1f} "
+              f"| {r['tokens_per_s']:,.0f} | {r['compile_s']:.1f} | {r['peak_mem_mb']:,.0f} | {mfu} | {dec} | {ref} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "rows": rows}, indent=1))
 
