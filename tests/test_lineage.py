@@ -68,6 +68,7 @@ def test_recurrent_lm_trains(arg, tmp_path, corpus_file, cache_dir):
     assert np.isfinite(result["eval/loss"]) and 0 < result["eval/unigram_accuracy"] < 1
 
 
+@pytest.mark.slow  # ~30 s: make test-slow
 def test_elmo_pretrains_then_feeds_a_frozen_classifier(tmp_path, cache_dir):
     c = importlib.import_module("experiments.configs.elmo").get_config("smoke")
     c.data.cache_dir = str(cache_dir)

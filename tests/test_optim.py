@@ -97,5 +97,6 @@ def test_adagrad_on_the_batch_mean_makes_glove_c_per_entry_updates():
     G = np.array([3.0, 0.5])  # the summed (per-entry) gradient; the step sees the mean G / B
     u1, state = tx.update({"w": jax.numpy.asarray(G / B)}, state, params)
     u2, _ = tx.update({"w": jax.numpy.asarray(G / B)}, state, params)
-    np.testing.assert_allclose(u1["w"], -0.05 * G / np.sqrt(1 + G ** 2), rtol=1e-4)  # glove.c: sum of squares from 1
-    np.testing.assert_allclose(u2["w"], -0.05 * G / np.sqrt(1 + 2 * G ** 2), rtol=1e-4)
+    lr = c.learning_rate  # glove.c's per-entry AdaGrad, sum of squares from 1:
+    np.testing.assert_allclose(u1["w"], -lr * G / np.sqrt(1 + G ** 2), rtol=1e-4)
+    np.testing.assert_allclose(u2["w"], -lr * G / np.sqrt(1 + 2 * G ** 2), rtol=1e-4)

@@ -25,6 +25,7 @@ def test_presets_make_batches_of_their_objective_and_count_flops(preset):
     assert tokens == c.data.batch_size * example_tokens and per_token == pytest.approx(flops / example_tokens)
 
 
+@pytest.mark.slow  # compiles the baby step twice and decodes: make test-slow
 def test_throughput_main_writes_a_row_per_device_count(tmp_path, monkeypatch):
     out = tmp_path / "rows.json"
     monkeypatch.setattr(sys, "argv", ["throughput.py", "--presets", "baby", "--steps", "2", "--warmup", "1",
@@ -35,6 +36,7 @@ def test_throughput_main_writes_a_row_per_device_count(tmp_path, monkeypatch):
     assert all(r["tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0 and r["mfu"] is None for r in rows)
 
 
+@pytest.mark.slow  # a training run: make test-slow
 def test_input_pipeline_measures_pipeline_and_loop(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("\n\n".join(f"paragraph {i}: " + "the quick brown fox jumps. " * 20 for i in range(50)))
