@@ -38,7 +38,8 @@ from lmjax.data import corpora, pipeline  # noqa: E402
 def pipeline_tokens_per_s(c, batches: int) -> tuple[float, int]:
     """Tokens/s of the training pipeline, and the tokenizer's vocabulary size."""
     corpus = corpora.load(c.data)
-    tok = train.prepare_tokenizer(c, Path(tempfile.mkdtemp()), corpus)
+    with tempfile.TemporaryDirectory() as workdir:
+        tok = train.prepare_tokenizer(c, Path(workdir), corpus)
     it = iter(pipeline.train_dataset(corpus, tok, c.data, objective=c.train.objective, batch_size=c.data.batch_size,
                                      seed=c.seed))
     next(it)
