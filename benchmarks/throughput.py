@@ -49,12 +49,11 @@ GPT_SIZES = {  # nanoGPT-architecture decoders on a character vocabulary: (layer
     "baby": (4, 4, 128, 64, 12),
     "medium": (6, 6, 384, 256, 16),
 }
+BERT_BASE = dict(num_layers=12, num_heads=12, d_model=768, d_ff=3072, max_len=512, vocab_size=30522)
 OTHER = {  # accelerator sizes from the family configs: (config module, argument, overrides of model / data)
     "gpt2": (gpt, "124m", {}, {"batch_size": 8}),
-    "bert-base-128": (bert_mlm, "", dict(num_layers=12, num_heads=12, d_model=768, d_ff=3072, max_len=512,
-                                         vocab_size=30522), {"seq_len": 128, "batch_size": 64}),
-    "bert-base-512": (bert_mlm, "", dict(num_layers=12, num_heads=12, d_model=768, d_ff=3072, max_len=512,
-                                         vocab_size=30522), {"seq_len": 512, "batch_size": 16}),
+    "bert-base-128": (bert_mlm, "", BERT_BASE, {"seq_len": 128, "batch_size": 64}),
+    "bert-base-512": (bert_mlm, "", BERT_BASE, {"seq_len": 512, "batch_size": 16}),
     "t5-base": (t5_span, "", dict(num_layers=12, num_decoder_layers=12, num_heads=12, d_model=768, d_ff=3072,
                                   max_len=512, vocab_size=32128), {"seq_len": 512, "batch_size": 16}),
 }
