@@ -11,8 +11,9 @@ For each preset (benchmarks/throughput.py's sizes, character tokens of the given
                      read one step behind dispatch, logging), its own train/tokens_per_s over the logged intervals
                      after the first (evaluation and checkpoint time excluded, as the loop reports it).
 pipeline / step >= 10 means the input pipeline is not what limits training; loop / step near 1 means the loop adds
-no per-step host synchronisation (a blocking read each step would serialise host work with the device's).
-Medians of --rounds.
+no per-step host synchronisation (a blocking read each step would serialise host work with the device's; the
+pipeline prepares the next batch on a thread of its own while the step runs). The process is set up as lmjax.main
+sets it up (lmjax.host.setup). Medians of --rounds.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import jax  # noqa: E402
 from absl import logging  # noqa: E402
 
 import throughput  # noqa: E402
-from lmjax import metrics, train  # noqa: E402
+from lmjax import host, metrics, train  # noqa: E402
 from lmjax.data import corpora, pipeline  # noqa: E402
 
 
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default="")
     args = parser.parse_args()
+    host.setup()  # as lmjax.main does
     if not Path(args.text).is_file():
         sys.exit(f"error: --text {args.text} is not a file; pass the path of a text corpus")
     unknown = [p for p in args.presets.split(",") if p not in throughput.PRESETS]

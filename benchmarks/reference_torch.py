@@ -2,12 +2,12 @@
 
 Written for the benchmark, in nanoGPT's style: pre-LN blocks, `F.scaled_dot_product_attention`,
 GELU (tanh) MLP, tied head, AdamW with decoupled weight decay on matrices and global-norm clipping.
-Eager mode on as many CPU threads as the machine has. torch is optional: `pip install torch`.
+Eager mode on as many CPU threads as the machine has. torch is optional: `pip install torch`. `Process` runs
+it in a process of its own (what benchmarks/throughput.py --compare-torch does).
 """
 from __future__ import annotations
 
 import math
-import statistics
 import time
 
 import torch
@@ -53,7 +53,8 @@ class GPT(nn.Module):
 
 def measure(*, vocab: int, layers: int, heads: int, d: int, seq_len: int, batch: int, steps: int,
             warmup: int, seed: int = 0) -> dict:
-    """Median training-step time (forward, backward, clip, AdamW) on random tokens."""
+    """Mean training-step time over `steps` steps after `warmup` (forward, backward, clip, AdamW; the loss read
+    each step, as a training loop logs it) on random tokens."""
     torch.manual_seed(seed)
     model = GPT(vocab, layers, heads, d, seq_len)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -61,20 +62,55 @@ def measure(*, vocab: int, layers: int, heads: int, d: int, seq_len: int, batch:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=1e-3, betas=(0.9, 0.99))
     tokens = torch.randint(vocab, (steps + warmup, batch, seq_len + 1))
-    times = []
     for i in range(steps + warmup):
-        start = time.perf_counter()
+        if i == warmup:
+            start = time.perf_counter()
         loss = model(tokens[i, :, :-1], tokens[i, :, 1:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         loss.item()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    step_s = statistics.median(times)
+    step_s = (time.perf_counter() - start) / steps
     return {"step_ms": step_s * 1e3, "tokens_per_s": batch * seq_len / step_s, "threads": torch.get_num_threads(),
             "version": torch.__version__}
+
+
+class Process:
+    """The reference in a process of its own, measured on request: the caller's process state (XLA's threads)
+    cannot touch PyTorch's timings, and PyTorch's threads idle while the caller measures. keep_freed_memory
+    gives it lmjax's malloc settings (lmjax/host.py), so that both sides run with the same allocator."""
+
+    def __init__(self, keep_freed_memory: bool = True):
+        import multiprocessing
+
+        self._conn, child = multiprocessing.Pipe()
+        self._proc = multiprocessing.get_context("spawn").Process(target=_serve, args=(child, keep_freed_memory),
+                                                                  daemon=True)
+        self._proc.start()
+
+    def measure(self, **kwargs) -> dict:
+        self._conn.send(kwargs)
+        result = self._conn.recv()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def close(self) -> None:
+        self._conn.send(None)
+        self._proc.join()
+
+
+def _serve(conn, keep_freed_memory: bool) -> None:
+    if keep_freed_memory:
+        from lmjax import host
+
+        host.keep_freed_memory()
+    while (kwargs := conn.recv()) is not None:
+        try:
+            conn.send(measure(**kwargs))
+        except Exception as e:  # noqa: BLE001 - handed to the caller, which raises it
+            conn.send(e)
 
 
 if __name__ == "__main__":

@@ -3,18 +3,19 @@
   .venv/bin/python benchmarks/throughput.py --presets baby,medium --compare-torch --devices 1,2   # 2-core CPU
   python benchmarks/throughput.py --presets gpt2,bert-base-128,bert-base-512,t5-base               # one GPU
 
-Presets: 'baby' and 'medium' are nanoGPT's architecture (experiments/configs/shakespeare_char.py:nanogpt:
-learned positions, no biases, tied head, AdamW + clipping) on a 65-token vocabulary; 'gpt2' is
+Presets: 'baby' and 'medium' are nanoGPT's architecture (experiments/configs/shakespeare_char.py:nanogpt: learned
+positions, no biases, tied head, AdamW + clipping) on a 65-token vocabulary; 'gpt2' is
 experiments/configs/gpt.py:124m (GPT-2 small, context 1024, batch 8); 'bert-base-128' / 'bert-base-512' the
 bert_mlm.py architecture at BERT-base size (12 x 768, vocabulary 30,522; MLM + NSP); 't5-base' the t5_span.py
-architecture at T5-base size (12 + 12 x 768, vocabulary 32,128, span corruption of 512-token inputs). All train
-on random tokens so that only the step is timed; compute dtype 'auto' is bfloat16 on accelerators (fp32
-parameters and optimizer state), float32 on CPU. A round measures the median of --steps steps after --warmup;
-with --compare-torch the PyTorch reference (benchmarks/reference_torch.py) runs the GPT sizes in the same round,
-alternating, and the reported figure is the median over rounds. --devices 1,2 measures the step on one device
-and data-parallel over two side by side (on CPU the script splits the host into that many XLA devices, as
-XLA_FLAGS=--xla_force_host_platform_device_count=N does for a training run). Decoders also report greedy
-decoding tokens/s with the KV cache.
+architecture at T5-base size (12 + 12 x 768, vocabulary 32,128, span corruption of 512-token inputs). All train on
+random tokens so that only the step is timed; compute dtype 'auto' is bfloat16 on accelerators (fp32 parameters and
+optimizer state), float32 on CPU. A round times --steps steps after --warmup, run as the training loop runs them (a
+step's metrics read after the next step is dispatched; the reference reads its loss every step) and reports the
+mean; with --compare-torch the PyTorch reference (benchmarks/reference_torch.py, in a process of its own) runs the
+GPT sizes in the same round, alternating; figures are medians over rounds, the ratio to PyTorch the median of the
+rounds' ratios. --devices 1,2 measures the step on one device and data-parallel over two side by side (on CPU the
+script splits the host into that many XLA devices, as XLA_FLAGS=--xla_force_host_platform_device_count=N does for a
+training run). Decoders also report greedy decoding tokens/s with the KV cache.
 
 FLOPs per token: lmjax.metrics.train_flops (PaLM appendix B): decoders 6·N + 12·L·H·Q·T (N = parameters in matrix
 products: all but the token and position embeddings, plus the V·D output head; L layers, H heads, Q head size,
@@ -41,7 +42,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.configs import bert_mlm, gpt, shakespeare_char, t5_span  # noqa: E402
-from lmjax import decode, metrics, parallel, train  # noqa: E402
+from lmjax import decode, host, metrics, parallel, train  # noqa: E402
 from lmjax.data import pipeline  # noqa: E402
 
 VOCAB = 65
@@ -122,15 +123,19 @@ class LmjaxRun:
         self.compile_s = time.perf_counter() - start
 
     def measure(self, steps: int, warmup: int) -> float:
-        """Median seconds per step; each step waits for the previous one, as the loop's metrics do."""
-        times = []
-        for i in range(warmup + steps):
-            start = time.perf_counter()
+        """Seconds per step over `steps` steps run as the training loop runs them: step n's metrics are read
+        after step n + 1 is dispatched (with asynchronous dispatch, which lmjax.host.setup turns off on CPU,
+        dispatch overlaps the previous step), so no step runs ahead of the one before."""
+        for _ in range(warmup):
             self.state, metrics = self.step(self.state, self.batch)
-            jax.block_until_ready(metrics)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        jax.block_until_ready(metrics)
+        start, pending = time.perf_counter(), None
+        for _ in range(steps):
+            self.state, metrics = self.step(self.state, self.batch)
+            jax.block_until_ready(pending)
+            pending = metrics
+        jax.block_until_ready(pending)
+        return (time.perf_counter() - start) / steps
 
 
 def decode_tokens_per_s(run: LmjaxRun, rounds: int = 3) -> float:
@@ -167,16 +172,22 @@ def main() -> None:
     parser.add_argument("--decode", type=int, default=1, help="0 skips the decoding measurement")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: known GPUs)")
     parser.add_argument("--compare-torch", action="store_true", help="run benchmarks/reference_torch.py alongside")
+    parser.add_argument("--torch-malloc", choices=("lmjax", "default"), default="lmjax", help="the reference's "
+                        "allocator: lmjax's settings (lmjax/host.py), as lmjax runs, or glibc's defaults")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
     args = parser.parse_args()
     unknown = [p for p in args.presets.split(",") if p not in PRESETS]
     if unknown:
         sys.exit(f"error: unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
+    reference = None
     if args.compare_torch:
         try:
             import reference_torch
+            import torch  # noqa: F401 - fail here, not in the reference's process
         except ImportError:
             sys.exit("error: --compare-torch needs PyTorch; pip install torch (the CPU build is enough)")
+        reference = reference_torch.Process(keep_freed_memory=args.torch_malloc == "lmjax")
+    host.setup()  # as lmjax.main does (the PyTorch reference runs in a process of its own)
     device_counts = [int(n) for n in args.devices.split(",")]
     if max(device_counts) > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +  # read when the CPU backend starts, below
@@ -194,10 +205,10 @@ def main() -> None:
         for _ in range(args.rounds):  # alternating, so that drifts in the machine's speed hit every variant alike
             for n, run in runs.items():
                 lmjax_s[n].append(run.measure(args.steps, args.warmup))
-            if args.compare_torch and preset in GPT_SIZES:
+            if reference and preset in GPT_SIZES:
                 layers, heads, width, context, batch = GPT_SIZES[preset]
-                r = reference_torch.measure(vocab=VOCAB, layers=layers, heads=heads, d=width, seq_len=context,
-                                            batch=batch, steps=args.steps, warmup=args.warmup)
+                r = reference.measure(vocab=VOCAB, layers=layers, heads=heads, d=width, seq_len=context, batch=batch,
+                                      steps=args.steps, warmup=args.warmup)
                 torch_s.append(r["step_ms"] / 1e3)
         decode_tps = decode_tokens_per_s(runs[device_counts[0]]) if c.model.family == "decoder" and args.decode else None
         for n, run in runs.items():
@@ -210,10 +221,12 @@ def main() -> None:
             if torch_s:
                 row["torch_step_ms"] = statistics.median(torch_s) * 1e3
                 row["torch_tokens_per_s"] = tokens / statistics.median(torch_s)
-                row["speedup_vs_torch"] = row["tokens_per_s"] / row["torch_tokens_per_s"]
+                row["torch_step_ms_rounds"] = [t * 1e3 for t in torch_s]
+                # each round's ratio compares measurements taken back to back: drifts of the machine cancel
+                row["speedup_vs_torch"] = statistics.median(t / l for t, l in zip(torch_s, lmjax_s[n]))
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\ndevice: {device}; median of {args.rounds} rounds x {args.steps} steps "
+    print(f"\ndevice: {device}; median over {args.rounds} rounds of the mean of {args.steps} steps "
           f"after {args.warmup} warm-up steps")
     print("| preset | dtype | devices | params | step (ms) | tokens/s | compile (s) | peak mem (MiB) | MFU | "
           "decode tokens/s | torch tokens/s | lmjax / torch |")
@@ -226,6 +239,8 @@ def main() -> None:
               f"| {r['tokens_per_s']:,.0f} | {r['compile_s']:.1f} | {r['peak_mem_mb']:,.0f} | {mfu} | {dec} | {ref} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "rows": rows}, indent=1))
+    if reference:
+        reference.close()
 
 
 if __name__ == "__main__":

@@ -26,8 +26,10 @@ def main(argv):
     if "://" in FLAGS.workdir:
         raise ValueError(f"--workdir={FLAGS.workdir}: only local workdirs are supported so far; "
                          "pass a local path (on a TPU VM, a directory on its disk)")
-    from lmjax import finetune, parallel, sample, train  # import jax: after the config checks, so bad input fails fast
+    # jax is imported after the config checks, so that bad input fails fast
+    from lmjax import finetune, host, parallel, sample, train
 
+    host.setup()  # XLA:CPU's per-step buffers stay in the heap (lmjax/host.py); before the backend starts
     parallel.initialize(config.distributed)  # before anything touches a device
     if config.mode == "sample":
         sample.sample(config, FLAGS.workdir)

@@ -196,12 +196,16 @@ def _concat(parts: tuple[dict, ...]) -> dict:
 
 def train_dataset(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, *, objective: str, batch_size: int,
                   seed: int, shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
-    """Infinite, reshuffled every epoch; `batch_size` is this process's share of the global batch."""
+    """Infinite, reshuffled every epoch; `batch_size` is this process's share of the global batch. A thread
+    prepares the next batch while the step runs (its iterator state is that of the batches handed out)."""
     if objective in wordvec.WORD_OBJECTIVES:
-        return _word_dataset(corpus, tokenizer, data, objective, batch_size, seed, shard_index, shard_count)
-    streams = [_examples(documents.shuffle(seed=seed).repeat(), documents, corpus, tokenizer, data, objective, seed,
-                         training=True) for documents in process_shards(corpus.train, data, shard_index, shard_count)]
-    return _with_chars(_rows_of_shards(streams, batch_size), tokenizer, data, objective)
+        batches = _word_dataset(corpus, tokenizer, data, objective, batch_size, seed, shard_index, shard_count)
+    else:
+        streams = [_examples(documents.shuffle(seed=seed).repeat(), documents, corpus, tokenizer, data, objective,
+                             seed, training=True)
+                   for documents in process_shards(corpus.train, data, shard_index, shard_count)]
+        batches = _with_chars(_rows_of_shards(streams, batch_size), tokenizer, data, objective)
+    return grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=1)
 
 
 def _with_chars(batches: grain.IterDataset, tokenizer: Tokenizer, data: ConfigDict, objective: str) -> grain.IterDataset:

@@ -201,10 +201,19 @@ class RelativePositionBias(nnx.Module):
         return jnp.take(self.embed_NH[...], bucket_LS, axis=0).transpose(2, 0, 1)[None]  # bias_1HLS
 
 
-class MultiHeadAttention(nnx.Module):
-    """Multi-head self- or cross-attention through `jax.nn.dot_product_attention`.
+def fused_attention() -> bool:
+    """Whether attention goes through `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPUs).
 
-    The einsum path is used only for attention-probability dropout, which that API cannot do.
+    Not on CPU: there XLA's lowering of that API (a vmapped softmax whose backward reduction YNNPACK
+    runs slowly) takes 1.6x as long as the same attention written out, fwd + bwd (benchmarks/RESULTS.md).
+    """
+    return jax.default_backend() != "cpu"
+
+
+class MultiHeadAttention(nnx.Module):
+    """Multi-head self- or cross-attention: `jax.nn.dot_product_attention` on accelerators, written out with
+    einsums on CPU (`fused_attention`) and wherever attention-probability dropout is on, which that API
+    cannot do.
     """
 
     def __init__(self, spec: Spec, *, cross: bool, rngs: nnx.Rngs, out_init_std: float = 0.02):
@@ -247,17 +256,19 @@ class MultiHeadAttention(nnx.Module):
             v_BSHK = jax.lax.dynamic_update_slice_in_dim(cache[1], v_BSHK.astype(cache[1].dtype), cache_index, axis=1)
         if cache is not None or self.cross:
             cache = (k_BSHK, v_BSHK)
-        if deterministic or self.attention_dropout.rate == 0.0:
+        dropout = not deterministic and self.attention_dropout.rate > 0.0
+        if dropout or not fused_attention():
+            out_BLHK = self._attend(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, bias_1HLS, is_causal, dropout, rngs)
+        else:
             out_BLHK = jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHK, bias=bias_1HLS, mask=mask_B1LS,
                                                     is_causal=is_causal, scale=self.scale)
-        else:
-            out_BLHK = self._attend_with_dropout(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, bias_1HLS, is_causal, rngs)
         dt = x_BLD.dtype
         out_HK_D = self.out_HKD[...].astype(dt).reshape(-1, self.out_HKD.shape[-1])
         y_BLD = matmul(out_BLHK.reshape(*out_BLHK.shape[:2], -1), out_HK_D)
         return (y_BLD if self.out_bias_D is None else y_BLD + self.out_bias_D[...].astype(dt)), cache
 
-    def _attend_with_dropout(self, q_BLHK, k_BSHK, v_BSHK, mask_B1LS, bias_1HLS, is_causal, rngs):
+    def _attend(self, q_BLHK, k_BSHK, v_BSHK, mask_B1LS, bias_1HLS, is_causal, dropout, rngs):
+        """Attention written out (einsum, mask, softmax), with attention-probability dropout if asked."""
         logits_BHLS = jnp.einsum("BLHK,BSHK->BHLS", q_BLHK, k_BSHK).astype(jnp.float32) * self.scale
         if bias_1HLS is not None:
             logits_BHLS = logits_BHLS + bias_1HLS
@@ -267,7 +278,8 @@ class MultiHeadAttention(nnx.Module):
             keep = keep & jnp.tril(jnp.ones((L, S), bool))
         logits_BHLS = jnp.where(keep, logits_BHLS, jnp.finfo(jnp.float32).min)
         probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(q_BLHK.dtype)
-        probs_BHLS = self.attention_dropout(probs_BHLS, deterministic=False, rngs=rngs)
+        if dropout:
+            probs_BHLS = self.attention_dropout(probs_BHLS, deterministic=False, rngs=rngs)
         return jnp.einsum("BHLS,BSHK->BLHK", probs_BHLS, v_BSHK)
 
 

@@ -46,3 +46,17 @@ def test_input_pipeline_measures_pipeline_and_loop(tmp_path):
     assert pipe > 0 and 3 < vocab < 64
     c.model.vocab_size = vocab
     assert input_pipeline.loop_tokens_per_s(c, steps=6, log_every=2) > 0
+
+
+def test_torch_reference_runs_in_a_process_of_its_own():
+    pytest.importorskip("torch")
+    import reference_torch
+
+    reference = reference_torch.Process()
+    try:
+        r = reference.measure(vocab=16, layers=1, heads=2, d=8, seq_len=8, batch=2, steps=2, warmup=1)
+        assert r["step_ms"] > 0 and r["tokens_per_s"] > 0
+        with pytest.raises(TypeError):  # the reference's own errors reach the caller
+            reference.measure(vocab=16, layers=1)
+    finally:
+        reference.close()

@@ -10,14 +10,14 @@ SPEC = layers.Spec(d_model=16, num_heads=4, head_dim=4, d_ff=32, num_layers=2)
 
 
 def test_einsum_attention_path_matches_dot_product_attention():
-    """The dropout path (used only for attention dropout) computes the same attention at rate 0."""
+    """The written-out path (CPU, attention dropout) computes what jax.nn.dot_product_attention does."""
     attn = layers.MultiHeadAttention(SPEC, cross=False, rngs=nnx.Rngs(0))
     q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 5, 4, 4)) for i in range(3))
     mask = jnp.asarray(np.random.default_rng(0).random((2, 1, 5, 5)) > 0.3) | jnp.eye(5, dtype=bool)
     bias = jax.random.normal(jax.random.PRNGKey(5), (1, 4, 5, 5))
     for is_causal in (False, True):
         ref = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=0.5)
-        got = attn._attend_with_dropout(q, k, v, mask, bias, is_causal, nnx.Rngs(dropout=0))
+        got = attn._attend(q, k, v, mask, bias, is_causal, False, None)
         np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
