@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from lmjax import metrics, train
 from lmjax.data import corpora
@@ -75,6 +76,7 @@ def test_two_processes_train_checkpoint_and_resume_like_one(tiny_config, tmp_pat
     np.testing.assert_allclose([got[i] for i in range(1, 9)], [ref[i] for i in range(1, 9)], rtol=2e-5)
 
 
+@pytest.mark.slow  # two processes again (the suite's 10-minute budget): make test-slow
 def test_sigterm_to_one_process_stops_both_at_the_same_step_with_one_checkpoint(tiny_config, tmp_path):
     corpora.load(tiny_config.data)  # built here, not by both processes at once
     procs = start_two_processes(tiny_config, tmp_path, 10**6, **{"train.checkpoint_every": 10**6})

@@ -9,7 +9,8 @@ nbclient = pytest.importorskip("nbclient")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["quickstart", "finetune_lambda"])
+# finetune_lambda is slow (the suite's 10-minute budget): make test-slow
+@pytest.mark.parametrize("name", ["quickstart", pytest.param("finetune_lambda", marks=pytest.mark.slow)])
 def test_notebook_executes(name, tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("LMJAX_NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("LMJAX_NOTEBOOK_WORKDIR", str(tmp_path))
