@@ -15,7 +15,8 @@ mean; with --compare-torch the PyTorch reference (benchmarks/reference_torch.py,
 GPT sizes in the same round, alternating; figures are medians over rounds, the ratio to PyTorch the median of the
 rounds' ratios. --devices 1,2 measures the step on one device and data-parallel over two side by side (on CPU the
 script splits the host into that many XLA devices, as XLA_FLAGS=--xla_force_host_platform_device_count=N does for a
-training run). Decoders also report greedy decoding tokens/s with the KV cache.
+training run). Decoders also report greedy decoding tokens/s with the KV cache. --remat sets model.remat (what each
+block keeps for its backward pass); MFU counts model FLOPs, so recomputed forward passes do not raise it.
 
 FLOPs per token: lmjax.metrics.train_flops (PaLM appendix B): decoders 6·N + 12·L·H·Q·T (N = parameters in matrix
 products: all but the token and position embeddings, plus the V·D output head; L layers, H heads, Q head size,
@@ -62,8 +63,8 @@ PRESETS = sorted(GPT_SIZES) + sorted(OTHER)
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16
 
 
-def make_config(preset: str, dtype: str):
-    """The preset's config; dtype 'auto' is bfloat16 on accelerators and float32 on CPU."""
+def make_config(preset: str, dtype: str, remat: str = "none"):
+    """The preset's config; dtype 'auto' is bfloat16 on accelerators and float32 on CPU; remat: model.remat."""
     if dtype == "auto":
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     if preset in GPT_SIZES:
@@ -76,7 +77,7 @@ def make_config(preset: str, dtype: str):
         c = module.get_config(arg)
         c.model.update(model)
         c.data.update(data)
-    c.model.dtype = dtype
+    c.model.update(dtype=dtype, remat=remat)
     c.mesh.update(data=-1, fsdp=1)
     return c
 
@@ -168,6 +169,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtype", default="auto", help="compute dtype (parameters stay float32); auto: bfloat16 "
                         "on accelerators, float32 on CPU")
+    parser.add_argument("--remat", default="none", help="model.remat: what each block keeps for the backward "
+                        "pass (none | full | dots | dots_no_batch; lmjax/models/layers.py)")
     parser.add_argument("--devices", default="1", help="device counts to measure, comma-separated (data-parallel)")
     parser.add_argument("--decode", type=int, default=1, help="0 skips the decoding measurement")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: known GPUs)")
@@ -198,7 +201,7 @@ def main() -> None:
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}, jax {jax.__version__})"
     rows = []
     for preset in args.presets.split(","):
-        runs = {n: LmjaxRun(make_config(preset, args.dtype), jax.devices()[:n]) for n in device_counts}
+        runs = {n: LmjaxRun(make_config(preset, args.dtype, args.remat), jax.devices()[:n]) for n in device_counts}
         c = runs[device_counts[0]].c
         tokens, flops_per_token = tokens_and_flops(c)
         lmjax_s, torch_s = {n: [] for n in runs}, []
@@ -213,7 +216,8 @@ def main() -> None:
         decode_tps = decode_tokens_per_s(runs[device_counts[0]]) if c.model.family == "decoder" and args.decode else None
         for n, run in runs.items():
             step_s = statistics.median(lmjax_s[n])
-            row = {"preset": preset, "devices": n, "dtype": c.model.dtype, "params": run.setup.num_params,
+            row = {"preset": preset, "devices": n, "dtype": c.model.dtype, "remat": c.model.remat,
+                   "params": run.setup.num_params,
                    "step_ms": step_s * 1e3, "tokens_per_s": tokens / step_s, "compile_s": run.compile_s,
                    "peak_mem_mb": peak_memory_mb(), "flops_per_token": flops_per_token,
                    "step_ms_rounds": [t * 1e3 for t in lmjax_s[n]], "decode_tokens_per_s": decode_tps}

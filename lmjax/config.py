@@ -28,6 +28,7 @@ def base() -> ConfigDict:
         activation="gelu_tanh",  # gelu | gelu_tanh | relu | swiglu | geglu
         scale_attention=True,  # divide attention logits by sqrt(head_dim) (T5 does not)
         dropout=0.0, attention_dropout=0.0, tie_embeddings=True, use_bias=True, dtype="float32",
+        remat="none",  # none | full | dots | dots_no_batch: what a block keeps for backward (layers.REMAT_POLICIES)
         type_vocab_size=2, embed_norm=False, encoder_heads="mlm_nsp",  # encoder: segments, BERT's norm, heads
         share_embeddings=True,  # encoder_decoder: one token table for encoder and decoder
         scale_output=False,  # encoder_decoder: decoder output * d_model**-0.5 before the head (T5 v1.0)
@@ -153,6 +154,9 @@ def validate_model(c: ConfigDict) -> None:
         raise ValueError(f"model.char_filters={c.model.char_filters!r} has filters wider than data.max_chars="
                          f"{c.data.max_chars} characters; raise data.max_chars or narrow the filters")
     if c.model.family not in ("decoder", "encoder", "encoder_decoder"):
+        if c.model.remat != "none":
+            raise ValueError(f"model.remat={c.model.remat!r} applies to Transformer blocks, which a "
+                             f"model.family={c.model.family!r} model has none of; leave model.remat='none'")
         return  # recurrent and word-vector models have no position table
     if c.data.seq_len > c.model.max_len:
         raise ValueError(f"data.seq_len={c.data.seq_len} is longer than the model's positions "

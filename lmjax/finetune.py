@@ -254,8 +254,8 @@ def resolve(config: ConfigDict, workdir: Path) -> tuple[ConfigDict, tokenizers.T
     config = ConfigDict(config.to_dict())
     pre = pretrained(config.finetune.init) if config.finetune.init else None
     if pre is not None:
-        dropout = {k: config.model[k] for k in ("dropout", "attention_dropout")}
-        config.model = ConfigDict(config_lib.base().model.to_dict() | pre.model_config.to_dict() | dropout)
+        own = {k: config.model[k] for k in train.NON_ARCHITECTURE}
+        config.model = ConfigDict(config_lib.base().model.to_dict() | pre.model_config.to_dict() | own)
     needs_corpus = config.finetune.pretrain_lambda > 0 or scores_pretraining(config.model) or pre is None
     corpus = corpora.load(config.data) if needs_corpus else None
     if pre is None:

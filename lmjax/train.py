@@ -175,7 +175,8 @@ def setup(config: ConfigDict, devices=None) -> Setup:
 # Run preparation: tokenizer and config checks against what the workdir already holds.
 
 
-_NON_ARCHITECTURE = ("dropout", "attention_dropout")
+# model settings a run may change on a checkpoint of the same architecture (resume, fine-tuning)
+NON_ARCHITECTURE = ("dropout", "attention_dropout", "remat")
 VECTORS_FILE = "vectors.txt"
 
 
@@ -214,7 +215,7 @@ def resolve_model_config(config: ConfigDict, tok: tokenizers.Tokenizer, workdir:
     if saved is not None and checkpoint.saved_steps(workdir):
         mine = config.model.to_dict()
         diff = {k: (saved["model"][k], mine[k]) for k in mine
-                if k not in _NON_ARCHITECTURE and k in saved["model"] and saved["model"][k] != mine[k]}
+                if k not in NON_ARCHITECTURE and k in saved["model"] and saved["model"][k] != mine[k]}
         if diff:
             desc = ", ".join(f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ValueError(f"{workdir} holds a checkpoint of a different architecture ({desc}); "

@@ -72,6 +72,10 @@ def test_lineage_checks():
     with pytest.raises(ValueError, match="filters wider than data.max_chars=8"):
         config_lib.validate(c)
     c = config_lib.base()
+    c.model.update(family="rnn", remat="full")
+    with pytest.raises(ValueError, match="model.remat='full' applies to Transformer blocks"):
+        config_lib.validate(c)
+    c = config_lib.base()
     c.optim.name = "lamb"
     with pytest.raises(ValueError, match="optim.name='lamb'"):
         config_lib.validate(c)

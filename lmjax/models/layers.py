@@ -40,6 +40,13 @@ ACTIVATIONS = {
     "swiglu": (jax.nn.silu, True),
     "geglu": (lambda x: jax.nn.gelu(x, approximate=True), True),
 }
+# model.remat -> what a block keeps from its forward pass for the backward pass (jax.checkpoint policies);
+# the rest is recomputed. 'none': keep everything (no rematerialisation).
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,  # only the block's input: one more forward pass of the block
+    "dots": jax.checkpoint_policies.dots_saveable,  # matrix-product outputs: recompute norms, activations, softmax
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # as dots, but not attention's
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +69,14 @@ class Spec:
     relative_max_distance: int = 128
     dropout: float = 0.0
     attention_dropout: float = 0.0
+    remat: str = "none"
 
     @classmethod
     def from_config(cls, c: ConfigDict) -> "Spec":
         for key, value, allowed in (("positions", c.positions, POSITIONS), ("norm", c.norm, NORMS),
                                     ("norm_position", c.norm_position, NORM_POSITIONS),
-                                    ("activation", c.activation, tuple(ACTIVATIONS))):
+                                    ("activation", c.activation, tuple(ACTIVATIONS)),
+                                    ("remat", c.remat, ("none", *REMAT_POLICIES))):
             if value not in allowed:
                 raise ValueError(f"model.{key}={value!r} is unknown; use one of {allowed}")
         if not c.head_dim and c.d_model % c.num_heads:
@@ -78,7 +87,7 @@ class Spec:
                    norm_position=c.norm_position, norm_eps=c.norm_eps, activation=c.activation,
                    use_bias=c.use_bias, scale_attention=c.scale_attention, relative_buckets=c.relative_buckets,
                    relative_max_distance=c.relative_max_distance, dropout=c.dropout,
-                   attention_dropout=c.attention_dropout)
+                   attention_dropout=c.attention_dropout, remat=c.remat)
 
 
 def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -316,6 +325,7 @@ class Block(nnx.Module):
         self.mlp_norm = make_norm(spec, rngs)
         self.mlp = MLP(spec, rngs=rngs, out_init_std=out_std)
         self.dropout = nnx.Dropout(spec.dropout)
+        self.remat = spec.remat
 
     def _residual(self, norm: Norm, x_BLD: jax.Array, branch: Callable, deterministic: bool, rngs):
         h_BLD, extra = branch(norm(x_BLD) if self.pre else x_BLD)
@@ -346,6 +356,7 @@ def run_stack(blocks, final_norm: Norm | None, relative_bias: RelativePositionBi
 
     Queries sit at slots q_offset..q_offset+L-1 of S keys (S = L without a cache): T5's relative bias is
     computed for them once and shared by the blocks; rotary positions default to 0..L-1 in every row.
+    Without caches, the blocks' `remat` policy (model.remat) decides what each block keeps for the backward pass.
     """
     B, L, _ = x_BLD.shape
     bias_1HLS = None
@@ -353,10 +364,17 @@ def run_stack(blocks, final_norm: Norm | None, relative_bias: RelativePositionBi
         bias_1HLS = relative_bias(jnp.arange(L) + q_offset, jnp.arange(L if S is None else S))
     if positions_BL is None and positions == "rotary":
         positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
+    rngs = kwargs.pop("rngs", None)
+
+    def apply(block, x_BLD, cache, rngs):
+        return block(x_BLD, positions_BL=positions_BL, bias_1HLS=bias_1HLS, cache_index=q_offset, cache=cache,
+                     rngs=rngs, **kwargs)
+
+    if caches is None and blocks[0].remat != "none":  # each block's forward pass recomputed in its backward pass
+        apply = nnx.remat(apply, policy=REMAT_POLICIES[blocks[0].remat])
     new_caches = []
     for i, block in enumerate(blocks):
-        x_BLD, cache = block(x_BLD, positions_BL=positions_BL, bias_1HLS=bias_1HLS, cache_index=q_offset,
-                             cache=None if caches is None else caches[i], **kwargs)
+        x_BLD, cache = apply(block, x_BLD, None if caches is None else caches[i], rngs)
         x_BLD = constrain(x_BLD, ("batch", "length", "act_embed"))
         new_caches.append(cache)
     x_BLD = x_BLD if final_norm is None else final_norm(x_BLD)

@@ -29,11 +29,12 @@ def test_presets_make_batches_of_their_objective_and_count_flops(preset):
 def test_throughput_main_writes_a_row_per_device_count(tmp_path, monkeypatch):
     out = tmp_path / "rows.json"
     monkeypatch.setattr(sys, "argv", ["throughput.py", "--presets", "baby", "--steps", "2", "--warmup", "1",
-                                      "--rounds", "1", "--devices", "1,2", "--json", str(out)])
+                                      "--rounds", "1", "--devices", "1,2", "--remat", "full", "--json", str(out)])
     throughput.main()
     rows = json.loads(out.read_text())["rows"]
     assert [r["devices"] for r in rows] == [1, 2]
-    assert all(r["tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0 and r["mfu"] is None for r in rows)
+    assert all(r["tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0 and r["mfu"] is None and r["remat"] == "full"
+               for r in rows)
 
 
 @pytest.mark.slow  # a training run: make test-slow

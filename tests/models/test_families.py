@@ -1,4 +1,4 @@
-"""Properties every family shares: padding never changes real tokens' outputs; bidirectional vs causal."""
+"""Properties every family shares: padding never changes real tokens' outputs; bidirectional vs causal; remat."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +7,7 @@ from flax import nnx
 
 from lmjax import config as base_config
 from lmjax import models
+from lmjax.models import layers
 
 V, L = 23, 10
 VARIANTS = {
@@ -26,10 +27,10 @@ def build(variant):
     return models.build(c, nnx.Rngs(0))
 
 
-def run(model, tokens, mask):
+def run(model, tokens, mask, **kw):
     batch = {"inputs": jnp.asarray(tokens), "input_mask": jnp.asarray(mask), "segments": jnp.zeros_like(tokens),
              "decoder_inputs": jnp.asarray(tokens[:, :6]), "nsp_labels": jnp.zeros(len(tokens), jnp.int32)}
-    return models.forward(model, batch)
+    return models.forward(model, batch, **kw)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -66,4 +67,46 @@ def test_unknown_choices_fail_clearly():
         models.build(c, nnx.Rngs(0))
     c.update(norm="layernorm", family="encoder", encoder_heads="qa")
     with pytest.raises(ValueError, match="model.encoder_heads='qa' is unknown"):
+        models.build(c, nnx.Rngs(0))
+
+
+def _grads(variant, remat, **model):
+    c = base_config.base().model
+    c.update(vocab_size=V, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=L, dropout=0.1,
+             attention_dropout=0.1, **VARIANTS[variant])
+    c.update(remat=remat, **model)
+    tokens = np.random.default_rng(0).integers(1, V, (2, L))
+    mask = np.ones_like(tokens)
+
+    def loss(m, rngs):
+        out = run(m, tokens, mask, deterministic=False, rngs=rngs)
+        return sum(jnp.mean(jnp.square(x)) for x in jax.tree.leaves(out))
+
+    return nnx.grad(loss)(models.build(c, nnx.Rngs(0)), nnx.Rngs(dropout=1))
+
+
+@pytest.mark.parametrize("variant", ["decoder", "bert", "t5"])
+@pytest.mark.parametrize("remat", ["full", "dots", "dots_no_batch"])
+def test_remat_keeps_gradients_dropout_included(variant, remat):
+    expected = jax.tree.leaves(_grads(variant, "none"))
+    for a, b in zip(expected, jax.tree.leaves(_grads(variant, remat)), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("remat", ["none", "full", "dots"])
+def test_remat_wraps_each_block_with_its_policy(remat):
+    """What the compiler gets: one checkpoint per block with the named policy (on accelerators it keeps less for
+    the backward pass; XLA:CPU's schedule keeps the same temporaries either way, benchmarks/RESULTS.md)."""
+    c = base_config.base().model
+    c.update(vocab_size=V, num_layers=3, num_heads=2, d_model=16, max_len=L, remat=remat)
+    graphdef, params = nnx.split(models.build(c, nnx.Rngs(0)))
+    jaxpr = jax.make_jaxpr(lambda p: nnx.merge(graphdef, p)(jnp.ones((2, L), jnp.int32)))(params)
+    policies = [e.params["policy"] for e in jaxpr.eqns if e.primitive.name.startswith(("remat", "checkpoint"))]
+    assert policies == ([] if remat == "none" else [layers.REMAT_POLICIES[remat]] * 3)
+
+
+def test_unknown_remat_policy_is_named():
+    c = base_config.base().model
+    c.update(vocab_size=V, remat="everything")
+    with pytest.raises(ValueError, match="model.remat='everything' is unknown"):
         models.build(c, nnx.Rngs(0))
