@@ -68,13 +68,15 @@ def test_unknown_choices_fail_clearly():
     c.update(norm="layernorm", family="encoder", encoder_heads="qa")
     with pytest.raises(ValueError, match="model.encoder_heads='qa' is unknown"):
         models.build(c, nnx.Rngs(0))
+    c.update(family="decoder", remat="everything")
+    with pytest.raises(ValueError, match="model.remat='everything' is unknown"):
+        models.build(c, nnx.Rngs(0))
 
 
-def _grads(variant, remat, **model):
+def _grads(variant, remat):
     c = base_config.base().model
     c.update(vocab_size=V, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=L, dropout=0.1,
-             attention_dropout=0.1, **VARIANTS[variant])
-    c.update(remat=remat, **model)
+             attention_dropout=0.1, remat=remat, **VARIANTS[variant])
     tokens = np.random.default_rng(0).integers(1, V, (2, L))
     mask = np.ones_like(tokens)
 
@@ -103,10 +105,3 @@ def test_remat_wraps_each_block_with_its_policy(remat):
     jaxpr = jax.make_jaxpr(lambda p: nnx.merge(graphdef, p)(jnp.ones((2, L), jnp.int32)))(params)
     policies = [e.params["policy"] for e in jaxpr.eqns if e.primitive.name.startswith(("remat", "checkpoint"))]
     assert policies == ([] if remat == "none" else [layers.REMAT_POLICIES[remat]] * 3)
-
-
-def test_unknown_remat_policy_is_named():
-    c = base_config.base().model
-    c.update(vocab_size=V, remat="everything")
-    with pytest.raises(ValueError, match="model.remat='everything' is unknown"):
-        models.build(c, nnx.Rngs(0))
