@@ -1,56 +1,76 @@
 """Runs a sweep: the grid of a sweep file, one run after another, then one results table and plots.
 
   python -m experiments.sweep --sweep=experiments/sweeps/lambda_bert_mlm.py --outdir=sweeps/lambda_bert_mlm
-  python -m experiments.sweep --sweep=... --outdir=... --launch=print   # the per-run commands, e.g. for a TPU VM
+  python -m experiments.sweep --sweep=... --outdir=... --launch=print   # the per-run commands
+  python -m experiments.sweep --sweep=... --outdir=gs://BUCKET/sweeps/x --launch=tpu --tpu=vm1,vm2 --zone=ZONE
 
-A sweep file defines get_sweep() -> dict(
+A sweep file defines get_sweep(arg) (`--sweep=FILE:ARG` picks a variant, as configs do) -> dict(
     config="experiments/configs/<exp>.py[:arg]",
     grid={"finetune.pretrain_lambda": [0.0, 0.1], "seed": [0, 1],           # every combination ...
           ("finetune.pretrain_lambda", "finetune.l2sp"): [(0.1, 0.0), (0.0, 0.1)]},  # ... keys that move together
     x="finetune.pretrain_lambda",            # the plots' x axis
     metrics=("test/accuracy", "pretrain/heldout_loss"),  # table columns and plot panels
     overrides={"train.num_steps": 300})      # optional, for every run
-Each run has its own workdir under --outdir; a run whose results.json exists is finished and skipped, so a
-stopped sweep continues where it was. results.csv / results.md (every run, and means over seeds) and
-results.png (each metric against x) are written to --outdir.
+Each run has its own workdir under --outdir (a local path or gs://); a run whose results.json exists is
+finished and skipped, so a stopped sweep continues where it was. results.csv / results.md (every run, and
+means over seeds) and results.png (each metric against x) are written to --outdir.
+
+--launch=tpu runs each unfinished run through `tpu_scripts/tpu.py launch --wait` on the named TPU VMs (set up
+with `tpu.py setup` first), one run at a time per VM, the VMs in parallel; --outdir must then be gs://, where
+the VMs write. A preempted run (exit 75) is left unfinished: the same sweep command resumes it.
 """
 from __future__ import annotations
 
 import ast
 import csv
+import io
 import difflib
 import importlib.util
 import itertools
 import json
 import math
+import queue
 import shlex
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from absl import app, flags, logging
+from etils import epath
 
+from lmjax import checkpoint, storage
 from lmjax import config as config_lib
+from lmjax.errors import InputError, MissingInput
 
-flags.DEFINE_string("sweep", None, "Sweep file (get_sweep()).")
-flags.DEFINE_string("outdir", None, "Directory for the runs' workdirs and the results.")
-flags.DEFINE_enum("launch", "local", ["local", "print"], "local: run here one after another; print: print commands.")
+flags.DEFINE_string("sweep", None, "Sweep file (get_sweep(arg)), optionally FILE:ARG.")
+flags.DEFINE_string("outdir", None, "Directory (or gs:// URL) for the runs' workdirs and the results.")
+flags.DEFINE_enum("launch", "local", ["local", "print", "tpu"],
+                  "local: run here one after another; print: print the commands; tpu: run them on TPU VMs.")
 flags.DEFINE_multi_string("set", [], "KEY=VALUE applied to every run (after the sweep's overrides).")
+flags.DEFINE_list("tpu", [], "--launch=tpu: the TPU VMs' names (tpu.py create / setup them first).")
+flags.DEFINE_string("zone", "", "--launch=tpu: the VMs' zone.")
+flags.DEFINE_string("project", "", "--launch=tpu: the Google Cloud project (default: gcloud's).")
+flags.DEFINE_bool("dry-run", False, "--launch=tpu: print the tpu.py commands, run nothing (as tpu.py's).")
 flags.mark_flags_as_required(["sweep", "outdir"])
 FLAGS = flags.FLAGS
 
-RESULTS = "results.json"
+RESULTS = checkpoint.RESULTS_FILE
+TPU_SCRIPT = Path(__file__).resolve().parents[1] / "tpu_scripts" / "tpu.py"
+EXIT_PREEMPTED = 75  # lmjax.main.EXIT_PREEMPTED
 
 
-def load_sweep(path: str) -> dict:
+def load_sweep(spec_arg: str) -> dict:
+    path, _, arg = spec_arg.partition(":")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"sweep file {path!r} does not exist; give --sweep=experiments/sweeps/<name>.py")
+        raise MissingInput(f"sweep file {path!r} does not exist; give --sweep=experiments/sweeps/<name>.py")
     spec = importlib.util.spec_from_file_location("sweep_file", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    sweep = module.get_sweep()
+    sweep = module.get_sweep(arg) if arg else module.get_sweep()
     unknown = set(sweep) - {"config", "grid", "x", "metrics", "overrides"}
     if unknown or "config" not in sweep or "grid" not in sweep:
-        raise ValueError(f"sweep file {path!r}: get_sweep() needs 'config' and 'grid' and takes x, metrics, overrides "
+        raise InputError(f"sweep file {path!r}: get_sweep() needs 'config' and 'grid' and takes x, metrics, overrides "
                          f"(unknown: {sorted(unknown)})")
     return sweep
 
@@ -72,7 +92,7 @@ def check_keys(keys, config) -> None:
     for key in keys:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            raise ValueError(f"unknown sweep key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+            raise InputError(f"unknown sweep key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                              + " (keys are config paths such as finetune.pretrain_lambda)")
 
 
@@ -104,7 +124,7 @@ def parse_sets(sets: list[str]) -> dict:
     for item in sets:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"--set {item!r} is not KEY=VALUE")
+            raise InputError(f"--set {item!r} is not KEY=VALUE")
         try:
             out[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -117,22 +137,63 @@ def command(config_spec: str, workdir: Path, values: dict) -> str:
     return shlex.join(["python", "-m", "lmjax.main", f"--config={config_spec}", f"--workdir={workdir}", *args])
 
 
-def run_one(config, workdir: Path) -> dict:
+def run_one(config, workdir: epath.Path) -> dict:
+    """One run here; pretraining and fine-tuning both leave results.json in the workdir when finished."""
     from lmjax import finetune, train
 
     config_lib.validate(config)
-    if config.mode == "finetune":
-        return finetune.run(config, workdir)
-    result = train.train_and_evaluate(config, workdir)
-    (workdir / RESULTS).write_text(json.dumps(result, indent=2, sort_keys=True))
-    return result
+    return (finetune.run if config.mode == "finetune" else train.train_and_evaluate)(config, workdir)
 
 
-def summarize(rows: list[dict], keys: list[str], metrics: list[str], outdir: Path, x: str | None) -> None:
+def tpu_command(vm: str, config_spec: str, workdir: epath.Path, values: dict) -> list[str]:
+    """The tpu.py call that runs one sweep point on every worker of `vm` and waits for it."""
+    where = [f"--name={vm}", f"--zone={FLAGS.zone}"]
+    where += [f"--project={FLAGS.project}"] if FLAGS.project else []
+    return [sys.executable, str(TPU_SCRIPT), "launch", *where, "--wait", f"--workdir={workdir}", "--",
+            f"--config={config_spec}", *(f"--config.{k}={v}" for k, v in values.items())]
+
+
+def launch_on_tpus(jobs: list[tuple[str, epath.Path, dict]], config_spec: str) -> None:
+    """Each VM takes the next unfinished run when its last one ends; prints how each ended."""
+    if not (FLAGS.tpu and FLAGS.zone):
+        raise InputError("--launch=tpu needs --tpu=VM[,VM...] and --zone (the VMs of tpu.py create)")
+    if not storage.is_gcs(FLAGS.outdir):
+        raise InputError(f"--launch=tpu needs a gs:// --outdir (the VMs write the runs there), not "
+                         f"{FLAGS.outdir!r}")
+    if FLAGS["dry-run"].value:
+        for i, (_, workdir, values) in enumerate(jobs):
+            vm = FLAGS.tpu[i % len(FLAGS.tpu)]
+            print(shlex.join(["python", *tpu_command(vm, config_spec, workdir, values)[1:]]))
+        return
+    todo: queue.Queue = queue.Queue()
+    for job in jobs:
+        todo.put(job)
+
+    def worker(vm: str) -> None:
+        while True:
+            try:
+                name, workdir, values = todo.get_nowait()
+            except queue.Empty:
+                return
+            print(f"{vm}: {name} started", flush=True)
+            command = tpu_command(vm, config_spec, workdir, values)
+            code = subprocess.run(command, stdout=subprocess.DEVNULL).returncode
+            ended = {0: "finished", EXIT_PREEMPTED: "preempted (rerun the sweep to resume it)"}
+            print(f"{vm}: {name} {ended.get(code, f'failed (exit {code})')}", flush=True)
+
+    threads = [threading.Thread(target=worker, args=(vm,)) for vm in FLAGS.tpu]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def summarize(rows: list[dict], keys: list[str], metrics: list[str], outdir: epath.Path,
+              x: str | None) -> None:
     """results.csv, results.md (per run and the mean +- sd over seeds), results.png."""
     columns = keys + metrics
-    with (outdir / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+    with (outdir / "results.csv").open("w") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     group_keys = [k for k in keys if k != "seed"]
@@ -153,15 +214,15 @@ def summarize(rows: list[dict], keys: list[str], metrics: list[str], outdir: Pat
         cells = [str(v) for v in key] + [stat([m.get(k) for m in members]) for k in metrics] + [str(len(members))]
         lines.append("| " + " | ".join(cells) + " |")
     per_run = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    per_run += ["| " + " | ".join(f"{r.get(c):.4f}" if isinstance(r.get(c), float) else str(r.get(c)) for c in columns)
-                + " |" for r in rows]
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else "-" if v is None else str(v)  # noqa: E731
+    per_run += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     (outdir / "results.md").write_text("## Mean over seeds (± sample sd)\n\n" + "\n".join(lines)
                                        + "\n\n## Every run\n\n" + "\n".join(per_run) + "\n")
     if x:
         plot(rows, x, metrics, outdir / "results.png")
 
 
-def plot(rows: list[dict], x: str, metrics: list[str], out: Path) -> None:
+def plot(rows: list[dict], x: str, metrics: list[str], out: epath.PathLike) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,8 +232,12 @@ def plot(rows: list[dict], x: str, metrics: list[str], out: Path) -> None:
     xs = sorted({r[x] for r in rows})
     for ax, metric in zip(axes[0], metrics):
         points = [(r[x], r[metric]) for r in rows if r.get(metric) is not None]
+        if not points:  # no run reported it (a misspelt metric, or a mode that does not compute it)
+            ax.set_title(f"{metric}: no values")
+            continue
         ax.scatter(*zip(*points), alpha=0.5, s=14, label="runs")
-        means = [(v, sum(p for u, p in points if u == v) / max(1, sum(u == v for u, _ in points))) for v in xs]
+        means = [(v, sum(p for u, p in points if u == v) / sum(u == v for u, _ in points))
+                 for v in xs if any(u == v for u, _ in points)]
         ax.plot(*zip(*means), marker="o", label="mean")
         ax.set_xscale("symlog", linthresh=min([v for v in xs if v > 0], default=1.0))
         ax.set_xlabel(x)
@@ -180,47 +245,56 @@ def plot(rows: list[dict], x: str, metrics: list[str], out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    epath.Path(out).write_bytes(png.getvalue())
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     sweep = load_sweep(FLAGS.sweep)
-    outdir = Path(FLAGS.outdir)
+    outdir = storage.workdir(FLAGS.outdir)
     base = load_config(sweep["config"])
     points = expand(sweep["grid"])
     keys = list(points[0])
     overrides = sweep.get("overrides", {}) | parse_sets(FLAGS.set)
     check_keys(keys + list(overrides), base)
-    metrics = list(sweep.get("metrics", ()))
-    rows = []
-    for i, point in enumerate(points):
-        workdir = outdir / run_name(point)
-        values = overrides | point
-        if FLAGS.launch == "print":
-            if not (workdir / RESULTS).exists():
-                print(command(sweep["config"], workdir, values))
-            continue
+    runs = [(run_name(point), outdir / run_name(point), overrides | point) for point in points]
+    unfinished = [run for run in runs if not (run[1] / RESULTS).exists()]
+    if FLAGS.launch == "print":
+        for _, workdir, values in unfinished:
+            print(command(sweep["config"], workdir, values))
+        return 0
+    if FLAGS.launch == "tpu":
+        launch_on_tpus(unfinished, sweep["config"])
+        if FLAGS["dry-run"].value:
+            return 0
+    for i, (name, workdir, values) in enumerate(runs if FLAGS.launch == "local" else []):
         if (workdir / RESULTS).exists():
-            print(f"[{i + 1}/{len(points)}] {workdir.name}: finished, skipped", flush=True)
-        else:
-            print(f"[{i + 1}/{len(points)}] {workdir.name}", flush=True)
-            config = apply(load_config(sweep["config"]), values)
-            config.train.progress = False
-            run_one(config, workdir)
-        rows.append(point | json.loads((workdir / RESULTS).read_text()))
+            print(f"[{i + 1}/{len(runs)}] {name}: finished, skipped", flush=True)
+            continue
+        print(f"[{i + 1}/{len(runs)}] {name}", flush=True)
+        config = apply(load_config(sweep["config"]), values)
+        config.train.progress = False
+        if "preempted_at" in run_one(config, workdir):
+            print(f"sweep: preempted during {name}; the same command resumes it", flush=True)
+            return EXIT_PREEMPTED
+    rows = [point | json.loads((outdir / run_name(point) / RESULTS).read_text())
+            for point in points if (outdir / run_name(point) / RESULTS).exists()]
+    print(f"sweep: {len(rows)} of {len(runs)} runs finished", flush=True)
     if rows:
-        metrics = metrics or sorted(k for k in rows[0] if k.startswith("test/"))
+        metrics = list(sweep.get("metrics", ())) or sorted(k for k in rows[0] if k.startswith("test/"))
         summarize(rows, keys, metrics, outdir, sweep.get("x"))
         print((outdir / "results.md").read_text())
+    return 0 if len(rows) == len(runs) else 1
 
 
 def run():
     try:
         app.run(main)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+    except InputError as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
 

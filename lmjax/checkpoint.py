@@ -7,24 +7,28 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from ml_collections import ConfigDict
 
+from lmjax import storage
+from lmjax.errors import InputError
+
 CKPT_DIR, CONFIG_FILE, TOKENIZER_DIR = "checkpoints", "config.json", "tokenizer"
+RESULTS_FILE = "results.json"  # a finished run's final metrics (pretraining or fine-tuning); sweeps read it
 
 
 ITERATORS = ("data", "task_data")  # the data iterators a checkpoint may hold: pretraining / LM stream, task stream
 
 
-def manager(workdir: Path, *, keep: int) -> ocp.CheckpointManager:
+def manager(workdir: epath.Path, *, keep: int) -> ocp.CheckpointManager:
     """Saves happen when the loop asks (it checks the state is finite first); the newest `keep` are kept."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
-    return ocp.CheckpointManager(Path(workdir).absolute() / CKPT_DIR, options=options,
+    return ocp.CheckpointManager(storage.local_absolute(epath.Path(workdir)) / CKPT_DIR, options=options,
                                  item_names=("state",) + ITERATORS)
 
 
@@ -73,7 +77,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"the checkpoint at step {step} in {mngr.directory} does not fit this model "
+        raise InputError(f"the checkpoint at step {step} in {mngr.directory} does not fit this model "
                          f"({str(e).splitlines()[0][:200]}); use a fresh --workdir or the run's own config") from None
     return restored["state"]
 
@@ -110,16 +114,16 @@ def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
 
 
-def saved_steps(workdir: Path) -> list[int]:
+def saved_steps(workdir: epath.Path) -> list[int]:
     """The steps with a finished checkpoint, oldest first (without opening a manager, which creates dirs)."""
-    root = Path(workdir) / CKPT_DIR
+    root = epath.Path(workdir) / CKPT_DIR
     return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
 
 
-def save_config(workdir: Path, config: ConfigDict) -> None:
-    (Path(workdir) / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+def save_config(workdir: epath.Path, config: ConfigDict) -> None:
+    (epath.Path(workdir) / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def load_config(workdir: Path) -> dict | None:
-    path = Path(workdir) / CONFIG_FILE
+def load_config(workdir: epath.Path) -> dict | None:
+    path = epath.Path(workdir) / CONFIG_FILE
     return json.loads(path.read_text()) if path.exists() else None

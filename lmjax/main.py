@@ -1,7 +1,9 @@
 """Entry point: python -m lmjax.main --config=experiments/configs/<exp>.py --workdir=DIR [--config.a.b=v].
 
-Bad input ends the run with one line on stderr naming the problem and the fix (exit code 1);
-set LMJAX_TRACEBACK=1 to see the full traceback instead.
+Exit status: 0 finished; 1 bad input, reported as one `error: ...` line on stderr that names the problem and
+the fix (set LMJAX_TRACEBACK=1 for its traceback); 75 (EXIT_PREEMPTED) stopped by SIGTERM after saving a
+checkpoint: the same command resumes. Any other failure is a bug or the platform's (out of memory, ...) and
+keeps its traceback (Python's status 1).
 """
 import os
 import sys
@@ -9,11 +11,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lmjax import errors
 from lmjax import config as config_lib
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, config and tokenizer.")
+flags.DEFINE_string("workdir", None, "Directory or gs:// URL for checkpoints, logs, config and tokenizer.")
+EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: try again; tpu_scripts/tpu.py and Slurm requeues read it
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -23,9 +27,6 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     config_lib.validate(config)
-    if "://" in FLAGS.workdir:
-        raise ValueError(f"--workdir={FLAGS.workdir}: only local workdirs are supported so far; "
-                         "pass a local path (on a TPU VM, a directory on its disk)")
     # jax is imported after the config checks, so that bad input fails fast
     from lmjax import finetune, host, parallel, sample, train
 
@@ -33,20 +34,34 @@ def main(argv):
     parallel.initialize(config.distributed)  # before anything touches a device
     if config.mode == "sample":
         sample.sample(config, FLAGS.workdir)
-    elif config.mode == "finetune":
-        finetune.run(config, FLAGS.workdir)
-    else:
-        train.train_and_evaluate(config, FLAGS.workdir)
+        return 0
+    job = finetune.run if config.mode == "finetune" else train.train_and_evaluate
+    return EXIT_PREEMPTED if "preempted_at" in job(config, FLAGS.workdir) else 0
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, except that an InputError from the config file (get_config(arg)) stays one line."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        cause = e.__cause__ or e.__context__
+        while cause is not None and not isinstance(cause, errors.InputError):
+            cause = cause.__cause__ or cause.__context__
+        while cause is not None and isinstance(cause.__context__, errors.InputError):
+            cause = cause.__context__  # config_flags re-raises it with a traceback in the message
+        if cause is not None:
+            raise cause from None
+        return app.parse_flags_with_usage(argv)  # absl's own message for any other flag error
 
 
 def run():
     try:
-        app.run(main)
-    except (ValueError, FileNotFoundError, RuntimeError, AttributeError, KeyError) as e:
+        app.run(main, flags_parser=_parse_flags)
+    except (errors.InputError, AttributeError, KeyError) as e:
         if os.environ.get("LMJAX_TRACEBACK"):
             raise
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if isinstance(e, (AttributeError, KeyError)):  # a misspelt --config.* key; anything else is a bug
+        if not isinstance(e, errors.InputError):  # a misspelt --config.* key; anything else is a bug
             message = config_lib.unknown_key_message(e, config_lib.base())
             if message is None:
                 raise

@@ -2,56 +2,112 @@
 training FLOPs of every model family (for throughput and MFU)."""
 from __future__ import annotations
 
+import io
 import json
 import math
-from pathlib import Path
+import os
+import sys
+import time
 
 import tqdm
+from etils import epath
 
 JSONL, PLOT, TB_DIR = "metrics.jsonl", "loss.png", "tensorboard"
 
 
 class Writer:
-    """Scalars to TensorBoard and to a JSONL (one line per logging step); text samples to both."""
+    """Scalars to TensorBoard and to a JSONL (one line per logging step); text samples to both.
 
-    def __init__(self, workdir: Path, resume_step: int = 0, enabled: bool = True):
-        self.path = Path(workdir) / JSONL
-        self.enabled = enabled
+    Objects in a bucket cannot be appended to, so the JSONL is rewritten whole, at most every FLUSH_SECONDS
+    and on close (and `flush`); a resumed run first drops the lines of the steps after its checkpoint.
+    """
+
+    FLUSH_SECONDS = 10.0
+
+    def __init__(self, workdir: epath.PathLike, resume_step: int = 0, enabled: bool = True):
+        self.path = epath.Path(workdir) / JSONL
+        self.enabled, self.lines, self.flushed = enabled, [], time.monotonic()
         if not enabled:
             return
         if self.path.exists():  # a resumed run redoes the steps after its checkpoint: drop their old lines
-            lines = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
-            self.path.write_text("".join(l + "\n" for l in lines))
+            self.lines = [line for line in self.path.read_text().splitlines()
+                          if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.flush()
         from tensorboardX import SummaryWriter
 
-        self.tb = SummaryWriter(str(Path(workdir) / TB_DIR))
+        _register_bucket_writer()
+        self.tb = SummaryWriter(os.fspath(epath.Path(workdir) / TB_DIR))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
         for k, v in values.items():
             self.tb.add_scalar(k, v, step)
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}) + "\n")
+        self._add({"step": step, **{k: float(v) for k, v in values.items()}})
 
     def text(self, step: int, name: str, value: str) -> None:
         if not self.enabled:
             return
         self.tb.add_text(name, value, step)
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, name: value}) + "\n")
+        self._add({"step": step, name: value})
+
+    def _add(self, row: dict) -> None:
+        self.lines.append(json.dumps(row))
+        if time.monotonic() - self.flushed > self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.enabled:
+            self.path.write_text("".join(line + "\n" for line in self.lines))
+            self.flushed = time.monotonic()
 
     def close(self) -> None:
         if self.enabled:
+            self.flush()
             self.tb.close()
 
 
-def read_jsonl(workdir: Path) -> list[dict]:
-    path = Path(workdir) / JSONL
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+class _BucketEventFile:
+    """A TensorBoard event file in a bucket, through epath: buffered, the whole object rewritten on flush."""
+
+    def __init__(self, path: str):
+        self.path, self.buffer, self.written = epath.Path(path), io.BytesIO(), 0
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        if self.buffer.tell() != self.written:
+            self.path.write_bytes(self.buffer.getvalue())
+            self.written = self.buffer.tell()
+
+    def close(self) -> None:
+        self.flush()
 
 
-def plot_losses(workdir: Path) -> Path:
+class _BucketEventFiles:
+    def open(self, path: str) -> _BucketEventFile:
+        return _BucketEventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        pass  # buckets have no directories to create
+
+
+def _register_bucket_writer() -> None:
+    """tensorboardX writes gs:// through google-cloud-storage; lmjax's buckets go through epath instead."""
+    from tensorboardX import record_writer
+
+    record_writer.register_writer_factory("gs", _BucketEventFiles())
+
+
+def read_jsonl(workdir: epath.PathLike) -> list[dict]:
+    path = epath.Path(workdir) / JSONL
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(workdir: epath.PathLike) -> epath.Path:
     """Train and validation loss against step, from the JSONL, as loss.png in the workdir."""
     import matplotlib
 
@@ -69,28 +125,48 @@ def plot_losses(workdir: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(workdir) / PLOT
-    fig.savefig(out, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    out = epath.Path(workdir) / PLOT
+    out.write_bytes(png.getvalue())
     return out
 
 
 class Progress:
-    """A tqdm bar showing step, loss, tokens/s and the ETA."""
+    """Step, loss, tokens/s and the ETA: a tqdm bar when stderr is a terminal; elsewhere (nohup, a log file,
+    a notebook) one timestamped line per logging step, without carriage returns. Messages go to stdout."""
 
     def __init__(self, start: int, total: int, enabled: bool = True):
-        self.bar = tqdm.tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True,
-                             mininterval=1.0, smoothing=0.1)
+        self.enabled, self.start, self.total = enabled, start, total
+        self.bar = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0,
+                             smoothing=0.1) if enabled and sys.stderr.isatty() else None
+        self.started = time.monotonic()
 
     def update(self, step: int, loss: float, tokens_per_s: float) -> None:
-        self.bar.set_postfix_str(f"loss={loss:.4f} tok/s={tokens_per_s:,.0f}", refresh=False)
-        self.bar.update(step - self.bar.n)
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss={loss:.4f} tok/s={tokens_per_s:,.0f}", refresh=False)
+            self.bar.update(step - self.bar.n)
+        elif self.enabled:
+            elapsed = time.monotonic() - self.started
+            left = elapsed / max(step - self.start, 1) * (self.total - step)
+            self.write(f"step {step}/{self.total} loss={loss:.4f} tok/s={tokens_per_s:,.0f} "
+                       f"elapsed {_duration(elapsed)} eta {_duration(left)}")
 
     def write(self, message: str) -> None:
-        self.bar.write(message)
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(time.strftime("%Y-%m-%d %H:%M:%S ") + message, flush=True)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def train_flops(model, seq_len: int, target_len: int = 0) -> tuple[float, int]:

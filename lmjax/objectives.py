@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
+from lmjax.errors import InputError
+
 Stats = dict[str, jax.Array]
 
 
@@ -205,7 +207,7 @@ REGISTRY: dict[str, Callable[..., tuple[jax.Array, Stats]]] = {
 def get(train_config: ConfigDict) -> Callable[[dict, dict], tuple[jax.Array, Stats]]:
     name = train_config.objective
     if name not in REGISTRY:
-        raise ValueError(f"train.objective={name!r} is unknown; use one of {sorted(REGISTRY)}")
+        raise InputError(f"train.objective={name!r} is unknown; use one of {sorted(REGISTRY)}")
     extra = {"contrastive": {"temperature": train_config.temperature},
              "glove": {"x_max": train_config.glove_x_max, "alpha": train_config.glove_alpha}}.get(name, {})
     return functools.partial(REGISTRY[name], label_smoothing=train_config.label_smoothing, **extra)

@@ -22,6 +22,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
+from lmjax.errors import InputError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 ENGINES = ("jit", "pmap")
 
@@ -47,14 +49,14 @@ def make_mesh(mesh_config: ConfigDict, devices: Sequence[jax.Device] | None = No
     devices = list(jax.devices() if devices is None else devices)
     shape = [mesh_config.data, mesh_config.fsdp, mesh_config.tensor]
     if shape.count(-1) > 1:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))}: at most one axis may be -1")
+        raise InputError(f"mesh {dict(zip(MESH_AXES, shape))}: at most one axis may be -1")
     known = int(np.prod([s for s in shape if s != -1]))
     if -1 in shape:
         if len(devices) % known:
-            raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} does not divide {len(devices)} devices")
+            raise InputError(f"mesh {dict(zip(MESH_AXES, shape))} does not divide {len(devices)} devices")
         shape[shape.index(-1)] = len(devices) // known
     if int(np.prod(shape)) != len(devices):
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices but "
+        raise InputError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices but "
                          f"{len(devices)} are available; set --config.mesh.* so the product matches")
     if getattr(devices[0], "platform", "") == "tpu":  # axes laid out along the chips' interconnect
         from jax.experimental import mesh_utils
@@ -73,7 +75,7 @@ def parse_rules(rules: ConfigDict | dict | None) -> dict[str, tuple[str, ...]]:
         axes = tuple(a.strip() for a in str(value).split(",") if a.strip())
         bad = [a for a in axes if a not in MESH_AXES]
         if bad:
-            raise ValueError(f"mesh.rules.{logical}={value!r} names {bad}, not a mesh axis; use a comma-separated "
+            raise InputError(f"mesh.rules.{logical}={value!r} names {bad}, not a mesh axis; use a comma-separated "
                              f"subset of {MESH_AXES} or '' to replicate")
         parsed[logical] = axes
     return parsed
@@ -92,7 +94,7 @@ class Layout:
         out = []
         for i, logical in enumerate(axes):
             if logical is not None and logical not in self.rules:
-                raise ValueError(f"logical axis {logical!r} has no entry in mesh.rules; add one "
+                raise InputError(f"logical axis {logical!r} has no entry in mesh.rules; add one "
                                  f"(known: {sorted(self.rules)})")
             mesh_axes = tuple(a for a in self.rules.get(logical, ()) if a not in used and self.mesh.shape[a] > 1)
             size = int(np.prod([self.mesh.shape[a] for a in mesh_axes]))
@@ -194,7 +196,7 @@ def initialize(dist: ConfigDict) -> bool:
         return False
     if dist.coordinator_address:
         if dist.num_processes < 1 or not 0 <= dist.process_id < dist.num_processes:
-            raise ValueError(f"distributed.coordinator_address={dist.coordinator_address!r} needs num_processes >= 1 "
+            raise InputError(f"distributed.coordinator_address={dist.coordinator_address!r} needs num_processes >= 1 "
                              f"and 0 <= process_id < num_processes (got {dist.num_processes}, {dist.process_id})")
         local = [int(i) for i in str(dist.local_device_ids).split(",") if i.strip()] or None
         jax.distributed.initialize(dist.coordinator_address, dist.num_processes, dist.process_id,
@@ -215,9 +217,9 @@ PMAP_AXIS = "devices"
 
 def check_pmap(mesh_config: ConfigDict) -> None:
     if jax.process_count() > 1:
-        raise ValueError("mesh.engine='pmap' runs in one process; multi-host runs use mesh.engine='jit'")
+        raise InputError("mesh.engine='pmap' runs in one process; multi-host runs use mesh.engine='jit'")
     if mesh_config.fsdp != 1 or mesh_config.tensor != 1 or mesh_config.data not in (-1, jax.device_count()):
-        raise ValueError(f"mesh.engine='pmap' is data-parallel only: it needs mesh.fsdp=1, mesh.tensor=1 and "
+        raise InputError(f"mesh.engine='pmap' is data-parallel only: it needs mesh.fsdp=1, mesh.tensor=1 and "
                          f"mesh.data=-1 (got {mesh_config.data}, {mesh_config.fsdp}, {mesh_config.tensor}); "
                          f"use mesh.engine='jit' for FSDP or tensor parallelism")
 

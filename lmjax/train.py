@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import flax
@@ -11,11 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 from ml_collections import ConfigDict
 
-from lmjax import checkpoint, decode, metrics, models, objectives, optim, parallel, vectors
+from lmjax import checkpoint, decode, metrics, models, objectives, optim, parallel, storage, vectors
 from lmjax.data import corpora, pipeline, tokenizers
+from lmjax.errors import InputError
 
 
 @flax.struct.dataclass
@@ -26,8 +28,8 @@ class TrainState:
     rng: jax.Array  # base key; step n uses fold_in(rng, n), so a resumed run draws the same numbers
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(InputError, RuntimeError):
+    """The loss or gradient norm became NaN or inf: the hyperparameters need changing (one line)."""
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objective: Callable,
@@ -146,7 +148,7 @@ def setup(config: ConfigDict, devices=None) -> Setup:
         parallel.check_pmap(config.mesh)
     layout = parallel.make_layout(config.mesh, devices)
     if config.data.batch_size % (layout.batch_shards * config.optim.grad_accum_steps):
-        raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by the {layout.batch_shards} batch "
+        raise InputError(f"data.batch_size={config.data.batch_size} is not divisible by the {layout.batch_shards} batch "
                          f"shards (mesh data x fsdp) x {config.optim.grad_accum_steps} accumulation steps; change the "
                          f"batch size")
     tx = optim.make(config.optim, config.train.num_steps, config.model)
@@ -180,21 +182,22 @@ NON_ARCHITECTURE = ("dropout", "attention_dropout", "remat")
 VECTORS_FILE = "vectors.txt"
 
 
-def prepare_tokenizer(config: ConfigDict, workdir: Path, corpus: corpora.Corpus) -> tokenizers.Tokenizer:
+def prepare_tokenizer(config: ConfigDict, workdir: epath.Path,
+                      corpus: corpora.Corpus) -> tokenizers.Tokenizer:
     """The run's tokenizer: the workdir's own if it has one, else loaded from data.tokenizer_path or trained."""
     saved_dir = workdir / checkpoint.TOKENIZER_DIR
     if saved_dir.is_dir():
         tok = tokenizers.load(saved_dir)
         if tok.kind != config.data.tokenizer and not config.data.tokenizer_path:
-            raise ValueError(f"{workdir} was trained with a {tok.kind} tokenizer but data.tokenizer="
+            raise InputError(f"{workdir} was trained with a {tok.kind} tokenizer but data.tokenizer="
                              f"{config.data.tokenizer!r}; use a new --workdir for another tokenizer")
         if config.data.tokenizer_path and (other := tokenizers.differing(config.data.tokenizer_path, tok)):
-            raise ValueError(f"data.tokenizer_path={config.data.tokenizer_path!r} ({other.kind}, {other.vocab_size} "
+            raise InputError(f"data.tokenizer_path={config.data.tokenizer_path!r} ({other.kind}, {other.vocab_size} "
                              f"tokens) does not match the vocabulary this workdir was trained with ({tok.kind}, "
                              f"{tok.vocab_size} tokens); drop data.tokenizer_path or use a new --workdir")
         return tok
     if config.data.tokenizer_path:
-        tok = tokenizers.load(Path(config.data.tokenizer_path))
+        tok = tokenizers.load(epath.Path(config.data.tokenizer_path))
     else:
         texts = pipeline.tokenizer_texts(corpus, config.data.tokenizer_train_examples)
         tok = tokenizers.train(config.data.tokenizer, texts, config.data.vocab_size, config.data.min_count)
@@ -203,13 +206,13 @@ def prepare_tokenizer(config: ConfigDict, workdir: Path, corpus: corpora.Corpus)
     return tok
 
 
-def resolve_model_config(config: ConfigDict, tok: tokenizers.Tokenizer, workdir: Path) -> ConfigDict:
+def resolve_model_config(config: ConfigDict, tok: tokenizers.Tokenizer, workdir: epath.Path) -> ConfigDict:
     """Fills model.vocab_size from the tokenizer and checks the workdir holds no other architecture."""
     config = ConfigDict(config.to_dict())  # unlocked copy
     if not config.model.vocab_size:
         config.model.vocab_size = tok.vocab_size
     elif config.model.vocab_size < tok.vocab_size:
-        raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+        raise InputError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
                          f"{tok.vocab_size} tokens; set model.vocab_size=0 to take the tokenizer's size")
     saved = checkpoint.load_config(workdir)
     if saved is not None and checkpoint.saved_steps(workdir):
@@ -218,7 +221,7 @@ def resolve_model_config(config: ConfigDict, tok: tokenizers.Tokenizer, workdir:
                 if k not in NON_ARCHITECTURE and k in saved["model"] and saved["model"][k] != mine[k]}
         if diff:
             desc = ", ".join(f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
-            raise ValueError(f"{workdir} holds a checkpoint of a different architecture ({desc}); "
+            raise InputError(f"{workdir} holds a checkpoint of a different architecture ({desc}); "
                              f"use a new --workdir or the run's own config")
     return config
 
@@ -247,7 +250,7 @@ def evaluate_lm(eval_step: Callable, layout: parallel.Layout, c: ConfigDict, par
         stats = eval_step(params, parallel.global_batch(batch, layout))
         totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
     if totals is None:
-        raise ValueError("the validation split is too small for one batch; lower data.batch_size or data.seq_len, "
+        raise InputError("the validation split is too small for one batch; lower data.batch_size or data.seq_len, "
                          "or raise data.validation_fraction")
     result = objectives.summarize(totals)
     if "target_counts" in totals:
@@ -290,13 +293,14 @@ class _StepLog:
         self.since = (self.since[0], self.since[1] + seconds)
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices=None) -> dict:
+def train_and_evaluate(config: ConfigDict, workdir: str | epath.PathLike, devices=None) -> dict:
     """Trains (resuming from the workdir's latest checkpoint if any); returns the final evaluation metrics.
 
     On SIGTERM (preemption) it saves a checkpoint at the next step boundary and returns {"preempted_at": step};
-    running it again resumes there. `devices` (default: all) is for tests that want a smaller mesh.
+    running it again resumes there. A finished run also writes them to results.json. `workdir` is a local path
+    or a gs:// URL; `devices` (default: all) is for tests that want a smaller mesh.
     """
-    workdir = Path(workdir)
+    workdir = storage.workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0
     corpus = corpora.load(config.data)
@@ -379,6 +383,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, devices=None) ->
             outcome += f"; vectors in {VECTORS_FILE} (word2vec text format)"
         else:
             outcome = f"final validation loss {final_eval.get('eval/loss', float('nan')):.4f}"
+        (workdir / checkpoint.RESULTS_FILE).write_text(json.dumps(final_eval, indent=2, sort_keys=True))
         log(f"done: step {c.num_steps}, {outcome}; workdir {workdir} (checkpoints, {metrics.JSONL}, {metrics.TB_DIR}/, "
-            f"{plot.name})")
+            f"{plot.name}, {checkpoint.RESULTS_FILE})")
     return final_eval

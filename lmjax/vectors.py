@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from etils import epath
+
+from lmjax.errors import InputError
 
 SETS = {"wordsim353": "wordsim353.tsv", "simlex999": "simlex999.txt", "analogy": "questions-words.txt"}
 
@@ -28,7 +31,7 @@ class WordVectors:
 
     def __post_init__(self):
         if len(self.words) != len(self.vectors_VD):
-            raise ValueError(f"{len(self.words)} words but {len(self.vectors_VD)} vectors")
+            raise InputError(f"{len(self.words)} words but {len(self.vectors_VD)} vectors")
         self.index = {w: i for i, w in enumerate(self.words)}
         norms = np.linalg.norm(self.vectors_VD, axis=1, keepdims=True)
         self.unit_VD = (self.vectors_VD / np.maximum(norms, 1e-12)).astype(np.float32)
@@ -70,9 +73,9 @@ class WordVectors:
             results += [[(int(j), float(sims_NV[n, j])) for j in top_NK[n]] for n in range(len(abc))]
         return results
 
-    def save_word2vec_format(self, path: str | Path) -> None:
+    def save_word2vec_format(self, path: str | epath.PathLike) -> None:
         """The word2vec text format: a 'V D' header, then one 'word v_1 ... v_D' line per word."""
-        with open(path, "w", encoding="utf-8") as f:
+        with epath.Path(path).open("w") as f:
             f.write(f"{len(self.words)} {self.vectors_VD.shape[1]}\n")
             for word, v in zip(self.words, self.vectors_VD):
                 f.write(word + " " + " ".join(f"{x:.6g}" for x in v) + "\n")

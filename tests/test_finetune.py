@@ -132,7 +132,7 @@ def test_finetune_from_a_pretraining_workdir_end_to_end_and_resume(bert_workdir,
     result = finetune.run(c, tmp_path / "a")
     assert {"test/accuracy", "test/macro_f1", "validation/accuracy", "pretrain/heldout_loss",
             "pretrain/heldout_loss_before"} <= set(result)
-    assert json.loads((tmp_path / "a" / finetune.RESULTS).read_text())["test/accuracy"] == result["test/accuracy"]
+    assert json.loads((tmp_path / "a" / checkpoint.RESULTS_FILE).read_text())["test/accuracy"] == result["test/accuracy"]
     assert sorted(p.name for p in (bert_workdir / "checkpoints").iterdir()) == files  # the source is only read
     rows = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     lambdas = [r["train/lambda"] for r in rows if "train/lambda" in r]

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from lmjax import metrics, train
+from lmjax import main, metrics, train
 from lmjax.data import corpora
 
 CONFIG = "experiments/configs/shakespeare_char.py:tiny"
@@ -54,10 +54,10 @@ def start_two_processes(config, workdir, steps: int, **overrides) -> list[subpro
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
 
 
-def finish(procs: list[subprocess.Popen]) -> list[str]:
+def finish(procs: list[subprocess.Popen], code: int = 0) -> list[str]:
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
+        assert p.returncode == code, out[-3000:]
     return outputs
 
 
@@ -84,7 +84,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_with_one_checkpoint(
     while len(losses(tmp_path)) < 3 and time.time() < deadline and procs[0].poll() is None:
         time.sleep(0.1)
     procs[0].send_signal(signal.SIGTERM)  # JAX's preemption service tells the other process
-    outputs = finish(procs)
+    outputs = finish(procs, code=main.EXIT_PREEMPTED)
     reached = max(losses(tmp_path))
     assert [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == [reached]
     assert f"preempted: saved the checkpoint of step {reached} and stopped" in outputs[0]
@@ -117,7 +117,7 @@ def test_sigterm_saves_at_the_step_reached_and_exits_cleanly(tiny_config, tmp_pa
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == main.EXIT_PREEMPTED == 75, out[-3000:]
     reached = max(losses(tmp_path))
     assert [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == [reached]
     assert f"preempted: saved the checkpoint of step {reached} and stopped" in out

@@ -1,8 +1,10 @@
+"""experiments/sweep.py: grids, one-line errors, local runs that skip finished ones, the README's lambda sweep
+in its smoke form with gs:// paths, and --launch=tpu through tpu_scripts/tpu.py against a fake gcloud."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
-
 
 from experiments import sweep
 
@@ -53,3 +55,85 @@ def test_sweep_runs_skips_finished_and_writes_table_and_plot(tmp_path, corpus_fi
     assert json.loads((out / "learning_rate=0.003" / "results.json").read_text())["eval/loss"] > 0
     again = run_sweep(f"--sweep={path}", f"--outdir={out}", *sets)
     assert again.stdout.count("finished, skipped") == 2
+
+
+def upload(local: Path, url: str) -> None:
+    """Copies a local run directory into a bucket, file by file."""
+    from etils import epath
+
+    for path in local.rglob("*"):
+        if path.is_file():
+            (epath.Path(url) / path.relative_to(local).as_posix()).write_bytes(path.read_bytes())
+
+
+def test_readme_lambda_sweep_smoke_in_a_bucket_from_a_pretrained_run_in_a_bucket(bert_workdir, cache_dir,
+                                                                                 gcs_emulator, monkeypatch):
+    """The README's two commands (pretrain, sweep) in their smoke form, every path a gs:// URL."""
+    url, bucket = gcs_emulator
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+    upload(bert_workdir, f"{bucket}/bert_mlm")
+    out = f"{bucket}/sweeps/lambda_smoke"
+    args = ["--sweep=experiments/sweeps/lambda_bert_mlm.py:smoke", f"--outdir={out}",
+            f"--set=finetune.init={bucket}/bert_mlm", f"--set=data.cache_dir={cache_dir}"]
+    result = run_sweep(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sweep: 2 of 2 runs finished" in result.stdout
+    from etils import epath
+
+    from lmjax import storage
+
+    storage.use_emulator()
+    table = (epath.Path(out) / "results.md").read_text()
+    assert "| finetune.pretrain_lambda | test/accuracy | pretrain/heldout_loss | runs |" in table
+    assert {p.name for p in epath.Path(out).iterdir()} >= {"pretrain_lambda=0.0,seed=0", "pretrain_lambda=0.3,seed=0",
+                                                            "results.csv", "results.md", "results.png"}
+    again = run_sweep(*args)
+    assert again.stdout.count("finished, skipped") == 2
+
+
+FAKE_GCLOUD = '''#!{python}
+"""A TPU VM whose training writes a finished run's results.json into the workdir (a bucket on the emulator)."""
+import json, re, sys
+from etils import epath
+from lmjax import storage
+command = sys.argv[-1]
+with open({log!r}, "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+workdir = re.search(r"--workdir=(\\S+)", command).group(1)
+storage.use_emulator()
+lam = float(re.search(r"--config.finetune.pretrain_lambda=(\\S+)", command).group(1))
+(epath.Path(workdir) / "results.json").write_text(json.dumps({{"test/accuracy": 0.5 + lam / 10,
+                                                               "pretrain/heldout_loss": 6.0 - lam}}))
+'''
+
+
+def test_launch_on_tpus_runs_each_point_through_tpu_py_and_tabulates_from_the_bucket(tmp_path, gcs_emulator,
+                                                                                     monkeypatch):
+    url, bucket = gcs_emulator
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+    out = f"{bucket}/sweeps/on_tpus"
+    args = ["--sweep=experiments/sweeps/lambda_bert_mlm.py", f"--outdir={out}", "--launch=tpu", "--tpu=vm-a,vm-b",
+            "--zone=us-west4-a"]
+    dry = run_sweep(*args, "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    lines = dry.stdout.strip().splitlines()
+    assert len(lines) == 10 and all(line.startswith(f"python {ROOT / 'tpu_scripts/tpu.py'} launch --name=vm-")
+                                    for line in lines)
+    assert (f"launch --name=vm-b --zone=us-west4-a --wait --workdir={out}/pretrain_lambda=0.0,seed=1 -- "
+            "--config=experiments/configs/finetune_bert_mlm.py --config.finetune.pretrain_lambda=0.0 "
+            "--config.seed=1") in lines[1]
+
+    (tmp_path / "gcloud").write_text(FAKE_GCLOUD.format(python=sys.executable, log=str(tmp_path / "calls.jsonl")))
+    (tmp_path / "gcloud").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    result = run_sweep(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert len(calls) == 10 and {c[4] for c in calls} == {"vm-a", "vm-b"}
+    assert "sweep: 10 of 10 runs finished" in result.stdout
+    # means over the two seeds, read from the bucket; the metric no run reported is "-"
+    assert "| 3.0 | 0.8000 ± 0.0000 | - | 3.0000 ± 0.0000 | 2 |" in result.stdout
+    assert "| 3.0000 | 1 | 0.8000 | - | 3.0000 |" in result.stdout
+    rerun = run_sweep(*args)
+    assert rerun.returncode == 0 and len((tmp_path / "calls.jsonl").read_text().splitlines()) == 10

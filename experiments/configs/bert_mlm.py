@@ -10,6 +10,7 @@ next to eval/unigram_accuracy (always predicting the most frequent masked token)
 Arguments (`--config=...bert_mlm.py:ARG`): '' the CPU run above; 'smoke' a tiny run for the tests.
 """
 from lmjax import config as base_config
+from lmjax.errors import InputError
 
 
 def get_config(arg: str | None = None):
@@ -28,5 +29,5 @@ def get_config(arg: str | None = None):
         c.optim.update(warmup_steps=2)
         c.train.update(num_steps=4, eval_every=4, eval_batches=2, checkpoint_every=4, log_every=2, progress=False)
     elif arg:
-        raise ValueError(f"bert_mlm.py takes '' or 'smoke', not {arg!r}")
+        raise InputError(f"bert_mlm.py takes '' or 'smoke', not {arg!r}")
     return c

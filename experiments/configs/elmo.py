@@ -13,12 +13,13 @@ Arguments: '' pretraining; 'rotten_tomatoes' the frozen-feature classifier; 'smo
 versions for the tests (the latter needs finetune.init set to a small pretrained workdir).
 """
 from lmjax import config as base_config
+from lmjax.errors import InputError
 
 
 def get_config(arg: str | None = None):
     arg = arg or ""
     if arg not in ("", "rotten_tomatoes", "smoke", "smoke_rotten_tomatoes"):
-        raise ValueError(f"elmo.py takes '', 'rotten_tomatoes', 'smoke' or 'smoke_rotten_tomatoes', not {arg!r}")
+        raise InputError(f"elmo.py takes '', 'rotten_tomatoes', 'smoke' or 'smoke_rotten_tomatoes', not {arg!r}")
     c = base_config.base()
     c.model.update(family="elmo", num_layers=2, d_model=256, dropout=0.1, char_dim=16,
                    char_filters="1:32,2:32,3:64,4:128,5:256", highway_layers=2)

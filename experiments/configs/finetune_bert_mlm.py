@@ -14,6 +14,7 @@ Arguments: '' the CPU run (300 steps, about one epoch); 'smoke' a few tiny steps
 set to a small pretrained workdir, as the tests do).
 """
 from lmjax import config as base_config
+from lmjax.errors import InputError
 
 
 def get_config(arg: str | None = None):
@@ -33,5 +34,5 @@ def get_config(arg: str | None = None):
         c.train.update(num_steps=3, eval_every=100, eval_batches=2, checkpoint_every=3, log_every=1, progress=False)
         c.optim.update(warmup_steps=1)
     elif arg:
-        raise ValueError(f"finetune_bert_mlm.py takes '' or 'smoke', not {arg!r}")
+        raise InputError(f"finetune_bert_mlm.py takes '' or 'smoke', not {arg!r}")
     return c

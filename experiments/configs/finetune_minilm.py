@@ -9,6 +9,7 @@ baseline (backbone frozen, only the classifier trains); 'smoke' a few tiny steps
 without its MLM head, so its regulariser is L2-SP (finetune.l2sp), not the pretraining loss.
 """
 from lmjax import config as base_config
+from lmjax.errors import InputError
 
 
 def get_config(arg: str | None = None):
@@ -27,5 +28,5 @@ def get_config(arg: str | None = None):
         c.train.update(num_steps=3, eval_every=100, checkpoint_every=3, log_every=1, progress=False)
         c.optim.update(warmup_steps=1)
     elif arg:
-        raise ValueError(f"finetune_minilm.py takes '', 'probe' or 'smoke', not {arg!r}")
+        raise InputError(f"finetune_minilm.py takes '', 'probe' or 'smoke', not {arg!r}")
     return c

@@ -12,6 +12,7 @@ plain data parallelism. Data: a sentencepiece vocabulary of the model's size tra
 (TFDS lm1b by default; any `--config.data.tfds_name` or `--config.data.text_files`).
 """
 from lmjax import config as base_config
+from lmjax.errors import InputError
 
 SIZES = {  # num_layers, d_model, num_heads
     "124m": (12, 768, 12),
@@ -32,7 +33,7 @@ def get_config(arg: str | None = None):
         c.model.update(num_layers=32, d_model=4096, num_heads=32, d_ff=11008, max_len=2048, positions="rotary",
                        activation="swiglu", norm="rmsnorm", use_bias=False, tie_embeddings=False, vocab_size=32000)
     else:
-        raise ValueError(f"gpt.py takes one of {sorted(SIZES) + ['7b']}, not {arg!r}")
+        raise InputError(f"gpt.py takes one of {sorted(SIZES) + ['7b']}, not {arg!r}")
     c.data.update(tfds_name="lm1b", text_key="text", tokenizer="sentencepiece", vocab_size=c.model.vocab_size,
                   tokenizer_train_examples=200_000, seq_len=c.model.max_len, batch_size=64)
     c.optim.update(learning_rate=6e-4, min_learning_rate=6e-5, warmup_steps=2000, b1=0.9, b2=0.95, weight_decay=0.1)

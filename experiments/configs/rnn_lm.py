@@ -11,6 +11,7 @@ Arguments (`--config=...rnn_lm.py:ARG`):
 For subword tokens: --config.data.tokenizer=sentencepiece --config.data.vocab_size=4000.
 """
 from lmjax import config as base_config
+from lmjax.errors import InputError
 
 
 def get_config(arg: str | None = None):
@@ -27,5 +28,5 @@ def get_config(arg: str | None = None):
         c.optim.update(warmup_steps=1)
         c.train.update(num_steps=4, eval_every=4, eval_batches=2, checkpoint_every=4, log_every=2, progress=False)
     elif arg not in (None, "", "lstm", "gru"):
-        raise ValueError(f"rnn_lm.py takes '', 'lstm', 'gru' or 'smoke', not {arg!r}")
+        raise InputError(f"rnn_lm.py takes '', 'lstm', 'gru' or 'smoke', not {arg!r}")
     return c

@@ -16,6 +16,7 @@ every matrix including the embeddings, clip 1.0, no biases). On tinyshakespeare 
 benchmarks/RESULTS.md) rotary positions reach 1.79, learned positions 1.91.
 """
 from lmjax import config as base_config
+from lmjax.errors import InputError
 
 
 def get_config(arg: str | None = None):
@@ -34,5 +35,5 @@ def get_config(arg: str | None = None):
         c.train.update(num_steps=20, eval_every=10, eval_batches=2, checkpoint_every=10, log_every=5, sample_tokens=16,
                        progress=False)
     elif arg:
-        raise ValueError(f"shakespeare_char.py takes '', 'nanogpt' or 'tiny', not {arg!r}")
+        raise InputError(f"shakespeare_char.py takes '', 'nanogpt' or 'tiny', not {arg!r}")
     return c

@@ -10,6 +10,7 @@ view among the batch's (dropout stays on for the two views in evaluation too, or
 Arguments: '' the CPU run; 'smoke' a tiny run for the tests.
 """
 from lmjax import config as base_config
+from lmjax.errors import InputError
 
 
 def get_config(arg: str | None = None):
@@ -26,5 +27,5 @@ def get_config(arg: str | None = None):
         c.optim.update(warmup_steps=1)
         c.train.update(num_steps=3, eval_every=3, eval_batches=2, checkpoint_every=3, log_every=1, progress=False)
     elif arg:
-        raise ValueError(f"simcse.py takes '' or 'smoke', not {arg!r}")
+        raise InputError(f"simcse.py takes '' or 'smoke', not {arg!r}")
     return c

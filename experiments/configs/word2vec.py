@@ -23,6 +23,7 @@ once where glove.c moves it once per entry, so GloVe's rate is 0.25 rather than 
 corpus 0.05 still gave WordSim-353 0.05 after 12 epochs, 0.25 gives 0.27 after 4 (benchmarks/RESULTS.md).
 """
 from lmjax import config as base_config
+from lmjax.errors import InputError
 
 EXAMPLE_RATE = {"skipgram": 0.025, "cbow": 0.05}
 
@@ -32,7 +33,7 @@ def get_config(arg: str | None = None):
     smoke = arg.startswith("smoke")
     kind = arg.removeprefix("smoke").removeprefix("_") or "skipgram"
     if kind not in ("skipgram", "cbow", "glove"):
-        raise ValueError(f"word2vec.py takes '', 'skipgram', 'cbow', 'glove' or 'smoke[_cbow|_glove]', not {arg!r}")
+        raise InputError(f"word2vec.py takes '', 'skipgram', 'cbow', 'glove' or 'smoke[_cbow|_glove]', not {arg!r}")
     c = base_config.base()
     c.data.update(corpus="wiki_sample", tokenizer="word", min_count=5, validation_fraction=0.01, window=5, negatives=5,
                   sample=1e-3, batch_size=1024)

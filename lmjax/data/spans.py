@@ -11,6 +11,7 @@ import numpy as np
 
 from lmjax.data import tokenizers
 from lmjax.data.tokenizers import Tokenizer
+from lmjax.errors import InputError
 
 
 def span_counts(length: int, noise_density: float, mean_span: float) -> tuple[int, int]:
@@ -72,7 +73,7 @@ class SpanCorruption(grain.transforms.RandomMap):
     def random_map(self, packed: dict, rng: np.random.Generator) -> dict:
         tokens = packed["tokens"]
         if span_counts(tokens.size, self.noise_density, self.mean_span)[1] > self.sentinels.size:
-            raise ValueError(f"{tokens.size}-token windows need more than {self.sentinels.size} sentinels; "
+            raise InputError(f"{tokens.size}-token windows need more than {self.sentinels.size} sentinels; "
                              "shorten data.seq_len or raise data.mean_span")
         mask = noise_mask(tokens.size, rng, self.noise_density, self.mean_span)
         inputs, targets = corrupt(tokens, mask, self.sentinels, self.eos)

@@ -19,6 +19,7 @@ import numpy as np
 from lmjax.data.pipeline import AddChars
 from lmjax.data.tasks import Task
 from lmjax.data.tokenizers import CLS, SEP, Tokenizer
+from lmjax.errors import InputError
 
 
 def _text(x) -> str:
@@ -30,12 +31,12 @@ class Encode(grain.transforms.Map):
         self.task, self.tok, self.L, self.head, self.T = task, tokenizer, seq_len, head, target_len
         self.bert_style = head != "text_to_text" and _has(tokenizer, CLS) and _has(tokenizer, SEP)
         if head == "span_qa" and not self.bert_style:
-            raise ValueError("span QA needs a tokenizer with [CLS] and [SEP] (a BERT-style encoder's)")
+            raise InputError("span QA needs a tokenizer with [CLS] and [SEP] (a BERT-style encoder's)")
         if head == "text_to_text":
             self.label_ids = [np.append(tokenizer.encode(" " + n.replace("_", " ")), tokenizer.eos_id).astype(np.int32)
                               for n in task.label_names]
             if max(map(len, self.label_ids)) > target_len:
-                raise ValueError(f"a label of {task.name} is longer than {target_len} tokens; shorten the label names")
+                raise InputError(f"a label of {task.name} is longer than {target_len} tokens; shorten the label names")
 
     def _frame(self, pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and segment ids of the pieces, BERT-style or plain, cut to seq_len (longest piece first)."""

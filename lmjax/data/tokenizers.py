@@ -6,10 +6,12 @@ import collections
 import io
 import json
 import re
-from pathlib import Path
 from typing import Iterable, Protocol
 
 import numpy as np
+from etils import epath
+
+from lmjax.errors import InputError, MissingInput
 
 CHAR_FILE, WORD_FILE, SPM_FILE, HF_FILE = "char_vocab.json", "word_vocab.json", "spm.model", "tokenizer.json"
 CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
@@ -30,7 +32,7 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Iterable[int]) -> str: ...
 
-    def save(self, directory: Path) -> None: ...
+    def save(self, directory: epath.Path) -> None: ...
 
     def special_id(self, piece: str) -> int: ...
 
@@ -48,7 +50,7 @@ class _ThreeSpecials:
     pad_id, eos_id, unk_id = 0, 1, 2
 
     def special_id(self, piece: str) -> int:
-        raise ValueError(f"the {self.kind} tokenizer has no {piece} token; masked-LM and span-corruption objectives "
+        raise InputError(f"the {self.kind} tokenizer has no {piece} token; masked-LM and span-corruption objectives "
                          "need data.tokenizer='sentencepiece'")
 
     def special_ids(self) -> np.ndarray:
@@ -79,7 +81,7 @@ class CharTokenizer(_ThreeSpecials):
         for t in texts:
             chars.update(t)
         if not chars:
-            raise ValueError("cannot build a character vocabulary from an empty corpus; check data.text_files")
+            raise InputError("cannot build a character vocabulary from an empty corpus; check data.text_files")
         return cls("".join(chars))
 
     def encode(self, text: str) -> np.ndarray:
@@ -89,7 +91,7 @@ class CharTokenizer(_ThreeSpecials):
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self._id_to_char[i] for i in ids if i >= len(self.SPECIALS) and i < self.vocab_size)
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: epath.Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CHAR_FILE).write_text(json.dumps({"chars": self.chars}), encoding="utf-8")
 
@@ -118,7 +120,7 @@ class WordTokenizer(_ThreeSpecials):
         kept = sorted(((c, w) for w, c in counts.items() if c >= min_count), key=lambda cw: (-cw[0], cw[1]))
         want = vocab_size - len(cls.SPECIALS) if vocab_size else len(kept)
         if not kept or len(kept) < want:
-            raise ValueError(f"the corpus has {len(kept)} distinct words seen at least data.min_count={min_count} "
+            raise InputError(f"the corpus has {len(kept)} distinct words seen at least data.min_count={min_count} "
                              f"times ({sum(counts.values())} words in all), too few for data.vocab_size={vocab_size}; "
                              "give a larger corpus, or lower data.min_count or data.vocab_size (0: every word kept)")
         return cls([w for _, w in kept[:want]], [c for c, _ in kept[:want]])
@@ -129,7 +131,7 @@ class WordTokenizer(_ThreeSpecials):
     def decode(self, ids: Iterable[int]) -> str:
         return " ".join(self.words[i] for i in ids if len(self.SPECIALS) <= i < self.vocab_size)
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: epath.Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / WORD_FILE).write_text(json.dumps({"words": self.words[3:], "counts": self.counts_V[3:].tolist()}),
                                            encoding="utf-8")
@@ -165,7 +167,7 @@ class SentencePieceTokenizer:
                 pad_id=0, unk_id=1, bos_id=-1, eos_id=2, byte_fallback=True, hard_vocab_limit=False,
                 minloglevel=2, num_threads=2)
         except RuntimeError as e:
-            raise ValueError(f"sentencepiece training failed: {str(e).splitlines()[0]}; adjust data.vocab_size "
+            raise InputError(f"sentencepiece training failed: {str(e).splitlines()[0]}; adjust data.vocab_size "
                              "(byte fallback needs 256 + 104 special tokens + the corpus's characters at least) or give a larger corpus") from None
         return cls(proto.getvalue())
 
@@ -175,14 +177,14 @@ class SentencePieceTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in ids if int(i) not in (self.pad_id, self.eos_id)])
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: epath.Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / SPM_FILE).write_bytes(self.model_proto)
 
     def special_id(self, piece: str) -> int:
         i = self._sp.piece_to_id(piece)
         if i == self._sp.unk_id() or not self._user_defined(i):
-            raise ValueError(f"this sentencepiece vocabulary has no {piece} token (it was trained before lmjax added "
+            raise InputError(f"this sentencepiece vocabulary has no {piece} token (it was trained before lmjax added "
                              "special tokens); train a new one: drop data.tokenizer_path and use a new --workdir")
         return i
 
@@ -218,7 +220,7 @@ class WordPieceTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> "WordPieceTokenizer":
-        raise ValueError("WordPiece vocabularies come with pretrained weights; set data.tokenizer_path to the "
+        raise InputError("WordPiece vocabularies come with pretrained weights; set data.tokenizer_path to the "
                          "model's directory (holding tokenizer.json), or use data.tokenizer='sentencepiece'")
 
     def encode(self, text: str) -> np.ndarray:
@@ -227,14 +229,14 @@ class WordPieceTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: epath.Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / HF_FILE).write_text(self.json_text, encoding="utf-8")
 
     def special_id(self, piece: str) -> int:
         i = self._tok.token_to_id(piece)
         if i is None:
-            raise ValueError(f"this WordPiece vocabulary has no {piece} token; use a BERT-style tokenizer.json")
+            raise InputError(f"this WordPiece vocabulary has no {piece} token; use a BERT-style tokenizer.json")
         return i
 
     def special_ids(self) -> np.ndarray:
@@ -251,7 +253,7 @@ KINDS = {"char": CharTokenizer, "word": WordTokenizer, "sentencepiece": Sentence
 
 def train(kind: str, texts: Iterable[str], vocab_size: int, min_count: int = 1) -> Tokenizer:
     if kind not in KINDS:
-        raise ValueError(f"data.tokenizer={kind!r} is unknown; use one of {sorted(KINDS)}")
+        raise InputError(f"data.tokenizer={kind!r} is unknown; use one of {sorted(KINDS)}")
     if kind == "word":
         return WordTokenizer.train(texts, vocab_size, min_count)
     return KINDS[kind].train(texts, vocab_size)
@@ -263,14 +265,14 @@ def same(a: Tokenizer, b: Tokenizer) -> bool:
         a.decode([i]) == b.decode([i]) for i in range(a.vocab_size))
 
 
-def differing(path: str | Path, tok: Tokenizer) -> Tokenizer | None:
+def differing(path: str | epath.PathLike, tok: Tokenizer) -> Tokenizer | None:
     """The tokenizer saved at `path` if its vocabulary is not `tok`'s, else None."""
-    other = load(Path(path))
+    other = load(epath.Path(path))
     return None if same(other, tok) else other
 
 
-def load(directory: Path) -> Tokenizer:
-    directory = Path(directory)
+def load(directory: epath.Path) -> Tokenizer:
+    directory = epath.Path(directory)
     if (directory / CHAR_FILE).exists():
         return CharTokenizer(json.loads((directory / CHAR_FILE).read_text(encoding="utf-8"))["chars"])
     if (directory / WORD_FILE).exists():
@@ -280,5 +282,5 @@ def load(directory: Path) -> Tokenizer:
         return SentencePieceTokenizer((directory / SPM_FILE).read_bytes())
     if (directory / HF_FILE).exists():
         return WordPieceTokenizer((directory / HF_FILE).read_text(encoding="utf-8"))
-    raise FileNotFoundError(f"no tokenizer in {directory} (expected {CHAR_FILE}, {WORD_FILE}, {SPM_FILE} or {HF_FILE}); "
-                            "point data.tokenizer_path at a directory a run saved")
+    raise MissingInput(f"no tokenizer in {directory} (expected {CHAR_FILE}, {WORD_FILE}, {SPM_FILE} or {HF_FILE}); "
+                       "point data.tokenizer_path at a directory a run saved")

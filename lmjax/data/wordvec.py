@@ -15,6 +15,8 @@ from typing import Sequence
 import grain
 import numpy as np
 
+from lmjax.errors import InputError
+
 WORD_OBJECTIVES = ("skipgram", "cbow", "glove")
 
 
@@ -135,7 +137,7 @@ class WordPairs(grain.IterDataset):
         super().__init__()
         self.docs = [d for d in docs if len(d) > 1]
         if not self.docs:
-            raise ValueError("no training document has two in-vocabulary words; give a larger corpus or lower "
+            raise InputError("no training document has two in-vocabulary words; give a larger corpus or lower "
                              "data.min_count")
         self.keep_V, self.cdf = keep_probabilities(counts_V, sample), noise_cdf(counts_V)
         self.cbow, self.window, self.negatives, self.batch_size, self.seed = cbow, window, negatives, batch_size, seed
@@ -183,7 +185,7 @@ class Cooccurrences(grain.IterDataset):
     def __init__(self, rows: np.ndarray, cols: np.ndarray, counts: np.ndarray, *, batch_size: int, seed: int):
         super().__init__()
         if not len(counts):
-            raise ValueError("the corpus gives no co-occurring word pairs; give a larger corpus or lower data.min_count")
+            raise InputError("the corpus gives no co-occurring word pairs; give a larger corpus or lower data.min_count")
         self.entries = {"rows": rows, "cols": cols, "counts": counts, "weights": np.ones(len(counts), np.float32)}
         self.batch_size, self.seed = batch_size, seed
 

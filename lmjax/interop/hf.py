@@ -18,8 +18,9 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from lmjax import config as base_config
 from lmjax import models
+from lmjax import config as base_config
+from lmjax.errors import InputError, MissingInput
 
 # layout: (HF -> lmjax given the lmjax shape, lmjax -> HF). Torch Linear weights are [out, in]; GPT-2's
 # Conv1D weights are [in, out].
@@ -38,7 +39,7 @@ ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu"
 
 def _activation(name: str) -> str:
     if name not in ACTIVATIONS:
-        raise ValueError(f"activation {name!r} is not supported; lmjax imports {sorted(ACTIVATIONS)}")
+        raise InputError(f"activation {name!r} is not supported; lmjax imports {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
 
@@ -48,7 +49,7 @@ def _activation(name: str) -> str:
 
 def _gpt2_config(hf: dict, weights: dict) -> dict:
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
-        raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
+        raise InputError("GPT-2 variants with scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
     return dict(family="decoder", vocab_size=hf["vocab_size"], num_layers=hf["n_layer"], num_heads=hf["n_head"],
                 d_model=hf["n_embd"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"], max_len=hf["n_positions"],
                 positions="learned", norm="layernorm", norm_position="pre", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
@@ -92,7 +93,7 @@ BERT_HEADS = {"BertModel": "none", "BertForMaskedLM": "mlm", "BertForPreTraining
 
 def _bert_config(hf: dict, weights: dict, arch: str) -> dict:
     if hf.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"BERT with position_embedding_type={hf['position_embedding_type']!r} is not supported")
+        raise InputError(f"BERT with position_embedding_type={hf['position_embedding_type']!r} is not supported")
     return dict(family="encoder", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
                 num_heads=hf["num_attention_heads"], d_model=hf["hidden_size"], d_ff=hf["intermediate_size"],
                 max_len=hf["max_position_embeddings"], positions="learned", norm="layernorm", norm_position="post",
@@ -225,7 +226,7 @@ def _require(c: ConfigDict, arch: str, **expected) -> None:
     for key, want in expected.items():
         ok = c[key] in want if isinstance(want, tuple) else c[key] == want
         if not ok:
-            raise ValueError(f"cannot save as {arch}: it needs model.{key}={want!r}, this model has {c[key]!r}")
+            raise InputError(f"cannot save as {arch}: it needs model.{key}={want!r}, this model has {c[key]!r}")
 
 
 def _read_weights(directory: Path) -> dict[str, np.ndarray]:
@@ -246,7 +247,7 @@ def _read_weights(directory: Path) -> dict[str, np.ndarray]:
 
         state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
         return {k: v.float().numpy() for k, v in state.items()}
-    raise FileNotFoundError(f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    raise MissingInput(f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
 def _expand(rows) -> list[tuple[str, str | tuple[str, ...], str]]:
@@ -265,7 +266,7 @@ def _expand(rows) -> list[tuple[str, str | tuple[str, ...], str]]:
 def _architecture(hf_config: dict) -> str:
     arch = (hf_config.get("architectures") or [None])[0]
     if arch not in ARCHITECTURES:
-        raise ValueError(f"architecture {arch!r} (model_type {hf_config.get('model_type')!r}) is not supported; "
+        raise InputError(f"architecture {arch!r} (model_type {hf_config.get('model_type')!r}) is not supported; "
                          f"lmjax imports {sorted(ARCHITECTURES)}")
     return arch
 
@@ -274,7 +275,7 @@ def load(directory: str | Path) -> tuple[nnx.Module, ConfigDict]:
     """Reads a Hugging Face `save_pretrained` directory into an lmjax model; returns (model, model config)."""
     directory = Path(directory)
     if not (directory / "config.json").exists():
-        raise FileNotFoundError(f"{directory} has no config.json; point at a directory written by save_pretrained")
+        raise MissingInput(f"{directory} has no config.json; point at a directory written by save_pretrained")
     hf_config = json.loads((directory / "config.json").read_text())
     arch = _architecture(hf_config)
     make_config, make_rows = ARCHITECTURES[arch]
@@ -291,12 +292,12 @@ def load(directory: str | Path) -> tuple[nnx.Module, ConfigDict]:
         for name in (names if isinstance(names, tuple) else (names,)):
             base, _, part = name.partition(":")
             if base not in hf:
-                raise ValueError(f"{directory} ({arch}) lacks tensor {base!r}; the checkpoint does not match its config.json")
+                raise InputError(f"{directory} ({arch}) lacks tensor {base!r}; the checkpoint does not match its config.json")
             t = np.asarray(hf[base], np.float32)
             tensors.append(np.split(t, 3, axis=-1)[int(part)] if part else t)
         tensor = np.concatenate(tensors) if len(tensors) > 1 else tensors[0]
         if tensor.size != var.value.size:
-            raise ValueError(f"tensor {names!r} has shape {tensor.shape}, but the config makes {lm} {var.value.shape}; "
+            raise InputError(f"tensor {names!r} has shape {tensor.shape}, but the config makes {lm} {var.value.shape}; "
                              f"the weights do not match config.json")
         var.value = np.asarray(LAYOUTS[layout][0](tensor, var.value.shape), var.value.dtype)
         filled.add(lm)

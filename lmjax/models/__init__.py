@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
+from lmjax.errors import InputError
 from lmjax.models.decoder import DecoderLM
 from lmjax.models.elmo import ELMo
 from lmjax.models.encoder import EncoderLM
@@ -59,7 +60,7 @@ def build(model_config: ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     try:
         factory = REGISTRY[model_config.family]
     except KeyError:
-        raise ValueError(f"model.family={model_config.family!r} is unknown; use one of {sorted(REGISTRY)}") from None
+        raise InputError(f"model.family={model_config.family!r} is unknown; use one of {sorted(REGISTRY)}") from None
     return factory(model_config, rngs)
 
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmjax.errors import InputError
 from lmjax.models import layers
 from lmjax.models.rnn import Recurrent
 
@@ -23,7 +24,7 @@ def parse_filters(text: str) -> list[tuple[int, int]]:
         filters = [tuple(int(v) for v in part.split(":")) for part in text.split(",") if part.strip()]
         assert filters and all(len(f) == 2 and min(f) > 0 for f in filters)
     except (ValueError, AssertionError):
-        raise ValueError(f"model.char_filters={text!r} is not a list of width:count pairs, e.g. '1:32,2:32,3:64'") from None
+        raise InputError(f"model.char_filters={text!r} is not a list of width:count pairs, e.g. '1:32,2:32,3:64'") from None
     return filters
 
 

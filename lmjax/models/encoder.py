@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmjax.errors import InputError
 from lmjax.models import layers
 
 HEADS = ("none", "mlm", "mlm_nsp")
@@ -21,7 +22,7 @@ class EncoderLM(nnx.Module):
                  embed_norm: bool = True, heads: str = "mlm_nsp", tie_embeddings: bool = True,
                  dtype: str = "float32", rngs: nnx.Rngs):
         if heads not in HEADS:
-            raise ValueError(f"model.encoder_heads={heads!r} is unknown; use one of {HEADS}")
+            raise InputError(f"model.encoder_heads={heads!r} is unknown; use one of {HEADS}")
         self.vocab_size, self.max_len, self.positions, self.heads = vocab_size, max_len, spec.positions, heads
         self.dtype = jnp.dtype(dtype)
         d = spec.d_model
@@ -70,14 +71,14 @@ class EncoderLM(nnx.Module):
 
     def mlm_logits(self, h_BLD: jax.Array) -> jax.Array:
         if self.heads == "none":
-            raise ValueError("this encoder has no MLM head (model.encoder_heads='none'); use 'mlm' or 'mlm_nsp'")
+            raise InputError("this encoder has no MLM head (model.encoder_heads='none'); use 'mlm' or 'mlm_nsp'")
         t_BLD = self.mlm_norm(self.activation(self.mlm_dense(h_BLD)))
         head_DV = self.embed_VD[...].T if self.mlm_head_DV is None else self.mlm_head_DV[...]
         return layers.vocab_logits(t_BLD, head_DV.astype(self.dtype)) + self.mlm_bias_V[...].astype(jnp.float32)
 
     def nsp_logits(self, h_BLD: jax.Array) -> jax.Array:
         if self.heads != "mlm_nsp":
-            raise ValueError(f"this encoder has no NSP head (model.encoder_heads={self.heads!r}); use 'mlm_nsp'")
+            raise InputError(f"this encoder has no NSP head (model.encoder_heads={self.heads!r}); use 'mlm_nsp'")
         return self.nsp(jnp.tanh(self.pooler(h_BLD[:, 0]))).astype(jnp.float32)  # logits_B2
 
     def __call__(self, tokens_BL: jax.Array, *, segments_BL: jax.Array | None = None, mask_BL: jax.Array | None = None,

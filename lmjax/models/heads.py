@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmjax.errors import InputError
 from lmjax.models import layers
 from lmjax.models.decoder import DecoderLM
 from lmjax.models.elmo import ELMo, ScalarMix
@@ -48,16 +49,16 @@ class TaskModel(nnx.Module):
     def __init__(self, backbone: nnx.Module, *, head: str, num_labels: int, pooling: str = "cls",
                  dropout: float = 0.1, rngs: nnx.Rngs):
         if head not in HEADS:
-            raise ValueError(f"task head {head!r} is unknown; use one of {HEADS}")
+            raise InputError(f"task head {head!r} is unknown; use one of {HEADS}")
         if pooling not in POOLINGS:
-            raise ValueError(f"task.pooling={pooling!r} is unknown; use one of {POOLINGS}")
+            raise InputError(f"task.pooling={pooling!r} is unknown; use one of {POOLINGS}")
         if (head == "text_to_text") != isinstance(backbone, EncoderDecoderLM):
-            raise ValueError(f"a {type(backbone).__name__} cannot take the {head} head: encoder-decoder models "
+            raise InputError(f"a {type(backbone).__name__} cannot take the {head} head: encoder-decoder models "
                              "fine-tune text-to-text, encoders and decoders with classification / token / span heads")
         if isinstance(backbone, ELMo) and head not in ("classification", "token_classification"):
-            raise ValueError(f"ELMo features feed classification or token_classification heads, not {head}")
+            raise InputError(f"ELMo features feed classification or token_classification heads, not {head}")
         if isinstance(backbone, (DecoderLM, RecurrentLM)) and head == "classification" and pooling != "last":
-            raise ValueError(f"a causal decoder sees the whole input only at its last token; set task.pooling='last' "
+            raise InputError(f"a causal decoder sees the whole input only at its last token; set task.pooling='last' "
                              f"(not {pooling!r})")
         self.backbone, self.kind, self.pooling = backbone, head, pooling
         self.dropout = nnx.Dropout(dropout)

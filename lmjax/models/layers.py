@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
+from lmjax.errors import InputError
 from lmjax.parallel import constrain
 
 Initializer = Callable[..., jax.Array]
@@ -78,9 +79,9 @@ class Spec:
                                     ("activation", c.activation, tuple(ACTIVATIONS)),
                                     ("remat", c.remat, ("none", *REMAT_POLICIES))):
             if value not in allowed:
-                raise ValueError(f"model.{key}={value!r} is unknown; use one of {allowed}")
+                raise InputError(f"model.{key}={value!r} is unknown; use one of {allowed}")
         if not c.head_dim and c.d_model % c.num_heads:
-            raise ValueError(f"model.d_model={c.d_model} is not divisible by model.num_heads={c.num_heads}; "
+            raise InputError(f"model.d_model={c.d_model} is not divisible by model.num_heads={c.num_heads}; "
                              "pick a width that is a multiple of the head count (or set model.head_dim)")
         return cls(d_model=c.d_model, num_heads=c.num_heads, head_dim=c.head_dim or c.d_model // c.num_heads,
                    d_ff=c.d_ff or 4 * c.d_model, num_layers=c.num_layers, positions=c.positions, norm=c.norm,
@@ -383,7 +384,7 @@ def run_stack(blocks, final_norm: Norm | None, relative_bias: RelativePositionBi
 
 def check_length(L: int, max_len: int, what: str = "sequence") -> None:
     if L > max_len:
-        raise ValueError(f"{what} length {L} is longer than the model's positions (model.max_len={max_len}); "
+        raise InputError(f"{what} length {L} is longer than the model's positions (model.max_len={max_len}); "
                          f"shorten data.seq_len or raise model.max_len")
 
 

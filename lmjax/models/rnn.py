@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmjax.errors import InputError
 from lmjax.models import layers
 
 CELLS = ("lstm", "gru")
@@ -20,7 +21,7 @@ class Recurrent(nnx.Module):
 
     def __init__(self, d_in: int, hidden: int, *, cell: str, rngs: nnx.Rngs):
         if cell not in CELLS:
-            raise ValueError(f"model.cell={cell!r} is unknown; use one of {CELLS}")
+            raise InputError(f"model.cell={cell!r} is unknown; use one of {CELLS}")
         self.cell, self.hidden = cell, hidden
         g = (4 if cell == "lstm" else 3) * hidden
         init = nnx.initializers.uniform(2 / hidden ** 0.5)
