@@ -115,9 +115,9 @@ def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
 
 
 def saved_steps(workdir: epath.Path) -> list[int]:
-    """The steps with a finished checkpoint, oldest first (without opening a manager, which creates dirs)."""
-    root = epath.Path(workdir) / CKPT_DIR
-    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+    """The steps with a finished checkpoint, oldest first (without opening a manager, which creates dirs); in a
+    bucket too, where a step's directory exists before its save has finished."""
+    return sorted(ocp.path.step.checkpoint_steps(epath.Path(workdir) / CKPT_DIR))
 
 
 def save_config(workdir: epath.Path, config: ConfigDict) -> None:
