@@ -5,8 +5,11 @@ Beside the checkpoints, a run's workdir holds its config (config.json) and token
 from __future__ import annotations
 
 import json
+import logging
 import signal
+import sys
 import threading
+import time
 from typing import Any
 
 import grain
@@ -68,6 +71,34 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | No
     return mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
 
+def start_step(mngr: ocp.CheckpointManager, requested: int = 0) -> int:
+    """The step a run resumes from: the newest finished checkpoint (0: none), or `requested` (train.restore_step).
+    Checkpoints newer than a requested one are moved aside, not deleted, to WORKDIR/set_aside_checkpoint_<step>_*,
+    so that the run can save those steps again."""
+    steps = mngr.all_steps()
+    if not requested:
+        return max(steps, default=0)
+    if requested not in steps:
+        raise InputError(f"train.restore_step={requested}: {mngr.directory} has no finished checkpoint of that step "
+                         f"(it has {sorted(steps) or 'none'})")
+    for newer in sorted(s for s in steps if s > requested):
+        aside = mngr.directory.parent / f"set_aside_checkpoint_{newer}_{time.strftime('%Y%m%d-%H%M%S')}"
+        (mngr.directory / str(newer)).rename(aside)
+        print(f"checkpoint {newer} moved to {aside} (train.restore_step={requested})", flush=True)
+    mngr.reload()
+    return requested
+
+
+def _read_error(e: BaseException) -> str:
+    """The line of an exception chain that says what could not be read (TensorStore names the array and file)."""
+    lines = []
+    while e is not None and len(lines) < 20:
+        lines += [line.strip(" :") for line in str(e).splitlines() if line.strip(" :")]
+        e = e.__cause__ or e.__context__
+    named = [line for line in lines if 'Error reading "' in line] + [line for line in lines if "reading" in line]
+    return (named or lines or ["unknown error"])[0].split(". See full")[0][:300]
+
+
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any | None, **iters: Any) -> Any:
     """Restores the state (sharded like `abstract_state`) and, in place, the data iterators."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
@@ -77,9 +108,23 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"the checkpoint at step {step} in {mngr.directory} does not fit this model "
-                         f"({str(e).splitlines()[0][:200]}); use a fresh --workdir or the run's own config") from None
-    return restored["state"]
+        if "reading" not in _read_error(e).lower():
+            raise InputError(f"the checkpoint at step {step} in {mngr.directory} does not fit this model "
+                             f"({str(e).splitlines()[0][:200]}); use a fresh --workdir or the run's own config"
+                             ) from None
+        unreadable = e
+    except Exception as e:  # noqa: BLE001  TensorStore raises plain Exceptions for a damaged file
+        unreadable = e
+    else:
+        return restored["state"]
+    # The read's other tasks fail too and would report as they are collected: one line says it all.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda unraisable: None
+    older = [s for s in mngr.all_steps() if s < step]
+    hint = (f"resume from step {max(older)} with --config.train.restore_step={max(older)} (newer checkpoints are "
+            "moved aside, nothing is deleted)") if older else "no older checkpoint is left to resume from"
+    raise InputError(f"the checkpoint of step {step} ({mngr.directory / str(step)}) cannot be read "
+                     f"({_read_error(unreadable)}); {hint}") from None
 
 
 class Preemption:

@@ -69,7 +69,8 @@ def base() -> ConfigDict:
         objective="causal_lm",  # causal_lm | mlm | span_corruption | contrastive | bilm | skipgram | cbow | glove
         temperature=0.05, glove_x_max=100.0, glove_alpha=0.75,  # contrastive (InfoNCE); glove's f(x)
         label_smoothing=0.0, num_steps=2000, log_every=50, eval_every=250, eval_batches=50,
-        checkpoint_every=500, keep_checkpoints=3, sample_tokens=200, progress=True))
+        checkpoint_every=500, keep_checkpoints=3, sample_tokens=200, progress=True,
+        restore_step=0))  # resume from this checkpoint, not the newest (one that cannot be read); 0: the newest
 
     # mode=finetune: L_FT = L_task + lambda * L_pretrain (train.objective on the data.* stream) + l2sp * ||theta - theta_0||^2
     c.task = ConfigDict(dict(

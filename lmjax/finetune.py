@@ -303,7 +303,7 @@ def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
     fresh = s.init(jax.random.PRNGKey(config.seed))
     if pre is not None:
         fresh = fresh.replace(params=load_backbone(fresh.params, pre.params()))
-    start = mngr.latest_step() or 0
+    start = checkpoint.start_step(mngr, c.restore_step)
     anchor = jax.tree.map(jnp.copy, fresh.params["backbone"]) if config.finetune.l2sp else None
     before = evaluate_pretraining(s, fresh.params, corpus, tok) if s.pretrain_eval_step else {}
     if start:

@@ -273,9 +273,11 @@ class _StepLog:
         m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
         if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
             self.mngr.wait_until_finished()
+            saved = self.mngr.latest_step()
+            kept = (f"the last good checkpoint (step {saved}) is untouched and a rerun resumes there" if saved
+                    else "no checkpoint was saved yet, so a rerun starts afresh")
             raise NonFiniteLoss(f"loss became {m['loss']} (grad norm {m['grad_norm']}) at step {step}; stopped without "
-                                f"saving, the last good checkpoint (step {self.mngr.latest_step()}) is untouched. "
-                                f"Lower optim.learning_rate or raise optim.warmup_steps, then rerun to resume")
+                                f"saving; {kept}. Lower optim.learning_rate or raise optim.warmup_steps, then rerun")
         self.history.append(m)
         if step % self.c.train.log_every == 0 or step == self.c.train.num_steps:
             now = time.perf_counter()
@@ -315,7 +317,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | epath.PathLike, device
     train_iter = iter(pipeline.train_dataset(
         corpus, tok, config.data, objective=c.objective, batch_size=config.data.batch_size // jax.process_count(),
         seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count()))
-    start = mngr.latest_step() or 0
+    start = checkpoint.start_step(mngr, c.restore_step)
     if start:
         abstract = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
         state = checkpoint.restore(mngr, start, abstract, train_iter)

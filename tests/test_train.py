@@ -129,6 +129,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(loop_config, t
     assert before == after and sorted(os.listdir(ckpt)) == ["10"]
 
 
+def test_non_finite_loss_before_any_checkpoint_says_so(loop_config, tmp_path):
+    loop_config.optim.update(learning_rate=1e30, warmup_steps=0)
+    with pytest.raises(train.NonFiniteLoss, match="no checkpoint was saved yet, so a rerun starts afresh"):
+        train.train_and_evaluate(loop_config, tmp_path)
+
+
 def test_workdir_with_another_architecture_fails_clearly(loop_config, tmp_path):
     loop_config.train.num_steps = 10
     train.train_and_evaluate(loop_config, tmp_path)
