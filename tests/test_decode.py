@@ -73,7 +73,7 @@ def test_greedy_generation_matches_step_by_step_argmax_and_stops_at_eos():
     prompts = [[1, 5, 7], [4]]
     eos = greedy_reference(model, [4], 4)[2]  # a token row 1 emits third: its output must stop there
     out = decode.generate(graphdef, params, prompts, jax.random.PRNGKey(0), num_tokens=8, temperature=0.0, eos_id=eos)
-    for row, p in zip(out, prompts):
+    for row, p in zip(out, prompts, strict=True):
         ref = greedy_reference(model, p, 8, eos)
         assert list(row[:len(ref)]) == ref and np.all(row[len(ref):] == 0)
     assert list(out[1]).index(eos) <= 2

@@ -56,7 +56,7 @@ def test_lambda_zero_is_a_plain_task_step():
 
     expected = jax.device_get(plain_step(state.params, state.opt_state, state.rng))
     new_state, m = s.train_step(state, task, None, None)
-    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(jax.device_get(new_state.params))):
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(jax.device_get(new_state.params)), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)  # two compilations may round differently
     assert "pretrain_loss" not in m and float(m["lambda"]) == 0.0
 
@@ -72,7 +72,7 @@ def test_combined_gradient_is_task_plus_lambda_pretrain(lam):
     parts = {k: jax.jit(jax.grad(lambda p, k=k: s.terms(p, task, pre, anchor, key)[0][k]))(params)
              for k in ("task", "pretrain", "l2sp")}
     expected = jax.tree.map(lambda t, p, r: t + lam * p + 0.5 * r, parts["task"], parts["pretrain"], parts["l2sp"])
-    for a, b in zip(jax.tree.leaves(total), jax.tree.leaves(expected)):
+    for a, b in zip(jax.tree.leaves(total), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     # The pretraining gradient reaches the backbone and its MLM head, not the new head; L2-SP pulls towards the anchor.
     assert float(jnp.abs(parts["pretrain"]["backbone"]["mlm_bias_V"][...]).sum()) > 0
@@ -93,7 +93,7 @@ def test_frozen_parameters_stay_bit_identical():
     flat_before = jax.tree_util.tree_flatten_with_path(before)[0]
     flat_after = jax.tree.leaves(after)
     moved, checked = {}, 0
-    for (path, a), b in zip(flat_before, flat_after):
+    for (path, a), b in zip(flat_before, flat_after, strict=True):
         moved[optim.path_str(path)] = not np.array_equal(a, b)
         if frozen(path):
             assert a.tobytes() == b.tobytes(), optim.path_str(path)
@@ -111,7 +111,7 @@ def test_restore_backbone_with_a_new_head(bert_workdir, tmp_path):
     head_before = np.asarray(state.params["head"]["kernel"][...])
     params = finetune.load_backbone(state.params, pre.params())
     saved = jax.tree.leaves(jax.device_get(pre.params()))
-    for a, b in zip(saved, jax.tree.leaves(jax.device_get(params["backbone"]))):
+    for a, b in zip(saved, jax.tree.leaves(jax.device_get(params["backbone"])), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(head_before, params["head"]["kernel"][...])
     # A backbone of another size does not fit: one clear line.
@@ -153,7 +153,7 @@ def test_finetune_from_a_pretraining_workdir_end_to_end_and_resume(bert_workdir,
     assert checkpoint.saved_steps(tmp_path / "b") == [2]
     finetune.run(c, tmp_path / "b")
     restored = [finetune_params(tmp_path / name, c) for name in ("a", "b")]
-    for x, y in zip(*map(jax.tree.leaves, restored)):
+    for x, y in zip(*map(jax.tree.leaves, restored), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
@@ -242,3 +242,19 @@ def test_decoder_and_encoder_decoder_fine_tune(family):
     result = finetune.evaluate_task(s, state.params, task, tok, "test")
     key = "test/accuracy" if family == "decoder" else "test/exact_match"
     assert result[key] == 1.0 and losses[-1] < 0.7 * losses[0], (result, losses[0], losses[-1])
+
+
+@pytest.mark.slow  # ~75 s (scoring 2 x 1,275 snippets with a 22M-parameter encoder): make test-slow
+def test_minilm_fine_tunes_end_to_end(tmp_path, cache_dir):
+    """The README's MiniLM command in its smoke form: the shipped weights and WordPiece vocabulary, Rotten
+    Tomatoes, a few steps, the whole validation and test splits scored, results.json written."""
+    from experiments.configs import finetune_minilm
+
+    c = finetune_minilm.get_config("smoke")
+    c.data.cache_dir = str(cache_dir)
+    result = finetune.run(c, tmp_path / "minilm")
+    saved = json.loads((tmp_path / "minilm" / checkpoint.RESULTS_FILE).read_text())
+    assert saved["test/accuracy"] == result["test/accuracy"] and 0.3 < result["test/accuracy"] < 1.0
+    assert {"validation/accuracy", "validation/macro_f1", "test/macro_f1"} <= set(result)
+    assert checkpoint.saved_steps(tmp_path / "minilm") == [3]
+    assert (tmp_path / "minilm" / checkpoint.TOKENIZER_DIR / tokenizers.HF_FILE).is_file()

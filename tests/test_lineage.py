@@ -8,7 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
-from lmjax import checkpoint, finetune, train
+from lmjax import checkpoint, finetune, metrics, train
 from lmjax import config as config_lib
 from lmjax.data import tokenizers
 
@@ -39,6 +39,12 @@ def test_word_vectors_train_resume_and_export(arg, tmp_path, corpus_file, cache_
     assert checkpoint.saved_steps(tmp_path / "run")[-1] == 8
 
 
+def assert_training_loss_falls(workdir) -> None:
+    """The mean training loss of the last logged interval is below that of the first."""
+    losses = [r["train/loss"] for r in metrics.read_jsonl(workdir) if "train/loss" in r]
+    assert len(losses) >= 2 and losses[-1] < losses[0], losses
+
+
 def test_word2vec_learns_the_corpus_structure(tmp_path, corpus_file, cache_dir):
     """On the verse corpus, 'thou' and 'thee' share contexts less than random words do not: a loss that falls."""
     c = smoke("word2vec", "smoke", corpus_file, cache_dir)
@@ -66,6 +72,7 @@ def test_recurrent_lm_trains(arg, tmp_path, corpus_file, cache_dir):
     c.model.cell = "lstm" if arg == "smoke" else "gru"
     result = train.train_and_evaluate(c, tmp_path / "run")
     assert np.isfinite(result["eval/loss"]) and 0 < result["eval/unigram_accuracy"] < 1
+    assert_training_loss_falls(tmp_path / "run")
 
 
 @pytest.mark.slow  # ~30 s: make test-slow
@@ -93,6 +100,7 @@ def test_simcse_trains_with_dropout_views(tmp_path, cache_dir):
     c.data.cache_dir = str(cache_dir)
     result = train.train_and_evaluate(c, tmp_path / "simcse")
     assert np.isfinite(result["eval/loss"]) and 0 <= result["eval/accuracy"] <= 1
+    assert_training_loss_falls(tmp_path / "simcse")
     c.model.dropout = 0.0
     with pytest.raises(ValueError, match="makes a text's two views by dropout"):
         config_lib.validate(c)

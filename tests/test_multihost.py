@@ -56,7 +56,7 @@ def start_two_processes(config, workdir, steps: int, **overrides) -> list[subpro
 
 def finish(procs: list[subprocess.Popen], code: int = 0) -> list[str]:
     outputs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, out in zip(procs, outputs):
+    for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == code, out[-3000:]
     return outputs
 

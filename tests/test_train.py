@@ -37,14 +37,19 @@ def test_overfits_one_batch(tiny_config):
 
 def test_gradient_accumulation_equals_one_big_batch(tiny_config):
     tiny_config.model.vocab_size = 16
-    batches = fake_batches(2)
+    # plain SGD at a constant rate without clipping: a gradient of the wrong scale moves the parameters differently
+    tiny_config.optim.update(name="sgd", warmup_steps=0, learning_rate=0.5, min_learning_rate=0.5, grad_clip=0.0)
+    batches = fake_batches(3)
     batches[0]["weights"][:3, 20:] = 0.0  # uneven weights: the mean must be over tokens, not microbatches
     tiny_config.mesh.data = 2
+    _, initial = run_steps(tiny_config, [], devices=jax.devices()[:2])
     ref_losses, ref_params = run_steps(tiny_config, batches, devices=jax.devices()[:2])
     tiny_config.optim.grad_accum_steps = 4
     losses, params = run_steps(tiny_config, batches, devices=jax.devices()[:2])
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+    moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(initial), strict=True)]
+    assert max(moved) > 1e-2  # the steps did move the parameters
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
@@ -109,7 +114,7 @@ def test_crash_and_resume_equals_uninterrupted_run(loop_config, tmp_path, monkey
     seen.clear()
     train.train_and_evaluate(loop_config, tmp_path / "b")
     assert len(uninterrupted_batches) == 20 and len(seen) == 10
-    for a, b in zip(uninterrupted_batches[10:], seen):
+    for a, b in zip(uninterrupted_batches[10:], seen, strict=True):
         np.testing.assert_array_equal(a, b)
     got = train_losses(tmp_path / "b")
     assert sorted(got) == list(range(1, 21))  # the crashed run's lines after step 10 were replaced
@@ -181,6 +186,8 @@ def test_encoder_and_encoder_decoder_configs_train_end_to_end(name, tmp_path, ca
     result = train.train_and_evaluate(c, tmp_path / name)
     assert {"eval/loss", "eval/accuracy", "eval/unigram_accuracy"} <= set(result)
     assert 0.0 < result["eval/unigram_accuracy"] < 1.0 and np.isfinite(result["eval/loss"])
+    losses = [r["train/loss"] for r in metrics.read_jsonl(tmp_path / name) if "train/loss" in r]
+    assert len(losses) >= 2 and losses[-1] < losses[0], losses  # it learns
     if name == "bert_mlm":
         assert "eval/nsp_accuracy" in result
     assert checkpoint.saved_steps(tmp_path / name) == [4]

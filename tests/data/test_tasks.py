@@ -71,8 +71,10 @@ def ner_task():
 
 def test_token_labels_sit_on_each_words_first_piece(wordpiece):
     ex = task_pipeline.Encode(ner_task(), wordpiece, 16, "token_classification").map(ner_task().sources["train"][0])
-    pieces = [wordpiece.decode([i]) for i in ex["inputs"][: ex["input_mask"].sum()]]
-    scored = [(p, int(l)) for p, l, w in zip(pieces, ex["labels"], ex["weights"]) if w]
+    n = ex["input_mask"].sum()
+    pieces = [wordpiece.decode([i]) for i in ex["inputs"][:n]]
+    assert not ex["weights"][n:].any()  # padding is not scored
+    scored = [(p, int(l)) for p, l, w in zip(pieces, ex["labels"][:n], ex["weights"][:n], strict=True) if w]
     assert [l for _, l in scored] == [3, 0, 7, 0]
     assert [p for p, _ in scored][0] == "eu" and ex["weights"][0] == 0  # [CLS] is not scored
 

@@ -46,7 +46,7 @@ def test_cbow_windows_hold_the_same_contexts_as_skipgram():
     tokens, doc = np.arange(10, 40), np.repeat([0, 1, 2], 10)
     ctx, mask, centres = wordvec.cbow_windows(tokens, doc, 2, np.random.default_rng(1))
     assert ctx.shape == (len(centres), 4) and mask.shape == ctx.shape
-    for row, m, c in zip(ctx, mask, centres):
+    for row, m, c in zip(ctx, mask, centres, strict=True):
         used = row[m > 0]
         assert len(used) >= 1 and np.all(np.abs(used - c) <= 2) and np.all((used - 10) // 10 == (c - 10) // 10)
 
@@ -84,7 +84,7 @@ def test_word_pairs_are_deterministic_and_resume_from_their_state():
     state = it2.get_state()
     it3 = iter(make())
     it3.set_state(state)
-    for a, b in zip(first[11:], [next(it3) for _ in range(19)]):
+    for a, b in zip(first[11:], [next(it3) for _ in range(19)], strict=True):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
 

@@ -70,3 +70,34 @@ def test_block_variants_run_and_carry_logical_axes(variant):
     assert y.shape == x.shape and np.all(np.isfinite(np.asarray(y)))
     for path, var in nnx.state(block, nnx.Param).flat_state():
         assert len(var.get_metadata()["axes"]) == var.value.ndim, path
+
+
+def _gelu(x, tanh=False):
+    import math
+
+    if tanh:
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+
+
+@pytest.mark.parametrize("activation, reference", [
+    ("gelu", lambda up, gate: _gelu(up)),
+    ("gelu_tanh", lambda up, gate: _gelu(up, tanh=True)),
+    ("relu", lambda up, gate: np.maximum(up, 0)),
+    ("swiglu", lambda up, gate: up / (1 + np.exp(-up)) * gate),  # SiLU(x W) * (x V)   (Shazeer 2020)
+    ("geglu", lambda up, gate: _gelu(up, tanh=True) * gate),
+])
+def test_mlp_activations_match_numpy(activation, reference):
+    import dataclasses
+
+    mlp = layers.MLP(dataclasses.replace(SPEC, activation=activation), rngs=nnx.Rngs(0))
+    for dense in (mlp.up, mlp.gate, mlp.down):  # non-zero biases, weights large enough to leave the linear range
+        if dense is not None:
+            dense.kernel[...] = jax.random.normal(jax.random.PRNGKey(dense.kernel.value.size), dense.kernel.value.shape)
+            dense.bias[...] = jax.random.normal(jax.random.PRNGKey(3), dense.bias.value.shape)
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(7), (2, 5, 16)), np.float64)
+    w = lambda dense: (np.asarray(dense.kernel.value, np.float64), np.asarray(dense.bias.value, np.float64))  # noqa: E731
+    up = x @ w(mlp.up)[0] + w(mlp.up)[1]
+    gate = x @ w(mlp.gate)[0] + w(mlp.gate)[1] if mlp.gate is not None else None
+    want = reference(up, gate) @ w(mlp.down)[0] + w(mlp.down)[1]
+    np.testing.assert_allclose(np.asarray(mlp(jnp.asarray(x, jnp.float32))), want, rtol=2e-4, atol=2e-4)
