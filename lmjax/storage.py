@@ -56,9 +56,14 @@ def workdir(path: str | os.PathLike) -> epath.Path:
                 "(a TPU VM uses its service account), or set STORAGE_EMULATOR_HOST for a local emulator") from None
         finally:
             quiet.setLevel(level)
-    if not epath.Path(GCS + bucket).exists():
+    try:  # listing needs only storage.objects.list (what objectViewer / objectAdmin grant), not buckets.get
+        next(iter(epath.Path(GCS + bucket).iterdir()), None)
+    except FileNotFoundError:
         raise InputError(f"{text}: bucket gs://{bucket} does not exist or these credentials cannot see it; "
-                         f"create it (gcloud storage buckets create gs://{bucket}) or fix the URL")
+                         f"create it (gcloud storage buckets create gs://{bucket}) or fix the URL") from None
+    except PermissionError:
+        raise InputError(f"{text}: these credentials may not list gs://{bucket}; grant them "
+                         "roles/storage.objectAdmin on the bucket") from None
     return epath.Path(text)
 
 
