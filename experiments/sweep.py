@@ -75,14 +75,6 @@ def load_sweep(spec_arg: str) -> dict:
     return sweep
 
 
-def load_config(spec: str):
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("experiment_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
 def flat_keys(c) -> list[str]:
     return list(config_lib._flat_keys(c))
 
@@ -141,7 +133,7 @@ def run_one(config, workdir: epath.Path) -> dict:
     """One run here; pretraining and fine-tuning both leave results.json in the workdir when finished."""
     from lmjax import finetune, train
 
-    config_lib.validate(config)
+    train.check_config(config)
     return (finetune.run if config.mode == "finetune" else train.train_and_evaluate)(config, workdir)
 
 
@@ -256,7 +248,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     sweep = load_sweep(FLAGS.sweep)
     outdir = storage.workdir(FLAGS.outdir)
-    base = load_config(sweep["config"])
+    base = config_lib.load(sweep["config"])
     points = expand(sweep["grid"])
     keys = list(points[0])
     overrides = sweep.get("overrides", {}) | parse_sets(FLAGS.set)
@@ -276,7 +268,7 @@ def main(argv):
             print(f"[{i + 1}/{len(runs)}] {name}: finished, skipped", flush=True)
             continue
         print(f"[{i + 1}/{len(runs)}] {name}", flush=True)
-        config = apply(load_config(sweep["config"]), values)
+        config = apply(config_lib.load(sweep["config"]), values)
         config.train.progress = False
         if "preempted_at" in run_one(config, workdir):
             print(f"sweep: preempted during {name}; the same command resumes it", flush=True)

@@ -1,15 +1,36 @@
-"""The base config every experiment starts from; experiment files change values, never add keys."""
+"""The base config every experiment starts from; experiment files change values, never add keys.
+
+A leaf: it imports ml_collections and the standard library only, so loading an experiment config imports no
+JAX. `validate` checks values on their own; the checks against the registries (model families, objectives,
+optimizers, meshes) live beside them and run together in `lmjax.train.check_config`."""
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import os
 import re
 
 from ml_collections import ConfigDict
 
-from lmjax import models, optim, parallel
-from lmjax.data import pipeline
 from lmjax.errors import InputError
-from lmjax.models import elmo
+
+
+
+# The default table (config.mesh.rules starts from it; lmjax/parallel.py reads it). Parameters: vocab, embed, heads, kv, mlp.
+# Activations: batch, length, act_embed (the residual stream), act_heads, act_mlp, act_vocab (logits).
+DEFAULT_RULES = {
+    "batch": "data,fsdp",
+    "length": "",
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv": "",
+    "mlp": "tensor",
+    "act_embed": "",
+    "act_heads": "tensor",
+    "act_mlp": "tensor",
+    "act_vocab": "tensor",
+}
 
 
 def base() -> ConfigDict:
@@ -88,7 +109,7 @@ def base() -> ConfigDict:
 
     # Devices as a (data, fsdp, tensor) mesh (one axis -1: the rest); rules: logical axis -> mesh axes (lmjax/parallel.py).
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, engine="jit",  # jit | pmap (data-parallel, pmap-era scripts)
-                             rules=ConfigDict(parallel.DEFAULT_RULES)))
+                             rules=ConfigDict(DEFAULT_RULES)))
     # Multi-host (jax.distributed). enable: auto (start when the environment shows several processes: Slurm, a TPU
     # pod's TPU_WORKER_HOSTNAMES) | yes (let JAX detect the cluster: TPU VMs, Slurm, MPI, Kubernetes) | no.
     # An explicit coordinator_address (host:port) with num_processes / process_id works anywhere.
@@ -97,6 +118,17 @@ def base() -> ConfigDict:
 
     c.sample = ConfigDict(dict(prompt="\n", num_tokens=500, temperature=0.8, top_k=200, top_p=1.0, num_samples=1, seed=0))
     return c
+
+
+def load(spec: str) -> ConfigDict:
+    """The config of an experiment file, as --config takes it: 'path/to/exp.py' or 'path/to/exp.py:ARG'."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("experiment_config", path)
+    if module_spec is None or not os.path.isfile(path):
+        raise InputError(f"config file {path!r} does not exist; give experiments/configs/<name>.py[:ARG]")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def from_saved(saved: dict) -> ConfigDict:
@@ -117,58 +149,18 @@ def lock(c: ConfigDict) -> ConfigDict:
 
 
 def validate(c: ConfigDict) -> None:
-    """Value checks that would otherwise fail deep inside a run."""
+    """Value checks that need no registry (lmjax.train.check_config runs these and those)."""
     if c.mode not in ("train", "sample", "finetune"):
         raise InputError(f"mode={c.mode!r} is unknown; use 'train', 'sample' or 'finetune'")
     if c.mode == "finetune":
         validate_finetune(c)
-    if not (c.mode == "finetune" and c.finetune.init):  # else the model comes from finetune.init: checked once loaded
-        validate_model(c)
     if c.optim.grad_accum_steps < 1 or c.data.batch_size % c.optim.grad_accum_steps:
         raise InputError(f"data.batch_size={c.data.batch_size} is not divisible by optim.grad_accum_steps="
                          f"{c.optim.grad_accum_steps}; pick an accumulation count that divides the batch")
-    if c.optim.name not in optim.OPTIMIZERS or c.optim.schedule not in optim.SCHEDULES:
-        raise InputError(f"optim.name={c.optim.name!r} / optim.schedule={c.optim.schedule!r}: use a name in "
-                         f"{optim.OPTIMIZERS} and a schedule in {optim.SCHEDULES}")
-    if c.mesh.engine not in parallel.ENGINES:
-        raise InputError(f"mesh.engine={c.mesh.engine!r} is unknown; use one of {parallel.ENGINES}")
-    parallel.parse_rules(c.mesh.rules)
     if c.distributed.enable not in ("auto", "yes", "no"):
         raise InputError(f"distributed.enable={c.distributed.enable!r} is unknown; use 'auto', 'yes' or 'no'")
     if c.data.tokenizer == "sentencepiece" and not (c.data.vocab_size or c.data.tokenizer_path):
         raise InputError("data.tokenizer='sentencepiece' needs data.vocab_size (e.g. 8000) or data.tokenizer_path")
-
-
-def validate_model(c: ConfigDict) -> None:
-    """The checks that involve the model: its family against the objective, its positions against lengths."""
-    allowed = models.OBJECTIVES.get(c.model.family)
-    if allowed is None:
-        raise InputError(f"model.family={c.model.family!r} is unknown; use one of {sorted(models.OBJECTIVES)}")
-    if c.train.objective not in allowed:
-        raise InputError(f"train.objective={c.train.objective!r} does not train a model.family={c.model.family!r} "
-                         f"model; use {' or '.join(allowed)}")
-    if c.train.objective == "contrastive" and not c.model.dropout > 0:
-        raise InputError("train.objective='contrastive' makes a text's two views by dropout; set model.dropout > 0 "
-                         "(SimCSE: 0.1)")
-    if c.model.family in models.WORD_VECTORS and c.data.tokenizer != "word":
-        raise InputError(f"model.family={c.model.family!r} learns vectors of words; set data.tokenizer='word'")
-    if c.model.family == "elmo" and max(w for w, _ in elmo.parse_filters(c.model.char_filters)) > c.data.max_chars:
-        raise InputError(f"model.char_filters={c.model.char_filters!r} has filters wider than data.max_chars="
-                         f"{c.data.max_chars} characters; raise data.max_chars or narrow the filters")
-    if c.model.family not in ("decoder", "encoder", "encoder_decoder"):
-        if c.model.remat != "none":
-            raise InputError(f"model.remat={c.model.remat!r} applies to Transformer blocks, which a "
-                             f"model.family={c.model.family!r} model has none of; leave model.remat='none'")
-        return  # recurrent and word-vector models have no position table
-    if c.data.seq_len > c.model.max_len:
-        raise InputError(f"data.seq_len={c.data.seq_len} is longer than the model's positions "
-                         f"(model.max_len={c.model.max_len}); shorten data.seq_len or raise model.max_len")
-    if c.train.objective == "span_corruption" and pipeline.span_lengths(c.data)[1] > c.model.max_len:
-        raise InputError(f"span corruption of {c.data.seq_len}-token inputs makes {pipeline.span_lengths(c.data)[1]}-token "
-                         f"targets, longer than model.max_len={c.model.max_len}; raise model.max_len")
-    if c.mode == "finetune" and c.task.seq_len > c.model.max_len:
-        raise InputError(f"task.seq_len={c.task.seq_len} is longer than the model's positions "
-                         f"(model.max_len={c.model.max_len}); shorten task.seq_len")
 
 
 LAMBDA_SCHEDULES = ("constant", "warmup", "decay")

@@ -272,7 +272,7 @@ def resolve(config: ConfigDict, workdir: epath.Path
         if jax.process_index() == 0 and not (workdir / checkpoint.TOKENIZER_DIR).is_dir():
             tok.save(workdir / checkpoint.TOKENIZER_DIR)
     config = train.resolve_model_config(config, tok, workdir)
-    config_lib.validate_model(config)
+    train.check_model(config)
     return config, tok, pre, corpus
 
 

@@ -27,9 +27,10 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     config_lib.validate(config)
-    # jax is imported after the config checks, so that bad input fails fast
+    # jax is imported after the value checks, so that bad values fail fast
     from lmjax import finetune, host, parallel, sample, train
 
+    train.check_config(config)  # against the registries (model families, objectives, optimizers, meshes)
     host.setup()  # XLA:CPU's per-step buffers stay in the heap (lmjax/host.py); before the backend starts
     parallel.initialize(config.distributed)  # before anything touches a device
     if config.mode == "sample":

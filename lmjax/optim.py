@@ -11,9 +11,18 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
+from lmjax.errors import InputError
+
 
 OPTIMIZERS = ("adamw", "sgd", "adagrad")
 SCHEDULES = ("cosine", "linear")
+
+
+def check(c: ConfigDict) -> None:
+    """The optim section against the optimizers and schedules there are."""
+    if c.name not in OPTIMIZERS or c.schedule not in SCHEDULES:
+        raise InputError(f"optim.name={c.name!r} / optim.schedule={c.schedule!r}: use a name in "
+                         f"{OPTIMIZERS} and a schedule in {SCHEDULES}")
 
 
 def schedule(c: ConfigDict, num_steps: int) -> optax.Schedule:

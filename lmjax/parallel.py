@@ -22,26 +22,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
+from lmjax.config import DEFAULT_RULES
 from lmjax.errors import InputError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 ENGINES = ("jit", "pmap")
 
-# The default table (config.mesh.rules starts from it). Parameters: vocab, embed, heads, kv, mlp.
-# Activations: batch, length, act_embed (the residual stream), act_heads, act_mlp, act_vocab (logits).
-DEFAULT_RULES = {
-    "batch": "data,fsdp",
-    "length": "",
-    "vocab": "tensor",
-    "embed": "fsdp",
-    "heads": "tensor",
-    "kv": "",
-    "mlp": "tensor",
-    "act_embed": "",
-    "act_heads": "tensor",
-    "act_mlp": "tensor",
-    "act_vocab": "tensor",
-}
 
 
 def make_mesh(mesh_config: ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -65,6 +51,13 @@ def make_mesh(mesh_config: ConfigDict, devices: Sequence[jax.Device] | None = No
         except (AssertionError, ValueError, NotImplementedError):  # e.g. one device per core, not per chip
             pass
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def check(mesh_config: ConfigDict) -> None:
+    """The mesh section: a known engine and a rules table that names mesh axes only."""
+    if mesh_config.engine not in ENGINES:
+        raise InputError(f"mesh.engine={mesh_config.engine!r} is unknown; use one of {ENGINES}")
+    parse_rules(mesh_config.rules)
 
 
 def parse_rules(rules: ConfigDict | dict | None) -> dict[str, tuple[str, ...]]:

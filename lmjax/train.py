@@ -16,6 +16,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from lmjax import checkpoint, decode, metrics, models, objectives, optim, parallel, storage, vectors
+from lmjax import config as config_lib
 from lmjax.data import corpora, pipeline, tokenizers
 from lmjax.errors import InputError
 
@@ -99,6 +100,22 @@ def make_init(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransfo
 
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(nnx.Rngs(0))))
     return graphdef, init, jax.eval_shape(init, jax.random.PRNGKey(0))
+
+
+def check_config(config: ConfigDict) -> None:
+    """Every check of a config before a run: its values on their own (lmjax.config.validate), then against the
+    registries (optimizers, meshes, model families and objectives). The model of a fine-tuning run that starts
+    from finetune.init is checked once it is loaded (check_model)."""
+    config_lib.validate(config)
+    optim.check(config.optim)
+    parallel.check(config.mesh)
+    if not (config.mode == "finetune" and config.finetune.init):
+        check_model(config)
+
+
+def check_model(config: ConfigDict) -> None:
+    models.check(config)
+    pipeline.check(config)
 
 
 @dataclasses.dataclass

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from experiments.configs import bert_mlm, finetune_bert_mlm
-from lmjax import checkpoint, config as config_lib, finetune, metrics, models, optim
+from lmjax import checkpoint, finetune, metrics, models, optim, train
 from lmjax.data import tokenizers
 
 V, L, B = 40, 16, 8
@@ -180,7 +180,7 @@ def test_bad_input_fails_with_one_line(bert_workdir, tmp_path, cache_dir):
     c.data.tokenizer_path = ""
     c.finetune.pretrain_lambda = -0.1
     with pytest.raises(ValueError, match="finetune.pretrain_lambda=-0.1 is negative"):
-        config_lib.validate(c)
+        train.check_config(c)
     c.finetune.pretrain_lambda = 0.0
     c.finetune.init = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="is not a directory"):

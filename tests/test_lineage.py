@@ -16,7 +16,7 @@ from lmjax.data import tokenizers
 def smoke(name, arg, corpus_file, cache_dir, **data):
     c = importlib.import_module(f"experiments.configs.{name}").get_config(arg)
     c.data.update(cache_dir=str(cache_dir), text_files=str(corpus_file), **data)
-    config_lib.validate(c)
+    train.check_config(c)
     return c
 
 
@@ -103,4 +103,4 @@ def test_simcse_trains_with_dropout_views(tmp_path, cache_dir):
     assert_training_loss_falls(tmp_path / "simcse")
     c.model.dropout = 0.0
     with pytest.raises(ValueError, match="makes a text's two views by dropout"):
-        config_lib.validate(c)
+        train.check_config(c)

@@ -64,11 +64,11 @@ def main(argv) -> int:
     import jax
     import numpy as np
 
-    from lmjax import checkpoint, config as config_lib, parallel, train
+    from lmjax import checkpoint, parallel, train
     from lmjax.data import pipeline
 
     config = _CONFIG.value
-    config_lib.validate(config)
+    train.check_config(config)
     if not config.model.vocab_size:
         raise ValueError("model.vocab_size=0 takes the tokenizer's size, which needs data; set --config.model.vocab_size")
     devices = tpu_devices(_TOPOLOGY.value)

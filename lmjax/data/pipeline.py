@@ -238,3 +238,10 @@ def tokenizer_texts(corpus: Corpus, max_examples: int) -> Iterator[str]:
     for i in range(n):
         text = corpus.train[i][corpus.text_key]
         yield text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+
+
+def check(c: ConfigDict) -> None:
+    """The objective's examples against the model: span corruption's targets must fit its positions."""
+    if c.train.objective == "span_corruption" and span_lengths(c.data)[1] > c.model.max_len:
+        raise InputError(f"span corruption of {c.data.seq_len}-token inputs makes {span_lengths(c.data)[1]}-token "
+                         f"targets, longer than model.max_len={c.model.max_len}; raise model.max_len")

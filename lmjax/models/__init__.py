@@ -11,7 +11,7 @@ from ml_collections import ConfigDict
 
 from lmjax.errors import InputError
 from lmjax.models.decoder import DecoderLM
-from lmjax.models.elmo import ELMo
+from lmjax.models.elmo import ELMo, parse_filters
 from lmjax.models.encoder import EncoderLM
 from lmjax.models.encoder_decoder import EncoderDecoderLM
 from lmjax.models.layers import Spec
@@ -87,3 +87,32 @@ def forward(model: nnx.Module, batch: dict[str, jax.Array], *, deterministic: bo
             out["nsp_logits"] = model.nsp_logits(h_BLD)
         return out
     return {"logits": model(batch["inputs"], batch["decoder_inputs"], mask_BS=batch["input_mask"], **kw)}
+
+
+def check(c: ConfigDict) -> None:
+    """The checks that involve the model: its family against the objective, its positions against lengths."""
+    allowed = OBJECTIVES.get(c.model.family)
+    if allowed is None:
+        raise InputError(f"model.family={c.model.family!r} is unknown; use one of {sorted(OBJECTIVES)}")
+    if c.train.objective not in allowed:
+        raise InputError(f"train.objective={c.train.objective!r} does not train a model.family={c.model.family!r} "
+                         f"model; use {' or '.join(allowed)}")
+    if c.train.objective == "contrastive" and not c.model.dropout > 0:
+        raise InputError("train.objective='contrastive' makes a text's two views by dropout; set model.dropout > 0 "
+                         "(SimCSE: 0.1)")
+    if c.model.family in WORD_VECTORS and c.data.tokenizer != "word":
+        raise InputError(f"model.family={c.model.family!r} learns vectors of words; set data.tokenizer='word'")
+    if c.model.family == "elmo" and max(w for w, _ in parse_filters(c.model.char_filters)) > c.data.max_chars:
+        raise InputError(f"model.char_filters={c.model.char_filters!r} has filters wider than data.max_chars="
+                         f"{c.data.max_chars} characters; raise data.max_chars or narrow the filters")
+    if c.model.family not in ("decoder", "encoder", "encoder_decoder"):
+        if c.model.remat != "none":
+            raise InputError(f"model.remat={c.model.remat!r} applies to Transformer blocks, which a "
+                             f"model.family={c.model.family!r} model has none of; leave model.remat='none'")
+        return  # recurrent and word-vector models have no position table
+    if c.data.seq_len > c.model.max_len:
+        raise InputError(f"data.seq_len={c.data.seq_len} is longer than the model's positions "
+                         f"(model.max_len={c.model.max_len}); shorten data.seq_len or raise model.max_len")
+    if c.mode == "finetune" and c.task.seq_len > c.model.max_len:
+        raise InputError(f"task.seq_len={c.task.seq_len} is longer than the model's positions "
+                         f"(model.max_len={c.model.max_len}); shorten task.seq_len")
