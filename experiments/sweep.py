@@ -41,7 +41,7 @@ from etils import epath
 
 from lmjax import checkpoint, storage
 from lmjax import config as config_lib
-from lmjax.errors import InputError, MissingInput
+from lmjax.errors import EXIT_PREEMPTED, InputError, MissingInput
 
 flags.DEFINE_string("sweep", None, "Sweep file (get_sweep(arg)), optionally FILE:ARG.")
 flags.DEFINE_string("outdir", None, "Directory (or gs:// URL) for the runs' workdirs and the results.")
@@ -57,7 +57,6 @@ FLAGS = flags.FLAGS
 
 RESULTS = checkpoint.RESULTS_FILE
 TPU_SCRIPT = Path(__file__).resolve().parents[1] / "tpu_scripts" / "tpu.py"
-EXIT_PREEMPTED = 75  # lmjax.main.EXIT_PREEMPTED
 
 
 def load_sweep(spec_arg: str) -> dict:

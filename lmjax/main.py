@@ -12,12 +12,12 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lmjax import errors
+from lmjax.errors import EXIT_PREEMPTED  # tpu_scripts/tpu.py and Slurm requeues read it
 from lmjax import config as config_lib
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory or gs:// URL for checkpoints, logs, config and tokenizer.")
-EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: try again; tpu_scripts/tpu.py and Slurm requeues read it
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -45,13 +45,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        cause = e.__cause__ or e.__context__
-        while cause is not None and not isinstance(cause, errors.InputError):
+        chain, cause = [], e.__cause__ or e.__context__
+        while cause is not None:
+            chain.append(cause)
             cause = cause.__cause__ or cause.__context__
-        while cause is not None and isinstance(cause.__context__, errors.InputError):
-            cause = cause.__context__  # config_flags re-raises it with a traceback in the message
-        if cause is not None:
-            raise cause from None
+        own = [c for c in chain if isinstance(c, errors.InputError)]
+        if own:  # the innermost: config_flags re-raises it with a traceback in the message
+            raise own[-1] from None
         return app.parse_flags_with_usage(argv)  # absl's own message for any other flag error
 
 

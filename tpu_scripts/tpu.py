@@ -29,7 +29,9 @@ from pathlib import Path
 REPO_DIR = "~/lmjax"
 LOG = "~/lmjax.log"
 SETUP_SCRIPT = Path(__file__).with_name("setup_worker.sh")
-EXIT_PREEMPTED = 75  # lmjax.main.EXIT_PREEMPTED: saved a checkpoint on SIGTERM; the same command resumes
+# lmjax.errors.EXIT_PREEMPTED (this script runs where lmjax is not installed): a checkpoint was saved on
+# SIGTERM and the same command resumes
+EXIT_PREEMPTED = 75
 DEFAULT_RUNTIME = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite", "v5p": "v2-alpha-tpuv5",
                    "v6e": "v2-alpha-tpuv6e"}
 
