@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import time
 from typing import Any, Callable
 
@@ -23,7 +22,7 @@ from etils import epath
 from flax import nnx
 from ml_collections import ConfigDict
 
-from lmjax import checkpoint, metrics, models, objectives, optim, parallel, sample, storage, train
+from lmjax import checkpoint, loop, losses, models, objectives, optim, parallel, storage, train
 from lmjax import config as config_lib
 from lmjax.data import corpora, pipeline, task_pipeline, tasks, tokenizers
 from lmjax.errors import InputError, MissingInput
@@ -63,7 +62,7 @@ def pretrained(init: str) -> Pretrained:
     d = init_dir(init)
     if (d / checkpoint.CKPT_DIR).is_dir():
         saved = config_lib.from_saved(checkpoint.load_config(d) or {})
-        return Pretrained(saved.model, tokenizers.load(d / checkpoint.TOKENIZER_DIR), lambda: sample.load_trained(d)[1])
+        return Pretrained(saved.model, tokenizers.load(d / checkpoint.TOKENIZER_DIR), lambda: train.load_trained(d)[1])
     if (d / "config.json").is_file():
         model, model_config = hf.load(d)
         return Pretrained(model_config, tokenizers.load(d), lambda: nnx.state(model, nnx.Param))
@@ -114,64 +113,43 @@ def make_terms(graphdef: nnx.GraphDef, task_objective: Callable, pretrain_object
         model = nnx.merge(graphdef, params)
         rngs = nnx.Rngs(dropout=key)
         loss_sum, task_stats = task_objective(model(task_batch, deterministic=False, rngs=rngs), task_batch)
-        losses, stats = {"task": loss_sum / jnp.maximum(task_stats["weight"], 1.0)}, {"task": task_stats}
+        means, stats = {"task": loss_sum / jnp.maximum(task_stats["weight"], 1.0)}, {"task": task_stats}
         if pretrain_batch is not None:
-            outputs = models.forward(model.backbone, pretrain_batch, deterministic=False, rngs=rngs)
+            outputs = model.backbone.forward(pretrain_batch, deterministic=False, rngs=rngs)
             loss_sum, stats["pretrain"] = pretrain_objective(outputs, pretrain_batch)
-            losses["pretrain"] = loss_sum / jnp.maximum(stats["pretrain"]["weight"], 1.0)
+            means["pretrain"] = loss_sum / jnp.maximum(stats["pretrain"]["weight"], 1.0)
         if anchor is not None:
             diffs = jax.tree.map(lambda p, a: jnp.sum(jnp.square(p - a)), params["backbone"], anchor)
-            losses["l2sp"] = sum(jax.tree.leaves(diffs))
-        return losses, stats
+            means["l2sp"] = sum(jax.tree.leaves(diffs))
+        return means, stats
 
     return terms
 
 
-def combine(losses: dict, lam: jax.Array, l2sp: float) -> jax.Array:
-    return losses["task"] + lam * losses.get("pretrain", 0.0) + l2sp * losses.get("l2sp", 0.0)
+def combine(means: dict, lam: jax.Array, l2sp: float) -> jax.Array:
+    return means["task"] + lam * means.get("pretrain", 0.0) + l2sp * means.get("l2sp", 0.0)
 
 
 def make_train_step(terms: Callable, tx: optax.GradientTransformation, lam_fn: optax.Schedule, l2sp: float):
-    def train_step(state: train.TrainState, task_batch: dict, pretrain_batch: dict | None, anchor: Any | None):
+    def train_step(state: loop.TrainState, task_batch: dict, pretrain_batch: dict | None, anchor: Any | None):
         key, lam = jax.random.fold_in(state.rng, state.step), lam_fn(state.step)
 
         def total(params):
-            losses, stats = terms(params, task_batch, pretrain_batch, anchor, key)
-            return combine(losses, lam, l2sp), (losses, stats)
+            means, stats = terms(params, task_batch, pretrain_batch, anchor, key)
+            return combine(means, lam, l2sp), (means, stats)
 
-        grads, (losses, stats) = jax.grad(total, has_aux=True)(state.params)
+        grads, (means, stats) = jax.grad(total, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        out = {"loss": combine(losses, lam, l2sp), "lambda": lam, "grad_norm": optax.global_norm(grads)}
-        out |= {f"task_{k}": v for k, v in objectives.summarize(stats["task"]).items() if k != "perplexity"}
+        out = {"loss": combine(means, lam, l2sp), "lambda": lam, "grad_norm": optax.global_norm(grads)}
+        out |= {f"task_{k}": v for k, v in losses.summarize(stats["task"]).items() if k != "perplexity"}
         if "pretrain" in stats:
-            out |= {f"pretrain_{k}": v for k, v in objectives.summarize(stats["pretrain"]).items()}
-        if "l2sp" in losses:
-            out["l2sp"] = losses["l2sp"]
+            out |= {f"pretrain_{k}": v for k, v in losses.summarize(stats["pretrain"]).items()}
+        if "l2sp" in means:
+            out["l2sp"] = means["l2sp"]
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
 
     return train_step
-
-
-@dataclasses.dataclass
-class Setup:
-    config: ConfigDict
-    layout: parallel.Layout
-    head: str
-    graphdef: nnx.GraphDef
-    tx: optax.GradientTransformation
-    state_shardings: Any
-    abstract_state: Any
-    init: Callable
-    terms: Callable  # unjitted, for tests and analysis
-    train_step: Callable  # (state, task_batch, pretrain_batch | None, anchor | None) -> (state, metrics)
-    eval_step: Callable  # (params, task_batch) -> summable stats
-    pretrain_eval_step: Callable | None  # (backbone params, pretraining batch) -> summable stats
-    uses_pretrain: bool
-
-    @property
-    def num_params(self) -> int:
-        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state.params))
 
 
 def scores_pretraining(model_config: ConfigDict) -> bool:
@@ -179,45 +157,54 @@ def scores_pretraining(model_config: ConfigDict) -> bool:
     return model_config.family != "encoder" or model_config.encoder_heads != "none"
 
 
-def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> Setup:
-    c, m = config, config.model
-    if c.mesh.engine != "jit":
-        raise InputError(f"mesh.engine={c.mesh.engine!r}: fine-tuning runs under jit only; set mesh.engine='jit'")
-    layout = parallel.make_layout(c.mesh, devices)
-    if c.task.batch_size % layout.batch_shards:
-        raise InputError(f"task.batch_size={c.task.batch_size} is not divisible by the batch shards of mesh "
+def uses_pretrain(config: ConfigDict) -> bool:
+    """Whether the step reads and scores the pretraining stream (lambda > 0)."""
+    return config.finetune.pretrain_lambda > 0
+
+
+def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.Engine:
+    """The engine of a fine-tuning run: its train_step is (state, task_batch, pretrain_batch | None,
+    anchor | None) -> (state, metrics), its eval_step scores task batches, its backbone_eval_step the
+    backbone's pretraining objective, and its loss_fn is the unjitted `terms` (make_terms)."""
+    model_config = config.model
+    if config.mesh.engine != "jit":
+        raise InputError(f"mesh.engine={config.mesh.engine!r}: fine-tuning runs under jit only; set mesh.engine='jit'")
+    layout = parallel.make_layout(config.mesh, devices)
+    if config.task.batch_size % layout.batch_shards:
+        raise InputError(f"task.batch_size={config.task.batch_size} is not divisible by the batch shards of mesh "
                          f"{dict(layout.mesh.shape)}; change the batch size")
-    uses_pretrain = c.finetune.pretrain_lambda > 0
-    if uses_pretrain and not scores_pretraining(m):
+    if uses_pretrain(config) and not scores_pretraining(model_config):
         raise InputError("finetune.pretrain_lambda > 0 needs the backbone's pretraining head, but this encoder has "
                          "none (model.encoder_heads='none', as all-MiniLM-L6-v2 ships); use finetune.l2sp instead")
-    tx = optim.make(c.optim, c.train.num_steps, m)
+    tx = optim.make(config.optim, config.train.num_steps, model_config)
 
     def build(rngs):
-        return heads.TaskModel(models.build(m, rngs), head=head, num_labels=num_labels, pooling=c.task.pooling,
-                               dropout=c.task.head_dropout, rngs=rngs)
+        return heads.TaskModel(models.build(model_config, rngs), head=head, num_labels=num_labels,
+                               pooling=config.task.pooling, dropout=config.task.head_dropout, rngs=rngs)
 
-    graphdef, init, abstract = train.make_init(build, tx)
+    graphdef, init, abstract = loop.make_init(build, tx)
     shardings = parallel.state_shardings(abstract, layout)
-    frozen = optim.frozen_mask(c.optim, abstract.params) if c.optim.freeze else None
-    task_objective = objectives.get_task(head, c.train.label_smoothing)
-    terms = make_terms(graphdef, task_objective, objectives.get(c.train), frozen)
+    frozen = optim.frozen_mask(config.optim, abstract.params) if config.optim.freeze else None
+    task_loss = objectives.task_loss(head, config.train.label_smoothing)
+    pretraining = objectives.get(config.train.objective)
+    terms = make_terms(graphdef, task_loss, pretraining.make_loss(config.train), frozen)
     batch, replicated = parallel.batch_sharding(layout), layout.replicated
-    step = make_train_step(terms, tx, lambda_schedule(c), c.finetune.l2sp)
-    train_step = jax.jit(layout.traced(step), donate_argnums=0, out_shardings=(shardings, replicated), in_shardings=(
-        shardings, batch, batch if uses_pretrain else None, shardings.params["backbone"] if c.finetune.l2sp else None))
+    step = make_train_step(terms, tx, lambda_schedule(config), config.finetune.l2sp)
+    anchor = shardings.params["backbone"] if config.finetune.l2sp else None
+    train_step = jax.jit(layout.traced(step), donate_argnums=0, out_shardings=(shardings, replicated),
+                         in_shardings=(shardings, batch, batch if uses_pretrain(config) else None, anchor))
 
     def eval_step(params, task_batch):
-        return task_objective(nnx.merge(graphdef, params)(task_batch), task_batch)[1]
+        return task_loss(nnx.merge(graphdef, params)(task_batch), task_batch)[1]
 
-    pretrain_eval = None
-    if scores_pretraining(m):
-        backbone_def = nnx.graphdef(nnx.eval_shape(lambda: models.build(m, nnx.Rngs(0))))
-        pretrain_eval = jax.jit(layout.traced(train.make_eval_step(backbone_def, objectives.get(c.train))),
+    backbone_eval = None
+    if scores_pretraining(model_config):
+        backbone_def = nnx.graphdef(nnx.eval_shape(lambda: models.build(model_config, nnx.Rngs(0))))
+        backbone_eval = jax.jit(layout.traced(train.make_eval_step(backbone_def, pretraining, config.train)),
                                 in_shardings=(shardings.params["backbone"], batch), out_shardings=replicated)
-    return Setup(c, layout, head, graphdef, tx, shardings, abstract, jax.jit(init, out_shardings=shardings), terms,
-                 train_step, jax.jit(layout.traced(eval_step), in_shardings=(shardings.params, batch), out_shardings=replicated),
-                 pretrain_eval, uses_pretrain)
+    eval_step = jax.jit(layout.traced(eval_step), in_shardings=(shardings.params, batch), out_shardings=replicated)
+    return loop.Engine(config, layout, graphdef, tx, shardings, abstract, jax.jit(init, out_shardings=shardings),
+                       train_step, eval_step, terms, backbone_eval)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,21 +216,24 @@ def char_table(config: ConfigDict, tok: tokenizers.Tokenizer) -> np.ndarray | No
     return pipeline.char_table(tok, config.data.max_chars) if config.model.family == "elmo" else None
 
 
-def evaluate_task(s: Setup, params: nnx.State, task: tasks.Task, tok: tokenizers.Tokenizer, split: str) -> dict:
+def evaluate_task(engine: loop.Engine, params: nnx.State, task: tasks.Task, tok: tokenizers.Tokenizer,
+                  head: str, split: str) -> dict:
     """Task metrics over the whole split (accuracy and macro-F1; exact match and F1 for span QA)."""
-    totals = None
-    for batch in task_pipeline.eval_batches(task, tok, split, head=s.head, seq_len=s.config.task.seq_len,
-                                            batch_size=s.config.task.batch_size // jax.process_count(),
-                                            chars=char_table(s.config, tok),
+    config, totals = engine.config, None
+    for batch in task_pipeline.eval_batches(task, tok, split, head=head, seq_len=config.task.seq_len,
+                                            batch_size=config.task.batch_size // jax.process_count(),
+                                            chars=char_table(config, tok),
                                             shard_index=jax.process_index(), shard_count=jax.process_count()):
-        stats = s.eval_step(params, parallel.global_batch(batch, s.layout))
+        stats = engine.eval_step(params, parallel.global_batch(batch, engine.layout))
         totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
-    return {f"{split}/{k}": float(v) for k, v in objectives.summarize(totals).items() if k != "perplexity"}
+    return {f"{split}/{k}": float(v) for k, v in losses.summarize(totals).items() if k != "perplexity"}
 
 
-def evaluate_pretraining(s: Setup, params: nnx.State, corpus: corpora.Corpus, tok: tokenizers.Tokenizer) -> dict:
+def evaluate_pretraining(engine: loop.Engine, params: nnx.State, corpus: corpora.Corpus,
+                         tok: tokenizers.Tokenizer) -> dict:
     """The backbone's pretraining loss on held-out text (the corpus's validation split): what forgetting costs."""
-    result = train.evaluate_lm(s.pretrain_eval_step, s.layout, s.config, params["backbone"], corpus, tok)
+    result = train.evaluate_lm(engine.backbone_eval_step, engine.layout, engine.config, params["backbone"], corpus,
+                               tok)
     return {k.replace("eval/", "pretrain/heldout_"): v for k, v in result.items() if "perplexity" not in k}
 
 
@@ -276,101 +266,83 @@ def resolve(config: ConfigDict, workdir: epath.Path
     return config, tok, pre, corpus
 
 
+def streams(config: ConfigDict, task: tasks.Task, head: str, tok: tokenizers.Tokenizer,
+            corpus: corpora.Corpus | None) -> tuple[Any, Any | None]:
+    """This process's task batches and, with lambda > 0, its pretraining batches (train.objective's)."""
+    shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count(), seed=config.seed)
+    task_iter = iter(task_pipeline.train_dataset(task, tok, head=head, seq_len=config.task.seq_len,
+                                                 batch_size=config.task.batch_size // jax.process_count(),
+                                                 chars=char_table(config, tok), **shard))
+    if not uses_pretrain(config):
+        return task_iter, None
+    objective = objectives.get(config.train.objective)
+    return task_iter, iter(pipeline.train_dataset(corpus, tok, config.data, objective=objective,
+                                                  batch_size=config.data.batch_size // jax.process_count(), **shard))
+
+
+def initial_state(run: loop.Run, engine: loop.Engine, pre: Pretrained | None, task_iter: Any,
+                  pretrain_iter: Any | None):
+    """(the state to train from, the starting point): the pretrained backbone under a new head, which anchors
+    L2-SP and gives the 'before' pretraining loss; the state is the run's checkpoint when it resumes."""
+    fresh = engine.init(jax.random.PRNGKey(engine.config.seed))
+    if pre is not None:
+        fresh = fresh.replace(params=load_backbone(fresh.params, pre.params()))
+    if run.start:
+        return run.restore(engine, pretrain_iter, task_data=task_iter), fresh
+    if pre is not None:  # Adam's state for the pretrained values (init made it for random ones)
+        opt_init = jax.jit(engine.tx.init, out_shardings=engine.state_shardings.opt_state)
+        return fresh.replace(opt_state=opt_init(fresh.params)), fresh
+    return fresh, fresh
+
+
 def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
     """Fine-tunes (resuming from the workdir's latest checkpoint); returns the final metrics, also written to
     results.json: validation and test task metrics, and the held-out pretraining loss before and after."""
-    started = time.perf_counter()
-    workdir = storage.workdir(workdir)
+    started, workdir = time.perf_counter(), storage.workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    lead = jax.process_index() == 0
     config, tok, pre, corpus = resolve(config, workdir)
-    c = config.train
     task = tasks.load(ConfigDict(config.task.to_dict() | {"cache_dir": config.data.cache_dir}))
     head = "text_to_text" if config.model.family == "encoder_decoder" else task.spec.head
-    s = setup(config, task.num_labels, head)
-    mngr = checkpoint.manager(workdir, keep=c.keep_checkpoints)
-    if lead:
-        checkpoint.save_config(workdir, config)
-    shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
-    task_iter = iter(task_pipeline.train_dataset(task, tok, head=head, seq_len=config.task.seq_len, seed=config.seed,
-                                                 batch_size=config.task.batch_size // jax.process_count(),
-                                                 chars=char_table(config, tok), **shard))
-    pretrain_iter = iter(pipeline.train_dataset(corpus, tok, config.data, objective=c.objective, seed=config.seed,
-                                                batch_size=config.data.batch_size // jax.process_count(), **shard)
-                         ) if s.uses_pretrain else None
+    engine = setup(config, task.num_labels, head)
+    task_iter, pretrain_iter = streams(config, task, head, tok, corpus)
+    with loop.Run(config, workdir) as run:
+        state, fresh = initial_state(run, engine, pre, task_iter, pretrain_iter)
+        anchor = jax.tree.map(jnp.copy, fresh.params["backbone"]) if config.finetune.l2sp else None
+        before = evaluate_pretraining(engine, fresh.params, corpus, tok) if engine.backbone_eval_step else {}
+        del fresh
+        run.log(header(config, engine, task, head, run.start))
+        if before:
+            run.writer.scalars(run.start, {f"{k}_before": v for k, v in before.items()})
 
-    # The starting point (pretrained backbone, new head) anchors L2-SP and gives the "before" pretraining loss.
-    fresh = s.init(jax.random.PRNGKey(config.seed))
-    if pre is not None:
-        fresh = fresh.replace(params=load_backbone(fresh.params, pre.params()))
-    start = checkpoint.start_step(mngr, c.restore_step)
-    anchor = jax.tree.map(jnp.copy, fresh.params["backbone"]) if config.finetune.l2sp else None
-    before = evaluate_pretraining(s, fresh.params, corpus, tok) if s.pretrain_eval_step else {}
-    if start:
-        abstract = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
-        state = checkpoint.restore(mngr, start, abstract, pretrain_iter, task_data=task_iter)
-    elif pre is not None:  # Adam's state for the pretrained values (s.init made it for random ones)
-        state = fresh.replace(opt_state=jax.jit(s.tx.init, out_shardings=s.state_shardings.opt_state)(fresh.params))
-    else:
-        state = fresh
-    del fresh
+        def train_step(state):
+            batches = [None if it is None else engine.device_batch(next(it)) for it in (task_iter, pretrain_iter)]
+            return engine.train_step(state, *batches, anchor)
 
-    writer = metrics.Writer(workdir, resume_step=start, enabled=lead)
-    progress = metrics.Progress(start, c.num_steps, enabled=lead and c.progress)
-    log = progress.write if lead else (lambda _: None)
-    log(f"lmjax finetune: {s.num_params:,} parameters, task {task.name} ({head}, {task.num_labels or 'span'} labels), "
-        f"init {config.finetune.init or 'random'}, lambda {config.finetune.pretrain_lambda} "
-        f"({config.finetune.lambda_schedule}), l2sp {config.finetune.l2sp}, "
-        + (f"resuming at step {start}" if start else "from the start"))
-    if before:
-        writer.scalars(start, {f"{k}_before": v for k, v in before.items()})
+        def evaluate(step: int, state, final: bool) -> dict:
+            splits = ("validation", "test") if final else ("validation",)
+            result = {k: v for split in splits for k, v in evaluate_task(engine, state.params, task, tok, head,
+                                                                         split).items()}
+            if engine.backbone_eval_step:
+                result |= evaluate_pretraining(engine, state.params, corpus, tok)
+            return result
 
-    def evaluate(step: int, splits: tuple[str, ...]) -> dict:
-        result = {k: v for split in splits for k, v in evaluate_task(s, state.params, task, tok, split).items()}
-        if s.pretrain_eval_step:
-            result |= evaluate_pretraining(s, state.params, corpus, tok)
-        writer.scalars(step, result)
-        log(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in result.items()))
-        return result
+        def save(step: int, state) -> None:
+            checkpoint.save(run.mngr, step, state, pretrain_iter, task_data=task_iter)
 
-    tokens = config.task.batch_size * config.task.seq_len + (
-        config.data.batch_size * config.data.seq_len if s.uses_pretrain else 0)
-    steps = train._StepLog(config, start, writer, progress, mngr, tokens_per_step=tokens)
-    final: dict = {}
-    pending = None
-    try:
-        with checkpoint.Preemption(mngr) as preemption:
-            for step in range(start + 1, c.num_steps + 1):
-                task_batch = parallel.global_batch(next(task_iter), s.layout)
-                pretrain_batch = parallel.global_batch(next(pretrain_iter), s.layout) if s.uses_pretrain else None
-                state, step_metrics = s.train_step(state, task_batch, pretrain_batch, anchor)
-                if pending is not None:
-                    steps.settle(*pending)
-                pending = (step, step_metrics)
-                is_last, preempted = step == c.num_steps, preemption.reached(step)
-                do_eval = not (is_last or preempted) and step % c.eval_every == 0
-                do_save = is_last or preempted or step % c.checkpoint_every == 0
-                if do_eval or do_save:
-                    steps.settle(*pending)
-                    pending, paused_at = None, time.perf_counter()
-                    if do_eval:
-                        evaluate(step, ("validation",))
-                    if do_save:
-                        checkpoint.save(mngr, step, state, pretrain_iter, task_data=task_iter)
-                    steps.exclude(time.perf_counter() - paused_at)
-                if preempted and not is_last:
-                    mngr.wait_until_finished()
-                    log(f"preempted: saved the checkpoint of step {step} and stopped; the same command resumes it")
-                    return {"preempted_at": step}
-        final = evaluate(c.num_steps, ("validation", "test"))
-    finally:
-        mngr.wait_until_finished()
-        progress.close()
-        writer.close()
-    final |= {f"{k}_before": v for k, v in before.items()}
-    final |= {"step": c.num_steps, "seconds": time.perf_counter() - started}
-    if lead:
-        (workdir / checkpoint.RESULTS_FILE).write_text(json.dumps(final, indent=2, sort_keys=True))
-        log("done: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(final.items()) if k.startswith("test/"))
-            + f"; {workdir / checkpoint.RESULTS_FILE}")
-    return final
+        tokens = config.task.batch_size * config.task.seq_len + (
+            config.data.batch_size * config.data.seq_len if pretrain_iter else 0)
+        state, result = run.loop(state, train_step, evaluate, save, tokens)
+    if "preempted_at" not in result:
+        result |= {f"{k}_before": v for k, v in before.items()}
+        result |= {"step": config.train.num_steps, "seconds": time.perf_counter() - started}
+        tests = " ".join(f"{k}={v:.4f}" for k, v in sorted(result.items()) if k.startswith("test/"))
+        run.write_results(result, f"{tests}; {workdir / checkpoint.RESULTS_FILE}")
+    return result
+
+
+def header(config: ConfigDict, engine: loop.Engine, task: tasks.Task, head: str, start: int) -> str:
+    finetune_config = config.finetune
+    return (f"lmjax finetune: {engine.num_params:,} parameters, task {task.name} ({head}, "
+            f"{task.num_labels or 'span'} labels), init {finetune_config.init or 'random'}, lambda "
+            f"{finetune_config.pretrain_lambda} ({finetune_config.lambda_schedule}), l2sp {finetune_config.l2sp}, "
+            + (f"resuming at step {start}" if start else "from the start"))

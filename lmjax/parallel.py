@@ -1,4 +1,5 @@
-"""Device mesh, the one table mapping logical axis names to mesh axes, multi-host start-up, the pmap engine.
+"""Device mesh, the one table mapping logical axis names to mesh axes, the pmap engine (multi-host start-up:
+lmjax.distributed).
 
 Parameters name their axes in `axes` metadata (lmjax.models.layers.param); key activations are
 constrained with `constrain(x, axes)`. Both go through `config.mesh.rules`, one table:
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
-import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -162,43 +162,6 @@ def global_batch(local_batch: dict[str, np.ndarray], layout: Layout) -> dict[str
     """Assembles this process's share of a batch into global arrays sharded over the batch axes."""
     sharding = batch_sharding(layout)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Multi-host start-up.
-
-
-def cluster_detected(environ: dict | None = None) -> str | None:
-    """The kind of multi-process launch this process is part of, if any: 'slurm', 'tpu' or None."""
-    env = os.environ if environ is None else environ
-    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_STEP_ID" in env:
-        return "slurm"
-    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
-        return "tpu"
-    return None
-
-
-def initialize(dist: ConfigDict) -> bool:
-    """Starts `jax.distributed` when this is one process of several; returns whether it did.
-
-    distributed.coordinator_address (host:port) with num_processes and process_id starts it explicitly
-    (any cluster, or several local processes); enable='yes' lets JAX detect the cluster (TPU VMs, Slurm,
-    MPI, Kubernetes); enable='auto' does that only when the environment shows a multi-process launch.
-    """
-    if dist.enable == "no":
-        return False
-    if dist.coordinator_address:
-        if dist.num_processes < 1 or not 0 <= dist.process_id < dist.num_processes:
-            raise InputError(f"distributed.coordinator_address={dist.coordinator_address!r} needs num_processes >= 1 "
-                             f"and 0 <= process_id < num_processes (got {dist.num_processes}, {dist.process_id})")
-        local = [int(i) for i in str(dist.local_device_ids).split(",") if i.strip()] or None
-        jax.distributed.initialize(dist.coordinator_address, dist.num_processes, dist.process_id,
-                                   local_device_ids=local)
-        return True
-    if dist.enable == "yes" or cluster_detected():
-        jax.distributed.initialize()
-        return True
-    return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,14 +43,14 @@ def setup(c):
 
 def test_lambda_zero_is_a_plain_task_step():
     s = setup(step_config(pretrain_lambda=0.0))
-    assert not s.uses_pretrain
+    assert not finetune.uses_pretrain(s.config)
     task, _ = batches()
     state = s.init(jax.random.PRNGKey(0))
 
     @jax.jit
     def plain_step(params, opt_state, rng):
         key = jax.random.fold_in(rng, 0)
-        grads = jax.grad(lambda p: s.terms(p, task, None, None, key)[0]["task"])(params)
+        grads = jax.grad(lambda p: s.loss_fn(p, task, None, None, key)[0]["task"])(params)
         updates, _ = s.tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates)
 
@@ -68,8 +68,8 @@ def test_combined_gradient_is_task_plus_lambda_pretrain(lam):
     params = s.init(jax.random.PRNGKey(0)).params
     anchor = jax.tree.map(lambda x: x + 0.01, params["backbone"])
     key = jax.random.PRNGKey(1)
-    total = jax.jit(jax.grad(lambda p: finetune.combine(s.terms(p, task, pre, anchor, key)[0], lam, 0.5)))(params)
-    parts = {k: jax.jit(jax.grad(lambda p, k=k: s.terms(p, task, pre, anchor, key)[0][k]))(params)
+    total = jax.jit(jax.grad(lambda p: finetune.combine(s.loss_fn(p, task, pre, anchor, key)[0], lam, 0.5)))(params)
+    parts = {k: jax.jit(jax.grad(lambda p, k=k: s.loss_fn(p, task, pre, anchor, key)[0][k]))(params)
              for k in ("task", "pretrain", "l2sp")}
     expected = jax.tree.map(lambda t, p, r: t + lam * p + 0.5 * r, parts["task"], parts["pretrain"], parts["l2sp"])
     for a, b in zip(jax.tree.leaves(total), jax.tree.leaves(expected), strict=True):
@@ -239,7 +239,7 @@ def test_decoder_and_encoder_decoder_fine_tune(family):
     for _ in range(60):
         state, m = s.train_step(state, jax.tree.map(jnp.asarray, batch), None, None)
         losses.append(float(m["task_loss"]))
-    result = finetune.evaluate_task(s, state.params, task, tok, "test")
+    result = finetune.evaluate_task(s, state.params, task, tok, head, "test")
     key = "test/accuracy" if family == "decoder" else "test/exact_match"
     assert result[key] == 1.0 and losses[-1] < 0.7 * losses[0], (result, losses[0], losses[-1])
 

@@ -1,120 +1,80 @@
+"""The objective registry: every objective's batches match its declared shapes, and a new objective is its own
+code plus one registration (a toy: predict the token after next)."""
+
+import json
+
 import jax
-import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from lmjax import objectives
+from lmjax import losses, objectives, train
+from lmjax.data import corpora, pipeline, tokenizers
 
 
-def test_causal_lm_matches_numpy_and_ignores_padding():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
-    targets = rng.integers(0, 7, size=(2, 5))
-    weights = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.float32)
-    loss_sum, stats = objectives.language_model({"logits": jnp.asarray(logits)}, {"targets": targets, "weights": weights})
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    ce = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
-    np.testing.assert_allclose(loss_sum, (ce * weights).sum(), rtol=1e-5)
-    summary = objectives.summarize(stats)
-    np.testing.assert_allclose(summary["loss"], (ce * weights).sum() / weights.sum(), rtol=1e-5)
-    np.testing.assert_allclose(summary["perplexity"], np.exp(summary["loss"]), rtol=1e-5)
-    np.testing.assert_allclose(summary["accuracy"], ((logits.argmax(-1) == targets) * weights).sum() / 8, rtol=1e-6)
-    # Changing logits at padded positions changes nothing.
-    logits2 = logits.copy()
-    logits2[0, 3:] = 100.0
-    np.testing.assert_allclose(objectives.language_model({"logits": jnp.asarray(logits2)}, {"targets": targets, "weights": weights})[0],
-                               loss_sum, rtol=1e-6)
+def skip_examples(ds, documents, corpus, tokenizer, data, seed, training):
+    """Windows of L + 2 tokens: position i predicts token i + 2."""
+    packed = pipeline._packed(ds, corpus, tokenizer, data.seq_len + 2)
+
+    def to_example(window):
+        tokens, segments = window["tokens"], window["tokens_segment_ids"]
+        return {"inputs": tokens[:-2], "targets": tokens[2:], "weights": (segments[2:] > 0).astype(np.float32)}
+
+    return packed.map(to_example)
+
+
+@pytest.fixture
+def skip_lm():
+    toy = objectives.Objective(
+        "skip_lm", ("decoder",), lambda train_config: losses.language_model,
+        lambda data, B: {"inputs": ((B, data.seq_len), np.int32), "targets": ((B, data.seq_len), np.int32),
+                         "weights": ((B, data.seq_len), np.float32)},
+        examples=skip_examples, eval_stats=objectives.target_counts)
+    objectives.register(toy)
+    yield toy
+    del objectives.REGISTRY["skip_lm"]
 
 
 def test_unknown_objective_fails_clearly():
-    import pytest
-
-    from ml_collections import ConfigDict
-
-    with pytest.raises(ValueError, match="train.objective='mlm2' is unknown"):
-        objectives.get(ConfigDict(dict(objective="mlm2", label_smoothing=0.0)))
+    with pytest.raises(ValueError, match="train.objective='mlm2' is unknown; use one of"):
+        objectives.get("mlm2")
 
 
-def test_label_smoothing_and_nsp_terms():
-    rng = np.random.default_rng(0)
-    logits = jnp.asarray(rng.normal(size=(2, 4, 5)), jnp.float32)
-    targets = jnp.asarray(rng.integers(0, 5, (2, 4)))
-    weights = jnp.asarray([[1, 0, 1, 0], [1, 1, 1, 0]], jnp.float32)
-    batch = {"targets": targets, "weights": weights, "nsp_labels": jnp.asarray([0, 1])}
-    plain, stats = objectives.language_model({"logits": logits}, batch)
-    smooth, stats_s = objectives.language_model({"logits": logits}, batch, label_smoothing=0.1)
-    assert float(smooth) != float(plain) and float(stats_s["nll_sum"]) == float(stats["nll_sum"])
-    logp = jax.nn.log_softmax(logits)
-    manual = -((0.9 * jax.nn.one_hot(targets, 5) + 0.1 / 5) * logp).sum(-1)
-    np.testing.assert_allclose(smooth, (manual * weights).sum(), rtol=1e-5)
-    nsp_logits = jnp.asarray([[2.0, 0.0], [0.0, -1.0]])
-    total, s = objectives.masked_lm({"logits": logits, "nsp_logits": nsp_logits}, batch)
-    nsp_ce = -jax.nn.log_softmax(nsp_logits)[jnp.arange(2), batch["nsp_labels"]]
-    np.testing.assert_allclose(total, plain + 2 * nsp_ce[0] + 3 * nsp_ce[1], rtol=1e-5)
-    summary = objectives.summarize(s)
-    np.testing.assert_allclose(summary["nsp_accuracy"], 0.5)
-    np.testing.assert_allclose(summary["nsp_loss"], nsp_ce.mean(), rtol=1e-5)
+def test_a_registered_toy_objective_trains_end_to_end(skip_lm, tiny_config, tmp_path):
+    tiny_config.train.update(objective="skip_lm", num_steps=40, eval_every=40, sample_tokens=0)
+    train.check_config(tiny_config)
+    corpus = corpora.load(tiny_config.data)
+    tok = tokenizers.train("char", pipeline.tokenizer_texts(corpus, 0), 0, 1)
+    batch = next(iter(pipeline.train_dataset(corpus, tok, tiny_config.data, objective=skip_lm, batch_size=4, seed=0)))
+    np.testing.assert_array_equal(batch["inputs"][:, 2:], batch["targets"][:, :-2])  # its own examples
+    result = train.train_and_evaluate(tiny_config, tmp_path)
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert result["eval/loss"] < first["train/loss"] - 0.5, (first, result)
+    assert 0 < result["eval/unigram_accuracy"] < result["eval/accuracy"]  # its evaluation adds the baseline
 
 
-def test_macro_f1_matches_a_hand_count():
-    import jax.numpy as jnp
-
-    logits = jnp.asarray(np.eye(3)[[0, 0, 1, 2, 2, 1]] * 5.0, jnp.float32)
-    batch = {"labels": jnp.asarray([0, 1, 1, 2, 2, 2]), "weights": jnp.ones(6)}
-    stats = objectives.classification({"logits": logits}, batch)[1]
-    out = objectives.summarize(stats)
-    # class 0: tp 1, fp 1, fn 0 -> 2/3; class 1: tp 1, fp 1, fn 1 -> 1/2; class 2: tp 2, fp 0, fn 1 -> 4/5
-    np.testing.assert_allclose(out["macro_f1"], (2 / 3 + 1 / 2 + 4 / 5) / 3, rtol=1e-6)
-    np.testing.assert_allclose(out["accuracy"], 4 / 6, rtol=1e-6)
+def test_a_family_it_does_not_train_is_refused(skip_lm, tiny_config):
+    tiny_config.train.objective = "skip_lm"
+    tiny_config.model.family = "rnn"
+    with pytest.raises(ValueError, match="train.objective='skip_lm' does not train a model.family='rnn' model; "
+                                         "use causal_lm"):
+        train.check_config(tiny_config)
 
 
-def test_span_qa_exact_match_and_f1():
-    import jax.numpy as jnp
+@pytest.mark.parametrize("name", ["causal_lm", "bilm", "mlm", "span_corruption", "contrastive"])
+def test_batches_have_the_declared_shapes(name, verse, tmp_path):
+    from lmjax import config as config_lib
 
-    start = jnp.full((2, 8), -5.0).at[0, 2].set(5.0).at[1, 3].set(5.0)
-    end = jnp.full((2, 8), -5.0).at[0, 4].set(5.0).at[1, 4].set(5.0)
-    batch = {"start": jnp.asarray([2, 2]), "end": jnp.asarray([4, 5]), "weights": jnp.ones(2)}
-    out = objectives.summarize(objectives.span_qa({"start_logits": start, "end_logits": end}, batch)[1])
-    # second: predicted 3..4 vs gold 2..5: precision 1, recall 1/2 -> F1 2/3
-    np.testing.assert_allclose([out["exact_match"], out["f1"]], [0.5, (1 + 2 / 3) / 2], rtol=1e-6)
-    s, e = objectives.best_span(end, start)  # end before start is never chosen
-    assert (np.asarray(s) <= np.asarray(e)).all()
-
-
-def test_text_to_text_exact_match_counts_whole_targets():
-    import jax.numpy as jnp
-
-    targets = jnp.asarray([[3, 1, 0], [4, 1, 0]])
-    logits = jax.nn.one_hot(jnp.asarray([[3, 1, 2], [4, 2, 0]]), 5) * 9.0
-    batch = {"targets": targets, "weights": (targets > 0).astype(jnp.float32)}
-    out = objectives.summarize(objectives.text_to_text({"logits": logits}, batch)[1])
-    np.testing.assert_allclose([out["exact_match"], out["accuracy"]], [0.5, 3 / 4])
-
-
-def test_info_nce_matches_a_direct_computation():
-    rng = np.random.default_rng(0)
-    B, D, tau = 5, 4, 0.1
-    a, b = rng.normal(size=(B, D)), rng.normal(size=(B, D))
-    w = np.array([1, 1, 1, 1, 0], np.float32)  # the last row is padding: neither anchor nor candidate
-    loss, stats = objectives.info_nce({"embeddings": jnp.asarray(np.stack([a, b]), jnp.float32)}, {"weights": w},
-                                      temperature=tau)
-    an, bn = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
-    want, correct = 0.0, 0
-    for i in range(4):
-        s = an[i] @ bn[:4].T / tau
-        want += -(s[i] - np.log(np.exp(s).sum()))
-        correct += int(np.argmax(s) == i)
-    np.testing.assert_allclose(loss, want, rtol=1e-5)
-    assert float(stats["weight"]) == 4 and float(stats["correct"]) == correct
-
-
-def test_bidirectional_lm_sums_both_directions():
-    rng = np.random.default_rng(0)
-    fwd, bwd = rng.normal(size=(2, 3, 6)), rng.normal(size=(2, 3, 6))
-    batch = {"targets": rng.integers(0, 6, (2, 3)), "weights": np.ones((2, 3), np.float32),
-             "prev_targets": rng.integers(0, 6, (2, 3)), "prev_weights": np.array([[0, 1, 1], [0, 1, 1]], np.float32)}
-    loss, stats = objectives.bidirectional_lm({"logits": jnp.asarray(fwd), "backward_logits": jnp.asarray(bwd)}, batch)
-    nll = lambda z, t: -(z[..., t] - np.log(np.exp(z).sum()))  # noqa: E731
-    want = sum(nll(fwd[i, j], batch["targets"][i, j]) for i in range(2) for j in range(3)) + sum(
-        nll(bwd[i, j], batch["prev_targets"][i, j]) for i in range(2) for j in (1, 2))
-    np.testing.assert_allclose(loss, want, rtol=1e-5)
-    assert float(stats["weight"]) == 10
+    config = config_lib.base()
+    config.data.update(seq_len=16, max_chars=8, tokenizer="char", nsp=True)
+    path = tmp_path / "text.txt"
+    path.write_text(verse(300))
+    config.data.update(text_files=str(path), cache_dir=str(tmp_path / "cache"))
+    corpus = corpora.load(config.data)
+    tok = tokenizers.train("sentencepiece", [verse(2000)], 450)  # has the special tokens MLM and spans need
+    objective = objectives.get(name)
+    batch = next(iter(pipeline.train_dataset(corpus, tok, config.data, objective=objective, batch_size=4, seed=0)))
+    shapes = objective.batch_shapes(config.data, 4)
+    assert sorted(batch) == sorted(shapes)
+    for key, (shape, dtype) in shapes.items():
+        assert batch[key].shape == shape and batch[key].dtype == dtype, key
+    assert jax.tree.leaves(batch)

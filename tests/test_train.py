@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from lmjax import checkpoint, metrics, parallel, sample, train
+from lmjax import checkpoint, loop, metrics, parallel, sample, train
 from lmjax.data import tokenizers
 
 
@@ -128,7 +128,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(loop_config, t
     before = {p: p.stat().st_mtime_ns for p in ckpt.rglob("*") if p.is_file()}
     loop_config.train.num_steps = 30
     loop_config.optim.update(learning_rate=1e30, warmup_steps=0)
-    with pytest.raises(train.NonFiniteLoss, match=r"last good checkpoint \(step 10\) is untouched"):
+    with pytest.raises(loop.NonFiniteLoss, match=r"last good checkpoint \(step 10\) is untouched"):
         train.train_and_evaluate(loop_config, tmp_path)
     after = {p: p.stat().st_mtime_ns for p in ckpt.rglob("*") if p.is_file()}
     assert before == after and sorted(os.listdir(ckpt)) == ["10"]
@@ -136,7 +136,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(loop_config, t
 
 def test_non_finite_loss_before_any_checkpoint_says_so(loop_config, tmp_path):
     loop_config.optim.update(learning_rate=1e30, warmup_steps=0)
-    with pytest.raises(train.NonFiniteLoss, match="no checkpoint was saved yet, so a rerun starts afresh"):
+    with pytest.raises(loop.NonFiniteLoss, match="no checkpoint was saved yet, so a rerun starts afresh"):
         train.train_and_evaluate(loop_config, tmp_path)
 
 

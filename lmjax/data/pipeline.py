@@ -1,12 +1,14 @@
-"""grain pipelines, one per objective, sharded per process; batches are dicts of per-process NumPy arrays.
+"""grain pipelines, sharded per process; batches are dicts of per-process NumPy arrays.
 
-  causal_lm        tokenize -> pack (concatenate-and-split) -> shuffle windows -> batch:
-                   inputs int32[B, L], targets int32[B, L] (inputs shifted by one), weights float32[B, L]
-  mlm              documents -> sentence pairs (NSP) -> BERT masking -> batch (see data/masking.py)
-  span_corruption  tokenize -> pack raw windows -> T5 span corruption -> batch (see data/spans.py)
-  bilm             causal_lm windows + prev_targets / prev_weights (the backward LM's) + chars int32[B, L, C]
-  contrastive      one text piece per row: inputs, input_mask int32[B, L], weights float32[B] (two views: the model)
-  skipgram, cbow, glove   word ids of whole documents -> word2vec examples / GloVe co-occurrences (data/wordvec.py)
+An objective (lmjax.objectives) names the examples its batches are made of; the example makers here are:
+
+  lm_examples        tokenize -> pack (concatenate-and-split) -> shuffle windows:
+                     inputs int32[L], targets int32[L] (inputs shifted by one), weights float32[L]
+  bilm_examples      lm_examples + prev_targets / prev_weights (the backward LM's); batches add chars int32[B, L, C]
+  mlm_examples       documents -> sentence pairs (NSP) -> BERT masking (see data/masking.py)
+  span_examples      tokenize -> pack raw windows -> T5 span corruption (see data/spans.py)
+  sentence_examples  one text piece per row: inputs, input_mask int32[L], weights float32 (two views: the model)
+  word_pairs, cooccurrences   word ids of whole documents -> word2vec examples / GloVe entries (data/wordvec.py)
 
 Training iterators are infinite, deterministic from the seed, and their state is checkpointable.
 """
@@ -23,9 +25,6 @@ from lmjax.data import masking, spans, wordvec
 from lmjax.data.corpora import Corpus
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.errors import InputError
-
-OBJECTIVES = ("causal_lm", "mlm", "span_corruption", "bilm", "contrastive") + wordvec.WORD_OBJECTIVES
-
 
 class Tokenize(grain.transforms.Map):
     def __init__(self, tokenizer: Tokenizer, text_key: str, append_eos: bool):
@@ -92,19 +91,34 @@ def word_documents(split, tokenizer: Tokenizer, text_key: str, shard_index: int 
     return docs
 
 
-def _word_dataset(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, objective: str, batch_size: int, seed: int,
-                  shard_index: int, shard_count: int) -> grain.IterDataset:
+def _word_counts(tokenizer: Tokenizer, name: str) -> np.ndarray:
     counts_V = getattr(tokenizer, "counts_V", None)
     if counts_V is None:
-        raise InputError(f"train.objective={objective!r} trains word vectors; set data.tokenizer='word'")
-    if objective == "glove":  # the global matrix; each process trains on its own share of the entries
-        rows, cols, counts = wordvec.cooccurrence(word_documents(corpus.train, tokenizer, corpus.text_key),
-                                                  tokenizer.vocab_size, data.window)
-        part = slice(shard_index, None, shard_count)
-        return wordvec.Cooccurrences(rows[part], cols[part], counts[part], batch_size=batch_size, seed=seed)
-    docs = word_documents(corpus.train, tokenizer, corpus.text_key, shard_index, shard_count)
-    return wordvec.WordPairs(docs, counts_V, cbow=objective == "cbow", window=data.window, negatives=data.negatives,
-                             sample=data.sample, batch_size=batch_size, seed=seed)
+        raise InputError(f"train.objective={name!r} trains word vectors; set data.tokenizer='word'")
+    return counts_V
+
+
+def word_pairs(cbow: bool):
+    """The training dataset of word2vec examples (skip-gram pairs or CBOW windows) with negatives."""
+
+    def dataset(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, batch_size: int, seed: int,
+                shard_index: int, shard_count: int) -> grain.IterDataset:
+        counts_V = _word_counts(tokenizer, "cbow" if cbow else "skipgram")
+        docs = word_documents(corpus.train, tokenizer, corpus.text_key, shard_index, shard_count)
+        return wordvec.WordPairs(docs, counts_V, cbow=cbow, window=data.window, negatives=data.negatives,
+                                 sample=data.sample, batch_size=batch_size, seed=seed)
+
+    return dataset
+
+
+def cooccurrences(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, batch_size: int, seed: int,
+                  shard_index: int, shard_count: int) -> grain.IterDataset:
+    """GloVe's training dataset: the global co-occurrence matrix; each process trains on its share of entries."""
+    _word_counts(tokenizer, "glove")
+    rows, cols, counts = wordvec.cooccurrence(word_documents(corpus.train, tokenizer, corpus.text_key),
+                                              tokenizer.vocab_size, data.window)
+    part = slice(shard_index, None, shard_count)
+    return wordvec.Cooccurrences(rows[part], cols[part], counts[part], batch_size=batch_size, seed=seed)
 
 
 def _packed(ds: grain.MapDataset, corpus: Corpus, tokenizer: Tokenizer, length: int) -> grain.IterDataset:
@@ -117,54 +131,45 @@ def span_lengths(data: ConfigDict) -> tuple[int, int]:
     return spans.window_lengths(data.seq_len, data.noise_density, data.mean_span)
 
 
-def _examples(ds: grain.MapDataset, documents: grain.MapDataset, corpus: Corpus, tokenizer: Tokenizer,
-              data: ConfigDict, objective: str, seed: int, training: bool) -> grain.IterDataset:
-    """Unbatched examples for `objective` from the documents `ds` lists (NSP draws random ones from `documents`)."""
-    if objective in ("causal_lm", "bilm"):
-        packed = _packed(ds, corpus, tokenizer, data.seq_len + 1)
-        if training and data.shuffle_window > 1:  # mixes windows of long documents, which example shuffling cannot
-            packed = grain.experimental.WindowShuffleIterDataset(packed, window_size=data.shuffle_window, seed=seed)
-        return packed.map(to_lm_example if objective == "causal_lm" else to_bilm_example)
-    if objective == "contrastive":
-        tokenized = ds.map(Tokenize(tokenizer, corpus.text_key, append_eos=False)).to_iter_dataset()
-        return tokenized.map(lambda ex: to_sentence(ex["tokens"], data.seq_len))
-    if objective == "mlm":
-        spec = masking.MaskingSpec(data.mask_rate, data.mask_token_frac, data.random_token_frac, data.whole_word)
-        pairs = masking.BertExamples(documents, corpus.text_key, tokenizer, data.seq_len, spec, data.nsp)
-        return ds.random_map(pairs, seed=seed).to_iter_dataset()
-    if objective == "span_corruption":
-        packed = _packed(ds, corpus, tokenizer, span_lengths(data)[0])
-        return packed.random_map(spans.SpanCorruption(tokenizer, data.noise_density, data.mean_span), seed=seed)
-    raise InputError(f"train.objective={objective!r} is unknown; use one of {OBJECTIVES}")
+# Example makers: (documents to read, all documents, corpus, tokenizer, data config, seed, training) -> examples.
 
 
-def batch_shapes(data: ConfigDict, objective: str, batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """{key: (shape, dtype)} of the batches `train_dataset` yields (for compiling ahead of time, without data)."""
-    B, L = batch_size, data.seq_len
-    tokens = {"inputs": ((B, L), np.int32), "targets": ((B, L), np.int32), "weights": ((B, L), np.float32)}
-    if objective == "causal_lm":
-        return tokens
-    if objective == "bilm":
-        return tokens | {"prev_targets": ((B, L), np.int32), "prev_weights": ((B, L), np.float32),
-                         "chars": ((B, L, data.max_chars), np.int32)}
-    if objective == "contrastive":
-        return {"inputs": ((B, L), np.int32), "input_mask": ((B, L), np.int32), "weights": ((B,), np.float32)}
-    if objective in ("skipgram", "cbow"):
-        inputs = {"inputs": ((B,), np.int32)} if objective == "skipgram" else {
-            "inputs": ((B, 2 * data.window), np.int32), "input_mask": ((B, 2 * data.window), np.float32)}
-        return inputs | {"targets": ((B,), np.int32), "negatives": ((B, data.negatives), np.int32),
-                         "weights": ((B,), np.float32)}
-    if objective == "glove":
-        return {"rows": ((B,), np.int32), "cols": ((B,), np.int32), "counts": ((B,), np.float32),
-                "weights": ((B,), np.float32)}
-    if objective == "mlm":
-        return tokens | {"segments": ((B, L), np.int32), "input_mask": ((B, L), np.int32)} | (
-            {"nsp_labels": ((B,), np.int32)} if data.nsp else {})
-    if objective == "span_corruption":
-        T = span_lengths(data)[1]
-        return {"inputs": ((B, L), np.int32), "input_mask": ((B, L), np.int32), "decoder_inputs": ((B, T), np.int32),
-                "targets": ((B, T), np.int32), "weights": ((B, T), np.float32)}
-    raise InputError(f"train.objective={objective!r} is unknown; use one of {OBJECTIVES}")
+def _lm_windows(ds: grain.MapDataset, corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, seed: int,
+                training: bool) -> grain.IterDataset:
+    packed = _packed(ds, corpus, tokenizer, data.seq_len + 1)
+    if training and data.shuffle_window > 1:  # mixes windows of long documents, which example shuffling cannot
+        packed = grain.experimental.WindowShuffleIterDataset(packed, window_size=data.shuffle_window, seed=seed)
+    return packed
+
+
+def lm_examples(ds, documents, corpus, tokenizer, data, seed, training) -> grain.IterDataset:
+    return _lm_windows(ds, corpus, tokenizer, data, seed, training).map(to_lm_example)
+
+
+def bilm_examples(ds, documents, corpus, tokenizer, data, seed, training) -> grain.IterDataset:
+    return _lm_windows(ds, corpus, tokenizer, data, seed, training).map(to_bilm_example)
+
+
+def sentence_examples(ds, documents, corpus, tokenizer, data, seed, training) -> grain.IterDataset:
+    tokenized = ds.map(Tokenize(tokenizer, corpus.text_key, append_eos=False)).to_iter_dataset()
+    return tokenized.map(lambda ex: to_sentence(ex["tokens"], data.seq_len))
+
+
+def mlm_examples(ds, documents, corpus, tokenizer, data, seed, training) -> grain.IterDataset:
+    """Sentence pairs (NSP draws random second sentences from `documents`), BERT-masked."""
+    spec = masking.MaskingSpec(data.mask_rate, data.mask_token_frac, data.random_token_frac, data.whole_word)
+    pairs = masking.BertExamples(documents, corpus.text_key, tokenizer, data.seq_len, spec, data.nsp)
+    return ds.random_map(pairs, seed=seed).to_iter_dataset()
+
+
+def span_examples(ds, documents, corpus, tokenizer, data, seed, training) -> grain.IterDataset:
+    packed = _packed(ds, corpus, tokenizer, span_lengths(data)[0])
+    return packed.random_map(spans.SpanCorruption(tokenizer, data.noise_density, data.mean_span), seed=seed)
+
+
+def with_chars(batches: grain.IterDataset, tokenizer: Tokenizer, data: ConfigDict) -> grain.IterDataset:
+    """Batches with the characters of their inputs (ELMo's input)."""
+    return batches.map(AddChars(char_table(tokenizer, data.max_chars)))
 
 
 def process_shards(split, data: ConfigDict, shard_index: int, shard_count: int) -> list[grain.MapDataset]:
@@ -195,38 +200,42 @@ def _concat(parts: tuple[dict, ...]) -> dict:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def train_dataset(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, *, objective: str, batch_size: int,
+def _batches(objective, streams: list[grain.IterDataset], batch_size: int, tokenizer: Tokenizer,
+             data: ConfigDict) -> grain.IterDataset:
+    batches = _rows_of_shards(streams, batch_size)
+    return objective.batches(batches, tokenizer, data) if objective.batches else batches
+
+
+def train_dataset(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, *, objective, batch_size: int,
                   seed: int, shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
-    """Infinite, reshuffled every epoch; `batch_size` is this process's share of the global batch. A thread
-    prepares the next batch while the step runs (its iterator state is that of the batches handed out)."""
-    if objective in wordvec.WORD_OBJECTIVES:
-        batches = _word_dataset(corpus, tokenizer, data, objective, batch_size, seed, shard_index, shard_count)
+    """Infinite, reshuffled every epoch; `objective` (an lmjax.objectives.Objective) says what the batches hold;
+    `batch_size` is this process's share of the global batch. A thread prepares the next batch while the step
+    runs (its iterator state is that of the batches handed out)."""
+    if objective.dataset is not None:
+        batches = objective.dataset(corpus, tokenizer, data, batch_size, seed, shard_index, shard_count)
     else:
-        streams = [_examples(documents.shuffle(seed=seed).repeat(), documents, corpus, tokenizer, data, objective,
-                             seed, training=True)
+        streams = [objective.examples(documents.shuffle(seed=seed).repeat(), documents, corpus, tokenizer, data,
+                                      seed, True)
                    for documents in process_shards(corpus.train, data, shard_index, shard_count)]
-        batches = _with_chars(_rows_of_shards(streams, batch_size), tokenizer, data, objective)
+        batches = _batches(objective, streams, batch_size, tokenizer, data)
     return grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=1)
 
 
-def _with_chars(batches: grain.IterDataset, tokenizer: Tokenizer, data: ConfigDict, objective: str) -> grain.IterDataset:
-    return batches.map(AddChars(char_table(tokenizer, data.max_chars))) if objective == "bilm" else batches
-
-
-def eval_batches(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, *, objective: str, batch_size: int,
+def eval_batches(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, *, objective, batch_size: int,
                  max_batches: int, shard_index: int = 0, shard_count: int = 1) -> Iterator[dict]:
     """The validation split in order (at most `max_batches` batches; 0 means one pass). Random choices
-    (masks, pairs, spans) use a fixed seed, so every evaluation scores the same examples. MLM draws one
-    pair per document and pass, so with max_batches it makes further passes until it has enough batches."""
+    (masks, pairs, spans) use a fixed seed, so every evaluation scores the same examples. Objectives that draw
+    one example per document (MLM pairs: objective.one_per_document) make further passes until they have
+    enough batches."""
+    if objective.examples is None:
+        raise InputError(f"train.objective={objective.name!r} is scored by its own evaluation, not batches")
     streams = []
     for documents in process_shards(corpus.validation, data, shard_index, shard_count):
         ds = documents
-        if objective == "mlm" and max_batches:
+        if objective.one_per_document and max_batches:
             ds = documents.repeat(-(-max_batches * batch_size // max(len(documents), 1)))
-        streams.append(_examples(ds, documents, corpus, tokenizer, data, objective, seed=0, training=False))
-    if objective in wordvec.WORD_OBJECTIVES:
-        raise InputError(f"train.objective={objective!r} is scored on word-similarity and analogy sets, not batches")
-    for i, batch in enumerate(_with_chars(_rows_of_shards(streams, batch_size), tokenizer, data, objective)):
+        streams.append(objective.examples(ds, documents, corpus, tokenizer, data, 0, False))
+    for i, batch in enumerate(_batches(objective, streams, batch_size, tokenizer, data)):
         if max_batches and i >= max_batches:
             return
         yield batch
@@ -238,10 +247,3 @@ def tokenizer_texts(corpus: Corpus, max_examples: int) -> Iterator[str]:
     for i in range(n):
         text = corpus.train[i][corpus.text_key]
         yield text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
-
-
-def check(c: ConfigDict) -> None:
-    """The objective's examples against the model: span corruption's targets must fit its positions."""
-    if c.train.objective == "span_corruption" and span_lengths(c.data)[1] > c.model.max_len:
-        raise InputError(f"span corruption of {c.data.seq_len}-token inputs makes {span_lengths(c.data)[1]}-token "
-                         f"targets, longer than model.max_len={c.model.max_len}; raise model.max_len")

@@ -17,7 +17,6 @@ import numpy as np
 
 from lmjax.errors import InputError
 
-WORD_OBJECTIVES = ("skipgram", "cbow", "glove")
 
 
 def keep_probabilities(counts_V: np.ndarray, sample: float) -> np.ndarray:

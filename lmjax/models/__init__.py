@@ -1,11 +1,10 @@
-"""Model registry: `build(model_config, rngs)` makes the module named by `model_config.family`, and
-`forward(model, batch)` runs it on a batch of its objective's format (see lmjax/data/pipeline.py)."""
+"""Model registry: `build(model_config, rngs)` makes the module named by `model_config.family`. Every model's
+`forward(batch)` gives the outputs its objectives score (lmjax.objectives); encoders, decoders and recurrent LMs
+also give `hidden_states(batch)`, which task heads read."""
 from __future__ import annotations
 
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
@@ -50,10 +49,6 @@ REGISTRY: dict[str, Callable[[ConfigDict, nnx.Rngs], nnx.Module]] = {
     "decoder": _decoder, "encoder": _encoder, "encoder_decoder": _encoder_decoder, "rnn": _rnn, "elmo": _elmo,
     "word2vec": lambda c, rngs: Word2Vec(c.vocab_size, c.d_model, rngs=rngs),
     "glove": lambda c, rngs: GloVe(c.vocab_size, c.d_model, rngs=rngs)}
-# The objectives each family trains with (lmjax.config checks the pair).
-OBJECTIVES = {"decoder": ("causal_lm",), "encoder": ("mlm", "contrastive"), "encoder_decoder": ("span_corruption",),
-              "rnn": ("causal_lm",), "elmo": ("bilm",), "word2vec": ("skipgram", "cbow"), "glove": ("glove",)}
-WORD_VECTORS = ("word2vec", "glove")
 
 
 def build(model_config: ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
@@ -64,44 +59,10 @@ def build(model_config: ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     return factory(model_config, rngs)
 
 
-def forward(model: nnx.Module, batch: dict[str, jax.Array], *, deterministic: bool = True,
-            rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
-    """The outputs the objectives score: {'logits'} (+ 'nsp_logits' for an encoder with an NSP head; +
-    'backward_logits' for ELMo); an encoder given a batch without targets returns the sentence embeddings
-    [2, B, D] of two views (contrastive: the same text under two dropout masks, or batch['positive_inputs'])."""
-    kw = dict(deterministic=deterministic, rngs=rngs)
-    if isinstance(model, (DecoderLM, RecurrentLM)):
-        return {"logits": model(batch["inputs"], mask_BL=batch.get("input_mask"), **kw)}
-    if isinstance(model, (Word2Vec, GloVe)):
-        return model(batch)
-    if isinstance(model, ELMo):
-        return model(batch["chars"], **kw)
-    if isinstance(model, EncoderLM) and "targets" not in batch:
-        views = [(batch["inputs"], batch["input_mask"]),
-                 (batch.get("positive_inputs", batch["inputs"]), batch.get("positive_mask", batch["input_mask"]))]
-        return {"embeddings": jnp.stack([model.sentence_embedding(x, mask, **kw) for x, mask in views])}
-    if isinstance(model, EncoderLM):
-        h_BLD = model.encode(batch["inputs"], segments_BL=batch.get("segments"), mask_BL=batch["input_mask"], **kw)
-        out = {"logits": model.mlm_logits(h_BLD)}
-        if model.heads == "mlm_nsp" and "nsp_labels" in batch:
-            out["nsp_logits"] = model.nsp_logits(h_BLD)
-        return out
-    return {"logits": model(batch["inputs"], batch["decoder_inputs"], mask_BS=batch["input_mask"], **kw)}
-
-
 def check(c: ConfigDict) -> None:
-    """The checks that involve the model: its family against the objective, its positions against lengths."""
-    allowed = OBJECTIVES.get(c.model.family)
-    if allowed is None:
-        raise InputError(f"model.family={c.model.family!r} is unknown; use one of {sorted(OBJECTIVES)}")
-    if c.train.objective not in allowed:
-        raise InputError(f"train.objective={c.train.objective!r} does not train a model.family={c.model.family!r} "
-                         f"model; use {' or '.join(allowed)}")
-    if c.train.objective == "contrastive" and not c.model.dropout > 0:
-        raise InputError("train.objective='contrastive' makes a text's two views by dropout; set model.dropout > 0 "
-                         "(SimCSE: 0.1)")
-    if c.model.family in WORD_VECTORS and c.data.tokenizer != "word":
-        raise InputError(f"model.family={c.model.family!r} learns vectors of words; set data.tokenizer='word'")
+    """The checks that involve the model: its family, its characters and positions against the data's lengths."""
+    if c.model.family not in REGISTRY:
+        raise InputError(f"model.family={c.model.family!r} is unknown; use one of {sorted(REGISTRY)}")
     if c.model.family == "elmo" and max(w for w, _ in parse_filters(c.model.char_filters)) > c.data.max_chars:
         raise InputError(f"model.char_filters={c.model.char_filters!r} has filters wider than data.max_chars="
                          f"{c.data.max_chars} characters; raise data.max_chars or narrow the filters")

@@ -29,6 +29,15 @@ class DecoderLM(nnx.Module):
     def embed(self, tokens_BL: jax.Array) -> jax.Array:
         return jnp.take(self.embed_VD[...], tokens_BL, axis=0).astype(self.dtype)
 
+    def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
+        """The outputs its objective scores: {'logits'} for batch['inputs'] (batch['input_mask']: real tokens)."""
+        return {"logits": self(batch["inputs"], mask_BL=batch.get("input_mask"), deterministic=deterministic, rngs=rngs)}
+
+    def hidden_states(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """h_BLD for batch['inputs'] (padding marked by batch['input_mask']): what task heads read."""
+        return self.hidden(self.embed(batch["inputs"]), mask_BL=batch.get("input_mask"), deterministic=deterministic,
+                           rngs=rngs)
+
     def __call__(self, tokens_BL: jax.Array, *, mask_BL: jax.Array | None = None, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
         """Next-token logits_BLV (fp32) at every position; mask_BL marks real tokens (padding is never attended)."""

@@ -101,6 +101,9 @@ class ELMo(nnx.Module):
         logits = lambda h: layers.vocab_logits(self.dropout(h, deterministic=deterministic, rngs=rngs), head_DV)  # noqa: E731
         return {"logits": logits(fwd[-1]), "backward_logits": logits(bwd[-1])}
 
+    def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
+        return self(batch["chars"], deterministic=deterministic, rngs=rngs)
+
     def features(self, chars_BLC: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         """h_JBL(2D): [token; token] and [forward_j; backward_j] for each layer j (what the scalar mix weighs)."""
         x_BLD, fwd, bwd = self.layer_states(chars_BLC, deterministic=deterministic, rngs=rngs)

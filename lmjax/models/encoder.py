@@ -81,6 +81,25 @@ class EncoderLM(nnx.Module):
             raise InputError(f"this encoder has no NSP head (model.encoder_heads={self.heads!r}); use 'mlm_nsp'")
         return self.nsp(jnp.tanh(self.pooler(h_BLD[:, 0]))).astype(jnp.float32)  # logits_B2
 
+    def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
+        """MLM: {'logits'} (+ 'nsp_logits' with an NSP head and labels). A batch without targets (contrastive):
+        {'embeddings'} [2, B, D] of two views, the same text under two dropout masks or batch['positive_inputs']."""
+        kw = dict(deterministic=deterministic, rngs=rngs)
+        if "targets" not in batch:
+            views = [(batch["inputs"], batch["input_mask"]),
+                     (batch.get("positive_inputs", batch["inputs"]), batch.get("positive_mask", batch["input_mask"]))]
+            return {"embeddings": jnp.stack([self.sentence_embedding(x, mask, **kw) for x, mask in views])}
+        h_BLD = self.hidden_states(batch, **kw)
+        out = {"logits": self.mlm_logits(h_BLD)}
+        if self.heads == "mlm_nsp" and "nsp_labels" in batch:
+            out["nsp_logits"] = self.nsp_logits(h_BLD)
+        return out
+
+    def hidden_states(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """h_BLD for batch['inputs'] (+ 'segments'; padding marked by batch['input_mask'])."""
+        return self.encode(batch["inputs"], segments_BL=batch.get("segments"), mask_BL=batch["input_mask"],
+                           deterministic=deterministic, rngs=rngs)
+
     def __call__(self, tokens_BL: jax.Array, *, segments_BL: jax.Array | None = None, mask_BL: jax.Array | None = None,
                  deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         """MLM logits_BLV, or the hidden states h_BLD of an encoder without heads."""

@@ -55,6 +55,11 @@ class EncoderDecoderLM(nnx.Module):
                                 mask_B1LS=layers.attention_mask(mask_BS, causal=False), deterministic=deterministic,
                                 rngs=rngs)[0]
 
+    def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
+        """{'logits'} of batch['decoder_inputs'] given batch['inputs'] (real tokens: batch['input_mask'])."""
+        return {"logits": self(batch["inputs"], batch["decoder_inputs"], mask_BS=batch["input_mask"],
+                               deterministic=deterministic, rngs=rngs)}
+
     def __call__(self, inputs_BS: jax.Array, decoder_inputs_BL: jax.Array, *, mask_BS: jax.Array | None = None,
                  decoder_mask_BL: jax.Array | None = None, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None) -> jax.Array:

@@ -19,20 +19,11 @@ from lmjax.errors import InputError
 from lmjax.models import layers
 from lmjax.models.decoder import DecoderLM
 from lmjax.models.elmo import ELMo, ScalarMix
-from lmjax.models.encoder import EncoderLM
 from lmjax.models.encoder_decoder import EncoderDecoderLM
 from lmjax.models.rnn import RecurrentLM
 
 HEADS = ("classification", "token_classification", "span_qa", "text_to_text")
 POOLINGS = ("cls", "mean", "last")
-
-
-def hidden_states(backbone: nnx.Module, batch: dict, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
-    """h_BLD of an encoder, decoder or recurrent LM for batch['inputs'] (padding marked by batch['input_mask'])."""
-    kw = dict(mask_BL=batch["input_mask"], deterministic=deterministic, rngs=rngs)
-    if isinstance(backbone, EncoderLM):
-        return backbone.encode(batch["inputs"], segments_BL=batch.get("segments"), **kw)
-    return backbone.hidden(backbone.embed(batch["inputs"]), **kw)
 
 
 def pool(h_BLD: jax.Array, mask_BL: jax.Array, pooling: str) -> jax.Array:
@@ -69,12 +60,11 @@ class TaskModel(nnx.Module):
 
     def __call__(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
         if self.kind == "text_to_text":
-            return {"logits": self.backbone(batch["inputs"], batch["decoder_inputs"], mask_BS=batch["input_mask"],
-                                            deterministic=deterministic, rngs=rngs)}
+            return self.backbone.forward(batch, deterministic=deterministic, rngs=rngs)
         if self.mix is not None:
             h_BLD = self.mix(self.backbone.features(batch["chars"], deterministic=deterministic, rngs=rngs))
         else:
-            h_BLD = hidden_states(self.backbone, batch, deterministic=deterministic, rngs=rngs)
+            h_BLD = self.backbone.hidden_states(batch, deterministic=deterministic, rngs=rngs)
         if self.kind == "classification":
             h_BLD = pool(h_BLD, batch["input_mask"], self.pooling)
         y = self.head(self.dropout(h_BLD, deterministic=deterministic, rngs=rngs)).astype(jnp.float32)

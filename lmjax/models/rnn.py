@@ -83,6 +83,15 @@ class RecurrentLM(nnx.Module):
             h_BLD = self.dropout(layer(h_BLD), deterministic=deterministic, rngs=rngs)
         return h_BLD
 
+    def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
+        """The outputs its objective scores: {'logits'} for batch['inputs'] (batch['input_mask']: real tokens)."""
+        return {"logits": self(batch["inputs"], mask_BL=batch.get("input_mask"), deterministic=deterministic, rngs=rngs)}
+
+    def hidden_states(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """h_BLD for batch['inputs'] (padding marked by batch['input_mask']): what task heads read."""
+        return self.hidden(self.embed(batch["inputs"]), mask_BL=batch.get("input_mask"), deterministic=deterministic,
+                           rngs=rngs)
+
     def __call__(self, tokens_BL: jax.Array, *, mask_BL: jax.Array | None = None, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
         h_BLD = self.hidden(self.embed(tokens_BL), deterministic=deterministic, rngs=rngs)

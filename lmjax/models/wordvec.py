@@ -32,6 +32,10 @@ class Word2Vec(nnx.Module):
         noise_BKD = jnp.take(self.context_VD[...], batch["negatives"], axis=0)
         return {"pos_B": jnp.einsum("bd,bd->b", h_BD, out_BD), "neg_BK": jnp.einsum("bd,bkd->bk", h_BD, noise_BKD)}
 
+    def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
+        del deterministic, rngs  # no dropout
+        return self(batch)
+
     def vectors(self) -> jax.Array:
         return self.embed_VD[...]
 
@@ -53,6 +57,10 @@ class GloVe(nnx.Module):
         dot_B = jnp.einsum("bd,bd->b", jnp.take(self.embed_VD[...], rows, axis=0),
                            jnp.take(self.context_VD[...], cols, axis=0))
         return {"prediction_B": dot_B + jnp.take(self.bias_V[...], rows) + jnp.take(self.context_bias_V[...], cols)}
+
+    def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
+        del deterministic, rngs  # no dropout
+        return self(batch)
 
     def vectors(self) -> jax.Array:
         return self.embed_VD[...] + self.context_VD[...]

@@ -3,6 +3,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from lmjax import config as base_config
+from lmjax import objectives
 from lmjax.data import corpora, pipeline, tokenizers
 
 
@@ -57,7 +58,7 @@ def test_tfds_catalog_dataset_loads_by_name_and_feeds_the_pipeline():
         corpus = corpora.load(data_config(tfds_name="lm1b", eval_split="test"))
         assert len(corpus.train) == 7 and corpus.documents
         tok = tokenizers.train("char", pipeline.tokenizer_texts(corpus, 0), 0)
-        batch = next(iter(pipeline.train_dataset(corpus, tok, data_config(seq_len=8, shuffle_window=4), objective="causal_lm", batch_size=2, seed=0)))
+        batch = next(iter(pipeline.train_dataset(corpus, tok, data_config(seq_len=8, shuffle_window=4), objective=objectives.get("causal_lm"), batch_size=2, seed=0)))
         assert batch["inputs"].shape == (2, 8)
         assert (batch["inputs"] == tok.eos_id).any() or (batch["targets"] == tok.eos_id).any()  # documents end in EOS
 

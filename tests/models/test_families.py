@@ -30,7 +30,7 @@ def build(variant):
 def run(model, tokens, mask, **kw):
     batch = {"inputs": jnp.asarray(tokens), "input_mask": jnp.asarray(mask), "segments": jnp.zeros_like(tokens),
              "decoder_inputs": jnp.asarray(tokens[:, :6]), "nsp_labels": jnp.zeros(len(tokens), jnp.int32)}
-    return models.forward(model, batch, **kw)
+    return model.forward(batch, **kw)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lmjax import objectives
+from lmjax import losses
 from lmjax.models import GloVe, Word2Vec
 
 
@@ -22,7 +22,7 @@ def test_negative_sampling_loss_and_gradients_match_numpy():
     graphdef, params = nnx.split(model)
 
     def loss(params):
-        return objectives.negative_sampling(nnx.merge(graphdef, params)(batch), batch)[0]
+        return losses.negative_sampling(nnx.merge(graphdef, params)(batch), batch)[0]
 
     value, grads = jax.value_and_grad(loss)(params)
     E, C = np.asarray(model.embed_VD[...], np.float64), np.asarray(model.context_VD[...], np.float64)
@@ -62,7 +62,7 @@ def test_glove_loss_matches_a_dense_reference():
     X = rng.integers(0, 4, (V, V)) * rng.random((V, V)) * 150  # some entries above x_max, many zero
     rows, cols = np.nonzero(X)
     batch = {"rows": rows, "cols": cols, "counts": X[rows, cols].astype(np.float32), "weights": np.ones(len(rows), np.float32)}
-    loss = objectives.glove(model(batch), batch)[0]
+    loss = losses.glove(model(batch), batch)[0]
     W, Wc = np.asarray(model.embed_VD[...]), np.asarray(model.context_VD[...])
     b, bc = np.asarray(model.bias_V[...]), np.asarray(model.context_bias_V[...])
     err = W @ Wc.T + b[:, None] + bc[None, :] - np.log(np.where(X > 0, X, 1))
