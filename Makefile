@@ -1,5 +1,5 @@
 # make demo: install into .venv if needed, then train the embedded default (char GPT on Shakespeare).
-# make test: install the test extras if needed, then run the test suite.
+# make test: install the test extras if needed, then lint (ruff format --check, ruff check) and run the tests.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -23,6 +23,8 @@ demo: $(VENV)/.runtime
 	$(PY) -m lmjax.main --config=experiments/configs/shakespeare_char.py --workdir=$(WORKDIR)
 
 test: $(VENV)/.test
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n auto
 
 test-slow: $(VENV)/.test

@@ -3,18 +3,19 @@
   .venv/bin/python benchmarks/input_pipeline.py --text PATH/TO/tinyshakespeare.txt [--presets baby,medium]
 
 For each preset (benchmarks/throughput.py's sizes, character tokens of the given text):
-  pipeline tokens/s  the grain training pipeline of lmjax.data.pipeline alone (what train.py iterates), batches
-                     of the preset's shape drawn back to back after the first;
+  pipeline tokens/s  the grain training pipeline of lmjax.data.pipeline alone (what train.py iterates),
+                     batches of the preset's shape drawn back to back after the first;
   step tokens/s      the compiled train step alone, dispatched back to back on one device batch (no input, no
                      metrics read): the fastest the trainer can consume;
-  loop tokens/s      lmjax.train.train_and_evaluate itself (pipeline, host-to-device copy, the step, the metrics
-                     read one step behind dispatch, logging), its own train/tokens_per_s over the logged intervals
-                     after the first (evaluation and checkpoint time excluded, as the loop reports it).
-pipeline / step >= 10 means the input pipeline is not what limits training; loop / step near 1 means the loop adds
-no per-step host synchronisation (a blocking read each step would serialise host work with the device's; the
-pipeline prepares the next batch on a thread of its own while the step runs). The process is set up as lmjax.main
-sets it up (lmjax.host.setup). Medians of --rounds.
-"""
+  loop tokens/s      lmjax.train.train_and_evaluate itself (pipeline, host-to-device copy, the step, the
+                     metrics read one step behind dispatch, logging), its own train/tokens_per_s over the
+                     logged intervals after the first (evaluation and checkpoint time excluded, as the loop
+                     reports it).
+pipeline / step >= 10 means the input pipeline is not what limits training; loop / step near 1 means the loop
+adds no per-step host synchronisation (a blocking read each step would serialise host work with the device's;
+the pipeline prepares the next batch on a thread of its own while the step runs). The process is set up as
+lmjax.main sets it up (lmjax.host.setup). Medians of --rounds."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,29 +30,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
+import throughput  # noqa: E402
 from absl import logging  # noqa: E402
 
-import throughput  # noqa: E402
-from lmjax import host, metrics, train  # noqa: E402
+from lmjax import host, metrics, objectives, train  # noqa: E402
 from lmjax.data import corpora, pipeline  # noqa: E402
 
 
-def pipeline_tokens_per_s(c, batches: int) -> tuple[float, int]:
+def pipeline_tokens_per_s(config, batches: int) -> tuple[float, int]:
     """Tokens/s of the training pipeline, and the tokenizer's vocabulary size."""
-    corpus = corpora.load(c.data)
+    corpus = corpora.load(config.data)
     with tempfile.TemporaryDirectory() as workdir:
-        tok = train.prepare_tokenizer(c, Path(workdir), corpus)
-    it = iter(pipeline.train_dataset(corpus, tok, c.data, objective=c.train.objective, batch_size=c.data.batch_size,
-                                     seed=c.seed))
+        tok = train.prepare_tokenizer(config, Path(workdir), corpus)
+    it = iter(
+        pipeline.train_dataset(
+            corpus,
+            tok,
+            config.data,
+            objective=objectives.get(config.train.objective),
+            batch_size=config.data.batch_size,
+            seed=config.seed,
+        )
+    )
     next(it)
     start = time.perf_counter()
     for _ in range(batches):
         next(it)
-    return batches * c.data.batch_size * c.data.seq_len / (time.perf_counter() - start), tok.vocab_size
+    return batches * config.data.batch_size * config.data.seq_len / (
+        time.perf_counter() - start
+    ), tok.vocab_size
 
 
-def step_tokens_per_s(c, steps: int) -> float:
-    run = throughput.LmjaxRun(c)
+def step_tokens_per_s(config, steps: int) -> float:
+    run = throughput.LmjaxRun(config)
     state = run.state
     for _ in range(5):
         state, m = run.step(state, run.batch)
@@ -60,24 +71,37 @@ def step_tokens_per_s(c, steps: int) -> float:
     for _ in range(steps):
         state, m = run.step(state, run.batch)
     jax.block_until_ready((state, m))
-    return steps * c.data.batch_size * c.data.seq_len / (time.perf_counter() - start)
+    return steps * config.data.batch_size * config.data.seq_len / (time.perf_counter() - start)
 
 
-def loop_tokens_per_s(c, steps: int, log_every: int) -> float:
-    c = c.copy_and_resolve_references()
-    c.train.update(num_steps=steps, log_every=log_every, eval_every=steps, checkpoint_every=steps, eval_batches=1,
-                   sample_tokens=0, progress=False)
+def loop_tokens_per_s(config, steps: int, log_every: int) -> float:
+    config = config.copy_and_resolve_references()
+    config.train.update(
+        num_steps=steps,
+        log_every=log_every,
+        eval_every=steps,
+        checkpoint_every=steps,
+        eval_batches=1,
+        sample_tokens=0,
+        progress=False,
+    )
     with tempfile.TemporaryDirectory() as workdir:
-        train.train_and_evaluate(c, workdir)
+        train.train_and_evaluate(config, workdir)
         rates = [r["train/tokens_per_s"] for r in metrics.read_jsonl(workdir) if "train/tokens_per_s" in r]
     return statistics.median(rates[1:])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--text", required=True, help="a text file (e.g. tinyshakespeare.txt), character tokens")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--text", required=True, help="a text file (e.g. tinyshakespeare.txt), character tokens"
+    )
     parser.add_argument("--presets", default="baby,medium")
-    parser.add_argument("--steps", type=int, default=200, help="loop steps per round (logged every steps / 10)")
+    parser.add_argument(
+        "--steps", type=int, default=200, help="loop steps per round (logged every steps / 10)"
+    )
     parser.add_argument("--batches", type=int, default=2000, help="pipeline batches per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default="")
@@ -91,25 +115,43 @@ def main() -> None:
     logging.set_verbosity(logging.WARNING)
     rows = []
     for preset in args.presets.split(","):
-        c = throughput.make_config(preset, "float32")
-        c.data.update(text_files=args.text, tokenizer="char")
+        config = throughput.make_config(preset, "float32")
+        config.data.update(text_files=args.text, tokenizer="char")
         runs = []
         for _ in range(args.rounds):
-            pipe, c.model.vocab_size = pipeline_tokens_per_s(c, args.batches)
-            runs.append((pipe, step_tokens_per_s(c, args.steps), loop_tokens_per_s(c, args.steps,
-                                                                                 max(args.steps // 10, 1))))
+            pipe, config.model.vocab_size = pipeline_tokens_per_s(config, args.batches)
+            runs.append(
+                (
+                    pipe,
+                    step_tokens_per_s(config, args.steps),
+                    loop_tokens_per_s(config, args.steps, max(args.steps // 10, 1)),
+                )
+            )
         pipe, step, loop = (statistics.median(r[i] for r in runs) for i in range(3))
-        row = {"preset": preset, "pipeline_tokens_per_s": pipe, "step_tokens_per_s": step, "loop_tokens_per_s": loop,
-               "pipeline_over_step": pipe / step, "loop_over_step": loop / step}
+        row = {
+            "preset": preset,
+            "pipeline_tokens_per_s": pipe,
+            "step_tokens_per_s": step,
+            "loop_tokens_per_s": loop,
+            "pipeline_over_step": pipe / step,
+            "loop_over_step": loop / step,
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}, jax {jax.__version__}); "
-          f"median of {args.rounds} rounds")
-    print("| preset | pipeline tokens/s | step alone tokens/s | training loop tokens/s | pipeline / step | loop / step |")
+    print(
+        f"\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}, jax {jax.__version__}); "
+        f"median of {args.rounds} rounds"
+    )
+    print(
+        "| preset | pipeline tokens/s | step alone tokens/s | training loop tokens/s | pipeline / step "
+        "| loop / step |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['pipeline_tokens_per_s']:,.0f} | {r['step_tokens_per_s']:,.0f} | "
-              f"{r['loop_tokens_per_s']:,.0f} | {r['pipeline_over_step']:.1f}x | {r['loop_over_step']:.3f} |")
+        print(
+            f"| {r['preset']} | {r['pipeline_tokens_per_s']:,.0f} | {r['step_tokens_per_s']:,.0f} | "
+            f"{r['loop_tokens_per_s']:,.0f} | {r['pipeline_over_step']:.1f}x | {r['loop_over_step']:.3f} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -5,6 +5,7 @@ GELU (tanh) MLP, tied head, AdamW with decoupled weight decay on matrices and gl
 Eager mode on as many CPU threads as the machine has. torch is optional: `pip install torch`. `Process` runs
 it in a process of its own (what benchmarks/throughput.py --compare-torch does).
 """
+
 from __future__ import annotations
 
 import math
@@ -51,16 +52,29 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def measure(*, vocab: int, layers: int, heads: int, d: int, seq_len: int, batch: int, steps: int,
-            warmup: int, seed: int = 0) -> dict:
-    """Mean training-step time over `steps` steps after `warmup` (forward, backward, clip, AdamW; the loss read
-    each step, as a training loop logs it) on random tokens."""
+def measure(
+    *,
+    vocab: int,
+    layers: int,
+    heads: int,
+    d: int,
+    seq_len: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    seed: int = 0,
+) -> dict:
+    """Mean training-step time over `steps` steps after `warmup` (forward, backward, clip, AdamW; the loss
+    read each step, as a training loop logs it) on random tokens."""
     torch.manual_seed(seed)
     model = GPT(vocab, layers, heads, d, seq_len)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-3,
+        betas=(0.9, 0.99),
+    )
     tokens = torch.randint(vocab, (steps + warmup, batch, seq_len + 1))
     for i in range(steps + warmup):
         if i == warmup:
@@ -72,8 +86,12 @@ def measure(*, vocab: int, layers: int, heads: int, d: int, seq_len: int, batch:
         opt.step()
         loss.item()
     step_s = (time.perf_counter() - start) / steps
-    return {"step_ms": step_s * 1e3, "tokens_per_s": batch * seq_len / step_s, "threads": torch.get_num_threads(),
-            "version": torch.__version__}
+    return {
+        "step_ms": step_s * 1e3,
+        "tokens_per_s": batch * seq_len / step_s,
+        "threads": torch.get_num_threads(),
+        "version": torch.__version__,
+    }
 
 
 class Process:
@@ -85,8 +103,9 @@ class Process:
         import multiprocessing
 
         self._conn, child = multiprocessing.Pipe()
-        self._proc = multiprocessing.get_context("spawn").Process(target=_serve, args=(child, keep_freed_memory),
-                                                                  daemon=True)
+        self._proc = multiprocessing.get_context("spawn").Process(
+            target=_serve, args=(child, keep_freed_memory), daemon=True
+        )
         self._proc.start()
 
     def measure(self, **kwargs) -> dict:

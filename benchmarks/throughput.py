@@ -3,28 +3,29 @@
   .venv/bin/python benchmarks/throughput.py --presets baby,medium --compare-torch --devices 1,2   # 2-core CPU
   python benchmarks/throughput.py --presets gpt2,bert-base-128,bert-base-512,t5-base               # one GPU
 
-Presets: 'baby' and 'medium' are nanoGPT's architecture (experiments/configs/shakespeare_char.py:nanogpt: learned
-positions, no biases, tied head, AdamW + clipping) on a 65-token vocabulary; 'gpt2' is
+Presets: 'baby' and 'medium' are nanoGPT's architecture (experiments/configs/shakespeare_char.py:nanogpt:
+learned positions, no biases, tied head, AdamW + clipping) on a 65-token vocabulary; 'gpt2' is
 experiments/configs/gpt.py:124m (GPT-2 small, context 1024, batch 8); 'bert-base-128' / 'bert-base-512' the
 bert_mlm.py architecture at BERT-base size (12 x 768, vocabulary 30,522; MLM + NSP); 't5-base' the t5_span.py
-architecture at T5-base size (12 + 12 x 768, vocabulary 32,128, span corruption of 512-token inputs). All train on
-random tokens so that only the step is timed; compute dtype 'auto' is bfloat16 on accelerators (fp32 parameters and
-optimizer state), float32 on CPU. A round times --steps steps after --warmup, run as the training loop runs them (a
-step's metrics read after the next step is dispatched; the reference reads its loss every step) and reports the
-mean; with --compare-torch the PyTorch reference (benchmarks/reference_torch.py, in a process of its own) runs the
-GPT sizes in the same round, alternating; figures are medians over rounds, the ratio to PyTorch the median of the
-rounds' ratios. --devices 1,2 measures the step on one device and data-parallel over two side by side (on CPU the
-script splits the host into that many XLA devices, as XLA_FLAGS=--xla_force_host_platform_device_count=N does for a
-training run). Decoders also report greedy decoding tokens/s with the KV cache. --remat sets model.remat (what each
-block keeps for its backward pass); MFU counts model FLOPs, so recomputed forward passes do not raise it.
+architecture at T5-base size (12 + 12 x 768, vocabulary 32,128, span corruption of 512-token inputs). All
+train on random tokens so that only the step is timed; compute dtype 'auto' is bfloat16 on accelerators (fp32
+parameters and optimizer state), float32 on CPU. A round times --steps steps after --warmup, run as the
+training loop runs them (a step's metrics read after the next step is dispatched; the reference reads its loss
+every step) and reports the mean; with --compare-torch the PyTorch reference (benchmarks/reference_torch.py,
+in a process of its own) runs the GPT sizes in the same round, alternating; figures are medians over rounds,
+the ratio to PyTorch the median of the rounds' ratios. --devices 1,2 measures the step on one device and
+data-parallel over two side by side (on CPU the script splits the host into that many XLA devices, as
+XLA_FLAGS=--xla_force_host_platform_device_count=N does for a training run). Decoders also report greedy
+decoding tokens/s with the KV cache. --remat sets model.remat (what each block keeps for its backward pass);
+MFU counts model FLOPs, so recomputed forward passes do not raise it.
 
-FLOPs per token: lmjax.metrics.train_flops (PaLM appendix B): decoders 6·N + 12·L·H·Q·T (N = parameters in matrix
-products: all but the token and position embeddings, plus the V·D output head; L layers, H heads, Q head size,
-T context); encoders add the MLM transform D² to N; encoder-decoders count encoder, decoder (self + cross
-attention) and head matmuls over the S input and T target tokens and 12·H·Q·(Le·S² + Ld·T² + Ld·T·S) for
-attention, per input + target token (see train_flops' docstring).
-MFU = FLOPs per token x tokens/s / (devices x --peak-tflops; default: the device's dense bf16 peak where known).
-"""
+FLOPs per token: lmjax.metrics.train_flops (PaLM appendix B): decoders 6·N + 12·L·H·Q·T (N = parameters in
+matrix products: all but the token and position embeddings, plus the V·D output head; L layers, H heads, Q
+head size, T context); encoders add the MLM transform D² to N; encoder-decoders count encoder, decoder (self +
+cross attention) and head matmuls over the S input and T target tokens and 12·H·Q·(Le·S² + Ld·T² + Ld·T·S) for
+attention, per input + target token (see train_flops' docstring). MFU = FLOPs per token x tokens/s / (devices
+x --peak-tflops; default: the device's dense bf16 peak where known)."""
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.configs import bert_mlm, gpt, shakespeare_char, t5_span  # noqa: E402
-from lmjax import decode, host, metrics, parallel, train  # noqa: E402
+from lmjax import decode, host, metrics, objectives, parallel, train  # noqa: E402
 from lmjax.data import pipeline  # noqa: E402
 
 VOCAB = 65
-GPT_SIZES = {  # nanoGPT-architecture decoders on a character vocabulary: (layers, heads, width, context, batch)
+# nanoGPT-architecture decoders on a character vocabulary: (layers, heads, width, context, batch)
+GPT_SIZES = {
     "baby": (4, 4, 128, 64, 12),
     "medium": (6, 6, 384, 256, 16),
 }
@@ -56,38 +58,55 @@ OTHER = {  # accelerator sizes from the family configs: (config module, argument
     "gpt2": (gpt, "124m", {}, {"batch_size": 8}),
     "bert-base-128": (bert_mlm, "", BERT_BASE, {"seq_len": 128, "batch_size": 64}),
     "bert-base-512": (bert_mlm, "", BERT_BASE, {"seq_len": 512, "batch_size": 16}),
-    "t5-base": (t5_span, "", dict(num_layers=12, num_decoder_layers=12, num_heads=12, d_model=768, d_ff=3072,
-                                  max_len=512, vocab_size=32128), {"seq_len": 512, "batch_size": 16}),
+    "t5-base": (
+        t5_span,
+        "",
+        dict(
+            num_layers=12,
+            num_decoder_layers=12,
+            num_heads=12,
+            d_model=768,
+            d_ff=3072,
+            max_len=512,
+            vocab_size=32128,
+        ),
+        {"seq_len": 512, "batch_size": 16},
+    ),
 }
 PRESETS = sorted(GPT_SIZES) + sorted(OTHER)
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16
 
 
 def make_config(preset: str, dtype: str, remat: str = "none"):
-    """The preset's config; dtype 'auto' is bfloat16 on accelerators and float32 on CPU; remat: model.remat."""
+    """The preset's config; dtype 'auto' is bfloat16 on accelerators and float32 on CPU; remat:
+    model.remat."""
     if dtype == "auto":
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     if preset in GPT_SIZES:
         layers, heads, width, context, batch = GPT_SIZES[preset]
-        c = shakespeare_char.get_config("nanogpt")
-        c.model.update(num_layers=layers, num_heads=heads, d_model=width, max_len=context, vocab_size=VOCAB)
-        c.data.update(seq_len=context, batch_size=batch)
+        config = shakespeare_char.get_config("nanogpt")
+        config.model.update(
+            num_layers=layers, num_heads=heads, d_model=width, max_len=context, vocab_size=VOCAB
+        )
+        config.data.update(seq_len=context, batch_size=batch)
     else:
         module, arg, model, data = OTHER[preset]
-        c = module.get_config(arg)
-        c.model.update(model)
-        c.data.update(data)
-    c.model.update(dtype=dtype, remat=remat)
-    c.mesh.update(data=-1, fsdp=1)
-    return c
+        config = module.get_config(arg)
+        config.model.update(model)
+        config.data.update(data)
+    config.model.update(dtype=dtype, remat=remat)
+    config.mesh.update(data=-1, fsdp=1)
+    return config
 
 
-def random_batch(c, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def random_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A batch of the shapes the objective's pipeline yields: random tokens, every position counted."""
     batch = {}
-    for key, (shape, dtype) in pipeline.batch_shapes(c.data, c.train.objective, c.data.batch_size).items():
+    for key, (shape, dtype) in (
+        objectives.get(config.train.objective).batch_shapes(config.data, config.data.batch_size).items()
+    ):
         if key in ("inputs", "targets", "decoder_inputs"):
-            batch[key] = rng.integers(4, min(c.model.vocab_size, 256), shape, dtype=dtype)
+            batch[key] = rng.integers(4, min(config.model.vocab_size, 256), shape, dtype=dtype)
         elif key == "nsp_labels":
             batch[key] = rng.integers(0, 2, shape, dtype=dtype)
         elif key == "segments":
@@ -97,11 +116,11 @@ def random_batch(c, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return batch
 
 
-def tokens_and_flops(c) -> tuple[int, float]:
+def tokens_and_flops(config) -> tuple[int, float]:
     """Tokens per step (inputs + targets for encoder-decoders) and training FLOPs per token."""
-    target_len = pipeline.span_lengths(c.data)[1] if c.train.objective == "span_corruption" else 0
-    flops, tokens = metrics.train_flops(c.model, c.data.seq_len, target_len)
-    return c.data.batch_size * tokens, flops / tokens
+    target_len = pipeline.span_lengths(config.data)[1] if config.train.objective == "span_corruption" else 0
+    flops, tokens = metrics.train_flops(config.model, config.data.seq_len, target_len)
+    return config.data.batch_size * tokens, flops / tokens
 
 
 def peak_tflops(arg: float) -> float | None:
@@ -114,10 +133,10 @@ def peak_tflops(arg: float) -> float | None:
 class LmjaxRun:
     """A compiled train step and its state, measured `steps` at a time."""
 
-    def __init__(self, c, devices=None):
-        self.c = c
-        self.setup = train.setup(c, devices)
-        self.batch = parallel.global_batch(random_batch(c, np.random.default_rng(0)), self.setup.layout)
+    def __init__(self, config, devices=None):
+        self.config = config
+        self.setup = train.setup(config, devices)
+        self.batch = parallel.global_batch(random_batch(config, np.random.default_rng(0)), self.setup.layout)
         self.state = self.setup.init(jax.random.PRNGKey(0))
         start = time.perf_counter()
         self.step = self.setup.train_step.lower(self.state, self.batch).compile()
@@ -141,42 +160,67 @@ class LmjaxRun:
 
 def decode_tokens_per_s(run: LmjaxRun, rounds: int = 3) -> float:
     """Greedy generation with the KV cache (lmjax.decode.generate): batch rows x new tokens / wall time, for a
-    prompt of a quarter of the context and new tokens filling the rest (prefill included), median of rounds."""
-    c, params = run.c, run.state.params
-    prompt_len = c.data.seq_len // 4
-    new = c.data.seq_len - prompt_len
-    prompts = np.random.default_rng(1).integers(4, min(c.model.vocab_size, 256), (c.data.batch_size, prompt_len))
+    prompt of a quarter of the context and new tokens filling the rest (prefill included), median of
+    rounds."""
+    config, params = run.config, run.state.params
+    prompt_len = config.data.seq_len // 4
+    new = config.data.seq_len - prompt_len
+    prompts = np.random.default_rng(1).integers(
+        4, min(config.model.vocab_size, 256), (config.data.batch_size, prompt_len)
+    )
     times = []
     for i in range(rounds + 1):  # the first compiles
         start = time.perf_counter()
-        decode.generate(run.setup.graphdef, params, prompts, jax.random.PRNGKey(i), num_tokens=new, temperature=0.0)
+        decode.generate(
+            run.setup.graphdef, params, prompts, jax.random.PRNGKey(i), num_tokens=new, temperature=0.0
+        )
         times.append(time.perf_counter() - start)
-    return c.data.batch_size * new / statistics.median(times[1:])
+    return config.data.batch_size * new / statistics.median(times[1:])
 
 
 def peak_memory_mb() -> float:
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # CPU: the process's peak RSS
+        return stats["peak_bytes_in_use"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # CPU: the process's peak RSS
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--presets", default="baby,medium", help=f"comma-separated, of {sorted(PRESETS)}")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dtype", default="auto", help="compute dtype (parameters stay float32); auto: bfloat16 "
-                        "on accelerators, float32 on CPU")
-    parser.add_argument("--remat", default="none", help="model.remat: what each block keeps for the backward "
-                        "pass (none | full | dots | dots_no_batch; lmjax/models/layers.py)")
-    parser.add_argument("--devices", default="1", help="device counts to measure, comma-separated (data-parallel)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="compute dtype (parameters stay float32); auto: bfloat16 on accelerators, float32 on CPU",
+    )
+    parser.add_argument(
+        "--remat",
+        default="none",
+        help="model.remat: what each block keeps for the backward "
+        "pass (none | full | dots | dots_no_batch; lmjax/models/layers.py)",
+    )
+    parser.add_argument(
+        "--devices", default="1", help="device counts to measure, comma-separated (data-parallel)"
+    )
     parser.add_argument("--decode", type=int, default=1, help="0 skips the decoding measurement")
-    parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: known GPUs)")
-    parser.add_argument("--compare-torch", action="store_true", help="run benchmarks/reference_torch.py alongside")
-    parser.add_argument("--torch-malloc", choices=("lmjax", "default"), default="lmjax", help="the reference's "
-                        "allocator: lmjax's settings (lmjax/host.py), as lmjax runs, or glibc's defaults")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: known GPUs)"
+    )
+    parser.add_argument(
+        "--compare-torch", action="store_true", help="run benchmarks/reference_torch.py alongside"
+    )
+    parser.add_argument(
+        "--torch-malloc",
+        choices=("lmjax", "default"),
+        default="lmjax",
+        help="the reference's "
+        "allocator: lmjax's settings (lmjax/host.py), as lmjax runs, or glibc's defaults",
+    )
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
     args = parser.parse_args()
     unknown = [p for p in args.presets.split(",") if p not in PRESETS]
@@ -192,55 +236,100 @@ def main() -> None:
         reference = reference_torch.Process(keep_freed_memory=args.torch_malloc == "lmjax")
     host.setup()  # as lmjax.main does (the PyTorch reference runs in a process of its own)
     device_counts = [int(n) for n in args.devices.split(",")]
-    if max(device_counts) > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +  # read when the CPU backend starts, below
-                                   f" --xla_force_host_platform_device_count={max(device_counts)}")
+    if max(device_counts) > 1 and "xla_force_host_platform_device_count" not in os.environ.get(
+        "XLA_FLAGS", ""
+    ):
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")  # read when the CPU backend starts, below
+            + f" --xla_force_host_platform_device_count={max(device_counts)}"
+        )
     if max(device_counts) > jax.device_count():
-        sys.exit(f"error: --devices asks for {max(device_counts)} devices but {jax.device_count()} are available")
+        sys.exit(
+            f"error: --devices asks for {max(device_counts)} devices but {jax.device_count()} are available"
+        )
     peak = peak_tflops(args.peak_tflops)
-    device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}, jax {jax.__version__})"
+    backend = f"{jax.default_backend()}, jax {jax.__version__}"
+    device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({backend})"
     rows = []
     for preset in args.presets.split(","):
-        runs = {n: LmjaxRun(make_config(preset, args.dtype, args.remat), jax.devices()[:n]) for n in device_counts}
-        c = runs[device_counts[0]].c
-        tokens, flops_per_token = tokens_and_flops(c)
+        runs = {
+            n: LmjaxRun(make_config(preset, args.dtype, args.remat), jax.devices()[:n]) for n in device_counts
+        }
+        config = runs[device_counts[0]].config
+        tokens, flops_per_token = tokens_and_flops(config)
         lmjax_s, torch_s = {n: [] for n in runs}, []
-        for _ in range(args.rounds):  # alternating, so that drifts in the machine's speed hit every variant alike
+        for _ in range(
+            args.rounds
+        ):  # alternating, so that drifts in the machine's speed hit every variant alike
             for n, run in runs.items():
                 lmjax_s[n].append(run.measure(args.steps, args.warmup))
             if reference and preset in GPT_SIZES:
                 layers, heads, width, context, batch = GPT_SIZES[preset]
-                r = reference.measure(vocab=VOCAB, layers=layers, heads=heads, d=width, seq_len=context, batch=batch,
-                                      steps=args.steps, warmup=args.warmup)
+                r = reference.measure(
+                    vocab=VOCAB,
+                    layers=layers,
+                    heads=heads,
+                    d=width,
+                    seq_len=context,
+                    batch=batch,
+                    steps=args.steps,
+                    warmup=args.warmup,
+                )
                 torch_s.append(r["step_ms"] / 1e3)
-        decode_tps = decode_tokens_per_s(runs[device_counts[0]]) if c.model.family == "decoder" and args.decode else None
+        decode_tps = (
+            decode_tokens_per_s(runs[device_counts[0]])
+            if config.model.family == "decoder" and args.decode
+            else None
+        )
         for n, run in runs.items():
             step_s = statistics.median(lmjax_s[n])
-            row = {"preset": preset, "devices": n, "dtype": c.model.dtype, "remat": c.model.remat,
-                   "params": run.setup.num_params,
-                   "step_ms": step_s * 1e3, "tokens_per_s": tokens / step_s, "compile_s": run.compile_s,
-                   "peak_mem_mb": peak_memory_mb(), "flops_per_token": flops_per_token,
-                   "step_ms_rounds": [t * 1e3 for t in lmjax_s[n]], "decode_tokens_per_s": decode_tps}
+            row = {
+                "preset": preset,
+                "devices": n,
+                "dtype": config.model.dtype,
+                "remat": config.model.remat,
+                "params": run.setup.num_params,
+                "step_ms": step_s * 1e3,
+                "tokens_per_s": tokens / step_s,
+                "compile_s": run.compile_s,
+                "peak_mem_mb": peak_memory_mb(),
+                "flops_per_token": flops_per_token,
+                "step_ms_rounds": [t * 1e3 for t in lmjax_s[n]],
+                "decode_tokens_per_s": decode_tps,
+            }
             row["mfu"] = flops_per_token * row["tokens_per_s"] / (peak * n * 1e12) if peak else None
             if torch_s:
                 row["torch_step_ms"] = statistics.median(torch_s) * 1e3
                 row["torch_tokens_per_s"] = tokens / statistics.median(torch_s)
                 row["torch_step_ms_rounds"] = [t * 1e3 for t in torch_s]
                 # each round's ratio compares measurements taken back to back: drifts of the machine cancel
-                row["speedup_vs_torch"] = statistics.median(t / l for t, l in zip(torch_s, lmjax_s[n]))
+                row["speedup_vs_torch"] = statistics.median(
+                    t / m for t, m in zip(torch_s, lmjax_s[n], strict=True)
+                )
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\ndevice: {device}; median over {args.rounds} rounds of the mean of {args.steps} steps "
-          f"after {args.warmup} warm-up steps")
-    print("| preset | dtype | devices | params | step (ms) | tokens/s | compile (s) | peak mem (MiB) | MFU | "
-          "decode tokens/s | torch tokens/s | lmjax / torch |")
+    print(
+        f"\ndevice: {device}; median over {args.rounds} rounds of the mean of {args.steps} steps "
+        f"after {args.warmup} warm-up steps"
+    )
+    print(
+        "| preset | dtype | devices | params | step (ms) | tokens/s | compile (s) | peak mem (MiB) | MFU | "
+        "decode tokens/s | torch tokens/s | lmjax / torch |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "–"
-        ref = (f"{r['torch_tokens_per_s']:,.0f} | {r['speedup_vs_torch']:.2f}x" if "torch_tokens_per_s" in r else "– | –")
+        ref = (
+            f"{r['torch_tokens_per_s']:,.0f} | {r['speedup_vs_torch']:.2f}x"
+            if "torch_tokens_per_s" in r
+            else "– | –"
+        )
         dec = f"{r['decode_tokens_per_s']:,.0f}" if r["decode_tokens_per_s"] else "–"
-        print(f"| {r['preset']} | {r['dtype']} | {r['devices']} | {r['params']:,} | {r['step_ms']:.1f} "
-              f"| {r['tokens_per_s']:,.0f} | {r['compile_s']:.1f} | {r['peak_mem_mb']:,.0f} | {mfu} | {dec} | {ref} |")
+        print(
+            f"| {r['preset']} | {r['dtype']} | {r['devices']} | {r['params']:,} | {r['step_ms']:.1f} "
+            f"| {r['tokens_per_s']:,.0f} | {r['compile_s']:.1f} | {r['peak_mem_mb']:,.0f} | {mfu} | {dec} | "
+            f"{ref} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "rows": rows}, indent=1))
     if reference:

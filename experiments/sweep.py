@@ -7,7 +7,8 @@
 A sweep file defines get_sweep(arg) (`--sweep=FILE:ARG` picks a variant, as configs do) -> dict(
     config="experiments/configs/<exp>.py[:arg]",
     grid={"finetune.pretrain_lambda": [0.0, 0.1], "seed": [0, 1],           # every combination ...
-          ("finetune.pretrain_lambda", "finetune.l2sp"): [(0.1, 0.0), (0.0, 0.1)]},  # ... keys that move together
+          ("finetune.pretrain_lambda", "finetune.l2sp"): [(0.1, 0.0), (0.0,
+          0.1)]},  # ... keys that move together
     x="finetune.pretrain_lambda",            # the plots' x axis
     metrics=("test/accuracy", "pretrain/heldout_loss"),  # table columns and plot panels
     overrides={"train.num_steps": 300})      # optional, for every run
@@ -19,13 +20,14 @@ means over seeds) and results.png (each metric against x) are written to --outdi
 with `tpu.py setup` first), one run at a time per VM, the VMs in parallel; --outdir must then be gs://, where
 the VMs write. A preempted run (exit 75) is left unfinished: the same sweep command resumes it.
 """
+
 from __future__ import annotations
 
 import ast
 import csv
-import io
 import difflib
 import importlib.util
+import io
 import itertools
 import json
 import math
@@ -45,8 +47,12 @@ from lmjax.errors import EXIT_PREEMPTED, InputError, MissingInput
 
 flags.DEFINE_string("sweep", None, "Sweep file (get_sweep(arg)), optionally FILE:ARG.")
 flags.DEFINE_string("outdir", None, "Directory (or gs:// URL) for the runs' workdirs and the results.")
-flags.DEFINE_enum("launch", "local", ["local", "print", "tpu"],
-                  "local: run here one after another; print: print the commands; tpu: run them on TPU VMs.")
+flags.DEFINE_enum(
+    "launch",
+    "local",
+    ["local", "print", "tpu"],
+    "local: run here one after another; print: print the commands; tpu: run them on TPU VMs.",
+)
 flags.DEFINE_multi_string("set", [], "KEY=VALUE applied to every run (after the sweep's overrides).")
 flags.DEFINE_list("tpu", [], "--launch=tpu: the TPU VMs' names (tpu.py create / setup them first).")
 flags.DEFINE_string("zone", "", "--launch=tpu: the VMs' zone.")
@@ -69,13 +75,15 @@ def load_sweep(spec_arg: str) -> dict:
     sweep = module.get_sweep(arg) if arg else module.get_sweep()
     unknown = set(sweep) - {"config", "grid", "x", "metrics", "overrides"}
     if unknown or "config" not in sweep or "grid" not in sweep:
-        raise InputError(f"sweep file {path!r}: get_sweep() needs 'config' and 'grid' and takes x, metrics, overrides "
-                         f"(unknown: {sorted(unknown)})")
+        raise InputError(
+            f"sweep file {path!r}: get_sweep() needs 'config' and 'grid' and takes x, metrics, overrides "
+            f"(unknown: {sorted(unknown)})"
+        )
     return sweep
 
 
-def flat_keys(c) -> list[str]:
-    return list(config_lib._flat_keys(c))
+def flat_keys(config) -> list[str]:
+    return list(config_lib._flat_keys(config))
 
 
 def check_keys(keys, config) -> None:
@@ -83,8 +91,11 @@ def check_keys(keys, config) -> None:
     for key in keys:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            raise InputError(f"unknown sweep key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                             + " (keys are config paths such as finetune.pretrain_lambda)")
+            raise InputError(
+                f"unknown sweep key {key!r}"
+                + (f"; did you mean {close[0]!r}?" if close else "")
+                + " (keys are config paths such as finetune.pretrain_lambda)"
+            )
 
 
 def expand(grid: dict) -> list[dict]:
@@ -92,7 +103,7 @@ def expand(grid: dict) -> list[dict]:
     axes = []
     for key, values in grid.items():
         keys = key if isinstance(key, tuple) else (key,)
-        axes.append([dict(zip(keys, v if isinstance(key, tuple) else (v,))) for v in values])
+        axes.append([dict(zip(keys, v if isinstance(key, tuple) else (v,), strict=True)) for v in values])
     return [{k: v for d in combo for k, v in d.items()} for combo in itertools.product(*axes)]
 
 
@@ -125,7 +136,9 @@ def parse_sets(sets: list[str]) -> dict:
 
 def command(config_spec: str, workdir: Path, values: dict) -> str:
     args = [f"--config.{k}={v}" for k, v in values.items()]
-    return shlex.join(["python", "-m", "lmjax.main", f"--config={config_spec}", f"--workdir={workdir}", *args])
+    return shlex.join(
+        ["python", "-m", "lmjax.main", f"--config={config_spec}", f"--workdir={workdir}", *args]
+    )
 
 
 def run_one(config, workdir: epath.Path) -> dict:
@@ -140,8 +153,17 @@ def tpu_command(vm: str, config_spec: str, workdir: epath.Path, values: dict) ->
     """The tpu.py call that runs one sweep point on every worker of `vm` and waits for it."""
     where = [f"--name={vm}", f"--zone={FLAGS.zone}"]
     where += [f"--project={FLAGS.project}"] if FLAGS.project else []
-    return [sys.executable, str(TPU_SCRIPT), "launch", *where, "--wait", f"--workdir={workdir}", "--",
-            f"--config={config_spec}", *(f"--config.{k}={v}" for k, v in values.items())]
+    return [
+        sys.executable,
+        str(TPU_SCRIPT),
+        "launch",
+        *where,
+        "--wait",
+        f"--workdir={workdir}",
+        "--",
+        f"--config={config_spec}",
+        *(f"--config.{k}={v}" for k, v in values.items()),
+    ]
 
 
 def launch_on_tpus(jobs: list[tuple[str, epath.Path, dict]], config_spec: str) -> None:
@@ -149,8 +171,9 @@ def launch_on_tpus(jobs: list[tuple[str, epath.Path, dict]], config_spec: str) -
     if not (FLAGS.tpu and FLAGS.zone):
         raise InputError("--launch=tpu needs --tpu=VM[,VM...] and --zone (the VMs of tpu.py create)")
     if not storage.is_gcs(FLAGS.outdir):
-        raise InputError(f"--launch=tpu needs a gs:// --outdir (the VMs write the runs there), not "
-                         f"{FLAGS.outdir!r}")
+        raise InputError(
+            f"--launch=tpu needs a gs:// --outdir (the VMs write the runs there), not {FLAGS.outdir!r}"
+        )
     if FLAGS["dry-run"].value:
         for i, (_, workdir, values) in enumerate(jobs):
             vm = FLAGS.tpu[i % len(FLAGS.tpu)]
@@ -179,8 +202,9 @@ def launch_on_tpus(jobs: list[tuple[str, epath.Path, dict]], config_spec: str) -
         t.join()
 
 
-def summarize(rows: list[dict], keys: list[str], metrics: list[str], outdir: epath.Path,
-              x: str | None) -> None:
+def summarize(
+    rows: list[dict], keys: list[str], metrics: list[str], outdir: epath.Path, x: str | None
+) -> None:
     """results.csv, results.md (per run and the mean +- sd over seeds), results.png."""
     columns = keys + metrics
     with (outdir / "results.csv").open("w") as f:
@@ -200,15 +224,28 @@ def summarize(rows: list[dict], keys: list[str], metrics: list[str], outdir: epa
         sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
         return f"{mean:.4f} ± {sd:.4f}" if len(values) > 1 else f"{mean:.4f}"
 
-    lines = ["| " + " | ".join(group_keys + metrics + ["runs"]) + " |", "|" + "---|" * (len(group_keys) + len(metrics) + 1)]
+    lines = [
+        "| " + " | ".join(group_keys + metrics + ["runs"]) + " |",
+        "|" + "---|" * (len(group_keys) + len(metrics) + 1),
+    ]
     for key, members in groups.items():
-        cells = [str(v) for v in key] + [stat([m.get(k) for m in members]) for k in metrics] + [str(len(members))]
+        cells = (
+            [str(v) for v in key] + [stat([m.get(k) for m in members]) for k in metrics] + [str(len(members))]
+        )
         lines.append("| " + " | ".join(cells) + " |")
     per_run = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else "-" if v is None else str(v)  # noqa: E731
+
+    def cell(v):
+        return f"{v:.4f}" if isinstance(v, float) else "-" if v is None else str(v)
+
     per_run += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    (outdir / "results.md").write_text("## Mean over seeds (± sample sd)\n\n" + "\n".join(lines)
-                                       + "\n\n## Every run\n\n" + "\n".join(per_run) + "\n")
+    (outdir / "results.md").write_text(
+        "## Mean over seeds (± sample sd)\n\n"
+        + "\n".join(lines)
+        + "\n\n## Every run\n\n"
+        + "\n".join(per_run)
+        + "\n"
+    )
     if x:
         plot(rows, x, metrics, outdir / "results.png")
 
@@ -221,15 +258,18 @@ def plot(rows: list[dict], x: str, metrics: list[str], out: epath.PathLike) -> N
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
     xs = sorted({r[x] for r in rows})
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         points = [(r[x], r[metric]) for r in rows if r.get(metric) is not None]
         if not points:  # no run reported it (a misspelt metric, or a mode that does not compute it)
             ax.set_title(f"{metric}: no values")
             continue
-        ax.scatter(*zip(*points), alpha=0.5, s=14, label="runs")
-        means = [(v, sum(p for u, p in points if u == v) / sum(u == v for u, _ in points))
-                 for v in xs if any(u == v for u, _ in points)]
-        ax.plot(*zip(*means), marker="o", label="mean")
+        ax.scatter(*zip(*points, strict=True), alpha=0.5, s=14, label="runs")
+        means = [
+            (v, sum(p for u, p in points if u == v) / sum(u == v for u, _ in points))
+            for v in xs
+            if any(u == v for u, _ in points)
+        ]
+        ax.plot(*zip(*means, strict=True), marker="o", label="mean")
         ax.set_xscale("symlog", linthresh=min([v for v in xs if v > 0], default=1.0))
         ax.set_xlabel(x)
         ax.set_title(metric)
@@ -272,8 +312,11 @@ def main(argv):
         if "preempted_at" in run_one(config, workdir):
             print(f"sweep: preempted during {name}; the same command resumes it", flush=True)
             return EXIT_PREEMPTED
-    rows = [point | json.loads((outdir / run_name(point) / RESULTS).read_text())
-            for point in points if (outdir / run_name(point) / RESULTS).exists()]
+    rows = [
+        point | json.loads((outdir / run_name(point) / RESULTS).read_text())
+        for point in points
+        if (outdir / run_name(point) / RESULTS).exists()
+    ]
     print(f"sweep: {len(rows)} of {len(runs)} runs finished", flush=True)
     if rows:
         metrics = list(sweep.get("metrics", ())) or sorted(k for k in rows[0] if k.startswith("test/"))

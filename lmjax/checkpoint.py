@@ -2,6 +2,7 @@
 
 Beside the checkpoints, a run's workdir holds its config (config.json) and tokenizer (tokenizer/).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,14 +26,20 @@ CKPT_DIR, CONFIG_FILE, TOKENIZER_DIR = "checkpoints", "config.json", "tokenizer"
 RESULTS_FILE = "results.json"  # a finished run's final metrics (pretraining or fine-tuning); sweeps read it
 
 
-ITERATORS = ("data", "task_data")  # the data iterators a checkpoint may hold: pretraining / LM stream, task stream
+ITERATORS = (
+    "data",
+    "task_data",
+)  # the data iterators a checkpoint may hold: pretraining / LM stream, task stream
 
 
 def manager(workdir: epath.Path, *, keep: int) -> ocp.CheckpointManager:
     """Saves happen when the loop asks (it checks the state is finite first); the newest `keep` are kept."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
-    return ocp.CheckpointManager(storage.local_absolute(epath.Path(workdir)) / CKPT_DIR, options=options,
-                                 item_names=("state",) + ITERATORS)
+    return ocp.CheckpointManager(
+        storage.local_absolute(epath.Path(workdir)) / CKPT_DIR,
+        options=options,
+        item_names=("state",) + ITERATORS,
+    )
 
 
 class _IteratorState:
@@ -72,15 +79,19 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | No
 
 
 def start_step(mngr: ocp.CheckpointManager, requested: int = 0) -> int:
-    """The step a run resumes from: the newest finished checkpoint (0: none), or `requested` (train.restore_step).
-    Checkpoints newer than a requested one are moved aside, not deleted, to WORKDIR/set_aside_checkpoint_<step>_*,
+    """The step a run resumes from: the newest finished checkpoint (0: none), or `requested`
+    (train.restore_step).
+    Checkpoints newer than a requested one are moved aside, not deleted, to
+    WORKDIR/set_aside_checkpoint_<step>_*,
     so that the run can save those steps again."""
     steps = mngr.all_steps()
     if not requested:
         return max(steps, default=0)
     if requested not in steps:
-        raise InputError(f"train.restore_step={requested}: {mngr.directory} has no finished checkpoint of that step "
-                         f"(it has {sorted(steps) or 'none'})")
+        raise InputError(
+            f"train.restore_step={requested}: {mngr.directory} has no finished checkpoint of that step "
+            f"(it has {sorted(steps) or 'none'})"
+        )
     for newer in sorted(s for s in steps if s > requested):
         aside = mngr.directory.parent / f"set_aside_checkpoint_{newer}_{time.strftime('%Y%m%d-%H%M%S')}"
         (mngr.directory / str(newer)).rename(aside)
@@ -90,16 +101,21 @@ def start_step(mngr: ocp.CheckpointManager, requested: int = 0) -> int:
 
 
 def _read_error(e: BaseException) -> str:
-    """The line of an exception chain that says what could not be read (TensorStore names the array and file)."""
+    """The line of an exception chain that says what could not be read (TensorStore names the array and
+    file)."""
     lines = []
     while e is not None and len(lines) < 20:
         lines += [line.strip(" :") for line in str(e).splitlines() if line.strip(" :")]
         e = e.__cause__ or e.__context__
-    named = [line for line in lines if 'Error reading "' in line] + [line for line in lines if "reading" in line]
+    named = [line for line in lines if 'Error reading "' in line] + [
+        line for line in lines if "reading" in line
+    ]
     return (named or lines or ["unknown error"])[0].split(". See full")[0][:300]
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any | None, **iters: Any) -> Any:
+def restore(
+    mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any | None, **iters: Any
+) -> Any:
     """Restores the state (sharded like `abstract_state`) and, in place, the data iterators."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     for name, it in ({"data": data_iter} | iters).items():
@@ -109,9 +125,10 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
         restored = mngr.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, TypeError) as e:
         if "reading" not in _read_error(e).lower():
-            raise InputError(f"the checkpoint at step {step} in {mngr.directory} does not fit this model "
-                             f"({str(e).splitlines()[0][:200]}); use a fresh --workdir or the run's own config"
-                             ) from None
+            raise InputError(
+                f"the checkpoint at step {step} in {mngr.directory} does not fit this model "
+                f"({str(e).splitlines()[0][:200]}); use a fresh --workdir or the run's own config"
+            ) from None
         unreadable = e
     except Exception as e:  # noqa: BLE001  TensorStore raises plain Exceptions for a damaged file
         unreadable = e
@@ -121,10 +138,19 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     sys.unraisablehook = lambda unraisable: None
     older = [s for s in mngr.all_steps() if s < step]
-    hint = (f"resume from step {max(older)} with --config.train.restore_step={max(older)} (newer checkpoints are "
-            "moved aside, nothing is deleted)") if older else "no older checkpoint is left to resume from"
-    raise InputError(f"the checkpoint of step {step} ({mngr.directory / str(step)}) cannot be read "
-                     f"({_read_error(unreadable)}); {hint}") from None
+    hint = (
+        (
+            f"resume from step {max(older)} with --config.train.restore_step={max(older)} (newer checkpoints "
+            "are "
+            "moved aside, nothing is deleted)"
+        )
+        if older
+        else "no older checkpoint is left to resume from"
+    )
+    raise InputError(
+        f"the checkpoint of step {step} ({mngr.directory / str(step)}) cannot be read "
+        f"({_read_error(unreadable)}); {hint}"
+    ) from None
 
 
 class Preemption:
@@ -156,12 +182,14 @@ class Preemption:
 
 
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+    )
 
 
 def saved_steps(workdir: epath.Path) -> list[int]:
-    """The steps with a finished checkpoint, oldest first (without opening a manager, which creates dirs); in a
-    bucket too, where a step's directory exists before its save has finished."""
+    """The steps with a finished checkpoint, oldest first (without opening a manager, which creates dirs); in
+    a bucket too, where a step's directory exists before its save has finished."""
     return sorted(ocp.path.step.checkpoint_steps(epath.Path(workdir) / CKPT_DIR))
 
 

@@ -3,6 +3,7 @@
 A leaf: it imports ml_collections and the standard library only, so loading an experiment config imports no
 JAX. `validate` checks values on their own; the checks against the registries (model families, objectives,
 optimizers, meshes) live beside them and run together in `lmjax.train.check_config`."""
+
 from __future__ import annotations
 
 import difflib
@@ -14,9 +15,8 @@ from ml_collections import ConfigDict
 
 from lmjax.errors import InputError
 
-
-
-# The default table (config.mesh.rules starts from it; lmjax/parallel.py reads it). Parameters: vocab, embed, heads, kv, mlp.
+# The default table (config.mesh.rules starts from it; lmjax/parallel.py reads it). Parameters: vocab, embed,
+# heads, kv, mlp.
 # Activations: batch, length, act_embed (the residual stream), act_heads, act_mlp, act_vocab (logits).
 DEFAULT_RULES = {
     "batch": "data,fsdp",
@@ -34,90 +34,179 @@ DEFAULT_RULES = {
 
 
 def base() -> ConfigDict:
-    c = ConfigDict()
-    c.mode = "train"  # train | sample | finetune
-    c.seed = 0
+    config = ConfigDict()
+    config.mode = "train"  # train | sample | finetune
+    config.seed = 0
 
-    c.model = ConfigDict(dict(
-        family="decoder",  # decoder | encoder | encoder_decoder | rnn | elmo | word2vec | glove
-        vocab_size=0,  # 0: the tokenizer's vocabulary size
-        num_layers=4, num_decoder_layers=0,  # encoder_decoder: 0 means num_layers
-        num_heads=4, head_dim=0, d_model=128, d_ff=0,  # head_dim 0: d_model / num_heads; d_ff 0: 4 * d_model
-        max_len=64,  # the longest sequence (and decoding cache) the model takes
-        positions="learned",  # learned | sinusoidal | rotary | relative (T5 bias)
-        relative_buckets=32, relative_max_distance=128,
-        norm="layernorm", norm_position="pre", norm_eps=1e-5,  # layernorm | rmsnorm; pre | post
-        activation="gelu_tanh",  # gelu | gelu_tanh | relu | swiglu | geglu
-        scale_attention=True,  # divide attention logits by sqrt(head_dim) (T5 does not)
-        dropout=0.0, attention_dropout=0.0, tie_embeddings=True, use_bias=True, dtype="float32",
-        remat="none",  # none | full | dots | dots_no_batch: what a block keeps for backward (layers.REMAT_POLICIES)
-        type_vocab_size=2, embed_norm=False, encoder_heads="mlm_nsp",  # encoder: segments, BERT's norm, heads
-        share_embeddings=True,  # encoder_decoder: one token table for encoder and decoder
-        scale_output=False,  # encoder_decoder: decoder output * d_model**-0.5 before the head (T5 v1.0)
-        cell="lstm",  # rnn: lstm | gru (d_model wide, num_layers deep)
-        char_dim=16, char_filters="1:32,2:32,3:64,4:128,5:256", highway_layers=2))  # elmo's character CNN
+    config.model = ConfigDict(
+        dict(
+            family="decoder",  # decoder | encoder | encoder_decoder | rnn | elmo | word2vec | glove
+            vocab_size=0,  # 0: the tokenizer's vocabulary size
+            num_layers=4,
+            num_decoder_layers=0,  # encoder_decoder: 0 means num_layers
+            num_heads=4,
+            head_dim=0,
+            d_model=128,
+            d_ff=0,  # head_dim 0: d_model / num_heads; d_ff 0: 4 * d_model
+            max_len=64,  # the longest sequence (and decoding cache) the model takes
+            positions="learned",  # learned | sinusoidal | rotary | relative (T5 bias)
+            relative_buckets=32,
+            relative_max_distance=128,
+            norm="layernorm",
+            norm_position="pre",
+            norm_eps=1e-5,  # layernorm | rmsnorm; pre | post
+            activation="gelu_tanh",  # gelu | gelu_tanh | relu | swiglu | geglu
+            scale_attention=True,  # divide attention logits by sqrt(head_dim) (T5 does not)
+            dropout=0.0,
+            attention_dropout=0.0,
+            tie_embeddings=True,
+            use_bias=True,
+            dtype="float32",
+            # none | full | dots | dots_no_batch: what a block keeps for backward (layers.REMAT_POLICIES)
+            remat="none",
+            type_vocab_size=2,
+            embed_norm=False,
+            encoder_heads="mlm_nsp",  # encoder: segments, BERT's norm, heads
+            share_embeddings=True,  # encoder_decoder: one token table for encoder and decoder
+            scale_output=False,  # encoder_decoder: decoder output * d_model**-0.5 before the head (T5 v1.0)
+            cell="lstm",  # rnn: lstm | gru (d_model wide, num_layers deep)
+            char_dim=16,
+            char_filters="1:32,2:32,3:64,4:128,5:256",
+            highway_layers=2,
+        )
+    )  # elmo's character CNN
 
-    c.data = ConfigDict(dict(
-        text_files="",  # comma-separated text files; empty: the embedded Shakespeare corpus
-        tfds_name="", tfds_data_dir="", train_split="train", eval_split="validation", text_key="text",
-        validation_fraction=0.1,  # text files: the last fraction of each file is the validation split
-        cache_dir="",  # built datasets and downloads; empty: $LMJAX_CACHE or ~/.cache/lmjax
-        tokenizer="char",  # char | word | sentencepiece (trained here) | wordpiece (a pretrained model's, via tokenizer_path)
-        vocab_size=0,  # sentencepiece vocabulary size to train; word: the most frequent words kept (0: all)
-        min_count=5,  # word: words seen fewer times are dropped
-        tokenizer_path="",  # a saved tokenizer directory to use instead of training one
-        tokenizer_train_examples=0,  # examples the tokenizer is trained on; 0: the whole train split
-        corpus="shakespeare",  # shakespeare | wiki_sample: the embedded corpus used without text_files/tfds_name
-        seq_len=64, batch_size=12,  # batch_size is global, over all processes and devices
-        shards=0,  # data shards (documents i::shards), a multiple of the processes; 0: one per process
-        shuffle_window=256,
-        mask_rate=0.15, mask_token_frac=0.8, random_token_frac=0.1, whole_word=False, nsp=True,  # mlm
-        noise_density=0.15, mean_span=3.0,  # span_corruption; decoder length follows from seq_len
-        max_chars=50,  # bilm (ELMo): characters kept per token, markers included
-        window=5, negatives=5, sample=1e-3))  # skipgram / cbow / glove: window, noise words, subsampling threshold
+    config.data = ConfigDict(
+        dict(
+            text_files="",  # comma-separated text files; empty: the embedded Shakespeare corpus
+            tfds_name="",
+            tfds_data_dir="",
+            train_split="train",
+            eval_split="validation",
+            text_key="text",
+            validation_fraction=0.1,  # text files: the last fraction of each file is the validation split
+            cache_dir="",  # built datasets and downloads; empty: $LMJAX_CACHE or ~/.cache/lmjax
+            # char | word | sentencepiece (trained here) | wordpiece (a pretrained model's, via
+            # tokenizer_path)
+            tokenizer="char",
+            # sentencepiece vocabulary size to train; word: the most frequent words kept (0: all)
+            vocab_size=0,
+            min_count=5,  # word: words seen fewer times are dropped
+            tokenizer_path="",  # a saved tokenizer directory to use instead of training one
+            tokenizer_train_examples=0,  # examples the tokenizer is trained on; 0: the whole train split
+            # shakespeare | wiki_sample: the embedded corpus used without text_files/tfds_name
+            corpus="shakespeare",
+            seq_len=64,
+            batch_size=12,  # batch_size is global, over all processes and devices
+            shards=0,  # data shards (documents i::shards), a multiple of the processes; 0: one per process
+            shuffle_window=256,
+            mask_rate=0.15,
+            mask_token_frac=0.8,
+            random_token_frac=0.1,
+            whole_word=False,
+            nsp=True,  # mlm
+            noise_density=0.15,
+            mean_span=3.0,  # span_corruption; decoder length follows from seq_len
+            max_chars=50,  # bilm (ELMo): characters kept per token, markers included
+            window=5,
+            negatives=5,
+            sample=1e-3,
+        )
+    )  # skipgram / cbow / glove: window, noise words, subsampling threshold
 
-    c.optim = ConfigDict(dict(
-        name="adamw",  # adamw | sgd (word2vec) | adagrad (GloVe)
-        schedule="cosine",  # cosine | linear: decay after warmup to min_learning_rate at train.num_steps
-        learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100, b1=0.9, b2=0.99, eps=1e-8,
-        initial_accumulator=0.0,  # adagrad's starting sum of squared gradients
-        weight_decay=0.1, decay_embeddings=False, grad_clip=1.0, grad_accum_steps=1,
-        freeze="",  # comma-separated regexes matched at the start of parameter paths, e.g. 'backbone/' (a probe)
-        layer_decay=1.0,  # layer-wise learning-rate decay: block i (from 0) of N learns at layer_decay ** (N - i) x
-        head_learning_rate=0.0))  # fine-tuning: peak learning rate of the new head; 0 means optim.learning_rate
+    config.optim = ConfigDict(
+        dict(
+            name="adamw",  # adamw | sgd (word2vec) | adagrad (GloVe)
+            schedule="cosine",  # cosine | linear: decay after warmup to min_learning_rate at train.num_steps
+            learning_rate=1e-3,
+            min_learning_rate=1e-4,
+            warmup_steps=100,
+            b1=0.9,
+            b2=0.99,
+            eps=1e-8,
+            initial_accumulator=0.0,  # adagrad's starting sum of squared gradients
+            weight_decay=0.1,
+            decay_embeddings=False,
+            grad_clip=1.0,
+            grad_accum_steps=1,
+            # comma-separated regexes matched at the start of parameter paths, e.g. 'backbone/' (a probe)
+            freeze="",
+            # layer-wise learning-rate decay: block i (from 0) of N learns at layer_decay ** (N - i) x
+            layer_decay=1.0,
+            head_learning_rate=0.0,
+        )
+    )  # fine-tuning: peak learning rate of the new head; 0 means optim.learning_rate
 
-    c.train = ConfigDict(dict(
-        objective="causal_lm",  # causal_lm | mlm | span_corruption | contrastive | bilm | skipgram | cbow | glove
-        temperature=0.05, glove_x_max=100.0, glove_alpha=0.75,  # contrastive (InfoNCE); glove's f(x)
-        label_smoothing=0.0, num_steps=2000, log_every=50, eval_every=250, eval_batches=50,
-        checkpoint_every=500, keep_checkpoints=3, sample_tokens=200, progress=True,
-        restore_step=0))  # resume from this checkpoint, not the newest (one that cannot be read); 0: the newest
+    config.train = ConfigDict(
+        dict(
+            # causal_lm | mlm | span_corruption | contrastive | bilm | skipgram | cbow | glove
+            objective="causal_lm",
+            temperature=0.05,
+            glove_x_max=100.0,
+            glove_alpha=0.75,  # contrastive (InfoNCE); glove's f(x)
+            label_smoothing=0.0,
+            num_steps=2000,
+            log_every=50,
+            eval_every=250,
+            eval_batches=50,
+            checkpoint_every=500,
+            keep_checkpoints=3,
+            sample_tokens=200,
+            progress=True,
+            restore_step=0,
+        )
+    )  # resume from this checkpoint, not the newest (one that cannot be read); 0: the newest
 
-    # mode=finetune: L_FT = L_task + lambda * L_pretrain (train.objective on the data.* stream) + l2sp * ||theta - theta_0||^2
-    c.task = ConfigDict(dict(
-        name="",  # rotten_tomatoes | glue/sst2 | imdb_reviews | conll2003 | squad (see lmjax/data/tasks.py)
-        tfds_data_dir="", num_labels=0,  # 0: the dataset's label count (else it must match)
-        pooling="cls",  # classification: cls | mean | last (decoders: last)
-        seq_len=128, batch_size=32, head_dropout=0.1))
+    # mode=finetune: L_FT = L_task + lambda * L_pretrain (train.objective on the data.* stream) + l2sp *
+    # ||theta - theta_0||^2
+    config.task = ConfigDict(
+        dict(
+            # rotten_tomatoes | glue/sst2 | imdb_reviews | conll2003 | squad (see lmjax/data/tasks.py)
+            name="",
+            tfds_data_dir="",
+            num_labels=0,  # 0: the dataset's label count (else it must match)
+            pooling="cls",  # classification: cls | mean | last (decoders: last)
+            seq_len=128,
+            batch_size=32,
+            head_dropout=0.1,
+        )
+    )
 
-    c.finetune = ConfigDict(dict(
-        init="",  # lmjax workdir, Hugging Face directory, or 'all-MiniLM-L6-v2'; the model comes from it ('': c.model)
-        pretrain_lambda=0.0,  # lambda; 0: the pretraining stream is neither read nor computed
-        lambda_schedule="constant",  # constant | warmup (0 -> lambda) | decay (lambda -> 0), linear over lambda_steps
-        lambda_steps=0,  # 0: train.num_steps
-        l2sp=0.0))  # L2-SP weight towards the pretrained backbone
+    config.finetune = ConfigDict(
+        dict(
+            # lmjax workdir, Hugging Face directory, or 'all-MiniLM-L6-v2'; the model comes from it ('':
+            # config.model)
+            init="",
+            pretrain_lambda=0.0,  # lambda; 0: the pretraining stream is neither read nor computed
+            # constant | warmup (0 -> lambda) | decay (lambda -> 0), linear over lambda_steps
+            lambda_schedule="constant",
+            lambda_steps=0,  # 0: train.num_steps
+            l2sp=0.0,
+        )
+    )  # L2-SP weight towards the pretrained backbone
 
-    # Devices as a (data, fsdp, tensor) mesh (one axis -1: the rest); rules: logical axis -> mesh axes (lmjax/parallel.py).
-    c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, engine="jit",  # jit | pmap (data-parallel, pmap-era scripts)
-                             rules=ConfigDict(DEFAULT_RULES)))
-    # Multi-host (jax.distributed). enable: auto (start when the environment shows several processes: Slurm, a TPU
-    # pod's TPU_WORKER_HOSTNAMES) | yes (let JAX detect the cluster: TPU VMs, Slurm, MPI, Kubernetes) | no.
-    # An explicit coordinator_address (host:port) with num_processes / process_id works anywhere.
-    c.distributed = ConfigDict(dict(enable="auto", coordinator_address="", num_processes=0, process_id=-1,
-                                    local_device_ids=""))
+    # Devices as a (data, fsdp, tensor) mesh (one axis -1: the rest); rules: logical axis -> mesh axes
+    # (lmjax/parallel.py).
+    config.mesh = ConfigDict(
+        dict(
+            data=-1,
+            fsdp=1,
+            tensor=1,
+            engine="jit",  # jit | pmap (data-parallel, pmap-era scripts)
+            rules=ConfigDict(DEFAULT_RULES),
+        )
+    )
+    # Multi-host (jax.distributed). enable: auto (start when the environment shows several processes: Slurm, a
+    # TPU pod's TPU_WORKER_HOSTNAMES) | yes (let JAX detect the cluster: TPU VMs, Slurm, MPI, Kubernetes) |
+    # no. An explicit coordinator_address (host:port) with num_processes / process_id works anywhere.
+    config.distributed = ConfigDict(
+        dict(enable="auto", coordinator_address="", num_processes=0, process_id=-1, local_device_ids="")
+    )
 
-    c.sample = ConfigDict(dict(prompt="\n", num_tokens=500, temperature=0.8, top_k=200, top_p=1.0, num_samples=1, seed=0))
-    return c
+    config.sample = ConfigDict(
+        dict(prompt="\n", num_tokens=500, temperature=0.8, top_k=200, top_p=1.0, num_samples=1, seed=0)
+    )
+    return config
 
 
 def load(spec: str) -> ConfigDict:
@@ -132,70 +221,81 @@ def load(spec: str) -> ConfigDict:
 
 
 def from_saved(saved: dict) -> ConfigDict:
-    """A run's saved config.json as a ConfigDict, on top of today's base (keys added since take their defaults)."""
-    c = base()
+    """A run's saved config.json as a ConfigDict, on top of today's base (keys added since take their
+    defaults)."""
+    config = base()
     for section, values in saved.items():
-        if isinstance(values, dict) and section in c:
-            c[section].update({k: v for k, v in values.items() if k in c[section]})
-        elif section in c:
-            c[section] = values
-    return c
+        if isinstance(values, dict) and section in config:
+            config[section].update({k: v for k, v in values.items() if k in config[section]})
+        elif section in config:
+            config[section] = values
+    return config
 
 
-def lock(c: ConfigDict) -> ConfigDict:
-    validate(c)
-    c.lock()
-    return c
+def lock(config: ConfigDict) -> ConfigDict:
+    validate(config)
+    config.lock()
+    return config
 
 
-def validate(c: ConfigDict) -> None:
+def validate(config: ConfigDict) -> None:
     """Value checks that need no registry (lmjax.train.check_config runs these and those)."""
-    if c.mode not in ("train", "sample", "finetune"):
-        raise InputError(f"mode={c.mode!r} is unknown; use 'train', 'sample' or 'finetune'")
-    if c.mode == "finetune":
-        validate_finetune(c)
-    if c.optim.grad_accum_steps < 1 or c.data.batch_size % c.optim.grad_accum_steps:
-        raise InputError(f"data.batch_size={c.data.batch_size} is not divisible by optim.grad_accum_steps="
-                         f"{c.optim.grad_accum_steps}; pick an accumulation count that divides the batch")
-    if c.distributed.enable not in ("auto", "yes", "no"):
-        raise InputError(f"distributed.enable={c.distributed.enable!r} is unknown; use 'auto', 'yes' or 'no'")
-    if c.data.tokenizer == "sentencepiece" and not (c.data.vocab_size or c.data.tokenizer_path):
-        raise InputError("data.tokenizer='sentencepiece' needs data.vocab_size (e.g. 8000) or data.tokenizer_path")
+    if config.mode not in ("train", "sample", "finetune"):
+        raise InputError(f"mode={config.mode!r} is unknown; use 'train', 'sample' or 'finetune'")
+    if config.mode == "finetune":
+        validate_finetune(config)
+    if config.optim.grad_accum_steps < 1 or config.data.batch_size % config.optim.grad_accum_steps:
+        raise InputError(
+            f"data.batch_size={config.data.batch_size} is not divisible by optim.grad_accum_steps="
+            f"{config.optim.grad_accum_steps}; pick an accumulation count that divides the batch"
+        )
+    if config.distributed.enable not in ("auto", "yes", "no"):
+        raise InputError(
+            f"distributed.enable={config.distributed.enable!r} is unknown; use 'auto', 'yes' or 'no'"
+        )
+    if config.data.tokenizer == "sentencepiece" and not (
+        config.data.vocab_size or config.data.tokenizer_path
+    ):
+        raise InputError(
+            "data.tokenizer='sentencepiece' needs data.vocab_size (e.g. 8000) or data.tokenizer_path"
+        )
 
 
 LAMBDA_SCHEDULES = ("constant", "warmup", "decay")
 
 
-def validate_finetune(c: ConfigDict) -> None:
-    f = c.finetune
-    if not c.task.name:
+def validate_finetune(config: ConfigDict) -> None:
+    f = config.finetune
+    if not config.task.name:
         raise InputError("mode=finetune needs task.name (e.g. rotten_tomatoes)")
     for key in ("pretrain_lambda", "l2sp"):
         if f[key] < 0:
             raise InputError(f"finetune.{key}={f[key]} is negative; a regulariser's weight must be >= 0")
     if f.lambda_schedule not in LAMBDA_SCHEDULES:
-        raise InputError(f"finetune.lambda_schedule={f.lambda_schedule!r} is unknown; use one of {LAMBDA_SCHEDULES}")
-    if c.optim.grad_accum_steps != 1:
+        raise InputError(
+            f"finetune.lambda_schedule={f.lambda_schedule!r} is unknown; use one of {LAMBDA_SCHEDULES}"
+        )
+    if config.optim.grad_accum_steps != 1:
         raise InputError("fine-tuning runs without gradient accumulation; set optim.grad_accum_steps=1")
-    if not 0 < c.optim.layer_decay <= 1:
-        raise InputError(f"optim.layer_decay={c.optim.layer_decay} must be in (0, 1]")
+    if not 0 < config.optim.layer_decay <= 1:
+        raise InputError(f"optim.layer_decay={config.optim.layer_decay} must be in (0, 1]")
 
 
-def unknown_key_message(error: Exception, c: ConfigDict) -> str | None:
+def unknown_key_message(error: Exception, config: ConfigDict) -> str | None:
     """A one-line message for a misspelt `--config.a.b=...` override, or None if `error` is not that."""
     text = str(error)
     match = re.search(r'instead of "(\w+)"', text) or re.search(r"""['"]([A-Za-z_]\w*)['"]""", text)
     if match is None or not ("Did you mean" in text or "does not exist" in text or "locked" in text):
         return None
-    keys = list(_flat_keys(c))
+    keys = list(_flat_keys(config))
     bad = match.group(1)
     close = difflib.get_close_matches(bad, [k.rsplit(".", 1)[-1] for k in keys], n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return f"unknown config key {bad!r}.{hint} Valid keys: {', '.join(keys)}"
 
 
-def _flat_keys(c: ConfigDict, prefix: str = ""):
-    for k, v in c.items():
+def _flat_keys(config: ConfigDict, prefix: str = ""):
+    for k, v in config.items():
         if isinstance(v, ConfigDict):
             yield from _flat_keys(v, f"{prefix}{k}.")
         else:

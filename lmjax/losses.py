@@ -1,20 +1,22 @@
-"""Losses as pure functions of (outputs, batch) -> (loss_sum, stats); lmjax.objectives pairs each with its data.
+"""Losses as pure functions of (outputs, batch) -> (loss_sum, stats); lmjax.objectives pairs each with its
+data.
 
 Objectives return *sums* (of loss, weight, correct predictions) so that gradient accumulation and
 multi-batch evaluation divide once by the total weight: the result equals one big batch.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import optax
 
-
 Stats = dict[str, jax.Array]
 
 
-def token_cross_entropy(logits_BLV: jax.Array, batch: dict[str, jax.Array],
-                        label_smoothing: float = 0.0) -> tuple[jax.Array, Stats]:
+def token_cross_entropy(
+    logits_BLV: jax.Array, batch: dict[str, jax.Array], label_smoothing: float = 0.0
+) -> tuple[jax.Array, Stats]:
     """Cross-entropy against batch['targets'], weighted by batch['weights'] (0 on padding / unscored tokens).
 
     With label smoothing the loss trained on is against (1 - s) one-hot + s / V; `nll_sum` stays the plain
@@ -30,8 +32,12 @@ def token_cross_entropy(logits_BLV: jax.Array, batch: dict[str, jax.Array],
         loss_BL = nll_BL
     correct_BL = (jnp.argmax(logits_BLV, axis=-1) == targets_BL).astype(jnp.float32)
     loss_sum = jnp.sum(loss_BL * weights_BL)
-    return loss_sum, {"loss_sum": loss_sum, "nll_sum": jnp.sum(nll_BL * weights_BL), "weight": jnp.sum(weights_BL),
-                      "correct": jnp.sum(correct_BL * weights_BL)}
+    return loss_sum, {
+        "loss_sum": loss_sum,
+        "nll_sum": jnp.sum(nll_BL * weights_BL),
+        "weight": jnp.sum(weights_BL),
+        "correct": jnp.sum(correct_BL * weights_BL),
+    }
 
 
 def language_model(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple[jax.Array, Stats]:
@@ -51,18 +57,29 @@ def masked_lm(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple
         nsp_weight_B = jnp.sum(batch["weights"], axis=-1)
         loss_sum = loss_sum + jnp.sum(nsp_B * nsp_weight_B)
         correct_B = (jnp.argmax(outputs["nsp_logits"], -1) == batch["nsp_labels"]).astype(jnp.float32)
-        stats |= {"loss_sum": loss_sum, "nsp_loss_sum": jnp.sum(nsp_B), "nsp_correct": jnp.sum(correct_B),
-                  "nsp_count": jnp.asarray(nsp_B.shape[0], jnp.float32)}
+        stats |= {
+            "loss_sum": loss_sum,
+            "nsp_loss_sum": jnp.sum(nsp_B),
+            "nsp_correct": jnp.sum(correct_B),
+            "nsp_count": jnp.asarray(nsp_B.shape[0], jnp.float32),
+        }
     return loss_sum, stats
 
 
 def bidirectional_lm(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple[jax.Array, Stats]:
     """ELMo's biLM: the forward LM's cross-entropy on batch['targets'] (next tokens) plus the backward LM's on
-    batch['prev_targets'] (previous tokens); loss and perplexity are over the predictions of both directions."""
+    batch['prev_targets'] (previous tokens); loss and perplexity are over the predictions of both
+    directions."""
     fwd_sum, fwd = token_cross_entropy(outputs["logits"], batch, label_smoothing)
-    bwd_sum, bwd = token_cross_entropy(outputs["backward_logits"], {"targets": batch["prev_targets"],
-                                                                    "weights": batch["prev_weights"]}, label_smoothing)
-    stats = jax.tree.map(jnp.add, fwd, bwd) | {"forward_nll_sum": fwd["nll_sum"], "forward_weight": fwd["weight"]}
+    bwd_sum, bwd = token_cross_entropy(
+        outputs["backward_logits"],
+        {"targets": batch["prev_targets"], "weights": batch["prev_weights"]},
+        label_smoothing,
+    )
+    stats = jax.tree.map(jnp.add, fwd, bwd) | {
+        "forward_nll_sum": fwd["nll_sum"],
+        "forward_weight": fwd["weight"],
+    }
     return fwd_sum + bwd_sum, stats
 
 
@@ -77,10 +94,11 @@ def negative_sampling(outputs: dict, batch: dict, label_smoothing: float = 0.0) 
     return loss_sum, {"loss_sum": loss_sum, "weight": jnp.sum(w_B), "correct": jnp.sum(correct_B * w_B)}
 
 
-def glove(outputs: dict, batch: dict, label_smoothing: float = 0.0, x_max: float = 100.0,
-          alpha: float = 0.75) -> tuple[jax.Array, Stats]:
-    """GloVe's weighted least squares f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2 with f(x) = min(1, (x / x_max)^alpha),
-    halved as glove.c does."""
+def glove(
+    outputs: dict, batch: dict, label_smoothing: float = 0.0, x_max: float = 100.0, alpha: float = 0.75
+) -> tuple[jax.Array, Stats]:
+    """GloVe's weighted least squares f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2 with f(x) = min(1, (x /
+    x_max)^alpha), halved as glove.c does."""
     del label_smoothing
     x_B, w_B = batch["counts"], batch["weights"]
     f_B = jnp.minimum(1.0, (x_B / x_max) ** alpha)
@@ -89,9 +107,11 @@ def glove(outputs: dict, batch: dict, label_smoothing: float = 0.0, x_max: float
     return loss_sum, {"loss_sum": loss_sum, "weight": jnp.sum(w_B)}
 
 
-def info_nce(outputs: dict, batch: dict, label_smoothing: float = 0.0,
-             temperature: float = 0.05) -> tuple[jax.Array, Stats]:
-    """InfoNCE with in-batch negatives (SimCSE): view a_i must pick its own b_i among all b_j by cosine / temperature.
+def info_nce(
+    outputs: dict, batch: dict, label_smoothing: float = 0.0, temperature: float = 0.05
+) -> tuple[jax.Array, Stats]:
+    """InfoNCE with in-batch negatives (SimCSE): view a_i must pick its own b_i among all b_j by cosine /
+    temperature.
     outputs['embeddings'] is [2, B, D]; rows with weight 0 (padding) are neither anchors nor candidates."""
     a_BD, b_BD = outputs["embeddings"].astype(jnp.float32)
     w_B = batch["weights"]
@@ -100,8 +120,9 @@ def info_nce(outputs: dict, batch: dict, label_smoothing: float = 0.0,
     sim_BB = jnp.where(w_B[None, :] > 0, a_BD @ b_BD.T / temperature, -1e9)
     labels_B = jnp.arange(sim_BB.shape[0])
     if label_smoothing:
-        loss_B = optax.softmax_cross_entropy(sim_BB, optax.smooth_labels(jax.nn.one_hot(labels_B, len(labels_B)),
-                                                                         label_smoothing))
+        loss_B = optax.softmax_cross_entropy(
+            sim_BB, optax.smooth_labels(jax.nn.one_hot(labels_B, len(labels_B)), label_smoothing)
+        )
     else:
         loss_B = optax.softmax_cross_entropy_with_integer_labels(sim_BB, labels_B)
     correct_B = (jnp.argmax(sim_BB, -1) == labels_B).astype(jnp.float32)
@@ -118,7 +139,9 @@ def classification(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> 
     """Sequence (logits_BK, labels_B) or token (logits_BLK, labels_BL) classification; the confusion matrix
     (rows: true label, columns: prediction) gives macro-F1."""
     logits, weights = outputs["logits"], batch["weights"]
-    loss_sum, stats = token_cross_entropy(logits, {"targets": batch["labels"], "weights": weights}, label_smoothing)
+    loss_sum, stats = token_cross_entropy(
+        logits, {"targets": batch["labels"], "weights": weights}, label_smoothing
+    )
     K = logits.shape[-1]
     true_NK = jax.nn.one_hot(batch["labels"], K).reshape(-1, K) * weights.reshape(-1, 1)
     pred_NK = jax.nn.one_hot(jnp.argmax(logits, -1), K).reshape(-1, K)
@@ -129,37 +152,59 @@ def best_span(start_BL: jax.Array, end_BL: jax.Array, max_answer: int = 30) -> t
     """The (start, end) maximising start + end logits with start <= end < start + max_answer."""
     L = start_BL.shape[-1]
     offset_LL = jnp.arange(L)[None, :] - jnp.arange(L)[:, None]
-    score_BLL = start_BL[:, :, None] + end_BL[:, None, :] + jnp.where((offset_LL >= 0) & (offset_LL < max_answer), 0.0, -1e18)
+    score_BLL = (
+        start_BL[:, :, None]
+        + end_BL[:, None, :]
+        + jnp.where((offset_LL >= 0) & (offset_LL < max_answer), 0.0, -1e18)
+    )
     flat_B = jnp.argmax(score_BLL.reshape(score_BLL.shape[0], -1), axis=-1)
     return flat_B // L, flat_B % L
 
 
 def span_qa(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple[jax.Array, Stats]:
-    """Extractive QA: mean of the start and end cross-entropies; exact match and token-overlap F1 of the best span."""
+    """Extractive QA: mean of the start and end cross-entropies; exact match and token-overlap F1 of the best
+    span."""
     del label_smoothing
     w_B = batch["weights"]
-    nll_B = 0.5 * (optax.softmax_cross_entropy_with_integer_labels(outputs["start_logits"], batch["start"])
-                   + optax.softmax_cross_entropy_with_integer_labels(outputs["end_logits"], batch["end"]))
+    nll_B = 0.5 * (
+        optax.softmax_cross_entropy_with_integer_labels(outputs["start_logits"], batch["start"])
+        + optax.softmax_cross_entropy_with_integer_labels(outputs["end_logits"], batch["end"])
+    )
     s_B, e_B = best_span(outputs["start_logits"], outputs["end_logits"])
     overlap_B = jnp.maximum(jnp.minimum(e_B, batch["end"]) - jnp.maximum(s_B, batch["start"]) + 1, 0)
     precision_B, recall_B = overlap_B / (e_B - s_B + 1), overlap_B / (batch["end"] - batch["start"] + 1)
-    f1_B = jnp.where(overlap_B > 0, 2 * precision_B * recall_B / jnp.maximum(precision_B + recall_B, 1e-9), 0.0)
+    f1_B = jnp.where(
+        overlap_B > 0, 2 * precision_B * recall_B / jnp.maximum(precision_B + recall_B, 1e-9), 0.0
+    )
     exact_B = ((s_B == batch["start"]) & (e_B == batch["end"])).astype(jnp.float32)
     loss_sum = jnp.sum(nll_B * w_B)
-    return loss_sum, {"loss_sum": loss_sum, "nll_sum": loss_sum, "weight": jnp.sum(w_B), "correct": jnp.sum(exact_B * w_B),
-                      "f1_sum": jnp.sum(f1_B * w_B)}
+    return loss_sum, {
+        "loss_sum": loss_sum,
+        "nll_sum": loss_sum,
+        "weight": jnp.sum(w_B),
+        "correct": jnp.sum(exact_B * w_B),
+        "f1_sum": jnp.sum(f1_B * w_B),
+    }
 
 
 def text_to_text(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple[jax.Array, Stats]:
-    """Seq2seq cross-entropy, plus exact match of the whole target (teacher-forced argmax = greedy decoding)."""
+    """Seq2seq cross-entropy, plus exact match of the whole target (teacher-forced argmax = greedy
+    decoding)."""
     loss_sum, stats = token_cross_entropy(outputs["logits"], batch, label_smoothing)
     right_BL = (jnp.argmax(outputs["logits"], -1) == batch["targets"]) | (batch["weights"] == 0)
     real_B = (jnp.sum(batch["weights"], -1) > 0).astype(jnp.float32)
-    return loss_sum, stats | {"exact_sum": jnp.sum(jnp.all(right_BL, -1) * real_B), "examples": jnp.sum(real_B)}
+    return loss_sum, stats | {
+        "exact_sum": jnp.sum(jnp.all(right_BL, -1) * real_B),
+        "examples": jnp.sum(real_B),
+    }
 
 
-TASK_LOSSES = {"classification": classification, "token_classification": classification, "span_qa": span_qa,
-                   "text_to_text": text_to_text}
+TASK_LOSSES = {
+    "classification": classification,
+    "token_classification": classification,
+    "span_qa": span_qa,
+    "text_to_text": text_to_text,
+}
 
 
 def macro_f1(confusion_KK: jax.Array) -> jax.Array:
@@ -167,7 +212,9 @@ def macro_f1(confusion_KK: jax.Array) -> jax.Array:
     tp_K = jnp.diag(confusion_KK)
     denom_K = confusion_KK.sum(0) + confusion_KK.sum(1)  # 2tp + fp + fn
     present_K = denom_K > 0
-    return jnp.sum(jnp.where(present_K, 2 * tp_K / jnp.maximum(denom_K, 1e-9), 0.0)) / jnp.maximum(present_K.sum(), 1)
+    return jnp.sum(jnp.where(present_K, 2 * tp_K / jnp.maximum(denom_K, 1e-9), 0.0)) / jnp.maximum(
+        present_K.sum(), 1
+    )
 
 
 def summarize(stats: Stats) -> dict[str, jax.Array]:
@@ -178,7 +225,9 @@ def summarize(stats: Stats) -> dict[str, jax.Array]:
     if "nll_sum" in stats:
         out["perplexity"] = jnp.exp(stats["nll_sum"] / n)
     if "forward_nll_sum" in stats:
-        out["forward_perplexity"] = jnp.exp(stats["forward_nll_sum"] / jnp.maximum(stats["forward_weight"], 1.0))
+        out["forward_perplexity"] = jnp.exp(
+            stats["forward_nll_sum"] / jnp.maximum(stats["forward_weight"], 1.0)
+        )
     if "correct" in stats:
         out["accuracy"] = stats["correct"] / n
     if "nsp_count" in stats:

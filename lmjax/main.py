@@ -5,18 +5,21 @@ the fix (set LMJAX_TRACEBACK=1 for its traceback); 75 (EXIT_PREEMPTED) stopped b
 checkpoint: the same command resumes. Any other failure is a bug or the platform's (out of memory, ...) and
 keeps its traceback (Python's status 1).
 """
+
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lmjax import config as config_lib
 from lmjax import errors
 from lmjax.errors import EXIT_PREEMPTED  # tpu_scripts/tpu.py and Slurm requeues read it
-from lmjax import config as config_lib
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config(arg)).", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (get_config(arg)).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory or gs:// URL for checkpoints, logs, config and tokenizer.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -41,7 +44,8 @@ def main(argv):
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, except that an InputError from the config file (get_config(arg)) stays one line."""
+    """absl's flag parsing, except that an InputError from the config file (get_config(arg)) stays one
+    line."""
     try:
         return FLAGS(argv)
     except flags.Error as e:

@@ -1,5 +1,6 @@
 """Where numbers go: console progress, TensorBoard events, a metrics JSONL, a loss-curve PNG; and the
 training FLOPs of every model family (for throughput and MFU)."""
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,11 @@ class Writer:
         if not enabled:
             return
         if self.path.exists():  # a resumed run redoes the steps after its checkpoint: drop their old lines
-            self.lines = [line for line in self.path.read_text().splitlines()
-                          if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.lines = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= resume_step
+            ]
             self.flush()
         from tensorboardX import SummaryWriter
 
@@ -119,7 +123,12 @@ def plot_losses(workdir: epath.PathLike) -> epath.Path:
     for key, label in (("train/loss", "train"), ("eval/loss", "validation")):
         pts = [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
         if pts:
-            ax.plot(*zip(*pts), label=label, marker="o" if key.startswith("eval") else None, markersize=3)
+            ax.plot(
+                *zip(*pts, strict=True),
+                label=label,
+                marker="o" if key.startswith("eval") else None,
+                markersize=3,
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
@@ -139,8 +148,13 @@ class Progress:
 
     def __init__(self, start: int, total: int, enabled: bool = True):
         self.enabled, self.start, self.total = enabled, start, total
-        self.bar = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0,
-                             smoothing=0.1) if enabled and sys.stderr.isatty() else None
+        self.bar = (
+            tqdm.tqdm(
+                total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0, smoothing=0.1
+            )
+            if enabled and sys.stderr.isatty()
+            else None
+        )
         self.started = time.monotonic()
 
     def update(self, step: int, loss: float, tokens_per_s: float) -> None:
@@ -150,8 +164,10 @@ class Progress:
         elif self.enabled:
             elapsed = time.monotonic() - self.started
             left = elapsed / max(step - self.start, 1) * (self.total - step)
-            self.write(f"step {step}/{self.total} loss={loss:.4f} tok/s={tokens_per_s:,.0f} "
-                       f"elapsed {_duration(elapsed)} eta {_duration(left)}")
+            self.write(
+                f"step {step}/{self.total} loss={loss:.4f} tok/s={tokens_per_s:,.0f} "
+                f"elapsed {_duration(elapsed)} eta {_duration(left)}"
+            )
 
     def write(self, message: str) -> None:
         if self.bar is not None:

@@ -30,12 +30,15 @@ class Objective:
     families: tuple[str, ...]  # model families it trains
     make_loss: Callable[[ConfigDict], Callable]  # train config -> loss(outputs, batch) -> (loss_sum, stats)
     batch_shapes: Callable[[ConfigDict, int], Shapes]  # (data config, rows) -> {key: (shape, dtype)}
-    # (documents to read, all documents, corpus, tokenizer, data config, seed, training) -> examples (see pipeline)
+    # (documents to read, all documents, corpus, tokenizer, data config, seed, training) -> examples (see
+    # pipeline)
     examples: Callable | None = None
     batches: Callable | None = None  # (batches, tokenizer, data config) -> batches with what rows cannot hold
     dataset: Callable | None = None  # a whole training dataset instead of examples (word vectors)
     one_per_document: bool = False  # evaluation repeats documents to fill train.eval_batches
-    eval_stats: Callable[[dict, dict], dict] | None = None  # (outputs, batch) -> more summable evaluation stats
+    eval_stats: Callable[[dict, dict], dict] | None = (
+        None  # (outputs, batch) -> more summable evaluation stats
+    )
     eval_dropout: bool = False  # evaluation keeps dropout on, with fixed masks (two dropout views)
     word_vectors: bool = False  # scored on word similarity and analogies, written as vectors.txt
     check: Callable[[ConfigDict], None] | None = None  # checks of a run's config beyond the model family
@@ -64,8 +67,10 @@ def check(config: ConfigDict) -> None:
     objective = get(config.train.objective)
     if config.model.family not in objective.families:
         allowed = [name for name, o in REGISTRY.items() if config.model.family in o.families]
-        raise InputError(f"train.objective={objective.name!r} does not train a model.family="
-                         f"{config.model.family!r} model; use {' or '.join(allowed)}")
+        raise InputError(
+            f"train.objective={objective.name!r} does not train a model.family="
+            f"{config.model.family!r} model; use {' or '.join(allowed)}"
+        )
     if objective.check is not None:
         objective.check(config)
 
@@ -83,7 +88,9 @@ def _smoothed(loss: Callable, **from_train_config: str) -> Callable[[ConfigDict]
 def target_counts(outputs: dict, batch: dict) -> dict:
     """How often each token is a target (of either direction for ELMo): the best constant prediction is the
     unigram baseline (evaluation reports its accuracy as unigram_accuracy)."""
-    counts_V = jnp.zeros(outputs["logits"].shape[-1]).at[batch["targets"].ravel()].add(batch["weights"].ravel())
+    counts_V = (
+        jnp.zeros(outputs["logits"].shape[-1]).at[batch["targets"].ravel()].add(batch["weights"].ravel())
+    )
     if "prev_targets" in batch:
         counts_V = counts_V.at[batch["prev_targets"].ravel()].add(batch["prev_weights"].ravel())
     return {"target_counts": counts_V}
@@ -96,8 +103,11 @@ def _token_shapes(data: ConfigDict, B: int) -> Shapes:
 
 def _bilm_shapes(data: ConfigDict, B: int) -> Shapes:
     L = data.seq_len
-    return _token_shapes(data, B) | {"prev_targets": ((B, L), np.int32), "prev_weights": ((B, L), np.float32),
-                                     "chars": ((B, L, data.max_chars), np.int32)}
+    return _token_shapes(data, B) | {
+        "prev_targets": ((B, L), np.int32),
+        "prev_weights": ((B, L), np.float32),
+        "chars": ((B, L, data.max_chars), np.int32),
+    }
 
 
 def _mlm_shapes(data: ConfigDict, B: int) -> Shapes:
@@ -108,8 +118,13 @@ def _mlm_shapes(data: ConfigDict, B: int) -> Shapes:
 
 def _span_shapes(data: ConfigDict, B: int) -> Shapes:
     L, T = data.seq_len, pipeline.span_lengths(data)[1]
-    return {"inputs": ((B, L), np.int32), "input_mask": ((B, L), np.int32), "decoder_inputs": ((B, T), np.int32),
-            "targets": ((B, T), np.int32), "weights": ((B, T), np.float32)}
+    return {
+        "inputs": ((B, L), np.int32),
+        "input_mask": ((B, L), np.int32),
+        "decoder_inputs": ((B, T), np.int32),
+        "targets": ((B, T), np.int32),
+        "weights": ((B, T), np.float32),
+    }
 
 
 def _sentence_shapes(data: ConfigDict, B: int) -> Shapes:
@@ -120,57 +135,134 @@ def _sentence_shapes(data: ConfigDict, B: int) -> Shapes:
 def _word_pair_shapes(cbow: bool) -> Callable[[ConfigDict, int], Shapes]:
     def shapes(data: ConfigDict, B: int) -> Shapes:
         W = 2 * data.window
-        inputs = ({"inputs": ((B, W), np.int32), "input_mask": ((B, W), np.float32)} if cbow
-                  else {"inputs": ((B,), np.int32)})
-        return inputs | {"targets": ((B,), np.int32), "negatives": ((B, data.negatives), np.int32),
-                         "weights": ((B,), np.float32)}
+        inputs = (
+            {"inputs": ((B, W), np.int32), "input_mask": ((B, W), np.float32)}
+            if cbow
+            else {"inputs": ((B,), np.int32)}
+        )
+        return inputs | {
+            "targets": ((B,), np.int32),
+            "negatives": ((B, data.negatives), np.int32),
+            "weights": ((B,), np.float32),
+        }
 
     return shapes
 
 
 def _glove_shapes(data: ConfigDict, B: int) -> Shapes:
-    return {"rows": ((B,), np.int32), "cols": ((B,), np.int32), "counts": ((B,), np.float32),
-            "weights": ((B,), np.float32)}
+    return {
+        "rows": ((B,), np.int32),
+        "cols": ((B,), np.int32),
+        "counts": ((B,), np.float32),
+        "weights": ((B,), np.float32),
+    }
 
 
 def _check_span_lengths(config: ConfigDict) -> None:
     target_len = pipeline.span_lengths(config.data)[1]
     if target_len > config.model.max_len:
-        raise InputError(f"span corruption of {config.data.seq_len}-token inputs makes {target_len}-token "
-                         f"targets, longer than model.max_len={config.model.max_len}; raise model.max_len")
+        raise InputError(
+            f"span corruption of {config.data.seq_len}-token inputs makes {target_len}-token "
+            f"targets, longer than model.max_len={config.model.max_len}; raise model.max_len"
+        )
 
 
 def _check_dropout_views(config: ConfigDict) -> None:
     if not config.model.dropout > 0:
-        raise InputError("train.objective='contrastive' makes a text's two views by dropout; set model.dropout > 0 "
-                         "(SimCSE: 0.1)")
+        raise InputError(
+            "train.objective='contrastive' makes a text's two views by dropout; set model.dropout > 0 "
+            "(SimCSE: 0.1)"
+        )
 
 
 def _check_word_tokenizer(config: ConfigDict) -> None:
     if config.data.tokenizer != "word":
-        raise InputError(f"train.objective={config.train.objective!r} learns vectors of words; "
-                         "set data.tokenizer='word'")
+        raise InputError(
+            f"train.objective={config.train.objective!r} learns vectors of words; set data.tokenizer='word'"
+        )
 
 
-register(Objective("causal_lm", ("decoder", "rnn"), _smoothed(losses.language_model), _token_shapes,
-                   examples=pipeline.lm_examples, eval_stats=target_counts))
-register(Objective("bilm", ("elmo",), _smoothed(losses.bidirectional_lm), _bilm_shapes,
-                   examples=pipeline.bilm_examples, batches=pipeline.with_chars, eval_stats=target_counts))
-register(Objective("mlm", ("encoder",), _smoothed(losses.masked_lm), _mlm_shapes, examples=pipeline.mlm_examples,
-                   one_per_document=True, eval_stats=target_counts))
-register(Objective("span_corruption", ("encoder_decoder",), _smoothed(losses.language_model), _span_shapes,
-                   examples=pipeline.span_examples, eval_stats=target_counts, check=_check_span_lengths))
-register(Objective("contrastive", ("encoder",), _smoothed(losses.info_nce, temperature="temperature"),
-                   _sentence_shapes, examples=pipeline.sentence_examples, eval_dropout=True,
-                   check=_check_dropout_views))
+register(
+    Objective(
+        "causal_lm",
+        ("decoder", "rnn"),
+        _smoothed(losses.language_model),
+        _token_shapes,
+        examples=pipeline.lm_examples,
+        eval_stats=target_counts,
+    )
+)
+register(
+    Objective(
+        "bilm",
+        ("elmo",),
+        _smoothed(losses.bidirectional_lm),
+        _bilm_shapes,
+        examples=pipeline.bilm_examples,
+        batches=pipeline.with_chars,
+        eval_stats=target_counts,
+    )
+)
+register(
+    Objective(
+        "mlm",
+        ("encoder",),
+        _smoothed(losses.masked_lm),
+        _mlm_shapes,
+        examples=pipeline.mlm_examples,
+        one_per_document=True,
+        eval_stats=target_counts,
+    )
+)
+register(
+    Objective(
+        "span_corruption",
+        ("encoder_decoder",),
+        _smoothed(losses.language_model),
+        _span_shapes,
+        examples=pipeline.span_examples,
+        eval_stats=target_counts,
+        check=_check_span_lengths,
+    )
+)
+register(
+    Objective(
+        "contrastive",
+        ("encoder",),
+        _smoothed(losses.info_nce, temperature="temperature"),
+        _sentence_shapes,
+        examples=pipeline.sentence_examples,
+        eval_dropout=True,
+        check=_check_dropout_views,
+    )
+)
 for _cbow in (False, True):
-    register(Objective("cbow" if _cbow else "skipgram", ("word2vec",), _smoothed(losses.negative_sampling),
-                       _word_pair_shapes(_cbow), dataset=pipeline.word_pairs(_cbow), word_vectors=True,
-                       check=_check_word_tokenizer))
-register(Objective("glove", ("glove",), _smoothed(losses.glove, x_max="glove_x_max", alpha="glove_alpha"),
-                   _glove_shapes, dataset=pipeline.cooccurrences, word_vectors=True, check=_check_word_tokenizer))
+    register(
+        Objective(
+            "cbow" if _cbow else "skipgram",
+            ("word2vec",),
+            _smoothed(losses.negative_sampling),
+            _word_pair_shapes(_cbow),
+            dataset=pipeline.word_pairs(_cbow),
+            word_vectors=True,
+            check=_check_word_tokenizer,
+        )
+    )
+register(
+    Objective(
+        "glove",
+        ("glove",),
+        _smoothed(losses.glove, x_max="glove_x_max", alpha="glove_alpha"),
+        _glove_shapes,
+        dataset=pipeline.cooccurrences,
+        word_vectors=True,
+        check=_check_word_tokenizer,
+    )
+)
 
 
-def task_loss(head: str, label_smoothing: float = 0.0) -> Callable[[dict, dict], tuple[jax.Array, losses.Stats]]:
+def task_loss(
+    head: str, label_smoothing: float = 0.0
+) -> Callable[[dict, dict], tuple[jax.Array, losses.Stats]]:
     """The loss of a fine-tuning task head (lmjax.models.heads)."""
     return functools.partial(losses.TASK_LOSSES[head], label_smoothing=label_smoothing)

@@ -1,6 +1,7 @@
 """The optax chain: AdamW (or plain SGD / AdaGrad, as word2vec and GloVe train) with warmup + cosine or linear
 decay, global-norm clipping and a weight-decay mask; for fine-tuning also frozen parameters, layer-wise
 learning-rate decay and a learning rate of its own for new heads."""
+
 from __future__ import annotations
 
 import re
@@ -13,27 +14,41 @@ from ml_collections import ConfigDict
 
 from lmjax.errors import InputError
 
-
 OPTIMIZERS = ("adamw", "sgd", "adagrad")
 SCHEDULES = ("cosine", "linear")
 
 
-def check(c: ConfigDict) -> None:
+def check(optim_config: ConfigDict) -> None:
     """The optim section against the optimizers and schedules there are."""
-    if c.name not in OPTIMIZERS or c.schedule not in SCHEDULES:
-        raise InputError(f"optim.name={c.name!r} / optim.schedule={c.schedule!r}: use a name in "
-                         f"{OPTIMIZERS} and a schedule in {SCHEDULES}")
+    if optim_config.name not in OPTIMIZERS or optim_config.schedule not in SCHEDULES:
+        raise InputError(
+            f"optim.name={optim_config.name!r} / optim.schedule={optim_config.schedule!r}: use a name in "
+            f"{OPTIMIZERS} and a schedule in {SCHEDULES}"
+        )
 
 
-def schedule(c: ConfigDict, num_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to c.learning_rate, then cosine (or linear) decay to c.min_learning_rate at num_steps."""
-    if c.schedule == "linear":
-        return optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps),
-                                     optax.linear_schedule(c.learning_rate, c.min_learning_rate,
-                                                           max(num_steps - c.warmup_steps, 1))], [c.warmup_steps])
+def schedule(optim_config: ConfigDict, num_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to optim.learning_rate, then cosine (or linear) decay to optim.min_learning_rate
+    at num_steps."""
+    if optim_config.schedule == "linear":
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, optim_config.learning_rate, optim_config.warmup_steps),
+                optax.linear_schedule(
+                    optim_config.learning_rate,
+                    optim_config.min_learning_rate,
+                    max(num_steps - optim_config.warmup_steps, 1),
+                ),
+            ],
+            [optim_config.warmup_steps],
+        )
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=c.learning_rate, warmup_steps=c.warmup_steps,
-        decay_steps=max(num_steps, c.warmup_steps + 1), end_value=c.min_learning_rate)
+        init_value=0.0,
+        peak_value=optim_config.learning_rate,
+        warmup_steps=optim_config.warmup_steps,
+        decay_steps=max(num_steps, optim_config.warmup_steps + 1),
+        end_value=optim_config.min_learning_rate,
+    )
 
 
 def path_str(path: tuple) -> str:
@@ -54,6 +69,7 @@ def decays(path: tuple, decay_embeddings: bool) -> bool:
 
 def per_param(params: Any, fn) -> Any:
     """fn(path) for every parameter, in the structure of `params` (nnx Variables or plain arrays)."""
+
     def one(path, x):
         return x.replace(fn(path)) if isinstance(x, nnx.Variable) else fn(path)
 
@@ -64,13 +80,13 @@ def decay_mask(params: Any, decay_embeddings: bool) -> Any:
     return per_param(params, lambda path: decays(path, decay_embeddings))
 
 
-def frozen(c: ConfigDict, path: tuple) -> bool:
+def frozen(optim_config: ConfigDict, path: tuple) -> bool:
     """optim.freeze: comma-separated regular expressions matched at the start of a parameter's path."""
-    return any(re.match(p.strip(), path_str(path)) for p in c.freeze.split(",") if p.strip())
+    return any(re.match(p.strip(), path_str(path)) for p in optim_config.freeze.split(",") if p.strip())
 
 
-def frozen_mask(c: ConfigDict, params: Any) -> Any:
-    return per_param(params, lambda path: frozen(c, path))
+def frozen_mask(optim_config: ConfigDict, params: Any) -> Any:
+    return per_param(params, lambda path: frozen(optim_config, path))
 
 
 def depth(path: tuple, num_layers: int, decoder_offset: int = 0) -> int:
@@ -80,40 +96,69 @@ def depth(path: tuple, num_layers: int, decoder_offset: int = 0) -> int:
     for i, k in enumerate(keys[:-1]):
         if k in ("blocks", "encoder_blocks", "decoder_blocks"):
             return int(keys[i + 1]) + 1 + (decoder_offset if k == "decoder_blocks" else 0)
-    return 0 if any("embed" in k for k in keys) else num_layers + 1  # tables, their norm, relative-position bias
+    return (
+        0 if any("embed" in k for k in keys) else num_layers + 1
+    )  # tables, their norm, relative-position bias
 
 
-def _label(c: ConfigDict, num_layers: int, decoder_offset: int, path: tuple) -> str:
-    if frozen(c, path):
+def _label(optim_config: ConfigDict, num_layers: int, decoder_offset: int, path: tuple) -> str:
+    if frozen(optim_config, path):
         return "frozen"
     if path_str(path).startswith("head/"):
         return "head"
     return f"depth{depth(path, num_layers, decoder_offset)}"
 
 
-def make(c: ConfigDict, num_steps: int, model: ConfigDict | None = None) -> optax.GradientTransformation:
+def make(
+    optim_config: ConfigDict, num_steps: int, model: ConfigDict | None = None
+) -> optax.GradientTransformation:
     """With layer-wise decay a parameter's learning rate is scaled by layer_decay ** (N + 1 - depth), N the
     model's blocks (encoder + decoder); new heads (parameters under head/) take head_learning_rate; frozen
     parameters get no update and no optimizer state."""
-    base = schedule(c, num_steps)
+    base = schedule(optim_config, num_steps)
     decoder_offset = model.num_layers if model is not None else 0
-    num_layers = decoder_offset + ((model.num_decoder_layers or model.num_layers)
-                                   if model is not None and model.family == "encoder_decoder" else 0)
+    num_layers = decoder_offset + (
+        (model.num_decoder_layers or model.num_layers)
+        if model is not None and model.family == "encoder_decoder"
+        else 0
+    )
 
     def adamw(scale: float) -> optax.GradientTransformation:
-        if c.name == "sgd":  # word2vec's update; weight decay does not apply
+        if optim_config.name == "sgd":  # word2vec's update; weight decay does not apply
             return optax.sgd(lambda step: scale * base(step))
-        if c.name == "adagrad":  # GloVe's
-            return optax.adagrad(lambda step: scale * base(step), initial_accumulator_value=c.initial_accumulator,
-                                 eps=c.eps)
-        return optax.adamw(lambda step: scale * base(step), b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
-                           mask=lambda p: decay_mask(p, c.decay_embeddings))
+        if optim_config.name == "adagrad":  # GloVe's
+            return optax.adagrad(
+                lambda step: scale * base(step),
+                initial_accumulator_value=optim_config.initial_accumulator,
+                eps=optim_config.eps,
+            )
+        return optax.adamw(
+            lambda step: scale * base(step),
+            b1=optim_config.b1,
+            b2=optim_config.b2,
+            eps=optim_config.eps,
+            weight_decay=optim_config.weight_decay,
+            mask=lambda p: decay_mask(p, optim_config.decay_embeddings),
+        )
 
-    clip = optax.clip_by_global_norm(c.grad_clip) if c.grad_clip else optax.identity()
-    if not c.freeze and c.layer_decay == 1.0 and not c.head_learning_rate:
+    clip = optax.clip_by_global_norm(optim_config.grad_clip) if optim_config.grad_clip else optax.identity()
+    if not optim_config.freeze and optim_config.layer_decay == 1.0 and not optim_config.head_learning_rate:
         return optax.chain(clip, adamw(1.0))
-    groups = {f"depth{d}": adamw(c.layer_decay ** (num_layers + 1 - d)) for d in range(num_layers + 2)}
-    groups |= {"head": adamw((c.head_learning_rate or c.learning_rate) / c.learning_rate), "frozen": optax.set_to_zero()}
-    labels = lambda p: per_param(p, lambda path: _label(c, num_layers, decoder_offset, path))  # noqa: E731
-    return optax.chain(optax.masked(optax.set_to_zero(), lambda p: frozen_mask(c, p)), clip,
-                       optax.multi_transform(groups, labels))
+    groups = {
+        f"depth{d}": adamw(optim_config.layer_decay ** (num_layers + 1 - d)) for d in range(num_layers + 2)
+    }
+    groups |= {
+        "head": adamw(
+            (optim_config.head_learning_rate or optim_config.learning_rate) / optim_config.learning_rate
+        ),
+        "frozen": optax.set_to_zero(),
+    }
+
+    def labels(p):
+        return per_param(p, lambda path: _label(optim_config, num_layers, decoder_offset, path))
+
+    return optax.chain(
+        optax.masked(optax.set_to_zero(), lambda p: frozen_mask(optim_config, p)),
+        clip,
+        optax.multi_transform(groups, labels),
+    )

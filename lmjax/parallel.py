@@ -9,6 +9,7 @@ constrained with `constrain(x, axes)`. Both go through `config.mesh.rules`, one 
 A dimension that the mesh axes do not divide (a 65-character vocabulary on tensor=2) is replicated
 rather than refused, so every config runs on every mesh.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -19,7 +20,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from lmjax.config import DEFAULT_RULES
@@ -29,25 +31,31 @@ MESH_AXES = ("data", "fsdp", "tensor")
 ENGINES = ("jit", "pmap")
 
 
-
 def make_mesh(mesh_config: ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh; one axis may be -1 to take the devices that are left."""
     devices = list(jax.devices() if devices is None else devices)
     shape = [mesh_config.data, mesh_config.fsdp, mesh_config.tensor]
     if shape.count(-1) > 1:
-        raise InputError(f"mesh {dict(zip(MESH_AXES, shape))}: at most one axis may be -1")
+        raise InputError(f"mesh {dict(zip(MESH_AXES, shape, strict=True))}: at most one axis may be -1")
     known = int(np.prod([s for s in shape if s != -1]))
     if -1 in shape:
         if len(devices) % known:
-            raise InputError(f"mesh {dict(zip(MESH_AXES, shape))} does not divide {len(devices)} devices")
+            raise InputError(
+                f"mesh {dict(zip(MESH_AXES, shape, strict=True))} does not divide {len(devices)} devices"
+            )
         shape[shape.index(-1)] = len(devices) // known
     if int(np.prod(shape)) != len(devices):
-        raise InputError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices but "
-                         f"{len(devices)} are available; set --config.mesh.* so the product matches")
+        raise InputError(
+            f"mesh {dict(zip(MESH_AXES, shape, strict=True))} needs {int(np.prod(shape))} devices but "
+            f"{len(devices)} are available; set --config.mesh.* so the product matches"
+        )
     if getattr(devices[0], "platform", "") == "tpu":  # axes laid out along the chips' interconnect
         from jax.experimental import mesh_utils
+
         try:
-            return Mesh(mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True), MESH_AXES)
+            return Mesh(
+                mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True), MESH_AXES
+            )
         except (AssertionError, ValueError, NotImplementedError):  # e.g. one device per core, not per chip
             pass
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
@@ -68,8 +76,10 @@ def parse_rules(rules: ConfigDict | dict | None) -> dict[str, tuple[str, ...]]:
         axes = tuple(a.strip() for a in str(value).split(",") if a.strip())
         bad = [a for a in axes if a not in MESH_AXES]
         if bad:
-            raise InputError(f"mesh.rules.{logical}={value!r} names {bad}, not a mesh axis; use a comma-separated "
-                             f"subset of {MESH_AXES} or '' to replicate")
+            raise InputError(
+                f"mesh.rules.{logical}={value!r} names {bad}, not a mesh axis; use a comma-separated "
+                f"subset of {MESH_AXES} or '' to replicate"
+            )
         parsed[logical] = axes
     return parsed
 
@@ -82,14 +92,19 @@ class Layout:
     rules: dict[str, tuple[str, ...]]
 
     def spec(self, axes: Sequence[str | None], shape: Sequence[int] | None = None) -> P:
-        """The PartitionSpec of an array with these logical axes; undivisible or repeated mesh axes are dropped."""
+        """The PartitionSpec of an array with these logical axes; undivisible or repeated mesh axes are
+        dropped."""
         used: set[str] = set()
         out = []
         for i, logical in enumerate(axes):
             if logical is not None and logical not in self.rules:
-                raise InputError(f"logical axis {logical!r} has no entry in mesh.rules; add one "
-                                 f"(known: {sorted(self.rules)})")
-            mesh_axes = tuple(a for a in self.rules.get(logical, ()) if a not in used and self.mesh.shape[a] > 1)
+                raise InputError(
+                    f"logical axis {logical!r} has no entry in mesh.rules; add one "
+                    f"(known: {sorted(self.rules)})"
+                )
+            mesh_axes = tuple(
+                a for a in self.rules.get(logical, ()) if a not in used and self.mesh.shape[a] > 1
+            )
             size = int(np.prod([self.mesh.shape[a] for a in mesh_axes]))
             if shape is not None and shape[i] % size:
                 mesh_axes = ()
@@ -131,7 +146,8 @@ def make_layout(mesh_config: ConfigDict, devices: Sequence[jax.Device] | None = 
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
-    """Pins an activation's sharding by its logical axes; a no-op outside `Layout.traced` (e.g. eager calls)."""
+    """Pins an activation's sharding by its logical axes; a no-op outside `Layout.traced` (e.g. eager
+    calls)."""
     layout = _CURRENT.get()
     if layout is None:
         return x
@@ -139,7 +155,8 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
 
 
 def state_shardings(abstract_tree: Any, layout: Layout) -> Any:
-    """Shardings for a pytree holding nnx Variables (sharded by their `axes`) and plain arrays (replicated)."""
+    """Shardings for a pytree holding nnx Variables (sharded by their `axes`) and plain arrays
+    (replicated)."""
 
     def one(x):
         if isinstance(x, nnx.Variable):
@@ -175,16 +192,20 @@ def check_pmap(mesh_config: ConfigDict) -> None:
     if jax.process_count() > 1:
         raise InputError("mesh.engine='pmap' runs in one process; multi-host runs use mesh.engine='jit'")
     if mesh_config.fsdp != 1 or mesh_config.tensor != 1 or mesh_config.data not in (-1, jax.device_count()):
-        raise InputError(f"mesh.engine='pmap' is data-parallel only: it needs mesh.fsdp=1, mesh.tensor=1 and "
-                         f"mesh.data=-1 (got {mesh_config.data}, {mesh_config.fsdp}, {mesh_config.tensor}); "
-                         f"use mesh.engine='jit' for FSDP or tensor parallelism")
+        raise InputError(
+            f"mesh.engine='pmap' is data-parallel only: it needs mesh.fsdp=1, mesh.tensor=1 and "
+            f"mesh.data=-1 (got {mesh_config.data}, {mesh_config.fsdp}, {mesh_config.tensor}); "
+            f"use mesh.engine='jit' for FSDP or tensor parallelism"
+        )
 
 
 def replicate(tree: Any) -> Any:
     """A state on one device -> one copy per local device (the leading axis pmap maps over)."""
     devices = jax.local_devices()
     stacked = NamedSharding(Mesh(np.asarray(devices), (PMAP_AXIS,)), P(PMAP_AXIS))
-    return jax.tree.map(lambda x: jax.device_put(jax.numpy.broadcast_to(x, (len(devices), *x.shape)), stacked), tree)
+    return jax.tree.map(
+        lambda x: jax.device_put(jax.numpy.broadcast_to(x, (len(devices), *x.shape)), stacked), tree
+    )
 
 
 def unreplicate(tree: Any) -> Any:
@@ -195,4 +216,3 @@ def split_for_pmap(local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """[B_local, ...] -> [local devices, B_local / local devices, ...]."""
     n = jax.local_device_count()
     return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in local_batch.items()}
-

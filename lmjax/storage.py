@@ -4,6 +4,7 @@ Orbax's arrays), written directly, with no FUSE mount.
 STORAGE_EMULATOR_HOST, the variable Google's client libraries read, points lmjax at a local GCS emulator:
 gcsfs reads it, and `use_emulator` hands it to TensorStore (TENSORSTORE_GCS_HTTP_URL).
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,7 +41,7 @@ def workdir(path: str | os.PathLike) -> epath.Path:
     if not is_gcs(text):
         return epath.Path(text).expanduser()
     use_emulator()
-    bucket = text[len(GCS):].split("/")[0]
+    bucket = text[len(GCS) :].split("/")[0]
     if not os.environ.get("STORAGE_EMULATOR_HOST"):
         import google.auth
         import google.auth.exceptions
@@ -53,17 +54,22 @@ def workdir(path: str | os.PathLike) -> epath.Path:
         except google.auth.exceptions.DefaultCredentialsError:
             raise InputError(
                 f"{text}: no Google Cloud credentials; run `gcloud auth application-default login` "
-                "(a TPU VM uses its service account), or set STORAGE_EMULATOR_HOST for a local emulator") from None
+                "(a TPU VM uses its service account), or set STORAGE_EMULATOR_HOST for a local emulator"
+            ) from None
         finally:
             quiet.setLevel(level)
     try:  # listing needs only storage.objects.list (what objectViewer / objectAdmin grant), not buckets.get
         next(iter(epath.Path(GCS + bucket).iterdir()), None)
     except FileNotFoundError:
-        raise InputError(f"{text}: bucket gs://{bucket} does not exist or these credentials cannot see it; "
-                         f"create it (gcloud storage buckets create gs://{bucket}) or fix the URL") from None
+        raise InputError(
+            f"{text}: bucket gs://{bucket} does not exist or these credentials cannot see it; "
+            f"create it (gcloud storage buckets create gs://{bucket}) or fix the URL"
+        ) from None
     except PermissionError:
-        raise InputError(f"{text}: these credentials may not list gs://{bucket}; grant them "
-                         "roles/storage.objectAdmin on the bucket") from None
+        raise InputError(
+            f"{text}: these credentials may not list gs://{bucket}; grant them "
+            "roles/storage.objectAdmin on the bucket"
+        ) from None
     return epath.Path(text)
 
 

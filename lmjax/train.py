@@ -11,7 +11,19 @@ from etils import epath
 from flax import nnx
 from ml_collections import ConfigDict
 
-from lmjax import checkpoint, decode, losses, loop, metrics, models, objectives, optim, parallel, storage, vectors
+from lmjax import (
+    checkpoint,
+    decode,
+    loop,
+    losses,
+    metrics,
+    models,
+    objectives,
+    optim,
+    parallel,
+    storage,
+    vectors,
+)
 from lmjax import config as config_lib
 from lmjax.data import corpora, pipeline, tokenizers
 from lmjax.errors import InputError, MissingInput
@@ -27,8 +39,9 @@ def make_loss_fn(graphdef: nnx.GraphDef, loss: Callable) -> Callable:
     return loss_fn
 
 
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: int,
-                    axis_name: str | None = None) -> Callable:
+def make_train_step(
+    loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: int, axis_name: str | None = None
+) -> Callable:
     """The pure step. Under pmap (`axis_name`), each device's summed gradients and statistics are summed over
     devices before the one division by the token count, so the update equals the jit step's."""
     grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -60,13 +73,17 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_s
     return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, objective: objectives.Objective, train_config: ConfigDict) -> Callable:
+def make_eval_step(
+    graphdef: nnx.GraphDef, objective: objectives.Objective, train_config: ConfigDict
+) -> Callable:
     """eval_step(params, batch) -> summable stats: the loss's and what the objective's evaluation adds."""
     loss = objective.make_loss(train_config)
 
     def eval_step(params: nnx.State, batch: dict) -> dict:
         rngs = nnx.Rngs(dropout=jax.random.PRNGKey(0)) if objective.eval_dropout else None
-        outputs = nnx.merge(graphdef, params).forward(batch, deterministic=not objective.eval_dropout, rngs=rngs)
+        outputs = nnx.merge(graphdef, params).forward(
+            batch, deterministic=not objective.eval_dropout, rngs=rngs
+        )
         stats = loss(outputs, batch)[1]
         return stats | objective.eval_stats(outputs, batch) if objective.eval_stats else stats
 
@@ -96,43 +113,61 @@ def setup(config: ConfigDict, devices=None) -> loop.Engine:
     layout = parallel.make_layout(config.mesh, devices)
     accum = config.optim.grad_accum_steps
     if config.data.batch_size % (layout.batch_shards * accum):
-        raise InputError(f"data.batch_size={config.data.batch_size} is not divisible by the {layout.batch_shards} "
-                         f"batch shards (mesh data x fsdp) x {accum} accumulation steps; change the batch size")
+        raise InputError(
+            f"data.batch_size={config.data.batch_size} is not divisible by the {layout.batch_shards} "
+            f"batch shards (mesh data x fsdp) x {accum} accumulation steps; change the batch size"
+        )
     tx = optim.make(config.optim, config.train.num_steps, config.model)
-    graphdef, init, abstract_state = loop.make_init(lambda rngs: models.build(config.model, rngs), tx)
-    shardings = parallel.state_shardings(abstract_state, layout)
-    batch_sharding = parallel.batch_sharding(layout)
     objective = objectives.get(config.train.objective)
-    loss_fn = make_loss_fn(graphdef, objective.make_loss(config.train))
-    if config.mesh.engine == "pmap":
-        step = jax.pmap(make_train_step(loss_fn, tx, accum, parallel.PMAP_AXIS), axis_name=parallel.PMAP_AXIS,
-                        donate_argnums=0)
+    batch_sharding = parallel.batch_sharding(layout)
 
-        def train_step(state, batch):
-            state, out = step(state, batch)
-            return state, parallel.unreplicate(out)
-    else:
-        train_step = jax.jit(layout.traced(make_train_step(loss_fn, tx, accum)), donate_argnums=0,
-                             in_shardings=(shardings, batch_sharding), out_shardings=(shardings, layout.replicated))
-    eval_step = jax.jit(layout.traced(make_eval_step(graphdef, objective, config.train)),
-                        in_shardings=(shardings.params, batch_sharding), out_shardings=layout.replicated)
-    return loop.Engine(config, layout, graphdef, tx, shardings, abstract_state, jax.jit(init, out_shardings=shardings),
-                       train_step, eval_step, loss_fn)
+    def compile_steps(graphdef, abstract_state, shardings) -> dict:
+        loss_fn = make_loss_fn(graphdef, objective.make_loss(config.train))
+        if config.mesh.engine == "pmap":
+            step = jax.pmap(
+                make_train_step(loss_fn, tx, accum, parallel.PMAP_AXIS),
+                axis_name=parallel.PMAP_AXIS,
+                donate_argnums=0,
+            )
+
+            def train_step(state, batch):
+                state, out = step(state, batch)
+                return state, parallel.unreplicate(out)
+        else:
+            train_step = jax.jit(
+                layout.traced(make_train_step(loss_fn, tx, accum)),
+                donate_argnums=0,
+                in_shardings=(shardings, batch_sharding),
+                out_shardings=(shardings, layout.replicated),
+            )
+        eval_step = jax.jit(
+            layout.traced(make_eval_step(graphdef, objective, config.train)),
+            in_shardings=(shardings.params, batch_sharding),
+            out_shardings=layout.replicated,
+        )
+        return dict(train_step=train_step, eval_step=eval_step, loss_fn=loss_fn)
+
+    return loop.build_engine(config, layout, lambda rngs: models.build(config.model, rngs), tx, compile_steps)
 
 
 def load_trained(workdir: str | epath.PathLike) -> tuple[loop.Engine, nnx.State, tokenizers.Tokenizer, int]:
-    """The latest parameters of a workdir, with the run's own config (on a data-parallel mesh) and tokenizer."""
+    """The latest parameters of a workdir, with the run's own config (on a data-parallel mesh) and
+    tokenizer."""
     workdir = storage.workdir(workdir)
     saved = checkpoint.load_config(workdir)
     steps = checkpoint.saved_steps(workdir)
     if saved is None or not steps:
-        raise MissingInput(f"{workdir} holds no trained run (no {checkpoint.CONFIG_FILE} and checkpoint); "
-                           "train first or point --workdir at a run")
+        raise MissingInput(
+            f"{workdir} holds no trained run (no {checkpoint.CONFIG_FILE} and checkpoint); "
+            "train first or point --workdir at a run"
+        )
     config = config_lib.from_saved(saved)
     tok = tokenizers.load(workdir / checkpoint.TOKENIZER_DIR)
     if tok.vocab_size > config.model.vocab_size:
-        raise InputError(f"the tokenizer in {workdir / checkpoint.TOKENIZER_DIR} has {tok.vocab_size} tokens but "
-                         f"the checkpoint's model has {config.model.vocab_size}; restore the run's own tokenizer")
+        raise InputError(
+            f"the tokenizer in {workdir / checkpoint.TOKENIZER_DIR} has {tok.vocab_size} tokens but "
+            f"the checkpoint's model has {config.model.vocab_size}; restore the run's own tokenizer"
+        )
     config.mesh.update(data=-1, fsdp=1, tensor=1)
     engine = setup(config)
     abstract = checkpoint.abstract_with_shardings(engine.abstract_state, engine.state_shardings)
@@ -149,19 +184,25 @@ NON_ARCHITECTURE = ("dropout", "attention_dropout", "remat")
 VECTORS_FILE = "vectors.txt"
 
 
-def prepare_tokenizer(config: ConfigDict, workdir: epath.Path,
-                      corpus: corpora.Corpus) -> tokenizers.Tokenizer:
-    """The run's tokenizer: the workdir's own if it has one, else loaded from data.tokenizer_path or trained."""
+def prepare_tokenizer(
+    config: ConfigDict, workdir: epath.Path, corpus: corpora.Corpus
+) -> tokenizers.Tokenizer:
+    """The run's tokenizer: the workdir's own if it has one, else loaded from data.tokenizer_path or
+    trained."""
     saved_dir = workdir / checkpoint.TOKENIZER_DIR
     if saved_dir.is_dir():
         tok = tokenizers.load(saved_dir)
         if tok.kind != config.data.tokenizer and not config.data.tokenizer_path:
-            raise InputError(f"{workdir} was trained with a {tok.kind} tokenizer but data.tokenizer="
-                             f"{config.data.tokenizer!r}; use a new --workdir for another tokenizer")
+            raise InputError(
+                f"{workdir} was trained with a {tok.kind} tokenizer but data.tokenizer="
+                f"{config.data.tokenizer!r}; use a new --workdir for another tokenizer"
+            )
         if config.data.tokenizer_path and (other := tokenizers.differing(config.data.tokenizer_path, tok)):
-            raise InputError(f"data.tokenizer_path={config.data.tokenizer_path!r} ({other.kind}, {other.vocab_size} "
-                             f"tokens) does not match the vocabulary this workdir was trained with ({tok.kind}, "
-                             f"{tok.vocab_size} tokens); drop data.tokenizer_path or use a new --workdir")
+            raise InputError(
+                f"data.tokenizer_path={config.data.tokenizer_path!r} ({other.kind}, {other.vocab_size} "
+                f"tokens) does not match the vocabulary this workdir was trained with ({tok.kind}, "
+                f"{tok.vocab_size} tokens); drop data.tokenizer_path or use a new --workdir"
+            )
         return tok
     if config.data.tokenizer_path:
         tok = tokenizers.load(epath.Path(config.data.tokenizer_path))
@@ -179,25 +220,35 @@ def resolve_model_config(config: ConfigDict, tok: tokenizers.Tokenizer, workdir:
     if not config.model.vocab_size:
         config.model.vocab_size = tok.vocab_size
     elif config.model.vocab_size < tok.vocab_size:
-        raise InputError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
-                         f"{tok.vocab_size} tokens; set model.vocab_size=0 to take the tokenizer's size")
+        raise InputError(
+            f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+            f"{tok.vocab_size} tokens; set model.vocab_size=0 to take the tokenizer's size"
+        )
     saved = checkpoint.load_config(workdir)
     if saved is not None and checkpoint.saved_steps(workdir):
         mine = config.model.to_dict()
-        diff = {k: (saved["model"][k], mine[k]) for k in mine
-                if k not in NON_ARCHITECTURE and k in saved["model"] and saved["model"][k] != mine[k]}
+        diff = {
+            k: (saved["model"][k], mine[k])
+            for k in mine
+            if k not in NON_ARCHITECTURE and k in saved["model"] and saved["model"][k] != mine[k]
+        }
         if diff:
-            desc = ", ".join(f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
-            raise InputError(f"{workdir} holds a checkpoint of a different architecture ({desc}); "
-                             f"use a new --workdir or the run's own config")
+            desc = ", ".join(
+                f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items())
+            )
+            raise InputError(
+                f"{workdir} holds a checkpoint of a different architecture ({desc}); "
+                f"use a new --workdir or the run's own config"
+            )
     return config
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate(engine: loop.Engine, params: nnx.State, corpus: corpora.Corpus,
-             tok: tokenizers.Tokenizer) -> dict[str, float]:
+def evaluate(
+    engine: loop.Engine, params: nnx.State, corpus: corpora.Corpus, tok: tokenizers.Tokenizer
+) -> dict[str, float]:
     """Loss, perplexity and accuracy over the validation split (its first train.eval_batches batches), and
     the accuracy of always predicting the most frequent target token (unigram_accuracy), to compare with.
     Word vectors are scored on word similarity (Spearman) and analogies (accuracy) instead (lmjax.vectors)."""
@@ -207,19 +258,33 @@ def evaluate(engine: loop.Engine, params: nnx.State, corpus: corpora.Corpus,
     return evaluate_lm(engine.eval_step, engine.layout, engine.config, params, corpus, tok)
 
 
-def evaluate_lm(eval_step: Callable, layout: parallel.Layout, config: ConfigDict, params: nnx.State,
-                corpus: corpora.Corpus, tok: tokenizers.Tokenizer) -> dict[str, float]:
+def evaluate_lm(
+    eval_step: Callable,
+    layout: parallel.Layout,
+    config: ConfigDict,
+    params: nnx.State,
+    corpus: corpora.Corpus,
+    tok: tokenizers.Tokenizer,
+) -> dict[str, float]:
     """`evaluate` for any eval step of the train.objective (fine-tuning scores its backbone with it)."""
     totals = None
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
-    for batch in pipeline.eval_batches(corpus, tok, config.data, objective=objectives.get(config.train.objective),
-                                       batch_size=config.data.batch_size // jax.process_count(),
-                                       max_batches=config.train.eval_batches, **shard):
+    for batch in pipeline.eval_batches(
+        corpus,
+        tok,
+        config.data,
+        objective=objectives.get(config.train.objective),
+        batch_size=config.data.batch_size // jax.process_count(),
+        max_batches=config.train.eval_batches,
+        **shard,
+    ):
         stats = eval_step(params, parallel.global_batch(batch, layout))
         totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
     if totals is None:
-        raise InputError("the validation split is too small for one batch; lower data.batch_size or data.seq_len, "
-                         "or raise data.validation_fraction")
+        raise InputError(
+            "the validation split is too small for one batch; lower data.batch_size or data.seq_len, "
+            "or raise data.validation_fraction"
+        )
     result = losses.summarize(totals)
     if "target_counts" in totals:
         result["unigram_accuracy"] = totals["target_counts"].max() / jnp.maximum(totals["weight"], 1.0)
@@ -229,7 +294,8 @@ def evaluate_lm(eval_step: Callable, layout: parallel.Layout, config: ConfigDict
 def train_and_evaluate(config: ConfigDict, workdir: str | epath.PathLike, devices=None) -> dict:
     """Trains (resuming from the workdir's latest checkpoint if any); returns the final evaluation metrics.
 
-    On SIGTERM (preemption) it saves a checkpoint at the next step boundary and returns {"preempted_at": step};
+    On SIGTERM (preemption) it saves a checkpoint at the next step boundary and returns
+    {"preempted_at": step};
     running it again resumes there. A finished run also writes them to results.json. `workdir` is a local path
     or a gs:// URL; `devices` (default: all) is for tests that want a smaller mesh.
     """
@@ -240,13 +306,24 @@ def train_and_evaluate(config: ConfigDict, workdir: str | epath.PathLike, device
     config = resolve_model_config(config, tok, workdir)
     engine, objective = setup(config, devices), objectives.get(config.train.objective)
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
-    train_iter = iter(pipeline.train_dataset(corpus, tok, config.data, objective=objective, seed=config.seed,
-                                             batch_size=config.data.batch_size // jax.process_count(), **shard))
+    train_iter = iter(
+        pipeline.train_dataset(
+            corpus,
+            tok,
+            config.data,
+            objective=objective,
+            seed=config.seed,
+            batch_size=config.data.batch_size // jax.process_count(),
+            **shard,
+        )
+    )
     with loop.Run(config, workdir) as run:
         state = run.restore(engine, train_iter) if run.start else engine.init(jax.random.PRNGKey(config.seed))
-        run.log(f"lmjax: {engine.num_params:,} parameters, mesh {dict(engine.mesh.shape)}, corpus {corpus.name}, "
-                f"{tok.kind} tokenizer ({tok.vocab_size} tokens), "
-                + (f"resuming at step {run.start}" if run.start else "from scratch"))
+        run.log(
+            f"lmjax: {engine.num_params:,} parameters, mesh {dict(engine.mesh.shape)}, corpus {corpus.name}, "
+            f"{tok.kind} tokenizer ({tok.vocab_size} tokens), "
+            + (f"resuming at step {run.start}" if run.start else "from scratch")
+        )
 
         def train_step(state):
             return engine.train_step(state, engine.device_batch(next(train_iter)))
@@ -255,8 +332,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str | epath.PathLike, device
             params = engine.from_engine(state).params
             result = evaluate(engine, params, corpus, tok)
             if config.model.family == "decoder" and config.train.sample_tokens:
-                result["sample"] = decode.sample_text(engine.graphdef, params, tok, config.sample,
-                                                      config.train.sample_tokens, jax.random.PRNGKey(step))
+                result["sample"] = decode.sample_text(
+                    engine.graphdef,
+                    params,
+                    tok,
+                    config.sample,
+                    config.train.sample_tokens,
+                    jax.random.PRNGKey(step),
+                )
             return result
 
         def save(step: int, state) -> None:
@@ -269,8 +352,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str | epath.PathLike, device
     return result
 
 
-def _finish(run: loop.Run, engine: loop.Engine, params: nnx.State, tok: tokenizers.Tokenizer,
-            objective: objectives.Objective, result: dict) -> None:
+def _finish(
+    run: loop.Run,
+    engine: loop.Engine,
+    params: nnx.State,
+    tok: tokenizers.Tokenizer,
+    objective: objectives.Objective,
+    result: dict,
+) -> None:
     """The loss plot, the word vectors of a word-vector model, results.json and the closing line."""
     if not run.lead:
         return
@@ -278,9 +367,14 @@ def _finish(run: loop.Run, engine: loop.Engine, params: nnx.State, tok: tokenize
     if objective.word_vectors:
         wv = vectors.WordVectors.from_model(nnx.merge(engine.graphdef, params), tok)
         wv.save_word2vec_format(run.workdir / VECTORS_FILE)
-        outcome = ", ".join(f"{k[5:]} {result[k]:.4f}" for k in ("eval/wordsim353", "eval/simlex999", "eval/analogy"))
+        outcome = ", ".join(
+            f"{k[5:]} {result[k]:.4f}" for k in ("eval/wordsim353", "eval/simlex999", "eval/analogy")
+        )
         outcome += f"; vectors in {VECTORS_FILE} (word2vec text format)"
     else:
         outcome = f"final validation loss {result.get('eval/loss', float('nan')):.4f}"
-    run.write_results(result, f"{outcome}; workdir {run.workdir} (checkpoints, {metrics.JSONL}, "
-                              f"{metrics.TB_DIR}/, {plot.name}, {checkpoint.RESULTS_FILE})")
+    run.write_results(
+        result,
+        f"{outcome}; workdir {run.workdir} (checkpoints, {metrics.JSONL}, "
+        f"{metrics.TB_DIR}/, {plot.name}, {checkpoint.RESULTS_FILE})",
+    )

@@ -7,6 +7,7 @@ anything is installed (the notebooks' first cell, Colab, Kaggle, a TPU VM's imag
 
   python notebooks/install_lmjax.py [CHECKOUT] [--dry-run]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,16 @@ except ImportError:  # a bare Python: pip's own copy
     from pip._vendor.packaging.specifiers import SpecifierSet
 
 # the runtime's accelerator stack: kept as installed when jax fits lmjax's range
-STACK = ("jax", "jaxlib", "libtpu", "libtpu-nightly", "jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin",
-         "jax-cuda13-pjrt")
+STACK = (
+    "jax",
+    "jaxlib",
+    "libtpu",
+    "libtpu-nightly",
+    "jax-cuda12-plugin",
+    "jax-cuda12-pjrt",
+    "jax-cuda13-plugin",
+    "jax-cuda13-pjrt",
+)
 
 
 def installed(name: str) -> str | None:
@@ -52,7 +61,10 @@ def platform_extra() -> str:
     tpu_env = ("COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE", "TPU_NAME")
     if os.path.exists("/dev/accel0") or os.path.isdir("/dev/vfio") or any(os.environ.get(k) for k in tpu_env):
         return "tpu"
-    if shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0:
+    if (
+        shutil.which("nvidia-smi")
+        and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    ):
         return "cuda"
     return ""
 
@@ -68,13 +80,17 @@ def plan(checkout: Path) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkout", nargs="?", default=str(Path(__file__).resolve().parents[1]))
     parser.add_argument("--dry-run", action="store_true", help="resolve and report, install nothing")
     args = parser.parse_args(argv)
     checkout = Path(args.checkout).resolve()
     target, pins = plan(checkout)
-    pip = [sys.executable, "-m", "pip", "install", "--quiet"] + (["--dry-run", "--report", "-"] if args.dry_run else [])
+    pip = [sys.executable, "-m", "pip", "install", "--quiet"] + (
+        ["--dry-run", "--report", "-"] if args.dry_run else []
+    )
     kept = ", ".join(pins) if pins else "none (jax is installed with lmjax)"
     print(f"install_lmjax: {target}; keeping {kept}", file=sys.stderr, flush=True)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:

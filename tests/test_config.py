@@ -50,7 +50,9 @@ def test_value_checks():
 def test_family_objective_and_length_checks():
     c = config_lib.base()
     c.model.family = "encoder"
-    with pytest.raises(ValueError, match="train.objective='causal_lm' does not train a model.family='encoder' model; use mlm"):
+    with pytest.raises(
+        ValueError, match="train.objective='causal_lm' does not train a model.family='encoder' model; use mlm"
+    ):
         train.check_config(c)
     c = config_lib.base()
     c.model.update(family="encoder_decoder", max_len=64)
@@ -87,10 +89,16 @@ def test_lineage_checks():
 
 
 def test_loading_an_experiment_config_imports_no_jax():
-    """lmjax.config is a leaf: a config file loads (and validates its values) without JAX, Flax, grain or TFDS."""
-    code = ("import sys\nfrom lmjax import config\n"
-            "c = config.lock(config.load('experiments/configs/bert_mlm.py'))\n"
-            "print(sorted(m for m in ('jax', 'flax', 'grain', 'tensorflow_datasets', 'numpy') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    """lmjax.config is a leaf: a config file loads (and validates its values) without JAX, Flax, grain or
+    TFDS."""
+    code = (
+        "import sys\nfrom lmjax import config\n"
+        "c = config.lock(config.load('experiments/configs/bert_mlm.py'))\n"
+        "print(sorted(m for m in ('jax', 'flax', 'grain', 'tensorflow_datasets', 'numpy') if m in "
+        "sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"

@@ -37,11 +37,13 @@ def test_kv_cache_decoding_matches_the_full_forward_for_prompts_of_different_len
     got = cached_logits(model, prompts, cont)
     for b, p in enumerate(prompts):
         full = model(jnp.asarray(np.concatenate([p, cont[b]])[None]))[0]
-        np.testing.assert_allclose(got[b], full[p.size - 1:p.size + 4], atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(got[b], full[p.size - 1 : p.size + 4], atol=1e-5, rtol=1e-5)
 
 
 def test_encoder_decoder_cached_decoding_matches_the_full_forward():
-    model = build("encoder_decoder", positions="relative", norm="rmsnorm", use_bias=False, scale_attention=False)
+    model = build(
+        "encoder_decoder", positions="relative", norm="rmsnorm", use_bias=False, scale_attention=False
+    )
     rng = np.random.default_rng(1)
     inputs = [rng.integers(1, V, 7), rng.integers(1, V, 4)]
     targets = rng.integers(1, V, (2, 6)).astype(np.int32)
@@ -49,7 +51,9 @@ def test_encoder_decoder_cached_decoding_matches_the_full_forward():
     dec_in = np.concatenate([np.zeros((2, 1), np.int32), targets[:, :-1]], axis=1)
     full = model(jnp.asarray(enc), jnp.asarray(dec_in), mask_BS=jnp.asarray(enc_mask))
     start = jnp.zeros((2, 1), jnp.int32)
-    logits, state = decode._prefill(model, start, jnp.ones((2, 1), bool), 6, jnp.asarray(enc), jnp.asarray(enc_mask))
+    logits, state = decode._prefill(
+        model, start, jnp.ones((2, 1), bool), 6, jnp.asarray(enc), jnp.asarray(enc_mask)
+    )
     got = [logits]
     for i in range(5):
         logits, state = decode._step(model, jnp.asarray(targets[:, i]), state, 1 + i, jnp.asarray(enc_mask))
@@ -64,7 +68,7 @@ def greedy_reference(model, prompt, n, eos=None):
         tokens.append(nxt)
         if nxt == eos:
             break
-    return tokens[len(prompt):]
+    return tokens[len(prompt) :]
 
 
 def test_greedy_generation_matches_step_by_step_argmax_and_stops_at_eos():
@@ -72,10 +76,12 @@ def test_greedy_generation_matches_step_by_step_argmax_and_stops_at_eos():
     graphdef, params = nnx.split(model)
     prompts = [[1, 5, 7], [4]]
     eos = greedy_reference(model, [4], 4)[2]  # a token row 1 emits third: its output must stop there
-    out = decode.generate(graphdef, params, prompts, jax.random.PRNGKey(0), num_tokens=8, temperature=0.0, eos_id=eos)
+    out = decode.generate(
+        graphdef, params, prompts, jax.random.PRNGKey(0), num_tokens=8, temperature=0.0, eos_id=eos
+    )
     for row, p in zip(out, prompts, strict=True):
         ref = greedy_reference(model, p, 8, eos)
-        assert list(row[:len(ref)]) == ref and np.all(row[len(ref):] == 0)
+        assert list(row[: len(ref)]) == ref and np.all(row[len(ref) :] == 0)
     assert list(out[1]).index(eos) <= 2
 
 
@@ -84,8 +90,9 @@ def test_beam_search_with_one_beam_is_greedy_and_more_beams_score_at_least_as_we
     graphdef, params = nnx.split(model)
     prompts = [[1, 5, 7], [2, 3], [9]]
     for eos in (None, 3):
-        greedy = decode.generate(graphdef, params, prompts, jax.random.PRNGKey(0), num_tokens=8, temperature=0.0,
-                                 eos_id=eos)
+        greedy = decode.generate(
+            graphdef, params, prompts, jax.random.PRNGKey(0), num_tokens=8, temperature=0.0, eos_id=eos
+        )
         beam1, _ = decode.beam_search(graphdef, params, prompts, num_beams=1, num_tokens=8, eos_id=eos)
         np.testing.assert_array_equal(beam1, greedy)
     _, score1 = decode.beam_search(graphdef, params, prompts, num_beams=1, num_tokens=8)
@@ -96,18 +103,39 @@ def test_beam_search_with_one_beam_is_greedy_and_more_beams_score_at_least_as_we
 def test_beam_search_for_encoder_decoder_runs_with_eos_and_length_penalty():
     model = build("encoder_decoder")
     graphdef, params = nnx.split(model)
-    seqs, scores = decode.beam_search(graphdef, params, None, inputs=[[3, 4, 5], [6]], num_beams=3, num_tokens=6,
-                                      length_penalty=1.0, eos_id=2)
+    seqs, scores = decode.beam_search(
+        graphdef,
+        params,
+        None,
+        inputs=[[3, 4, 5], [6]],
+        num_beams=3,
+        num_tokens=6,
+        length_penalty=1.0,
+        eos_id=2,
+    )
     assert seqs.shape == (2, 6) and np.all(np.isfinite(scores))
-    greedy = decode.generate(graphdef, params, None, jax.random.PRNGKey(0), inputs=[[3, 4, 5], [6]], num_tokens=6,
-                             temperature=0.0, eos_id=2)
-    beam1, _ = decode.beam_search(graphdef, params, None, inputs=[[3, 4, 5], [6]], num_beams=1, num_tokens=6, eos_id=2)
+    greedy = decode.generate(
+        graphdef,
+        params,
+        None,
+        jax.random.PRNGKey(0),
+        inputs=[[3, 4, 5], [6]],
+        num_tokens=6,
+        temperature=0.0,
+        eos_id=2,
+    )
+    beam1, _ = decode.beam_search(
+        graphdef, params, None, inputs=[[3, 4, 5], [6]], num_beams=1, num_tokens=6, eos_id=2
+    )
     np.testing.assert_array_equal(beam1, greedy)
 
 
 def test_top_k_and_top_p_limit_the_choices():
     logits = jnp.log(jnp.asarray([[0.05, 0.05, 0.1, 0.3, 0.5]]))
-    draws = lambda **kw: {int(decode.sample_logits(jax.random.PRNGKey(i), logits, 1.0, **kw)[0]) for i in range(300)}
+
+    def draws(**kw):
+        return {int(decode.sample_logits(jax.random.PRNGKey(i), logits, 1.0, **kw)[0]) for i in range(300)}
+
     assert draws(top_k=2) == {3, 4}
     assert draws(top_p=0.75) == {3, 4}  # 0.5 + 0.3 reaches 0.75
     assert draws(top_p=0.5) == {4}

@@ -17,7 +17,9 @@ V, L, B = 40, 16, 8
 def step_config(**finetune_values):
     """A tiny encoder (MLM + NSP heads) fine-tuned from random weights, without dropout."""
     c = finetune_bert_mlm.get_config("smoke")
-    c.model.update(bert_mlm.get_config("smoke").model.to_dict() | dict(vocab_size=V, dropout=0.0, num_layers=2))
+    c.model.update(
+        bert_mlm.get_config("smoke").model.to_dict() | dict(vocab_size=V, dropout=0.0, num_layers=2)
+    )
     c.task.update(head_dropout=0.0, batch_size=B, seq_len=L)
     c.finetune.update(init="", **finetune_values)
     c.optim.update(warmup_steps=0, learning_rate=1e-2, min_learning_rate=1e-2)
@@ -29,11 +31,20 @@ def batches(seed=0):
     rng = np.random.default_rng(seed)
     inputs = rng.integers(5, V, (B, L)).astype(np.int32)
     mask = (np.arange(L) < rng.integers(L // 2, L + 1, (B, 1))).astype(np.int32)
-    task = {"inputs": inputs * mask, "input_mask": mask, "segments": np.zeros((B, L), np.int32),
-            "labels": rng.integers(0, 2, B).astype(np.int32), "weights": np.ones(B, np.float32)}
-    pre = {"inputs": rng.integers(5, V, (B, L)).astype(np.int32), "input_mask": np.ones((B, L), np.int32),
-           "segments": np.zeros((B, L), np.int32), "targets": rng.integers(5, V, (B, L)).astype(np.int32),
-           "weights": (rng.random((B, L)) < 0.15).astype(np.float32)}
+    task = {
+        "inputs": inputs * mask,
+        "input_mask": mask,
+        "segments": np.zeros((B, L), np.int32),
+        "labels": rng.integers(0, 2, B).astype(np.int32),
+        "weights": np.ones(B, np.float32),
+    }
+    pre = {
+        "inputs": rng.integers(5, V, (B, L)).astype(np.int32),
+        "input_mask": np.ones((B, L), np.int32),
+        "segments": np.zeros((B, L), np.int32),
+        "targets": rng.integers(5, V, (B, L)).astype(np.int32),
+        "weights": (rng.random((B, L)) < 0.15).astype(np.float32),
+    }
     return jax.tree.map(jnp.asarray, task), jax.tree.map(jnp.asarray, pre)
 
 
@@ -56,7 +67,9 @@ def test_lambda_zero_is_a_plain_task_step():
 
     expected = jax.device_get(plain_step(state.params, state.opt_state, state.rng))
     new_state, m = s.train_step(state, task, None, None)
-    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(jax.device_get(new_state.params)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(expected), jax.tree.leaves(jax.device_get(new_state.params)), strict=True
+    ):
         np.testing.assert_allclose(a, b, atol=1e-6)  # two compilations may round differently
     assert "pretrain_loss" not in m and float(m["lambda"]) == 0.0
 
@@ -68,16 +81,25 @@ def test_combined_gradient_is_task_plus_lambda_pretrain(lam):
     params = s.init(jax.random.PRNGKey(0)).params
     anchor = jax.tree.map(lambda x: x + 0.01, params["backbone"])
     key = jax.random.PRNGKey(1)
-    total = jax.jit(jax.grad(lambda p: finetune.combine(s.loss_fn(p, task, pre, anchor, key)[0], lam, 0.5)))(params)
-    parts = {k: jax.jit(jax.grad(lambda p, k=k: s.loss_fn(p, task, pre, anchor, key)[0][k]))(params)
-             for k in ("task", "pretrain", "l2sp")}
-    expected = jax.tree.map(lambda t, p, r: t + lam * p + 0.5 * r, parts["task"], parts["pretrain"], parts["l2sp"])
+    total = jax.jit(jax.grad(lambda p: finetune.combine(s.loss_fn(p, task, pre, anchor, key)[0], lam, 0.5)))(
+        params
+    )
+    parts = {
+        k: jax.jit(jax.grad(lambda p, k=k: s.loss_fn(p, task, pre, anchor, key)[0][k]))(params)
+        for k in ("task", "pretrain", "l2sp")
+    }
+    expected = jax.tree.map(
+        lambda t, p, r: t + lam * p + 0.5 * r, parts["task"], parts["pretrain"], parts["l2sp"]
+    )
     for a, b in zip(jax.tree.leaves(total), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    # The pretraining gradient reaches the backbone and its MLM head, not the new head; L2-SP pulls towards the anchor.
+    # The pretraining gradient reaches the backbone and its MLM head, not the new head; L2-SP pulls towards
+    # the anchor.
     assert float(jnp.abs(parts["pretrain"]["backbone"]["mlm_bias_V"][...]).sum()) > 0
     assert float(jnp.abs(parts["pretrain"]["head"]["kernel"][...]).sum()) == 0
-    np.testing.assert_allclose(parts["l2sp"]["backbone"]["embed_VD"][...], -0.02 * np.ones((V, 32)), rtol=1e-4)
+    np.testing.assert_allclose(
+        parts["l2sp"]["backbone"]["embed_VD"][...], -0.02 * np.ones((V, 32)), rtol=1e-4
+    )
 
 
 def test_frozen_parameters_stay_bit_identical():
@@ -89,7 +111,10 @@ def test_frozen_parameters_stay_bit_identical():
     for seed in range(3):
         state, _ = s.train_step(state, *batches(seed), None)
     after = jax.device_get(state.params)
-    frozen = lambda path: optim.frozen(c.optim, path)  # noqa: E731
+
+    def frozen(path):
+        return optim.frozen(c.optim, path)
+
     flat_before = jax.tree_util.tree_flatten_with_path(before)[0]
     flat_after = jax.tree.leaves(after)
     moved, checked = {}, 0
@@ -122,7 +147,9 @@ def test_restore_backbone_with_a_new_head(bert_workdir, tmp_path):
         finetune.load_backbone(s2.init(jax.random.PRNGKey(0)).params, pre.params())
 
 
-def test_finetune_from_a_pretraining_workdir_end_to_end_and_resume(bert_workdir, tmp_path, cache_dir, monkeypatch):
+def test_finetune_from_a_pretraining_workdir_end_to_end_and_resume(
+    bert_workdir, tmp_path, cache_dir, monkeypatch
+):
     c = finetune_bert_mlm.get_config("smoke")
     c.data.cache_dir = str(cache_dir)
     c.finetune.update(init=str(bert_workdir), pretrain_lambda=0.5, l2sp=0.01, lambda_schedule="warmup")
@@ -130,15 +157,26 @@ def test_finetune_from_a_pretraining_workdir_end_to_end_and_resume(bert_workdir,
     c.train.checkpoint_every = 2
     files = sorted(p.name for p in (bert_workdir / "checkpoints").iterdir())
     result = finetune.run(c, tmp_path / "a")
-    assert {"test/accuracy", "test/macro_f1", "validation/accuracy", "pretrain/heldout_loss",
-            "pretrain/heldout_loss_before"} <= set(result)
-    assert json.loads((tmp_path / "a" / checkpoint.RESULTS_FILE).read_text())["test/accuracy"] == result["test/accuracy"]
-    assert sorted(p.name for p in (bert_workdir / "checkpoints").iterdir()) == files  # the source is only read
-    rows = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert {
+        "test/accuracy",
+        "test/macro_f1",
+        "validation/accuracy",
+        "pretrain/heldout_loss",
+        "pretrain/heldout_loss_before",
+    } <= set(result)
+    assert (
+        json.loads((tmp_path / "a" / checkpoint.RESULTS_FILE).read_text())["test/accuracy"]
+        == result["test/accuracy"]
+    )
+    assert (
+        sorted(p.name for p in (bert_workdir / "checkpoints").iterdir()) == files
+    )  # the source is only read
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     lambdas = [r["train/lambda"] for r in rows if "train/lambda" in r]
     assert lambdas == sorted(lambdas) and lambdas[0] < 0.5  # the warmup schedule
 
-    # Interrupted after step 2's checkpoint, resumed: the parameters of the uninterrupted run (both streams resume).
+    # Interrupted after step 2's checkpoint, resumed: the parameters of the uninterrupted run (both streams
+    # resume).
     original = metrics.Writer.scalars
 
     def crash_at_3(self, step, values):
@@ -199,7 +237,9 @@ def test_minilm_weights_and_wordpiece_tokenizer():
     from lmjax.models import heads
 
     pre = finetune.pretrained(finetune.MINILM)
-    assert pre.tokenizer.kind == "wordpiece" and pre.model_config.vocab_size == pre.tokenizer.vocab_size == 30522
+    assert (
+        pre.tokenizer.kind == "wordpiece" and pre.model_config.vocab_size == pre.tokenizer.vocab_size == 30522
+    )
     model = models.build(pre.model_config, nnx.Rngs(0))
     nnx.update(model, pre.params())
     cls, sep = pre.tokenizer.special_id("[CLS]"), pre.tokenizer.special_id("[SEP]")
@@ -218,10 +258,21 @@ def test_decoder_and_encoder_decoder_fine_tune(family):
     from experiments.configs import shakespeare_char, t5_span
     from lmjax.data import task_pipeline, tasks
 
-    rows = [{"text": t.encode(), "label": y} for t, y in
-            (("a fine warm film", 1), ("dull and cold", 0), ("warm, fine, bright", 1), ("cold dull mess", 0))]
-    task = tasks.Task("toy", tasks.TASKS["rotten_tomatoes"], {"train": rows, "validation": rows, "test": rows},
-                      ("rotten", "fresh"))
+    rows = [
+        {"text": t.encode(), "label": y}
+        for t, y in (
+            ("a fine warm film", 1),
+            ("dull and cold", 0),
+            ("warm, fine, bright", 1),
+            ("cold dull mess", 0),
+        )
+    ]
+    task = tasks.Task(
+        "toy",
+        tasks.TASKS["rotten_tomatoes"],
+        {"train": rows, "validation": rows, "test": rows},
+        ("rotten", "fresh"),
+    )
     tok = tokenizers.train("char", [r["text"].decode() for r in rows] + ["rotten fresh"], 0)
     base = shakespeare_char.get_config("tiny") if family == "decoder" else t5_span.get_config("smoke")
     c = finetune_bert_mlm.get_config("smoke")

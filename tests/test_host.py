@@ -5,8 +5,9 @@ import pytest
 
 from lmjax import host
 
-# A fresh process allocates, touches and frees a 256 MB buffer (a step's temporaries) 5 times and prints the page
-# faults of the last 4 rounds: glibc's defaults map and unmap it every time, keep_freed_memory keeps it in the heap.
+# A fresh process allocates, touches and frees a 256 MB buffer (a step's temporaries) 5 times and prints the
+# page faults of the last 4 rounds: glibc's defaults map and unmap it every time, keep_freed_memory keeps it
+# in the heap.
 PROBE = """
 import ctypes, resource, sys
 from lmjax import host
@@ -21,7 +22,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
 
 
 def probe(mode: str, env: dict | None = None) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env
+    )
     applied, faults = out.stdout.split()
     return applied, int(faults)
 
@@ -32,7 +35,10 @@ def test_keep_freed_memory_stops_the_per_step_page_faults(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     default_faults = probe("default")[1]  # 4 x 65,536 with 4 KiB pages (fewer where huge pages are on)
     applied, faults = probe("tuned")
-    assert applied == "True" and default_faults > 100 and faults * 10 < default_faults, (faults, default_faults)
+    assert applied == "True" and default_faults > 100 and faults * 10 < default_faults, (
+        faults,
+        default_faults,
+    )
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
@@ -56,7 +62,10 @@ print(f(x).is_ready())  # an inline step has finished when the call returns; a d
 
 
 def test_cpu_steps_run_inline_after_setup():
-    run = lambda mode: subprocess.run([sys.executable, "-c", INLINE_PROBE, mode], capture_output=True, text=True,
-                                      check=True).stdout.split()[-1]
+    def run(mode):
+        return subprocess.run(
+            [sys.executable, "-c", INLINE_PROBE, mode], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+
     assert run("default") == "False"
     assert run("inline") == "True"

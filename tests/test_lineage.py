@@ -1,5 +1,6 @@
-"""The lineage on the same trainer, end to end on tiny configs: word2vec / GloVe (vectors exported for gensim),
-recurrent LMs, ELMo pretraining then frozen scalar-mix features for a classifier, and SimCSE."""
+"""The lineage on the same trainer, end to end on tiny configs: word2vec / GloVe (vectors exported for
+gensim), recurrent LMs, ELMo pretraining then frozen scalar-mix features for a classifier, and SimCSE."""
+
 import importlib
 import json
 
@@ -9,7 +10,6 @@ import pytest
 from flax import traverse_util
 
 from lmjax import checkpoint, finetune, metrics, train
-from lmjax import config as config_lib
 from lmjax.data import tokenizers
 
 
@@ -26,13 +26,18 @@ def test_word_vectors_train_resume_and_export(arg, tmp_path, corpus_file, cache_
 
     c = smoke("word2vec", arg, corpus_file, cache_dir)
     result = train.train_and_evaluate(c, tmp_path / "run")
-    assert result["eval/wordsim353_pairs"] + result["eval/wordsim353_oov"] == 353  # OOV pairs counted, not fatal
+    assert (
+        result["eval/wordsim353_pairs"] + result["eval/wordsim353_oov"] == 353
+    )  # OOV pairs counted, not fatal
     kv = KeyedVectors.load_word2vec_format(str(tmp_path / "run" / train.VECTORS_FILE))
     tok = tokenizers.load(tmp_path / "run" / checkpoint.TOKENIZER_DIR)
     assert kv.index_to_key == tok.words[3:] and kv.vector_size == c.model.d_model
     assert kv.most_similar("king", topn=1)  # gensim can use them
-    losses = [r["train/loss"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
-              if "train/loss" in r]
+    losses = [
+        r["train/loss"]
+        for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+        if "train/loss" in r
+    ]
     assert np.isfinite(losses).all()
     c.train.num_steps = 8  # resumes from step 6 with the data iterator's state
     train.train_and_evaluate(c, tmp_path / "run")
@@ -46,12 +51,16 @@ def assert_training_loss_falls(workdir) -> None:
 
 
 def test_word2vec_learns_the_corpus_structure(tmp_path, corpus_file, cache_dir):
-    """On the verse corpus, 'thou' and 'thee' share contexts less than random words do not: a loss that falls."""
+    """On the verse corpus, 'thou' and 'thee' share contexts less than random words do not: a loss that
+    falls."""
     c = smoke("word2vec", "smoke", corpus_file, cache_dir)
     c.train.update(num_steps=150, eval_every=150, checkpoint_every=150, log_every=50)
     train.train_and_evaluate(c, tmp_path / "run")
-    rows = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
-            if "train/loss" in r]
+    rows = [
+        r
+        for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+        if "train/loss" in r
+    ]
     assert rows[-1]["train/loss"] < rows[0]["train/loss"] - 0.3
 
 

@@ -10,19 +10,26 @@ def test_causal_lm_matches_numpy_and_ignores_padding():
     logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
     targets = rng.integers(0, 7, size=(2, 5))
     weights = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.float32)
-    loss_sum, stats = losses.language_model({"logits": jnp.asarray(logits)}, {"targets": targets, "weights": weights})
+    loss_sum, stats = losses.language_model(
+        {"logits": jnp.asarray(logits)}, {"targets": targets, "weights": weights}
+    )
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     ce = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
     np.testing.assert_allclose(loss_sum, (ce * weights).sum(), rtol=1e-5)
     summary = losses.summarize(stats)
     np.testing.assert_allclose(summary["loss"], (ce * weights).sum() / weights.sum(), rtol=1e-5)
     np.testing.assert_allclose(summary["perplexity"], np.exp(summary["loss"]), rtol=1e-5)
-    np.testing.assert_allclose(summary["accuracy"], ((logits.argmax(-1) == targets) * weights).sum() / 8, rtol=1e-6)
+    np.testing.assert_allclose(
+        summary["accuracy"], ((logits.argmax(-1) == targets) * weights).sum() / 8, rtol=1e-6
+    )
     # Changing logits at padded positions changes nothing.
     logits2 = logits.copy()
     logits2[0, 3:] = 100.0
-    np.testing.assert_allclose(losses.language_model({"logits": jnp.asarray(logits2)}, {"targets": targets, "weights": weights})[0],
-                               loss_sum, rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.language_model({"logits": jnp.asarray(logits2)}, {"targets": targets, "weights": weights})[0],
+        loss_sum,
+        rtol=1e-6,
+    )
 
 
 def test_label_smoothing_and_nsp_terms():
@@ -86,8 +93,9 @@ def test_info_nce_matches_a_direct_computation():
     B, D, tau = 5, 4, 0.1
     a, b = rng.normal(size=(B, D)), rng.normal(size=(B, D))
     w = np.array([1, 1, 1, 1, 0], np.float32)  # the last row is padding: neither anchor nor candidate
-    loss, stats = losses.info_nce({"embeddings": jnp.asarray(np.stack([a, b]), jnp.float32)}, {"weights": w},
-                                      temperature=tau)
+    loss, stats = losses.info_nce(
+        {"embeddings": jnp.asarray(np.stack([a, b]), jnp.float32)}, {"weights": w}, temperature=tau
+    )
     an, bn = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
     want, correct = 0.0, 0
     for i in range(4):
@@ -101,11 +109,21 @@ def test_info_nce_matches_a_direct_computation():
 def test_bidirectional_lm_sums_both_directions():
     rng = np.random.default_rng(0)
     fwd, bwd = rng.normal(size=(2, 3, 6)), rng.normal(size=(2, 3, 6))
-    batch = {"targets": rng.integers(0, 6, (2, 3)), "weights": np.ones((2, 3), np.float32),
-             "prev_targets": rng.integers(0, 6, (2, 3)), "prev_weights": np.array([[0, 1, 1], [0, 1, 1]], np.float32)}
-    loss, stats = losses.bidirectional_lm({"logits": jnp.asarray(fwd), "backward_logits": jnp.asarray(bwd)}, batch)
-    nll = lambda z, t: -(z[..., t] - np.log(np.exp(z).sum()))  # noqa: E731
+    batch = {
+        "targets": rng.integers(0, 6, (2, 3)),
+        "weights": np.ones((2, 3), np.float32),
+        "prev_targets": rng.integers(0, 6, (2, 3)),
+        "prev_weights": np.array([[0, 1, 1], [0, 1, 1]], np.float32),
+    }
+    loss, stats = losses.bidirectional_lm(
+        {"logits": jnp.asarray(fwd), "backward_logits": jnp.asarray(bwd)}, batch
+    )
+
+    def nll(z, t):
+        return -(z[..., t] - np.log(np.exp(z).sum()))
+
     want = sum(nll(fwd[i, j], batch["targets"][i, j]) for i in range(2) for j in range(3)) + sum(
-        nll(bwd[i, j], batch["prev_targets"][i, j]) for i in range(2) for j in (1, 2))
+        nll(bwd[i, j], batch["prev_targets"][i, j]) for i in range(2) for j in (1, 2)
+    )
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     assert float(stats["weight"]) == 10

@@ -1,16 +1,20 @@
 """The command line: bad input ends with one clear line (exit code 1) and leaves existing work alone."""
+
 import subprocess
 import sys
 from pathlib import Path
-
 
 CONFIG = "experiments/configs/shakespeare_char.py:tiny"
 
 
 def run_main(*args):
-    result = subprocess.run([sys.executable, "-m", "lmjax.main", f"--config={CONFIG}", *args],
-                            capture_output=True, text=True, timeout=300)
-    lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
+    result = subprocess.run(
+        [sys.executable, "-m", "lmjax.main", f"--config={CONFIG}", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
     return result.returncode, lines, result
 
 
@@ -22,8 +26,9 @@ def test_misspelt_config_key(tmp_path):
 
 def test_missing_text_file(tmp_path):
     code, lines, _ = run_main(f"--workdir={tmp_path}", f"--config.data.text_files={tmp_path}/missing.txt")
-    assert code == 1 and lines == [f"error: text file '{tmp_path}/missing.txt' does not exist; "
-                                   "fix the path in --config.data.text_files"]
+    assert code == 1 and lines == [
+        f"error: text file '{tmp_path}/missing.txt' does not exist; fix the path in --config.data.text_files"
+    ]
 
 
 def test_context_longer_than_positions(tmp_path):
@@ -38,39 +43,73 @@ def test_sample_without_a_run(tmp_path):
 
 def test_other_url_schemes_are_refused_rather_than_written_locally():
     code, lines, _ = run_main("--workdir=s3://bucket/run")
-    assert code == 1 and "only local paths and gs:// URLs can be workdirs" in lines[0] and not Path("s3:").exists()
+    assert (
+        code == 1
+        and "only local paths and gs:// URLs can be workdirs" in lines[0]
+        and not Path("s3:").exists()
+    )
 
 
 def test_negative_lambda_fails_before_anything_runs(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "lmjax.main", "--config=experiments/configs/finetune_minilm.py:smoke",
-                             f"--workdir={tmp_path / 'ft'}", "--config.finetune.pretrain_lambda=-1"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmjax.main",
+            "--config=experiments/configs/finetune_minilm.py:smoke",
+            f"--workdir={tmp_path / 'ft'}",
+            "--config.finetune.pretrain_lambda=-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
-        "error: finetune.pretrain_lambda=-1.0 is negative; a regulariser's weight must be >= 0")
+        "error: finetune.pretrain_lambda=-1.0 is negative; a regulariser's weight must be >= 0"
+    )
     assert not (tmp_path / "ft").exists()
 
 
 def run_with_failing_training(tmp_path, error: str) -> subprocess.CompletedProcess:
     """lmjax.main with train.train_and_evaluate replaced by one that raises `error` (a Python expression)."""
-    script = ("import sys\nfrom lmjax import main, train\n"
-              f"def fail(config, workdir):\n    raise {error}\n"
-              "train.train_and_evaluate = fail\n"
-              f"sys.argv = ['lmjax', '--config={CONFIG}', '--workdir={tmp_path}']\nmain.run()\n")
+    script = (
+        "import sys\nfrom lmjax import main, train\n"
+        f"def fail(config, workdir):\n    raise {error}\n"
+        "train.train_and_evaluate = fail\n"
+        f"sys.argv = ['lmjax', '--config={CONFIG}', '--workdir={tmp_path}']\nmain.run()\n"
+    )
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
 
 
 def test_only_lmjax_input_errors_become_one_line_others_keep_their_traceback(tmp_path):
-    own = run_with_failing_training(tmp_path, "__import__('lmjax.errors').errors.InputError('bad value; fix it')")
+    own = run_with_failing_training(
+        tmp_path, "__import__('lmjax.errors').errors.InputError('bad value; fix it')"
+    )
     assert own.returncode == 1 and own.stderr.strip().splitlines() == ["error: bad value; fix it"]
-    for error in ("ValueError('RESOURCE_EXHAUSTED: out of memory')", "RuntimeError('XlaRuntimeError')",
-                  "KeyError('params')"):
+    for error in (
+        "ValueError('RESOURCE_EXHAUSTED: out of memory')",
+        "RuntimeError('XlaRuntimeError')",
+        "KeyError('params')",
+    ):
         other = run_with_failing_training(tmp_path, error)
-        assert other.returncode == 1 and "Traceback (most recent call last)" in other.stderr, other.stderr[-2000:]
+        assert other.returncode == 1 and "Traceback (most recent call last)" in other.stderr, other.stderr[
+            -2000:
+        ]
         assert not [line for line in other.stderr.splitlines() if line.startswith("error:")]
 
 
 def test_a_bad_config_argument_is_one_line(tmp_path):
-    bad = subprocess.run([sys.executable, "-m", "lmjax.main", f"--config={CONFIG.split(':')[0]}:bogus",
-                          f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmjax.main",
+            f"--config={CONFIG.split(':')[0]}:bogus",
+            f"--workdir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
     assert "shakespeare_char.py takes '', 'nanogpt' or 'tiny', not 'bogus'" in bad.stderr

@@ -15,4 +15,3 @@ def test_writer_keeps_lines_up_to_the_resumed_step_and_plots(tmp_path):
     png = metrics.plot_losses(tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((tmp_path / metrics.TB_DIR).glob("events.out.tfevents.*"))
-

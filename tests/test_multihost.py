@@ -1,5 +1,6 @@
 """Multi-host through jax.distributed (2 local processes x 4 CPU devices, gloo), preemption by SIGTERM, and a
 checkpoint restored under other meshes: each continues with the losses of one uninterrupted run."""
+
 import os
 import signal
 import socket
@@ -21,15 +22,25 @@ def losses(workdir) -> dict[int, float]:
 
 
 def flags(config, workdir, **overrides) -> list[str]:
-    values = {"data.text_files": config.data.text_files, "data.cache_dir": config.data.cache_dir,
-              "train.log_every": 1, "train.checkpoint_every": 4, "train.eval_every": 100, "train.sample_tokens": 0,
-              "data.shards": 2} | overrides
+    values = {
+        "data.text_files": config.data.text_files,
+        "data.cache_dir": config.data.cache_dir,
+        "train.log_every": 1,
+        "train.checkpoint_every": 4,
+        "train.eval_every": 100,
+        "train.sample_tokens": 0,
+        "data.shards": 2,
+    } | overrides
     return [f"--config={CONFIG}", f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in values.items()]
 
 
 def env(devices: int) -> dict:
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-                JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+    return dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+    )
 
 
 def reference(config, workdir, steps: int) -> dict[int, float]:
@@ -48,10 +59,31 @@ def free_port() -> int:
 
 def start_two_processes(config, workdir, steps: int, **overrides) -> list[subprocess.Popen]:
     port = free_port()
-    return [subprocess.Popen([sys.executable, "-m", "lmjax.main", *flags(config, workdir, **{
-        "train.num_steps": steps, "distributed.coordinator_address": f"127.0.0.1:{port}",
-        "distributed.num_processes": 2, "distributed.process_id": i} | overrides)], env=env(4),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lmjax.main",
+                *flags(
+                    config,
+                    workdir,
+                    **{
+                        "train.num_steps": steps,
+                        "distributed.coordinator_address": f"127.0.0.1:{port}",
+                        "distributed.num_processes": 2,
+                        "distributed.process_id": i,
+                    }
+                    | overrides,
+                ),
+            ],
+            env=env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
 
 
 def finish(procs: list[subprocess.Popen], code: int = 0) -> list[str]:
@@ -99,7 +131,11 @@ def test_checkpoint_restores_under_other_meshes(tiny_config, tmp_path):
     straight = tmp_path / "straight"
     train.train_and_evaluate(tiny_config, straight)
     moved = tmp_path / "moved"
-    for steps, mesh, devices in ((2, (8, 1, 1), None), (4, (1, 4, 2), None), (6, (1, 1, 1), jax.devices()[:1])):
+    for steps, mesh, devices in (
+        (2, (8, 1, 1), None),
+        (4, (1, 4, 2), None),
+        (6, (1, 1, 1), jax.devices()[:1]),
+    ):
         tiny_config.train.num_steps = steps
         tiny_config.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
         train.train_and_evaluate(tiny_config, moved, devices=devices)
@@ -109,8 +145,12 @@ def test_checkpoint_restores_under_other_meshes(tiny_config, tmp_path):
 
 
 def test_sigterm_saves_at_the_step_reached_and_exits_cleanly(tiny_config, tmp_path):
-    cmd = [sys.executable, "-m", "lmjax.main", *flags(tiny_config, tmp_path, **{
-        "train.num_steps": 10**6, "train.checkpoint_every": 10**6})]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmjax.main",
+        *flags(tiny_config, tmp_path, **{"train.num_steps": 10**6, "train.checkpoint_every": 10**6}),
+    ]
     proc = subprocess.Popen(cmd, env=env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
     while len(losses(tmp_path)) < 3 and time.time() < deadline and proc.poll() is None:

@@ -1,5 +1,6 @@
 """The Colab notebooks run top to bottom (on smoke configs) in a Jupyter kernel with 8 devices, and their
 install cell (notebooks/install_lmjax.py) keeps a runtime's jax."""
+
 import os
 import subprocess
 import sys
@@ -29,7 +30,9 @@ def test_notebook_executes(name, tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     assert "--xla_force_host_platform_device_count=8" in os.environ["XLA_FLAGS"]  # tests/conftest.py
     notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
@@ -41,7 +44,8 @@ def test_both_notebooks_share_one_install_cell_with_one_url_to_set():
     cells = [code_cells(name)[0] for name in ("quickstart", "finetune_lambda")]
     assert cells[0] == cells[1]
     assert [line for line in cells[0].splitlines() if "://" in line or "URL =" in line] == [
-        'LMJAX_GIT_URL = ""  # @param {type:"string"}  the git URL of lmjax: the one line to set in your copy']
+        'LMJAX_GIT_URL = ""  # @param {type:"string"}  the git URL of lmjax: the one line to set in your copy'
+    ]
     assert "notebooks/install_lmjax.py" in cells[0]
 
 
@@ -71,12 +75,22 @@ def test_install_cell_in_a_venv_that_has_jax_leaves_that_jax_untouched(tmp_path)
     record = next((venv / "lib").glob("python3*/site-packages/jax-0.10.2.dist-info/RECORD"))
     stamp = record.stat().st_mtime_ns
     cell = code_cells("quickstart")[0]
-    result = subprocess.run([python, "-c", cell], cwd=ROOT, capture_output=True, text=True, timeout=1800,
-                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    result = subprocess.run(
+        [python, "-c", cell],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "keeping jax==0.10.2, jaxlib==0.10.2" in result.stderr
     assert subprocess.run([python, "-c", probe], capture_output=True, text=True).stdout == before
     assert record.stat().st_mtime_ns == stamp  # not reinstalled
-    imported = subprocess.run([python, "-c", "import lmjax.train, gcsfs; print(lmjax.train.__file__)"],
-                              cwd=tmp_path, capture_output=True, text=True)
+    imported = subprocess.run(
+        [python, "-c", "import lmjax.train, gcsfs; print(lmjax.train.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert imported.returncode == 0 and str(venv) in imported.stdout, imported.stderr[-2000:]

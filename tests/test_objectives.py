@@ -17,7 +17,11 @@ def skip_examples(ds, documents, corpus, tokenizer, data, seed, training):
 
     def to_example(window):
         tokens, segments = window["tokens"], window["tokens_segment_ids"]
-        return {"inputs": tokens[:-2], "targets": tokens[2:], "weights": (segments[2:] > 0).astype(np.float32)}
+        return {
+            "inputs": tokens[:-2],
+            "targets": tokens[2:],
+            "weights": (segments[2:] > 0).astype(np.float32),
+        }
 
     return packed.map(to_example)
 
@@ -25,10 +29,17 @@ def skip_examples(ds, documents, corpus, tokenizer, data, seed, training):
 @pytest.fixture
 def skip_lm():
     toy = objectives.Objective(
-        "skip_lm", ("decoder",), lambda train_config: losses.language_model,
-        lambda data, B: {"inputs": ((B, data.seq_len), np.int32), "targets": ((B, data.seq_len), np.int32),
-                         "weights": ((B, data.seq_len), np.float32)},
-        examples=skip_examples, eval_stats=objectives.target_counts)
+        "skip_lm",
+        ("decoder",),
+        lambda train_config: losses.language_model,
+        lambda data, B: {
+            "inputs": ((B, data.seq_len), np.int32),
+            "targets": ((B, data.seq_len), np.int32),
+            "weights": ((B, data.seq_len), np.float32),
+        },
+        examples=skip_examples,
+        eval_stats=objectives.target_counts,
+    )
     objectives.register(toy)
     yield toy
     del objectives.REGISTRY["skip_lm"]
@@ -44,7 +55,9 @@ def test_a_registered_toy_objective_trains_end_to_end(skip_lm, tiny_config, tmp_
     train.check_config(tiny_config)
     corpus = corpora.load(tiny_config.data)
     tok = tokenizers.train("char", pipeline.tokenizer_texts(corpus, 0), 0, 1)
-    batch = next(iter(pipeline.train_dataset(corpus, tok, tiny_config.data, objective=skip_lm, batch_size=4, seed=0)))
+    batch = next(
+        iter(pipeline.train_dataset(corpus, tok, tiny_config.data, objective=skip_lm, batch_size=4, seed=0))
+    )
     np.testing.assert_array_equal(batch["inputs"][:, 2:], batch["targets"][:, :-2])  # its own examples
     result = train.train_and_evaluate(tiny_config, tmp_path)
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
@@ -55,8 +68,9 @@ def test_a_registered_toy_objective_trains_end_to_end(skip_lm, tiny_config, tmp_
 def test_a_family_it_does_not_train_is_refused(skip_lm, tiny_config):
     tiny_config.train.objective = "skip_lm"
     tiny_config.model.family = "rnn"
-    with pytest.raises(ValueError, match="train.objective='skip_lm' does not train a model.family='rnn' model; "
-                                         "use causal_lm"):
+    with pytest.raises(
+        ValueError, match="train.objective='skip_lm' does not train a model.family='rnn' model; use causal_lm"
+    ):
         train.check_config(tiny_config)
 
 
@@ -72,7 +86,9 @@ def test_batches_have_the_declared_shapes(name, verse, tmp_path):
     corpus = corpora.load(config.data)
     tok = tokenizers.train("sentencepiece", [verse(2000)], 450)  # has the special tokens MLM and spans need
     objective = objectives.get(name)
-    batch = next(iter(pipeline.train_dataset(corpus, tok, config.data, objective=objective, batch_size=4, seed=0)))
+    batch = next(
+        iter(pipeline.train_dataset(corpus, tok, config.data, objective=objective, batch_size=4, seed=0))
+    )
     shapes = objective.batch_shapes(config.data, 4)
     assert sorted(batch) == sorted(shapes)
     for key, (shape, dtype) in shapes.items():

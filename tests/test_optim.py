@@ -9,7 +9,9 @@ from lmjax import models, optim
 def test_schedule_warms_up_then_decays_to_min():
     c = shakespeare_char.get_config().optim
     sched = optim.schedule(c, 2000)
-    np.testing.assert_allclose([sched(0), sched(50), sched(100), sched(2000)], [0.0, 5e-4, 1e-3, 1e-4], rtol=1e-5)
+    np.testing.assert_allclose(
+        [sched(0), sched(50), sched(100), sched(2000)], [0.0, 5e-4, 1e-3, 1e-4], rtol=1e-5
+    )
     assert sched(1000) < sched(500) < sched(100)
 
 
@@ -19,7 +21,11 @@ def test_weight_decay_mask_skips_norms_biases_and_embeddings():
     params = nnx.state(models.build(c.model, nnx.Rngs(0)), nnx.Param)
     flat = {".".join(map(str, path)): v.value for path, v in optim.decay_mask(params, False).flat_state()}
     assert flat["blocks.0.mlp.up.kernel"] and flat["blocks.0.attn.query_DHK"] and flat["head_DV"]
-    assert not flat["blocks.0.mlp.up.bias"] and not flat["blocks.0.attn_norm.scale"] and not flat["blocks.0.attn.bias_3HK"]
+    assert (
+        not flat["blocks.0.mlp.up.bias"]
+        and not flat["blocks.0.attn_norm.scale"]
+        and not flat["blocks.0.attn.bias_3HK"]
+    )
     assert not flat["embed_VD"] and not flat["pos_embed_LD"]
     with_embed = {".".join(map(str, p)): v.value for p, v in optim.decay_mask(params, True).flat_state()}
     assert with_embed["embed_VD"] and with_embed["pos_embed_LD"]
@@ -42,8 +48,16 @@ def fine_tune_params(c):
     from lmjax.models import heads
 
     c.model.vocab_size = 11
-    return nnx.state(heads.TaskModel(models.build(c.model, nnx.Rngs(0)), head="classification", num_labels=2,
-                                     pooling="last", rngs=nnx.Rngs(1)), nnx.Param)
+    return nnx.state(
+        heads.TaskModel(
+            models.build(c.model, nnx.Rngs(0)),
+            head="classification",
+            num_labels=2,
+            pooling="last",
+            rngs=nnx.Rngs(1),
+        ),
+        nnx.Param,
+    )
 
 
 def first_update_sizes(c, params):
@@ -51,19 +65,31 @@ def first_update_sizes(c, params):
     tx = optim.make(c.optim, 10, c.model)
     ones = jax.tree.map(np.ones_like, params)
     updates, state = tx.update(ones, tx.init(params), params)
-    return {optim.path_str(p): float(np.abs(u).max()) for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]}, state
+    return {
+        optim.path_str(p): float(np.abs(u).max()) for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]
+    }, state
 
 
 def test_layer_decay_head_rate_and_freezing():
     c = shakespeare_char.get_config("tiny")
     c.model.num_layers = 3
-    c.optim.update(warmup_steps=0, learning_rate=1e-3, min_learning_rate=1e-3, weight_decay=0.0, layer_decay=0.5,
-                   head_learning_rate=1e-2, freeze="backbone/blocks/2/")
+    c.optim.update(
+        warmup_steps=0,
+        learning_rate=1e-3,
+        min_learning_rate=1e-3,
+        weight_decay=0.0,
+        layer_decay=0.5,
+        head_learning_rate=1e-2,
+        freeze="backbone/blocks/2/",
+    )
     sizes, opt_state = first_update_sizes(c, fine_tune_params(c))
-    get = lambda prefix: {v for k, v in sizes.items() if k.startswith(prefix)}  # noqa: E731
-    np.testing.assert_allclose(list(get("backbone/embed_VD")), [1e-3 * 0.5 ** 4], rtol=1e-3)
-    np.testing.assert_allclose(list(get("backbone/blocks/0/")), [1e-3 * 0.5 ** 3], rtol=1e-3)
-    np.testing.assert_allclose(list(get("backbone/blocks/1/")), [1e-3 * 0.5 ** 2], rtol=1e-3)
+
+    def get(prefix):
+        return {v for k, v in sizes.items() if k.startswith(prefix)}
+
+    np.testing.assert_allclose(list(get("backbone/embed_VD")), [1e-3 * 0.5**4], rtol=1e-3)
+    np.testing.assert_allclose(list(get("backbone/blocks/0/")), [1e-3 * 0.5**3], rtol=1e-3)
+    np.testing.assert_allclose(list(get("backbone/blocks/1/")), [1e-3 * 0.5**2], rtol=1e-3)
     assert get("backbone/blocks/2/") == {0.0}
     np.testing.assert_allclose(list(get("backbone/final_norm")), [1e-3], rtol=1e-3)
     np.testing.assert_allclose(list(get("head/")), [1e-2], rtol=1e-3)
@@ -77,13 +103,17 @@ def test_linear_schedule_and_plain_sgd_as_word2vec():
 
     c = word2vec.get_config().optim
     sched = optim.schedule(c, 1000)
-    np.testing.assert_allclose([sched(0), sched(500), sched(1000)],
-                               [c.learning_rate, (c.learning_rate + c.min_learning_rate) / 2, c.min_learning_rate],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        [sched(0), sched(500), sched(1000)],
+        [c.learning_rate, (c.learning_rate + c.min_learning_rate) / 2, c.min_learning_rate],
+        rtol=1e-5,
+    )
     tx = optim.make(c, 1000)
     params = {"w": jax.numpy.ones(3)}
     updates, _ = tx.update({"w": jax.numpy.full(3, 2.0)}, tx.init(params), params)
-    np.testing.assert_allclose(updates["w"], -2.0 * c.learning_rate, rtol=1e-6)  # no clipping, no decay, no moments
+    np.testing.assert_allclose(
+        updates["w"], -2.0 * c.learning_rate, rtol=1e-6
+    )  # no clipping, no decay, no moments
 
 
 def test_adagrad_on_the_batch_mean_makes_glove_c_per_entry_updates():
@@ -98,5 +128,5 @@ def test_adagrad_on_the_batch_mean_makes_glove_c_per_entry_updates():
     u1, state = tx.update({"w": jax.numpy.asarray(G / B)}, state, params)
     u2, _ = tx.update({"w": jax.numpy.asarray(G / B)}, state, params)
     lr = c.learning_rate  # glove.c's per-entry AdaGrad, sum of squares from 1:
-    np.testing.assert_allclose(u1["w"], -lr * G / np.sqrt(1 + G ** 2), rtol=1e-4)
-    np.testing.assert_allclose(u2["w"], -lr * G / np.sqrt(1 + 2 * G ** 2), rtol=1e-4)
+    np.testing.assert_allclose(u1["w"], -lr * G / np.sqrt(1 + G**2), rtol=1e-4)
+    np.testing.assert_allclose(u2["w"], -lr * G / np.sqrt(1 + 2 * G**2), rtol=1e-4)

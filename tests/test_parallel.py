@@ -1,6 +1,7 @@
 """Meshes and the rules table: on every layout every family takes the steps of plain SGD on the mean loss,
-written out here with jax.grad on one device (so a wrong gradient scale anywhere in the step fails), sharded as
-the rules say."""
+written out here with jax.grad on one device (so a wrong gradient scale anywhere in the step fails), sharded
+as the rules say."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,10 +17,25 @@ V, L, B = 32, 16, 8
 FAMILIES = {
     "decoder": (dict(family="decoder", positions="rotary"), "causal_lm"),
     "encoder": (dict(family="encoder", norm_position="post", embed_norm=True, tie_embeddings=False), "mlm"),
-    "encoder_decoder": (dict(family="encoder_decoder", positions="relative", norm="rmsnorm", use_bias=False,
-                             activation="geglu", share_embeddings=False, tie_embeddings=False), "span_corruption"),
+    "encoder_decoder": (
+        dict(
+            family="encoder_decoder",
+            positions="relative",
+            norm="rmsnorm",
+            use_bias=False,
+            activation="geglu",
+            share_embeddings=False,
+            tie_embeddings=False,
+        ),
+        "span_corruption",
+    ),
 }
-MESHES = {"data=8": (8, 1, 1), "fsdp=8": (1, 8, 1), "data=2,fsdp=2,tensor=2": (2, 2, 2), "tensor=4,data=2": (2, 1, 4)}
+MESHES = {
+    "data=8": (8, 1, 1),
+    "fsdp=8": (1, 8, 1),
+    "data=2,fsdp=2,tensor=2": (2, 2, 2),
+    "tensor=4,data=2": (2, 1, 4),
+}
 LR, STEPS = 0.5, 3
 
 
@@ -33,7 +49,9 @@ def family_config(family: str, mesh: tuple[int, int, int]) -> ConfigDict:
     c = base_config.base()
     model, objective = FAMILIES[family]
     # Dropout on: its masks must not depend on the layout either.
-    c.model.update(vocab_size=V, num_layers=1, num_heads=4, d_model=32, d_ff=64, max_len=L, dropout=0.1, **model)
+    c.model.update(
+        vocab_size=V, num_layers=1, num_heads=4, d_model=32, d_ff=64, max_len=L, dropout=0.1, **model
+    )
     c.data.update(seq_len=L, batch_size=B)
     c.train.objective = objective
     # Plain SGD at a constant rate, no clipping: an update is -LR x the gradient, so its scale is checked too
@@ -47,11 +65,17 @@ def batch_for(family: str, step: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(step)
     tokens = rng.integers(1, V, (B, L)).astype(np.int32)
     weights = (rng.random((B, L)) < 0.8).astype(np.float32)
-    batch = {"inputs": tokens, "targets": rng.integers(1, V, (B, L)).astype(np.int32), "weights": weights,
-             "input_mask": np.ones((B, L), np.int32)}
+    batch = {
+        "inputs": tokens,
+        "targets": rng.integers(1, V, (B, L)).astype(np.int32),
+        "weights": weights,
+        "input_mask": np.ones((B, L), np.int32),
+    }
     if family == "encoder":
-        batch |= {"segments": (np.arange(L) >= L // 2).astype(np.int32)[None].repeat(B, 0),
-                  "nsp_labels": rng.integers(0, 2, B).astype(np.int32)}
+        batch |= {
+            "segments": (np.arange(L) >= L // 2).astype(np.int32)[None].repeat(B, 0),
+            "nsp_labels": rng.integers(0, 2, B).astype(np.int32),
+        }
     if family == "encoder_decoder":
         batch["decoder_inputs"] = rng.integers(1, V, (B, L)).astype(np.int32)
     return batch
@@ -68,11 +92,13 @@ def run_steps(config: ConfigDict, family: str, devices, steps: int = STEPS):
 
 
 def reference_sgd(config: ConfigDict, family: str, steps: int = STEPS):
-    """The same steps written out on one device: params -= LR * jax.grad(summed loss / target weight), with the
-    step's dropout keys. Only the initial state comes from lmjax's init."""
+    """The same steps written out on one device: params -= LR * jax.grad(summed loss / target weight), with
+    the step's dropout keys. Only the initial state comes from lmjax's init."""
     with jax.default_device(jax.devices()[0]):
-        graphdef, init, _ = loop.make_init(lambda rngs: models.build(config.model, rngs), optim.make(
-            config.optim, config.train.num_steps, config.model))
+        graphdef, init, _ = loop.make_init(
+            lambda rngs: models.build(config.model, rngs),
+            optim.make(config.optim, config.train.num_steps, config.model),
+        )
         state = init(jax.random.PRNGKey(0))
         loss_fn = objectives.get(config.train.objective).make_loss(config.train)
 
@@ -84,7 +110,9 @@ def reference_sgd(config: ConfigDict, family: str, steps: int = STEPS):
 
         params, losses = state.params, []
         for i in range(steps):
-            loss, grads = jax.value_and_grad(mean_loss)(params, batch_for(family, i), jax.random.fold_in(state.rng, i))
+            loss, grads = jax.value_and_grad(mean_loss)(
+                params, batch_for(family, i), jax.random.fold_in(state.rng, i)
+            )
             params = jax.tree.map(lambda p, g: p - LR * g, params, grads)
             losses.append(float(loss))
     return jax.device_get(params), losses
@@ -108,18 +136,29 @@ def test_every_layout_takes_the_reference_sgd_steps(family, mesh, one_device_run
     ref_params, ref_losses = one_device_runs(family)
     s, state, losses = run_steps(family_config(family, MESHES[mesh]), family, jax.devices())
     np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=2e-5),
-                 jax.device_get(state.params), ref_params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=2e-5),
+        jax.device_get(state.params),
+        ref_params,
+    )
     # Each parameter is laid out as the rules table says, on the arrays themselves.
     data, fsdp, tensor = MESHES[mesh]
-    is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
-    for abstract, var in zip(jax.tree.leaves(s.abstract_state.params, is_leaf=is_var),
-                             jax.tree.leaves(state.params, is_leaf=is_var), strict=True):
+
+    def is_var(x):
+        return isinstance(x, nnx.Variable)
+
+    for abstract, var in zip(
+        jax.tree.leaves(s.abstract_state.params, is_leaf=is_var),
+        jax.tree.leaves(state.params, is_leaf=is_var),
+        strict=True,
+    ):
         x, spec = var.value, s.layout.spec(abstract.get_metadata()["axes"], abstract.value.shape)
         assert x.sharding.spec == spec
         full = tuple(spec) + (None,) * (x.ndim - len(spec))
-        per_device = tuple(n // int(np.prod([s.mesh.shape[a] for a in ((e,) if isinstance(e, str) else e or ())]))
-                           for n, e in zip(x.shape, full, strict=True))
+        per_device = tuple(
+            n // int(np.prod([s.mesh.shape[a] for a in ((e,) if isinstance(e, str) else e or ())]))
+            for n, e in zip(x.shape, full, strict=True)
+        )
         assert x.addressable_shards[0].data.shape == per_device
     embed = state.params["embed_VD"].value
     assert embed.sharding.spec == P("tensor" if tensor > 1 else None, "fsdp" if fsdp > 1 else None)
@@ -161,10 +200,15 @@ def test_undivisible_dimensions_are_replicated_and_rules_are_config():
 
 def test_pmap_engine_takes_the_reference_sgd_steps():
     c = family_config("decoder", (-1, 1, 1))
-    c.model.dropout = 0.0  # pmap draws dropout masks per device, so only the dropout-free steps are comparable
+    c.model.dropout = (
+        0.0  # pmap draws dropout masks per device, so only the dropout-free steps are comparable
+    )
     ref_params, ref_losses = reference_sgd(c, "decoder")
     c.mesh.engine = "pmap"
     s, pmap_state, pmap_losses = run_steps(c, "decoder", jax.devices())
     np.testing.assert_allclose(pmap_losses, ref_losses, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-5),
-                 jax.device_get(pmap_state.params), ref_params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-5),
+        jax.device_get(pmap_state.params),
+        ref_params,
+    )

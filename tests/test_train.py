@@ -13,7 +13,9 @@ def fake_batches(n, batch=8, seq=32, vocab=16, seed=0):
     out = []
     for _ in range(n):
         tokens = rng.integers(3, vocab, size=(batch, seq + 1)).astype(np.int32)
-        out.append({"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": np.ones((batch, seq), np.float32)})
+        out.append(
+            {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": np.ones((batch, seq), np.float32)}
+        )
     return out
 
 
@@ -37,8 +39,11 @@ def test_overfits_one_batch(tiny_config):
 
 def test_gradient_accumulation_equals_one_big_batch(tiny_config):
     tiny_config.model.vocab_size = 16
-    # plain SGD at a constant rate without clipping: a gradient of the wrong scale moves the parameters differently
-    tiny_config.optim.update(name="sgd", warmup_steps=0, learning_rate=0.5, min_learning_rate=0.5, grad_clip=0.0)
+    # plain SGD at a constant rate without clipping: a gradient of the wrong scale moves the parameters
+    # differently
+    tiny_config.optim.update(
+        name="sgd", warmup_steps=0, learning_rate=0.5, min_learning_rate=0.5, grad_clip=0.0
+    )
     batches = fake_batches(3)
     batches[0]["weights"][:3, 20:] = 0.0  # uneven weights: the mean must be over tokens, not microbatches
     tiny_config.mesh.data = 2
@@ -47,7 +52,10 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_config):
     tiny_config.optim.grad_accum_steps = 4
     losses, params = run_steps(tiny_config, batches, devices=jax.devices()[:2])
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(initial), strict=True)]
+    moved = [
+        np.abs(a - b).max()
+        for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(initial), strict=True)
+    ]
     assert max(moved) > 1e-2  # the steps did move the parameters
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -86,7 +94,9 @@ def train_losses(workdir):
 
 @pytest.fixture
 def loop_config(tiny_config):
-    tiny_config.train.update(num_steps=20, checkpoint_every=10, eval_every=10, log_every=1, keep_checkpoints=5)
+    tiny_config.train.update(
+        num_steps=20, checkpoint_every=10, eval_every=10, log_every=1, keep_checkpoints=5
+    )
     tiny_config.model.dropout = 0.1  # the resumed run must draw the same dropout masks
     return tiny_config
 
@@ -96,7 +106,13 @@ def test_crash_and_resume_equals_uninterrupted_run(loop_config, tmp_path, monkey
     train.train_and_evaluate(loop_config, tmp_path / "a")
     uninterrupted_batches = list(seen)
     ref = train_losses(tmp_path / "a")
-    for name in ("checkpoints", metrics.JSONL, metrics.PLOT, checkpoint.CONFIG_FILE, checkpoint.TOKENIZER_DIR):
+    for name in (
+        "checkpoints",
+        metrics.JSONL,
+        metrics.PLOT,
+        checkpoint.CONFIG_FILE,
+        checkpoint.TOKENIZER_DIR,
+    ):
         assert (tmp_path / "a" / name).exists(), name
     assert list((tmp_path / "a" / metrics.TB_DIR).glob("events.out.tfevents.*"))
 
@@ -145,7 +161,9 @@ def test_workdir_with_another_architecture_fails_clearly(loop_config, tmp_path):
     train.train_and_evaluate(loop_config, tmp_path)
     files = sorted(str(p) for p in tmp_path.rglob("*"))
     loop_config.model.d_model = 64
-    with pytest.raises(ValueError, match=r"different architecture \(model.d_model: checkpoint 32 vs config 64\)"):
+    with pytest.raises(
+        ValueError, match=r"different architecture \(model.d_model: checkpoint 32 vs config 64\)"
+    ):
         train.train_and_evaluate(loop_config, tmp_path)
     assert sorted(str(p) for p in tmp_path.rglob("*")) == files
 
@@ -167,7 +185,9 @@ def test_sample_from_a_trained_workdir(loop_config, tmp_path, capsys):
     # A tokenizer that does not fit the checkpoint's model is refused.
     big = tokenizers.CharTokenizer("".join(chr(c) for c in range(0x100, 0x200)))
     big.save(tmp_path / "tokenizer2")
-    (tmp_path / "tokenizer" / tokenizers.CHAR_FILE).write_text((tmp_path / "tokenizer2" / tokenizers.CHAR_FILE).read_text())
+    (tmp_path / "tokenizer" / tokenizers.CHAR_FILE).write_text(
+        (tmp_path / "tokenizer2" / tokenizers.CHAR_FILE).read_text()
+    )
     with pytest.raises(ValueError, match="has 259 tokens but the checkpoint's model has"):
         sample.sample(loop_config, tmp_path)
 

@@ -1,4 +1,6 @@
-"""Word-vector tools: neighbours, 3CosAdd analogies, evaluation with out-of-vocabulary words, gensim export."""
+"""Word-vector tools: neighbours, 3CosAdd analogies, evaluation with out-of-vocabulary words, gensim
+export."""
+
 import numpy as np
 import pytest
 
@@ -8,7 +10,9 @@ from lmjax import vectors
 @pytest.fixture
 def wv():
     words = ["man", "woman", "king", "queen", "apple", "pear"]
-    v = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 1, 0], [0, 0, 0, 1], [0, 0.1, 0, 1]], np.float32)
+    v = np.array(
+        [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 1, 0], [0, 0, 0, 1], [0, 0.1, 0, 1]], np.float32
+    )
     return vectors.WordVectors(words, v)
 
 
@@ -23,10 +27,16 @@ def test_evaluation_counts_words_outside_the_vocabulary(wv):
     pairs = [("king", "queen", 8.0), ("apple", "pear", 9.0), ("man", "apple", 1.0), ("dragon", "king", 5.0)]
     r = vectors.evaluate_similarity(wv, pairs)
     assert r["pairs"] == 3 and r["oov_pairs"] == 1 and r["spearman"] == pytest.approx(1.0)
-    q = [("man", "woman", "king", "queen"), ("man", "king", "woman", "queen"), ("man", "woman", "dragon", "x")]
+    q = [
+        ("man", "woman", "king", "queen"),
+        ("man", "king", "woman", "queen"),
+        ("man", "woman", "dragon", "x"),
+    ]
     r = vectors.evaluate_analogies(wv, q)
     assert r == {"questions": 2, "oov_questions": 1, "accuracy": 1.0}
-    assert vectors.evaluate_similarity(wv, [("dragon", "x", 1.0)])["pairs"] == 0  # nothing known: NaN, no crash
+    assert (
+        vectors.evaluate_similarity(wv, [("dragon", "x", 1.0)])["pairs"] == 0
+    )  # nothing known: NaN, no crash
 
 
 def test_gensim_sets_are_read(wv):

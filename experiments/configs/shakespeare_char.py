@@ -15,25 +15,42 @@ nanoGPT's command: train.py config/train_shakespeare_char.py --device=cpu --comp
 every matrix including the embeddings, clip 1.0, no biases). On tinyshakespeare (whole validation split,
 benchmarks/RESULTS.md) rotary positions reach 1.79, learned positions 1.91.
 """
+
 from lmjax import config as base_config
 from lmjax.errors import InputError
 
 
 def get_config(arg: str | None = None):
-    c = base_config.base()
-    c.model.update(num_layers=4, num_heads=4, d_model=128, max_len=64, dropout=0.0, use_bias=False, positions="rotary")
-    c.data.update(tokenizer="char", seq_len=64, batch_size=12)
-    c.optim.update(learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100, b2=0.99, weight_decay=0.1,
-                   decay_embeddings=True, grad_clip=1.0)
-    c.train.update(num_steps=2000, eval_every=250, eval_batches=50, checkpoint_every=500, log_every=50)
+    config = base_config.base()
+    config.model.update(
+        num_layers=4, num_heads=4, d_model=128, max_len=64, dropout=0.0, use_bias=False, positions="rotary"
+    )
+    config.data.update(tokenizer="char", seq_len=64, batch_size=12)
+    config.optim.update(
+        learning_rate=1e-3,
+        min_learning_rate=1e-4,
+        warmup_steps=100,
+        b2=0.99,
+        weight_decay=0.1,
+        decay_embeddings=True,
+        grad_clip=1.0,
+    )
+    config.train.update(num_steps=2000, eval_every=250, eval_batches=50, checkpoint_every=500, log_every=50)
     if arg == "nanogpt":
-        c.model.positions = "learned"
+        config.model.positions = "learned"
     elif arg == "tiny":
-        c.model.update(num_layers=2, num_heads=2, d_model=32, max_len=32)
-        c.data.update(seq_len=32, batch_size=8)
-        c.optim.update(warmup_steps=5)
-        c.train.update(num_steps=20, eval_every=10, eval_batches=2, checkpoint_every=10, log_every=5, sample_tokens=16,
-                       progress=False)
+        config.model.update(num_layers=2, num_heads=2, d_model=32, max_len=32)
+        config.data.update(seq_len=32, batch_size=8)
+        config.optim.update(warmup_steps=5)
+        config.train.update(
+            num_steps=20,
+            eval_every=10,
+            eval_batches=2,
+            checkpoint_every=10,
+            log_every=5,
+            sample_tokens=16,
+            progress=False,
+        )
     elif arg:
         raise InputError(f"shakespeare_char.py takes '', 'nanogpt' or 'tiny', not {arg!r}")
-    return c
+    return config

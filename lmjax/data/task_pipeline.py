@@ -4,10 +4,12 @@ Every example holds inputs int32[L], input_mask int32[L] (1 on real tokens; inpu
   classification        labels int32[], weights float32[] (encoders: [CLS] a [SEP] (b [SEP]) with segments;
                         decoders: a [EOS], read at the last token)
   token_classification  labels int32[L], weights float32[L] (each word's label on its first piece)
-  span_qa               start, end int32[] (0, 0: the answer is cut off), answer_mask int32[L], weights float32[]
+  span_qa               start, end int32[] (0, 0: the answer is cut off), answer_mask int32[L],
+                        weights float32[]
   text_to_text          decoder_inputs, targets int32[T], weights float32[T]: the label's words, then EOS
 Evaluation batches cover a split exactly: the last batch is filled with copies whose weights are 0.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,18 +35,23 @@ class Encode(grain.transforms.Map):
         if head == "span_qa" and not self.bert_style:
             raise InputError("span QA needs a tokenizer with [CLS] and [SEP] (a BERT-style encoder's)")
         if head == "text_to_text":
-            self.label_ids = [np.append(tokenizer.encode(" " + n.replace("_", " ")), tokenizer.eos_id).astype(np.int32)
-                              for n in task.label_names]
+            self.label_ids = [
+                np.append(tokenizer.encode(" " + n.replace("_", " ")), tokenizer.eos_id).astype(np.int32)
+                for n in task.label_names
+            ]
             if max(map(len, self.label_ids)) > target_len:
-                raise InputError(f"a label of {task.name} is longer than {target_len} tokens; shorten the label names")
+                raise InputError(
+                    f"a label of {task.name} is longer than {target_len} tokens; shorten the label names"
+                )
 
     def _frame(self, pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and segment ids of the pieces, BERT-style or plain, cut to seq_len (longest piece first)."""
+        """Token ids and segment ids of the pieces, BERT-style or plain, cut to seq_len (longest piece
+        first)."""
         budget = self.L - (len(pieces) + 1 if self.bert_style else 1)
         lengths = [len(p) for p in pieces]
         while sum(lengths) > budget:
             lengths[lengths.index(max(lengths))] -= max(1, (sum(lengths) - budget) // len(lengths))
-        pieces = [p[:n] for p, n in zip(pieces, lengths)]
+        pieces = [p[:n] for p, n in zip(pieces, lengths, strict=True)]
         if not self.bert_style:
             ids = np.concatenate(pieces + [[self.tok.eos_id]])
             return ids, np.zeros_like(ids)
@@ -57,9 +64,11 @@ class Encode(grain.transforms.Map):
 
     def _pad(self, ids: np.ndarray, segments: np.ndarray) -> dict:
         n = len(ids)
-        return {"inputs": np.pad(ids, (0, self.L - n), constant_values=self.tok.pad_id).astype(np.int32),
-                "segments": np.pad(segments, (0, self.L - n)).astype(np.int32),
-                "input_mask": (np.arange(self.L) < n).astype(np.int32)}
+        return {
+            "inputs": np.pad(ids, (0, self.L - n), constant_values=self.tok.pad_id).astype(np.int32),
+            "segments": np.pad(segments, (0, self.L - n)).astype(np.int32),
+            "input_mask": (np.arange(self.L) < n).astype(np.int32),
+        }
 
     def map(self, ex: dict) -> dict:
         spec = self.task.spec
@@ -72,27 +81,38 @@ class Encode(grain.transforms.Map):
         if self.head == "text_to_text":
             target = self.label_ids[label]
             targets = np.pad(target, (0, self.T - len(target)), constant_values=self.tok.pad_id)
-            return out | {"decoder_inputs": np.concatenate([[0], targets[:-1]]).astype(np.int32), "targets": targets,
-                          "weights": (np.arange(self.T) < len(target)).astype(np.float32)}
+            return out | {
+                "decoder_inputs": np.concatenate([[0], targets[:-1]]).astype(np.int32),
+                "targets": targets,
+                "weights": (np.arange(self.T) < len(target)).astype(np.float32),
+            }
         return out | {"labels": np.int32(label), "weights": np.float32(1.0)}
 
     def _tokens(self, ex: dict) -> dict:
         pieces, labels = [], []
-        for word, tag in zip(ex[self.task.spec.text_keys[0]], ex[self.task.spec.label_key]):
+        words, tags = ex[self.task.spec.text_keys[0]], ex[self.task.spec.label_key]
+        for word, tag in zip(words, tags, strict=False):  # equal lengths; TFDS's mock data draws them apart
             ids = self.tok.encode(_text(word))
             pieces.append(ids)
-            labels.append(np.r_[tag, np.full(max(len(ids) - 1, 0), -1)][:len(ids)])
-        ids, segs = self._frame([np.concatenate(pieces).astype(np.int32)] if pieces else [np.zeros(0, np.int32)])
+            labels.append(np.r_[tag, np.full(max(len(ids) - 1, 0), -1)][: len(ids)])
+        ids, segs = self._frame(
+            [np.concatenate(pieces).astype(np.int32)] if pieces else [np.zeros(0, np.int32)]
+        )
         tags = np.concatenate(labels) if labels else np.zeros(0)
-        tags = (np.r_[-1, tags, -1] if self.bert_style else np.r_[tags, -1])[:len(ids)]
+        tags = (np.r_[-1, tags, -1] if self.bert_style else np.r_[tags, -1])[: len(ids)]
         tags = np.pad(tags, (0, self.L - len(tags)), constant_values=-1)
-        return self._pad(ids, segs) | {"labels": np.maximum(tags, 0).astype(np.int32),
-                                       "weights": (tags >= 0).astype(np.float32)}
+        return self._pad(ids, segs) | {
+            "labels": np.maximum(tags, 0).astype(np.int32),
+            "weights": (tags >= 0).astype(np.float32),
+        }
 
     def _span(self, ex: dict) -> dict:
         question, context = (_text(ex[k]) for k in self.task.spec.text_keys)
         answers = ex[self.task.spec.label_key]
-        answer, char_start = _text(np.asarray(answers["text"]).ravel()[0]), int(np.asarray(answers["answer_start"]).ravel()[0])
+        answer, char_start = (
+            _text(np.asarray(answers["text"]).ravel()[0]),
+            int(np.asarray(answers["answer_start"]).ravel()[0]),
+        )
         q_ids = self.tok.encode(question)[: self.L // 3]
         words = [(m.start(), m.end(), self.tok.encode(m.group())) for m in re.finditer(r"\S+", context)]
         c_ids = np.concatenate([w[2] for w in words]).astype(np.int32) if words else np.zeros(0, np.int32)
@@ -106,9 +126,13 @@ class Encode(grain.transforms.Map):
             start, end = offset + piece_at[inside[0]], offset + piece_at[inside[-1] + 1] - 1
         answer_mask = np.zeros(self.L, np.int32)
         answer_mask[0] = 1
-        answer_mask[offset:offset + n_context] = 1
-        return self._pad(ids, segs) | {"start": np.int32(start), "end": np.int32(end), "answer_mask": answer_mask,
-                                       "weights": np.float32(1.0)}
+        answer_mask[offset : offset + n_context] = 1
+        return self._pad(ids, segs) | {
+            "start": np.int32(start),
+            "end": np.int32(end),
+            "answer_mask": answer_mask,
+            "weights": np.float32(1.0),
+        }
 
 
 def _has(tokenizer: Tokenizer, piece: str) -> bool:
@@ -119,19 +143,44 @@ def _has(tokenizer: Tokenizer, piece: str) -> bool:
         return False
 
 
-def train_dataset(task: Task, tokenizer: Tokenizer, *, head: str, seq_len: int, batch_size: int, seed: int,
-                  shard_index: int = 0, shard_count: int = 1, chars: np.ndarray | None = None) -> grain.IterDataset:
-    """Infinite, reshuffled every epoch, checkpointable; `batch_size` is this process's share. With a character
-    table (pipeline.char_table, for ELMo) batches also hold the inputs' characters."""
+def train_dataset(
+    task: Task,
+    tokenizer: Tokenizer,
+    *,
+    head: str,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    chars: np.ndarray | None = None,
+) -> grain.IterDataset:
+    """Infinite, reshuffled every epoch, checkpointable; `batch_size` is this process's share. With a
+    character table (pipeline.char_table, for ELMo) batches also hold the inputs' characters."""
     source = grain.MapDataset.source(task.sources["train"])[shard_index::shard_count]
-    batches = (source.shuffle(seed=seed).repeat().map(Encode(task, tokenizer, seq_len, head))
-               .batch(batch_size, drop_remainder=True))
+    batches = (
+        source.shuffle(seed=seed)
+        .repeat()
+        .map(Encode(task, tokenizer, seq_len, head))
+        .batch(batch_size, drop_remainder=True)
+    )
     return (batches if chars is None else batches.map(AddChars(chars))).to_iter_dataset()
 
 
-def eval_batches(task: Task, tokenizer: Tokenizer, split: str, *, head: str, seq_len: int, batch_size: int,
-                 shard_index: int = 0, shard_count: int = 1, chars: np.ndarray | None = None) -> Iterator[dict]:
-    """All of `split` in order; the final batch is padded with weight-0 copies so every example counts once."""
+def eval_batches(
+    task: Task,
+    tokenizer: Tokenizer,
+    split: str,
+    *,
+    head: str,
+    seq_len: int,
+    batch_size: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    chars: np.ndarray | None = None,
+) -> Iterator[dict]:
+    """All of `split` in order; the final batch is padded with weight-0 copies so every example counts
+    once."""
     source = grain.MapDataset.source(task.sources[split])
     n = len(source)
     per_shard = -(-n // (batch_size * shard_count)) * batch_size

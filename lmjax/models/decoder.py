@@ -1,4 +1,5 @@
 """GPT-style decoder-only language model (see layers.py for the dimension key)."""
+
 from __future__ import annotations
 
 import jax
@@ -8,54 +9,93 @@ from flax import nnx
 from lmjax.models import layers
 
 
-class DecoderLM(nnx.Module):
+class DecoderLM(layers.TokenLM, nnx.Module):
     """Token embedding + positions -> causal blocks -> final norm (pre-norm) -> (tied) output head."""
 
-    def __init__(self, spec: layers.Spec, *, vocab_size: int, max_len: int, tie_embeddings: bool = True,
-                 dtype: str = "float32", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        spec: layers.Spec,
+        *,
+        vocab_size: int,
+        max_len: int,
+        tie_embeddings: bool = True,
+        dtype: str = "float32",
+        rngs: nnx.Rngs,
+    ):
         self.vocab_size, self.max_len, self.positions = vocab_size, max_len, spec.positions
         self.dtype = jnp.dtype(dtype)
         normal = nnx.initializers.normal(0.02)
         self.embed_VD = layers.param(rngs, normal, (vocab_size, spec.d_model), ("vocab", "embed"))
-        self.pos_embed_LD = (layers.param(rngs, normal, (max_len, spec.d_model), (None, "embed"))
-                             if spec.positions == "learned" else None)
+        self.pos_embed_LD = (
+            layers.param(rngs, normal, (max_len, spec.d_model), (None, "embed"))
+            if spec.positions == "learned"
+            else None
+        )
         self.embed_dropout = nnx.Dropout(spec.dropout)
-        self.relative_bias = (layers.RelativePositionBias(spec, bidirectional=False, rngs=rngs)
-                              if spec.positions == "relative" else None)
+        self.relative_bias = (
+            layers.RelativePositionBias(spec, bidirectional=False, rngs=rngs)
+            if spec.positions == "relative"
+            else None
+        )
         self.blocks = nnx.List([layers.Block(spec, rngs=rngs) for _ in range(spec.num_layers)])
         self.final_norm = layers.make_norm(spec, rngs) if spec.norm_position == "pre" else None
-        self.head_DV = None if tie_embeddings else layers.param(rngs, normal, (spec.d_model, vocab_size), ("embed", "vocab"))
+        self.head_DV = (
+            None
+            if tie_embeddings
+            else layers.param(rngs, normal, (spec.d_model, vocab_size), ("embed", "vocab"))
+        )
 
     def embed(self, tokens_BL: jax.Array) -> jax.Array:
         return jnp.take(self.embed_VD[...], tokens_BL, axis=0).astype(self.dtype)
 
-    def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
-        """The outputs its objective scores: {'logits'} for batch['inputs'] (batch['input_mask']: real tokens)."""
-        return {"logits": self(batch["inputs"], mask_BL=batch.get("input_mask"), deterministic=deterministic, rngs=rngs)}
+    def __call__(
+        self,
+        tokens_BL: jax.Array,
+        *,
+        mask_BL: jax.Array | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        """Next-token logits_BLV (fp32) at every position; mask_BL marks real tokens (padding is never
+        attended)."""
+        return self.from_embeddings(
+            self.embed(tokens_BL), mask_BL=mask_BL, deterministic=deterministic, rngs=rngs
+        )
 
-    def hidden_states(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """h_BLD for batch['inputs'] (padding marked by batch['input_mask']): what task heads read."""
-        return self.hidden(self.embed(batch["inputs"]), mask_BL=batch.get("input_mask"), deterministic=deterministic,
-                           rngs=rngs)
-
-    def __call__(self, tokens_BL: jax.Array, *, mask_BL: jax.Array | None = None, deterministic: bool = True,
-                 rngs: nnx.Rngs | None = None) -> jax.Array:
-        """Next-token logits_BLV (fp32) at every position; mask_BL marks real tokens (padding is never attended)."""
-        return self.from_embeddings(self.embed(tokens_BL), mask_BL=mask_BL, deterministic=deterministic, rngs=rngs)
-
-    def from_embeddings(self, x_BLD: jax.Array, *, mask_BL: jax.Array | None = None, deterministic: bool = True,
-                        rngs: nnx.Rngs | None = None) -> jax.Array:
+    def from_embeddings(
+        self,
+        x_BLD: jax.Array,
+        *,
+        mask_BL: jax.Array | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
         """The model after the token lookup (used by tests that differentiate w.r.t. the inputs)."""
         return self.logits(self.hidden(x_BLD, mask_BL=mask_BL, deterministic=deterministic, rngs=rngs))
 
-    def hidden(self, x_BLD: jax.Array, *, mask_BL: jax.Array | None = None, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+    def hidden(
+        self,
+        x_BLD: jax.Array,
+        *,
+        mask_BL: jax.Array | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
         """The last block's (normed) hidden states h_BLD for embedded inputs x_BLD (task heads read these)."""
         L = x_BLD.shape[1]
         layers.check_length(L, self.max_len)
         mask_B1LS = layers.attention_mask(mask_BL, causal=True, L=L)
-        return self._forward(x_BLD, None, mask_B1LS, is_causal=mask_B1LS is None, q_offset=0, S=L, caches=None,
-                             deterministic=deterministic, rngs=rngs)[0]
+        return self._forward(
+            x_BLD,
+            None,
+            mask_B1LS,
+            is_causal=mask_B1LS is None,
+            q_offset=0,
+            S=L,
+            caches=None,
+            deterministic=deterministic,
+            rngs=rngs,
+        )[0]
 
     def logits(self, h_BLD: jax.Array) -> jax.Array:
         head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
@@ -66,18 +106,46 @@ class DecoderLM(nnx.Module):
         zeros = jnp.zeros((batch, length, *self.blocks[0].attn.query_DHK.shape[1:]), self.dtype)
         return [((zeros, zeros), None) for _ in self.blocks]
 
-    def decode(self, tokens_BL: jax.Array, caches: list, *, index: jax.Array, key_mask_BS: jax.Array,
-               positions_BL: jax.Array) -> tuple[jax.Array, list]:
-        """Runs L new tokens written at cache slots index..index+L-1; key_mask_BS marks filled, non-padding slots."""
+    def decode(
+        self,
+        tokens_BL: jax.Array,
+        caches: list,
+        *,
+        index: jax.Array,
+        key_mask_BS: jax.Array,
+        positions_BL: jax.Array,
+    ) -> tuple[jax.Array, list]:
+        """Runs L new tokens written at cache slots index..index+L-1; key_mask_BS marks filled, non-padding
+        slots."""
         mask_B1LS = layers.attention_mask(key_mask_BS, causal=True, L=tokens_BL.shape[1], q_offset=index)
-        h_BLD, caches = self._forward(self.embed(tokens_BL), positions_BL, mask_B1LS, is_causal=False, q_offset=index,
-                                      S=key_mask_BS.shape[1], caches=caches)
+        h_BLD, caches = self._forward(
+            self.embed(tokens_BL),
+            positions_BL,
+            mask_B1LS,
+            is_causal=False,
+            q_offset=index,
+            S=key_mask_BS.shape[1],
+            caches=caches,
+        )
         return self.logits(h_BLD), caches
 
-    def _forward(self, x_BLD, positions_BL, mask_B1LS, *, is_causal, q_offset, S, caches, deterministic=True,
-                 rngs=None):
+    def _forward(
+        self, x_BLD, positions_BL, mask_B1LS, *, is_causal, q_offset, S, caches, deterministic=True, rngs=None
+    ):
         x_BLD = layers.add_positions(x_BLD, positions_BL, self.positions, self.pos_embed_LD, self.max_len)
         x_BLD = self.embed_dropout(x_BLD, deterministic=deterministic, rngs=rngs)
-        return layers.run_stack(self.blocks, self.final_norm, self.relative_bias, self.positions, x_BLD,
-                                positions_BL=positions_BL, q_offset=q_offset, S=S, caches=caches, mask_B1LS=mask_B1LS,
-                                is_causal=is_causal, deterministic=deterministic, rngs=rngs)
+        return layers.run_stack(
+            self.blocks,
+            self.final_norm,
+            self.relative_bias,
+            self.positions,
+            x_BLD,
+            positions_BL=positions_BL,
+            q_offset=q_offset,
+            S=S,
+            caches=caches,
+            mask_B1LS=mask_B1LS,
+            is_causal=is_causal,
+            deterministic=deterministic,
+            rngs=rngs,
+        )

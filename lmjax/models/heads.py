@@ -1,14 +1,17 @@
 """Task heads on a pretrained language model (see layers.py for the dimension key; K is the number of labels).
 
 `TaskModel` holds the pretrained model whole under `backbone` (so its own LM head stays available for the
-pretraining-loss regulariser) and a new head under `head` (an ELMo backbone adds its task's scalar mix of layers
-under `mix`; freeze 'backbone/' to use ELMo as frozen features):
+pretraining-loss regulariser) and a new head under `head` (an ELMo backbone adds its task's scalar mix of
+layers under `mix`; freeze 'backbone/' to use ELMo as frozen features):
 
-  classification        pooled h_BD -> logits_BK    (pooling: cls = first token, mean over real tokens, last real token)
+  classification        pooled h_BD -> logits_BK
+                        (pooling: cls = first token, mean over real tokens, last real token)
   token_classification  h_BLD -> logits_BLK
-  span_qa               h_BLD -> start/end logits_BL, restricted to batch['answer_mask'] (context tokens + position 0)
+  span_qa               h_BLD -> start/end logits_BL, restricted to batch['answer_mask']
+                        (context tokens + position 0)
   text_to_text          no new parameters: an encoder-decoder's own LM head writes the label as text
 """
+
 from __future__ import annotations
 
 import jax
@@ -37,23 +40,37 @@ def pool(h_BLD: jax.Array, mask_BL: jax.Array, pooling: str) -> jax.Array:
 
 
 class TaskModel(nnx.Module):
-    def __init__(self, backbone: nnx.Module, *, head: str, num_labels: int, pooling: str = "cls",
-                 dropout: float = 0.1, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        backbone: nnx.Module,
+        *,
+        head: str,
+        num_labels: int,
+        pooling: str = "cls",
+        dropout: float = 0.1,
+        rngs: nnx.Rngs,
+    ):
         if head not in HEADS:
             raise InputError(f"task head {head!r} is unknown; use one of {HEADS}")
         if pooling not in POOLINGS:
             raise InputError(f"task.pooling={pooling!r} is unknown; use one of {POOLINGS}")
         if (head == "text_to_text") != isinstance(backbone, EncoderDecoderLM):
-            raise InputError(f"a {type(backbone).__name__} cannot take the {head} head: encoder-decoder models "
-                             "fine-tune text-to-text, encoders and decoders with classification / token / span heads")
+            raise InputError(
+                f"a {type(backbone).__name__} cannot take the {head} head: encoder-decoder models "
+                "fine-tune text-to-text, encoders and decoders with classification / token / span heads"
+            )
         if isinstance(backbone, ELMo) and head not in ("classification", "token_classification"):
             raise InputError(f"ELMo features feed classification or token_classification heads, not {head}")
         if isinstance(backbone, (DecoderLM, RecurrentLM)) and head == "classification" and pooling != "last":
-            raise InputError(f"a causal decoder sees the whole input only at its last token; set task.pooling='last' "
-                             f"(not {pooling!r})")
+            raise InputError(
+                f"a causal decoder sees the whole input only at its last token; set task.pooling='last' "
+                f"(not {pooling!r})"
+            )
         self.backbone, self.kind, self.pooling = backbone, head, pooling
         self.dropout = nnx.Dropout(dropout)
-        self.mix = ScalarMix(len(backbone.forward_layers) + 1, rngs=rngs) if isinstance(backbone, ELMo) else None
+        self.mix = (
+            ScalarMix(len(backbone.forward_layers) + 1, rngs=rngs) if isinstance(backbone, ELMo) else None
+        )
         d = backbone.feature_dim if isinstance(backbone, ELMo) else backbone.embed_VD.shape[1]
         outputs = {"classification": num_labels, "token_classification": num_labels, "span_qa": 2}.get(head)
         self.head = layers.Dense(d, outputs, ("embed", None), use_bias=True, rngs=rngs) if outputs else None

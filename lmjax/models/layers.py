@@ -13,6 +13,7 @@ Attention caches are plain tuples (k_BSHK, v_BSHK): decoding threads them throug
 functionally (see lmjax/decode.py); self-attention writes the new keys at `cache_index`,
 cross-attention computes them once from the encoder output.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,8 +45,10 @@ ACTIVATIONS = {
 # model.remat -> what a block keeps from its forward pass for the backward pass (jax.checkpoint policies);
 # the rest is recomputed. 'none': keep everything (no rematerialisation).
 REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,  # only the block's input: one more forward pass of the block
-    "dots": jax.checkpoint_policies.dots_saveable,  # matrix-product outputs: recompute norms, activations, softmax
+    # only the block's input: one more forward pass of the block
+    "full": jax.checkpoint_policies.nothing_saveable,
+    # matrix-product outputs: recompute norms, activations, softmax
+    "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # as dots, but not attention's
 }
 
@@ -73,22 +76,41 @@ class Spec:
     remat: str = "none"
 
     @classmethod
-    def from_config(cls, c: ConfigDict) -> "Spec":
-        for key, value, allowed in (("positions", c.positions, POSITIONS), ("norm", c.norm, NORMS),
-                                    ("norm_position", c.norm_position, NORM_POSITIONS),
-                                    ("activation", c.activation, tuple(ACTIVATIONS)),
-                                    ("remat", c.remat, ("none", *REMAT_POLICIES))):
+    def from_config(cls, model_config: ConfigDict) -> "Spec":
+        for key, value, allowed in (
+            ("positions", model_config.positions, POSITIONS),
+            ("norm", model_config.norm, NORMS),
+            ("norm_position", model_config.norm_position, NORM_POSITIONS),
+            ("activation", model_config.activation, tuple(ACTIVATIONS)),
+            ("remat", model_config.remat, ("none", *REMAT_POLICIES)),
+        ):
             if value not in allowed:
                 raise InputError(f"model.{key}={value!r} is unknown; use one of {allowed}")
-        if not c.head_dim and c.d_model % c.num_heads:
-            raise InputError(f"model.d_model={c.d_model} is not divisible by model.num_heads={c.num_heads}; "
-                             "pick a width that is a multiple of the head count (or set model.head_dim)")
-        return cls(d_model=c.d_model, num_heads=c.num_heads, head_dim=c.head_dim or c.d_model // c.num_heads,
-                   d_ff=c.d_ff or 4 * c.d_model, num_layers=c.num_layers, positions=c.positions, norm=c.norm,
-                   norm_position=c.norm_position, norm_eps=c.norm_eps, activation=c.activation,
-                   use_bias=c.use_bias, scale_attention=c.scale_attention, relative_buckets=c.relative_buckets,
-                   relative_max_distance=c.relative_max_distance, dropout=c.dropout,
-                   attention_dropout=c.attention_dropout, remat=c.remat)
+        if not model_config.head_dim and model_config.d_model % model_config.num_heads:
+            raise InputError(
+                f"model.d_model={model_config.d_model} is not divisible by "
+                f"model.num_heads={model_config.num_heads}; "
+                "pick a width that is a multiple of the head count (or set model.head_dim)"
+            )
+        return cls(
+            d_model=model_config.d_model,
+            num_heads=model_config.num_heads,
+            head_dim=model_config.head_dim or model_config.d_model // model_config.num_heads,
+            d_ff=model_config.d_ff or 4 * model_config.d_model,
+            num_layers=model_config.num_layers,
+            positions=model_config.positions,
+            norm=model_config.norm,
+            norm_position=model_config.norm_position,
+            norm_eps=model_config.norm_eps,
+            activation=model_config.activation,
+            use_bias=model_config.use_bias,
+            scale_attention=model_config.scale_attention,
+            relative_buckets=model_config.relative_buckets,
+            relative_max_distance=model_config.relative_max_distance,
+            dropout=model_config.dropout,
+            attention_dropout=model_config.attention_dropout,
+            remat=model_config.remat,
+        )
 
 
 def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -106,8 +128,9 @@ def vocab_logits(h_BLD: jax.Array, head_DV: jax.Array) -> jax.Array:
     return constrain(matmul(h_BLD, head_DV).astype(jnp.float32), ("batch", "length", "act_vocab"))
 
 
-def param(rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], axes: tuple[str | None, ...],
-          dtype=jnp.float32) -> nnx.Param:
+def param(
+    rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype=jnp.float32
+) -> nnx.Param:
     """A parameter initialised with `init` that records its logical axis names."""
     assert len(shape) == len(axes), (shape, axes)
     return nnx.Param(init(rngs.params(), shape, dtype), axes=axes)
@@ -116,8 +139,16 @@ def param(rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], axes: tuple
 class Dense(nnx.Module):
     """y = x @ W (+ b) for one input and one output axis: kernel_DF, bias_F."""
 
-    def __init__(self, d_in: int, d_out: int, axes: tuple[str | None, str | None], *, use_bias: bool,
-                 rngs: nnx.Rngs, init_std: float = 0.02):
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        axes: tuple[str | None, str | None],
+        *,
+        use_bias: bool,
+        rngs: nnx.Rngs,
+        init_std: float = 0.02,
+    ):
         self.kernel = param(rngs, nnx.initializers.normal(init_std), (d_in, d_out), axes)
         self.bias = param(rngs, nnx.initializers.zeros, (d_out,), axes[1:]) if use_bias else None
 
@@ -129,11 +160,16 @@ class Dense(nnx.Module):
 class Norm(nnx.Module):
     """LayerNorm (mean and variance) or RMSNorm (T5: scale only, no mean), computed in fp32."""
 
-    def __init__(self, d: int, *, kind: str = "layernorm", use_bias: bool = True, eps: float = 1e-5,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, d: int, *, kind: str = "layernorm", use_bias: bool = True, eps: float = 1e-5, rngs: nnx.Rngs
+    ):
         self.kind, self.eps = kind, eps
         self.scale = param(rngs, nnx.initializers.ones, (d,), ("embed",))
-        self.bias = param(rngs, nnx.initializers.zeros, (d,), ("embed",)) if use_bias and kind == "layernorm" else None
+        self.bias = (
+            param(rngs, nnx.initializers.zeros, (d,), ("embed",))
+            if use_bias and kind == "layernorm"
+            else None
+        )
 
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
         x = x_BLD.astype(jnp.float32)
@@ -158,8 +194,9 @@ def sinusoidal_table(max_len: int, d: int) -> jax.Array:
     return table.at[:, 1::2].set(jnp.cos(pos * inv_freq[: d // 2]))
 
 
-def add_positions(x_BLD: jax.Array, positions_BL: jax.Array | None, kind: str, pos_embed_LD: nnx.Param | None,
-                  max_len: int) -> jax.Array:
+def add_positions(
+    x_BLD: jax.Array, positions_BL: jax.Array | None, kind: str, pos_embed_LD: nnx.Param | None, max_len: int
+) -> jax.Array:
     """Adds learned or sinusoidal position embeddings (rotary and relative positions act inside attention).
 
     positions_BL None means 0..L-1 in every row (training); decoding passes each row's own positions.
@@ -183,7 +220,9 @@ def apply_rotary(x_BLHK: jax.Array, positions_BL: jax.Array, base: float = 10000
     return out.astype(x_BLHK.dtype)
 
 
-def relative_bucket(relative_LS: jax.Array, *, bidirectional: bool, num_buckets: int, max_distance: int) -> jax.Array:
+def relative_bucket(
+    relative_LS: jax.Array, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> jax.Array:
     """T5's bucketing of (key - query) distances: exact for small ones, log-spaced up to max_distance."""
     buckets = jnp.zeros_like(relative_LS)
     if bidirectional:
@@ -193,8 +232,12 @@ def relative_bucket(relative_LS: jax.Array, *, bidirectional: bool, num_buckets:
     else:
         distance = -jnp.minimum(relative_LS, 0)
     max_exact = num_buckets // 2
-    log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / math.log(max_distance / max_exact)
-    large = jnp.minimum(max_exact + (log_ratio * (num_buckets - max_exact)).astype(relative_LS.dtype), num_buckets - 1)
+    log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / math.log(
+        max_distance / max_exact
+    )
+    large = jnp.minimum(
+        max_exact + (log_ratio * (num_buckets - max_exact)).astype(relative_LS.dtype), num_buckets - 1
+    )
     return buckets + jnp.where(distance < max_exact, distance, large)
 
 
@@ -202,12 +245,22 @@ class RelativePositionBias(nnx.Module):
     """T5's learned per-head attention bias over bucketed relative distances, shared by a stack's layers."""
 
     def __init__(self, spec: Spec, *, bidirectional: bool, rngs: nnx.Rngs):
-        self.bidirectional, self.num_buckets, self.max_distance = bidirectional, spec.relative_buckets, spec.relative_max_distance
-        self.embed_NH = param(rngs, nnx.initializers.normal(0.02), (spec.relative_buckets, spec.num_heads), (None, "heads"))
+        self.bidirectional, self.num_buckets, self.max_distance = (
+            bidirectional,
+            spec.relative_buckets,
+            spec.relative_max_distance,
+        )
+        self.embed_NH = param(
+            rngs, nnx.initializers.normal(0.02), (spec.relative_buckets, spec.num_heads), (None, "heads")
+        )
 
     def __call__(self, q_positions_L: jax.Array, k_positions_S: jax.Array) -> jax.Array:
-        bucket_LS = relative_bucket(k_positions_S[None, :] - q_positions_L[:, None], bidirectional=self.bidirectional,
-                                    num_buckets=self.num_buckets, max_distance=self.max_distance)
+        bucket_LS = relative_bucket(
+            k_positions_S[None, :] - q_positions_L[:, None],
+            bidirectional=self.bidirectional,
+            num_buckets=self.num_buckets,
+            max_distance=self.max_distance,
+        )
         return jnp.take(self.embed_NH[...], bucket_LS, axis=0).transpose(2, 0, 1)[None]  # bias_1HLS
 
 
@@ -236,11 +289,17 @@ class MultiHeadAttention(nnx.Module):
         self.query_DHK = param(rngs, normal, dhk, ("embed", "heads", "kv"))
         self.key_DHK = param(rngs, normal, dhk, ("embed", "heads", "kv"))
         self.value_DHK = param(rngs, normal, dhk, ("embed", "heads", "kv"))
-        self.out_HKD = param(rngs, nnx.initializers.normal(out_init_std), dhk[1:] + (spec.d_model,),
-                             ("heads", "kv", "embed"))
-        self.bias_3HK = (param(rngs, nnx.initializers.zeros, (3, spec.num_heads, spec.head_dim), (None, "heads", "kv"))
-                         if spec.use_bias else None)
-        self.out_bias_D = param(rngs, nnx.initializers.zeros, (spec.d_model,), ("embed",)) if spec.use_bias else None
+        self.out_HKD = param(
+            rngs, nnx.initializers.normal(out_init_std), dhk[1:] + (spec.d_model,), ("heads", "kv", "embed")
+        )
+        self.bias_3HK = (
+            param(rngs, nnx.initializers.zeros, (3, spec.num_heads, spec.head_dim), (None, "heads", "kv"))
+            if spec.use_bias
+            else None
+        )
+        self.out_bias_D = (
+            param(rngs, nnx.initializers.zeros, (spec.d_model,), ("embed",)) if spec.use_bias else None
+        )
 
     def _project(self, x_BLD: jax.Array, i: int) -> jax.Array:
         w = (self.query_DHK, self.key_DHK, self.value_DHK)[i][...].astype(x_BLD.dtype)
@@ -248,10 +307,20 @@ class MultiHeadAttention(nnx.Module):
         y_BLHK = y_BLHK if self.bias_3HK is None else y_BLHK + self.bias_3HK[i].astype(x_BLD.dtype)
         return constrain(y_BLHK, ("batch", "length", "act_heads", "kv"))
 
-    def __call__(self, x_BLD: jax.Array, kv_BSD: jax.Array | None = None, *, positions_BL: jax.Array | None = None,
-                 mask_B1LS: jax.Array | None = None, bias_1HLS: jax.Array | None = None, is_causal: bool = False,
-                 cache: Cache | None = None, cache_index: jax.Array | None = None, deterministic: bool = True,
-                 rngs: nnx.Rngs | None = None) -> tuple[jax.Array, Cache | None]:
+    def __call__(
+        self,
+        x_BLD: jax.Array,
+        kv_BSD: jax.Array | None = None,
+        *,
+        positions_BL: jax.Array | None = None,
+        mask_B1LS: jax.Array | None = None,
+        bias_1HLS: jax.Array | None = None,
+        is_causal: bool = False,
+        cache: Cache | None = None,
+        cache_index: jax.Array | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> tuple[jax.Array, Cache | None]:
         """Returns (y_BLD, cache). Cross-attention takes kv_BSD, or, when decoding, the cache made from it."""
         q_BLHK = self._project(x_BLD, 0)
         if self.cross and kv_BSD is None:
@@ -262,16 +331,21 @@ class MultiHeadAttention(nnx.Module):
         if self.rotary:
             q_BLHK, k_BSHK = apply_rotary(q_BLHK, positions_BL), apply_rotary(k_BSHK, positions_BL)
         if cache is not None and not self.cross:
-            k_BSHK = jax.lax.dynamic_update_slice_in_dim(cache[0], k_BSHK.astype(cache[0].dtype), cache_index, axis=1)
-            v_BSHK = jax.lax.dynamic_update_slice_in_dim(cache[1], v_BSHK.astype(cache[1].dtype), cache_index, axis=1)
+            k_BSHK = jax.lax.dynamic_update_slice_in_dim(
+                cache[0], k_BSHK.astype(cache[0].dtype), cache_index, axis=1
+            )
+            v_BSHK = jax.lax.dynamic_update_slice_in_dim(
+                cache[1], v_BSHK.astype(cache[1].dtype), cache_index, axis=1
+            )
         if cache is not None or self.cross:
             cache = (k_BSHK, v_BSHK)
         dropout = not deterministic and self.attention_dropout.rate > 0.0
         if dropout or not fused_attention():
             out_BLHK = self._attend(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, bias_1HLS, is_causal, dropout, rngs)
         else:
-            out_BLHK = jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHK, bias=bias_1HLS, mask=mask_B1LS,
-                                                    is_causal=is_causal, scale=self.scale)
+            out_BLHK = jax.nn.dot_product_attention(
+                q_BLHK, k_BSHK, v_BSHK, bias=bias_1HLS, mask=mask_B1LS, is_causal=is_causal, scale=self.scale
+            )
         dt = x_BLD.dtype
         out_HK_D = self.out_HKD[...].astype(dt).reshape(-1, self.out_HKD.shape[-1])
         y_BLD = matmul(out_BLHK.reshape(*out_BLHK.shape[:2], -1), out_HK_D)
@@ -294,14 +368,25 @@ class MultiHeadAttention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """Position-wise feed-forward D -> F -> D; gated variants (SwiGLU, GeGLU) multiply by a second projection."""
+    """Position-wise feed-forward D -> F -> D; gated variants (SwiGLU, GeGLU) multiply by a second
+    projection."""
 
     def __init__(self, spec: Spec, *, rngs: nnx.Rngs, out_init_std: float = 0.02):
         self.activation, gated = ACTIVATIONS[spec.activation]
         self.up = Dense(spec.d_model, spec.d_ff, ("embed", "mlp"), use_bias=spec.use_bias, rngs=rngs)
-        self.gate = Dense(spec.d_model, spec.d_ff, ("embed", "mlp"), use_bias=spec.use_bias, rngs=rngs) if gated else None
-        self.down = Dense(spec.d_ff, spec.d_model, ("mlp", "embed"), use_bias=spec.use_bias, rngs=rngs,
-                          init_std=out_init_std)
+        self.gate = (
+            Dense(spec.d_model, spec.d_ff, ("embed", "mlp"), use_bias=spec.use_bias, rngs=rngs)
+            if gated
+            else None
+        )
+        self.down = Dense(
+            spec.d_ff,
+            spec.d_model,
+            ("mlp", "embed"),
+            use_bias=spec.use_bias,
+            rngs=rngs,
+            init_std=out_init_std,
+        )
 
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
         h_BLF = self.activation(self.up(x_BLD))
@@ -311,10 +396,13 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    """Self-attention, optional cross-attention, MLP; each a residual branch, normalised before (pre) or after (post)."""
+    """Self-attention, optional cross-attention, MLP; each a residual branch, normalised before (pre) or after
+    (post)."""
 
     def __init__(self, spec: Spec, *, cross_attention: bool = False, rngs: nnx.Rngs):
-        out_std = 0.02 / math.sqrt(2 * spec.num_layers)  # GPT-2: residual projections scaled by 1/sqrt(2 * layers)
+        out_std = 0.02 / math.sqrt(
+            2 * spec.num_layers
+        )  # GPT-2: residual projections scaled by 1/sqrt(2 * layers)
         self.pre = spec.norm_position == "pre"
         self.attn_norm = make_norm(spec, rngs)
         self.attn = MultiHeadAttention(spec, cross=False, rngs=rngs, out_init_std=out_std)
@@ -333,31 +421,78 @@ class Block(nnx.Module):
         x_BLD = x_BLD + self.dropout(h_BLD, deterministic=deterministic, rngs=rngs)
         return (x_BLD if self.pre else norm(x_BLD)), extra
 
-    def __call__(self, x_BLD: jax.Array, *, positions_BL: jax.Array | None = None, mask_B1LS: jax.Array | None = None,
-                 bias_1HLS: jax.Array | None = None, is_causal: bool = False, enc_BSD: jax.Array | None = None,
-                 enc_mask_B1LS: jax.Array | None = None, cache: tuple | None = None, cache_index=None,
-                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, tuple | None]:
+    def __call__(
+        self,
+        x_BLD: jax.Array,
+        *,
+        positions_BL: jax.Array | None = None,
+        mask_B1LS: jax.Array | None = None,
+        bias_1HLS: jax.Array | None = None,
+        is_causal: bool = False,
+        enc_BSD: jax.Array | None = None,
+        enc_mask_B1LS: jax.Array | None = None,
+        cache: tuple | None = None,
+        cache_index=None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> tuple[jax.Array, tuple | None]:
         """Returns (x_BLD, cache); the cache is (self, cross) when decoding, else None."""
         self_cache, cross_cache = cache if cache is not None else (None, None)
-        x_BLD, self_cache = self._residual(self.attn_norm, x_BLD, lambda h: self.attn(
-            h, positions_BL=positions_BL, mask_B1LS=mask_B1LS, bias_1HLS=bias_1HLS, is_causal=is_causal,
-            cache=self_cache, cache_index=cache_index, deterministic=deterministic, rngs=rngs), deterministic, rngs)
+        x_BLD, self_cache = self._residual(
+            self.attn_norm,
+            x_BLD,
+            lambda h: self.attn(
+                h,
+                positions_BL=positions_BL,
+                mask_B1LS=mask_B1LS,
+                bias_1HLS=bias_1HLS,
+                is_causal=is_causal,
+                cache=self_cache,
+                cache_index=cache_index,
+                deterministic=deterministic,
+                rngs=rngs,
+            ),
+            deterministic,
+            rngs,
+        )
         if self.cross_attn is not None:
-            x_BLD, cross_cache = self._residual(self.cross_norm, x_BLD, lambda h: self.cross_attn(
-                h, enc_BSD, mask_B1LS=enc_mask_B1LS, cache=cross_cache, deterministic=deterministic, rngs=rngs),
-                deterministic, rngs)
+            x_BLD, cross_cache = self._residual(
+                self.cross_norm,
+                x_BLD,
+                lambda h: self.cross_attn(
+                    h,
+                    enc_BSD,
+                    mask_B1LS=enc_mask_B1LS,
+                    cache=cross_cache,
+                    deterministic=deterministic,
+                    rngs=rngs,
+                ),
+                deterministic,
+                rngs,
+            )
         x_BLD, _ = self._residual(self.mlp_norm, x_BLD, lambda h: (self.mlp(h), None), deterministic, rngs)
         return x_BLD, (None if cache is None else (self_cache, cross_cache))
 
 
-def run_stack(blocks, final_norm: Norm | None, relative_bias: RelativePositionBias | None, positions: str,
-              x_BLD: jax.Array, *, positions_BL: jax.Array | None = None, q_offset: jax.Array | int = 0,
-              S: int | None = None, caches: list | None = None, **kwargs) -> tuple[jax.Array, list | None]:
+def run_stack(
+    blocks,
+    final_norm: Norm | None,
+    relative_bias: RelativePositionBias | None,
+    positions: str,
+    x_BLD: jax.Array,
+    *,
+    positions_BL: jax.Array | None = None,
+    q_offset: jax.Array | int = 0,
+    S: int | None = None,
+    caches: list | None = None,
+    **kwargs,
+) -> tuple[jax.Array, list | None]:
     """A stack of blocks, then its final norm (pre-norm stacks); threads one cache per block when decoding.
 
     Queries sit at slots q_offset..q_offset+L-1 of S keys (S = L without a cache): T5's relative bias is
     computed for them once and shared by the blocks; rotary positions default to 0..L-1 in every row.
-    Without caches, the blocks' `remat` policy (model.remat) decides what each block keeps for the backward pass.
+    Without caches, the blocks' `remat` policy (model.remat) decides what each block keeps for the backward
+    pass.
     """
     B, L, _ = x_BLD.shape
     bias_1HLS = None
@@ -368,10 +503,19 @@ def run_stack(blocks, final_norm: Norm | None, relative_bias: RelativePositionBi
     rngs = kwargs.pop("rngs", None)
 
     def apply(block, x_BLD, cache, rngs):
-        return block(x_BLD, positions_BL=positions_BL, bias_1HLS=bias_1HLS, cache_index=q_offset, cache=cache,
-                     rngs=rngs, **kwargs)
+        return block(
+            x_BLD,
+            positions_BL=positions_BL,
+            bias_1HLS=bias_1HLS,
+            cache_index=q_offset,
+            cache=cache,
+            rngs=rngs,
+            **kwargs,
+        )
 
-    if caches is None and blocks[0].remat != "none":  # each block's forward pass recomputed in its backward pass
+    if (
+        caches is None and blocks[0].remat != "none"
+    ):  # each block's forward pass recomputed in its backward pass
         apply = nnx.remat(apply, policy=REMAT_POLICIES[blocks[0].remat])
     new_caches = []
     for i, block in enumerate(blocks):
@@ -382,14 +526,34 @@ def run_stack(blocks, final_norm: Norm | None, relative_bias: RelativePositionBi
     return x_BLD, (None if caches is None else new_caches)
 
 
+class TokenLM:
+    """forward / hidden_states of a left-to-right LM with `embed(tokens_BL)`, `hidden(x_BLD, mask_BL=...)` and
+    next-token logits from `__call__(tokens_BL, mask_BL=...)` (the decoder and the recurrent LM)."""
+
+    def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
+        """{'logits'} for batch['inputs'] (batch['input_mask'], when given, marks real tokens)."""
+        mask_BL = batch.get("input_mask")
+        return {"logits": self(batch["inputs"], mask_BL=mask_BL, deterministic=deterministic, rngs=rngs)}
+
+    def hidden_states(
+        self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
+    ) -> jax.Array:
+        """h_BLD for batch['inputs'] (padding marked by batch['input_mask']): what task heads read."""
+        x_BLD = self.embed(batch["inputs"])
+        return self.hidden(x_BLD, mask_BL=batch.get("input_mask"), deterministic=deterministic, rngs=rngs)
+
+
 def check_length(L: int, max_len: int, what: str = "sequence") -> None:
     if L > max_len:
-        raise InputError(f"{what} length {L} is longer than the model's positions (model.max_len={max_len}); "
-                         f"shorten data.seq_len or raise model.max_len")
+        raise InputError(
+            f"{what} length {L} is longer than the model's positions (model.max_len={max_len}); "
+            f"shorten data.seq_len or raise model.max_len"
+        )
 
 
-def attention_mask(key_mask_BS: jax.Array | None, *, causal: bool, L: int = 0,
-                   q_offset: jax.Array | int = 0) -> jax.Array | None:
+def attention_mask(
+    key_mask_BS: jax.Array | None, *, causal: bool, L: int = 0, q_offset: jax.Array | int = 0
+) -> jax.Array | None:
     """Boolean mask_B1LS: the key is a real token and, if causal, not after the query (query i sits at slot
     q_offset + i). None without a key mask: attend to all, or use dot_product_attention's is_causal."""
     if key_mask_BS is None:

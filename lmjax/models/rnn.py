@@ -1,9 +1,11 @@
 """Recurrent language models: LSTM and GRU layers and a stacked recurrent LM (char or subword tokens).
 
-Dimension key: B batch, L time, D input width, H hidden width, G gates (4H for an LSTM, 3H for a GRU), V vocabulary.
+Dimension key: B batch, L time, D input width, H hidden width, G gates (4H for an LSTM, 3H for a GRU), V
+vocabulary.
 The input projections of every time step are one matrix product before the recurrence; `jax.lax.scan` then
 runs only the hidden-to-hidden product per step. Weights start uniform in +-1/sqrt(H), as PyTorch's.
 """
+
 from __future__ import annotations
 
 import jax
@@ -24,8 +26,11 @@ class Recurrent(nnx.Module):
             raise InputError(f"model.cell={cell!r} is unknown; use one of {CELLS}")
         self.cell, self.hidden = cell, hidden
         g = (4 if cell == "lstm" else 3) * hidden
-        init = nnx.initializers.uniform(2 / hidden ** 0.5)
-        shifted = lambda key, shape, dtype: init(key, shape, dtype) - 1 / hidden ** 0.5  # noqa: E731
+        init = nnx.initializers.uniform(2 / hidden**0.5)
+
+        def shifted(key, shape, dtype):
+            return init(key, shape, dtype) - 1 / hidden**0.5
+
         self.input_DG = layers.param(rngs, shifted, (d_in, g), ("embed", "mlp"))
         self.hidden_HG = layers.param(rngs, shifted, (hidden, g), (None, "mlp"))
         self.bias_G = layers.param(rngs, shifted, (g,), ("mlp",))
@@ -59,41 +64,57 @@ class Recurrent(nnx.Module):
         return jnp.swapaxes(h_LBH, 0, 1)
 
 
-class RecurrentLM(nnx.Module):
+class RecurrentLM(layers.TokenLM, nnx.Module):
     """Token embedding -> num_layers recurrent layers (dropout between) -> (tied) output head."""
 
-    def __init__(self, *, vocab_size: int, d_model: int, num_layers: int, cell: str, dropout: float,
-                 tie_embeddings: bool, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        d_model: int,
+        num_layers: int,
+        cell: str,
+        dropout: float,
+        tie_embeddings: bool,
+        rngs: nnx.Rngs,
+    ):
         uniform = nnx.initializers.uniform(0.2)
-        self.embed_VD = layers.param(rngs, lambda k, s, d: uniform(k, s, d) - 0.1, (vocab_size, d_model),
-                                     ("vocab", "embed"))
+        self.embed_VD = layers.param(
+            rngs, lambda k, s, d: uniform(k, s, d) - 0.1, (vocab_size, d_model), ("vocab", "embed")
+        )
         self.layers = nnx.List([Recurrent(d_model, d_model, cell=cell, rngs=rngs) for _ in range(num_layers)])
         self.dropout = nnx.Dropout(dropout)
-        self.head_DV = None if tie_embeddings else layers.param(rngs, uniform, (d_model, vocab_size), ("embed", "vocab"))
+        self.head_DV = (
+            None if tie_embeddings else layers.param(rngs, uniform, (d_model, vocab_size), ("embed", "vocab"))
+        )
 
     def embed(self, tokens_BL: jax.Array) -> jax.Array:
         return jnp.take(self.embed_VD[...], tokens_BL, axis=0)
 
-    def hidden(self, x_BLD: jax.Array, *, mask_BL: jax.Array | None = None, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
-        """The top layer's h_BLD (right padding, marked by mask_BL, comes after the real tokens: never read)."""
+    def hidden(
+        self,
+        x_BLD: jax.Array,
+        *,
+        mask_BL: jax.Array | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        """The top layer's h_BLD (right padding, marked by mask_BL, comes after the real tokens: never
+        read)."""
         del mask_BL
         h_BLD = self.dropout(x_BLD, deterministic=deterministic, rngs=rngs)
         for layer in self.layers:
             h_BLD = self.dropout(layer(h_BLD), deterministic=deterministic, rngs=rngs)
         return h_BLD
 
-    def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
-        """The outputs its objective scores: {'logits'} for batch['inputs'] (batch['input_mask']: real tokens)."""
-        return {"logits": self(batch["inputs"], mask_BL=batch.get("input_mask"), deterministic=deterministic, rngs=rngs)}
-
-    def hidden_states(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """h_BLD for batch['inputs'] (padding marked by batch['input_mask']): what task heads read."""
-        return self.hidden(self.embed(batch["inputs"]), mask_BL=batch.get("input_mask"), deterministic=deterministic,
-                           rngs=rngs)
-
-    def __call__(self, tokens_BL: jax.Array, *, mask_BL: jax.Array | None = None, deterministic: bool = True,
-                 rngs: nnx.Rngs | None = None) -> jax.Array:
+    def __call__(
+        self,
+        tokens_BL: jax.Array,
+        *,
+        mask_BL: jax.Array | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
         h_BLD = self.hidden(self.embed(tokens_BL), deterministic=deterministic, rngs=rngs)
         head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
         return layers.vocab_logits(h_BLD, head_DV)

@@ -1,4 +1,5 @@
 """The benchmarks run end to end at their smallest settings (figures are printed, never asserted)."""
+
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import input_pipeline  # noqa: E402
 import throughput  # noqa: E402
+
 from lmjax import metrics  # noqa: E402
 
 
@@ -20,21 +22,45 @@ def test_presets_make_batches_of_their_objective_and_count_flops(preset):
     assert all(v.shape[0] == c.data.batch_size for v in batch.values())
     assert batch["inputs"].max() < c.model.vocab_size
     tokens, per_token = throughput.tokens_and_flops(c)
-    flops, example_tokens = metrics.train_flops(c.model, c.data.seq_len, *(
-        [throughput.pipeline.span_lengths(c.data)[1]] if preset == "t5-base" else []))
+    flops, example_tokens = metrics.train_flops(
+        c.model,
+        c.data.seq_len,
+        *([throughput.pipeline.span_lengths(c.data)[1]] if preset == "t5-base" else []),
+    )
     assert tokens == c.data.batch_size * example_tokens and per_token == pytest.approx(flops / example_tokens)
 
 
 @pytest.mark.slow  # compiles the baby step twice and decodes: make test-slow
 def test_throughput_main_writes_a_row_per_device_count(tmp_path, monkeypatch):
     out = tmp_path / "rows.json"
-    monkeypatch.setattr(sys, "argv", ["throughput.py", "--presets", "baby", "--steps", "2", "--warmup", "1",
-                                      "--rounds", "1", "--devices", "1,2", "--remat", "full", "--json", str(out)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "throughput.py",
+            "--presets",
+            "baby",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--rounds",
+            "1",
+            "--devices",
+            "1,2",
+            "--remat",
+            "full",
+            "--json",
+            str(out),
+        ],
+    )
     throughput.main()
     rows = json.loads(out.read_text())["rows"]
     assert [r["devices"] for r in rows] == [1, 2]
-    assert all(r["tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0 and r["mfu"] is None and r["remat"] == "full"
-               for r in rows)
+    assert all(
+        r["tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0 and r["mfu"] is None and r["remat"] == "full"
+        for r in rows
+    )
 
 
 @pytest.mark.slow  # a training run: make test-slow
@@ -42,7 +68,9 @@ def test_input_pipeline_measures_pipeline_and_loop(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("\n\n".join(f"paragraph {i}: " + "the quick brown fox jumps. " * 20 for i in range(50)))
     c = throughput.make_config("baby", "float32")
-    c.data.update(text_files=str(text), tokenizer="char", validation_fraction=0.1, batch_size=8)  # 8 test devices
+    c.data.update(
+        text_files=str(text), tokenizer="char", validation_fraction=0.1, batch_size=8
+    )  # 8 test devices
     pipe, vocab = input_pipeline.pipeline_tokens_per_s(c, batches=5)
     assert pipe > 0 and 3 < vocab < 64
     c.model.vocab_size = vocab

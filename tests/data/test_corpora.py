@@ -1,4 +1,3 @@
-
 import pytest
 import tensorflow_datasets as tfds
 
@@ -38,9 +37,15 @@ def test_builder_makes_array_record_splits_that_rejoin_each_file(tmp_path, corpu
     assert train == t1 + t2 and val == v1 + v2
     assert list((tmp_path / "cache" / "tfds").rglob("*.array_record*"))
     # Built once: a second load reuses the files; an edited file rebuilds.
-    assert corpora.load(data_config(text_files=f"{corpus_file},{other}", cache_dir=str(tmp_path / "cache"))).name == corpus.name
+    assert (
+        corpora.load(data_config(text_files=f"{corpus_file},{other}", cache_dir=str(tmp_path / "cache"))).name
+        == corpus.name
+    )
     other.write_text("Changed.\n" * 100)
-    assert corpora.load(data_config(text_files=f"{corpus_file},{other}", cache_dir=str(tmp_path / "cache"))).name != corpus.name
+    assert (
+        corpora.load(data_config(text_files=f"{corpus_file},{other}", cache_dir=str(tmp_path / "cache"))).name
+        != corpus.name
+    )
 
 
 def test_missing_or_empty_text_file_fails_clearly(tmp_path):
@@ -58,9 +63,22 @@ def test_tfds_catalog_dataset_loads_by_name_and_feeds_the_pipeline():
         corpus = corpora.load(data_config(tfds_name="lm1b", eval_split="test"))
         assert len(corpus.train) == 7 and corpus.documents
         tok = tokenizers.train("char", pipeline.tokenizer_texts(corpus, 0), 0)
-        batch = next(iter(pipeline.train_dataset(corpus, tok, data_config(seq_len=8, shuffle_window=4), objective=objectives.get("causal_lm"), batch_size=2, seed=0)))
+        batch = next(
+            iter(
+                pipeline.train_dataset(
+                    corpus,
+                    tok,
+                    data_config(seq_len=8, shuffle_window=4),
+                    objective=objectives.get("causal_lm"),
+                    batch_size=2,
+                    seed=0,
+                )
+            )
+        )
         assert batch["inputs"].shape == (2, 8)
-        assert (batch["inputs"] == tok.eos_id).any() or (batch["targets"] == tok.eos_id).any()  # documents end in EOS
+        assert (batch["inputs"] == tok.eos_id).any() or (
+            batch["targets"] == tok.eos_id
+        ).any()  # documents end in EOS
 
 
 def test_unknown_tfds_dataset_fails_clearly(tmp_path):

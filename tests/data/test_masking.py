@@ -12,9 +12,10 @@ def test_masking_statistics_over_100k_tokens():
         tokens = rng.integers(10, 500, 128).astype(np.int32)
         maskable = np.ones(128, bool)
         maskable[[0, 60, 127]] = False  # [CLS], [SEP]s
-        maskable[rng.integers(100, 128):] = False  # padding
-        inputs, weights = masking.mask_tokens(tokens, maskable, rng, spec, mask_id=3,
-                                              replacement_ids=np.arange(10, 500))
+        maskable[rng.integers(100, 128) :] = False  # padding
+        inputs, weights = masking.mask_tokens(
+            tokens, maskable, rng, spec, mask_id=3, replacement_ids=np.arange(10, 500)
+        )
         chosen = weights > 0
         assert not np.any(chosen & ~maskable), "a special or padding token was selected"
         candidates += maskable.sum()
@@ -35,8 +36,15 @@ def test_whole_word_masking_selects_whole_words():
     word_start = rng.random(300) < 0.4
     word_start[0] = True
     spec = masking.MaskingSpec(whole_word=True)
-    _, weights = masking.mask_tokens(tokens, np.ones(300, bool), rng, spec, mask_id=3,
-                                     replacement_ids=np.arange(100, 400), word_start_L=word_start)
+    _, weights = masking.mask_tokens(
+        tokens,
+        np.ones(300, bool),
+        rng,
+        spec,
+        mask_id=3,
+        replacement_ids=np.arange(100, 400),
+        word_start_L=word_start,
+    )
     word = np.cumsum(word_start)
     for w in np.unique(word):
         chosen = weights[word == w] > 0
@@ -63,7 +71,9 @@ def test_bert_examples_have_pairs_segments_padding_and_balanced_nsp(spm, verse):
         assert np.all(ex["targets"][~real] == 0) and np.all(ex["weights"][~real] == 0)
         assert np.all(ex["weights"][real][np.isin(t, (cls, sep))] == 0)
         first_sep = int(np.flatnonzero(t == sep)[0])
-        assert np.all(ex["segments"][real][: first_sep + 1] == 0) and np.all(ex["segments"][real][first_sep + 1:] == 1)
+        assert np.all(ex["segments"][real][: first_sep + 1] == 0) and np.all(
+            ex["segments"][real][first_sep + 1 :] == 1
+        )
         labels.append(int(ex["nsp_labels"]))
     assert abs(np.mean(labels) - 0.5) < 0.05
 

@@ -30,16 +30,34 @@ def batches(ds, n, state=None):
 
 
 def test_batches_are_packed_shifted_and_unpadded(corpus, tok):
-    ds = pipeline.train_dataset(corpus, tok, data_config(seq_len=16, shuffle_window=8), objective=objectives.get("causal_lm"), batch_size=4, seed=0)
+    ds = pipeline.train_dataset(
+        corpus,
+        tok,
+        data_config(seq_len=16, shuffle_window=8),
+        objective=objectives.get("causal_lm"),
+        batch_size=4,
+        seed=0,
+    )
     (b,), _ = batches(ds, 1)
     assert {k: v.shape for k, v in b.items()} == {"inputs": (4, 16), "targets": (4, 16), "weights": (4, 16)}
     np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
     assert b["weights"].min() == 1.0  # packing leaves no padding in training
-    assert tok.decode(b["inputs"][0]) in "".join(corpus.train[i]["text"].decode() for i in range(len(corpus.train)))
+    assert tok.decode(b["inputs"][0]) in "".join(
+        corpus.train[i]["text"].decode() for i in range(len(corpus.train))
+    )
 
 
 def test_deterministic_from_seed(corpus, tok):
-    make = lambda seed: pipeline.train_dataset(corpus, tok, data_config(seq_len=16, shuffle_window=8), objective=objectives.get("causal_lm"), batch_size=4, seed=seed)
+    def make(seed):
+        return pipeline.train_dataset(
+            corpus,
+            tok,
+            data_config(seq_len=16, shuffle_window=8),
+            objective=objectives.get("causal_lm"),
+            batch_size=4,
+            seed=seed,
+        )
+
     a, _ = batches(make(0), 5)
     b, _ = batches(make(0), 5)
     c, _ = batches(make(1), 5)
@@ -48,7 +66,14 @@ def test_deterministic_from_seed(corpus, tok):
 
 
 def test_iterator_state_restores_the_same_batches(corpus, tok):
-    ds = pipeline.train_dataset(corpus, tok, data_config(seq_len=16, shuffle_window=8), objective=objectives.get("causal_lm"), batch_size=4, seed=0)
+    ds = pipeline.train_dataset(
+        corpus,
+        tok,
+        data_config(seq_len=16, shuffle_window=8),
+        objective=objectives.get("causal_lm"),
+        batch_size=4,
+        seed=0,
+    )
     _, it = batches(ds, 37)  # mid-window, mid-epoch
     state = it.get_state()
     expected = [next(it) for _ in range(60)]  # crosses an epoch boundary of this small corpus
@@ -58,10 +83,34 @@ def test_iterator_state_restores_the_same_batches(corpus, tok):
 
 
 def test_process_shards_are_disjoint_and_cover_the_data(corpus, tok):
-    shard = lambda i: [b["inputs"] for b in pipeline.eval_batches(
-        corpus, tok, data_config(seq_len=8), objective=objectives.get("causal_lm"), batch_size=1, max_batches=0, shard_index=i,
-        shard_count=2)]
-    whole = np.concatenate([b["inputs"] for b in pipeline.eval_batches(corpus, tok, data_config(seq_len=8), objective=objectives.get("causal_lm"), batch_size=1, max_batches=0)])
+    def shard(i):
+        return [
+            b["inputs"]
+            for b in pipeline.eval_batches(
+                corpus,
+                tok,
+                data_config(seq_len=8),
+                objective=objectives.get("causal_lm"),
+                batch_size=1,
+                max_batches=0,
+                shard_index=i,
+                shard_count=2,
+            )
+        ]
+
+    whole = np.concatenate(
+        [
+            b["inputs"]
+            for b in pipeline.eval_batches(
+                corpus,
+                tok,
+                data_config(seq_len=8),
+                objective=objectives.get("causal_lm"),
+                batch_size=1,
+                max_batches=0,
+            )
+        ]
+    )
     a, b = np.concatenate(shard(0)), np.concatenate(shard(1))
     assert abs(a.size + b.size - whole.size) <= 2 * 8 * 2  # each shard may lose a partial window at its end
     assert a.size and b.size and not np.array_equal(a[:4], b[:4])
@@ -70,35 +119,82 @@ def test_process_shards_are_disjoint_and_cover_the_data(corpus, tok):
 def test_fixed_data_shards_give_the_same_global_batches_on_one_or_two_processes(corpus, tok):
     objective = "causal_lm"
     data = data_config(seq_len=16, shuffle_window=8, shards=2)
-    make = lambda batch_size, **shard: pipeline.train_dataset(corpus, tok, data, objective=objectives.get(objective), seed=3,
-                                                              batch_size=batch_size, **shard)
+
+    def make(batch_size, **shard):
+        return pipeline.train_dataset(
+            corpus, tok, data, objective=objectives.get(objective), seed=3, batch_size=batch_size, **shard
+        )
+
     one, it = batches(make(8), 6)
     state = it.get_state()
     two = [batches(make(4, shard_index=i, shard_count=2), 6)[0] for i in range(2)]
-    for whole, first, second in zip(one, *two, strict=True):  # process 0's rows, then process 1's: the same global batch
+    for whole, first, second in zip(
+        one, *two, strict=True
+    ):  # process 0's rows, then process 1's: the same global batch
         for k in whole:
             np.testing.assert_array_equal(whole[k], np.concatenate([first[k], second[k]]))
     resumed, _ = batches(make(8), 2, state)  # the state of several shards in one process restores too
     np.testing.assert_array_equal(resumed[0]["inputs"], next(it)["inputs"])
     with pytest.raises(ValueError, match="data.shards=3 is not a multiple of the 2 processes"):
-        pipeline.train_dataset(corpus, tok, data_config(shards=3), objective=objectives.get(objective), seed=0, batch_size=4,
-                               shard_index=0, shard_count=2)
+        pipeline.train_dataset(
+            corpus,
+            tok,
+            data_config(shards=3),
+            objective=objectives.get(objective),
+            seed=0,
+            batch_size=4,
+            shard_index=0,
+            shard_count=2,
+        )
 
 
 def test_eval_covers_validation_in_order_with_padding_masked(corpus, tok):
-    evals = list(pipeline.eval_batches(corpus, tok, data_config(seq_len=16), objective=objectives.get("causal_lm"), batch_size=2, max_batches=0))
+    evals = list(
+        pipeline.eval_batches(
+            corpus,
+            tok,
+            data_config(seq_len=16),
+            objective=objectives.get("causal_lm"),
+            batch_size=2,
+            max_batches=0,
+        )
+    )
     val = "".join(corpus.validation[i]["text"].decode() for i in range(len(corpus.validation)))
-    text = "".join(tok.decode(np.concatenate([b["inputs"][r][b["weights"][r] > 0][:1], b["targets"][r][b["weights"][r] > 0]]))
-                   for b in evals for r in range(2))
+    text = "".join(
+        tok.decode(
+            np.concatenate([b["inputs"][r][b["weights"][r] > 0][:1], b["targets"][r][b["weights"][r] > 0]])
+        )
+        for b in evals
+        for r in range(2)
+    )
     assert val.startswith(text[:500]) and len(text) > 0.9 * len(val)
-    assert len(list(pipeline.eval_batches(corpus, tok, data_config(seq_len=16), objective=objectives.get("causal_lm"), batch_size=2, max_batches=3))) == 3
+    assert (
+        len(
+            list(
+                pipeline.eval_batches(
+                    corpus,
+                    tok,
+                    data_config(seq_len=16),
+                    objective=objectives.get("causal_lm"),
+                    batch_size=2,
+                    max_batches=3,
+                )
+            )
+        )
+        == 3
+    )
 
 
 @pytest.mark.parametrize("objective", ["mlm", "span_corruption"])
 def test_mlm_and_span_pipelines_are_deterministic_and_resumable(corpus, objective):
     spm = tokenizers.train("sentencepiece", pipeline.tokenizer_texts(corpus, 0), 450)
     data = data_config(seq_len=32)
-    make = lambda seed: pipeline.train_dataset(corpus, spm, data, objective=objectives.get(objective), batch_size=4, seed=seed)
+
+    def make(seed):
+        return pipeline.train_dataset(
+            corpus, spm, data, objective=objectives.get(objective), batch_size=4, seed=seed
+        )
+
     a, it = batches(make(0), 3)
     b, _ = batches(make(0), 3)
     c, _ = batches(make(1), 3)

@@ -20,7 +20,9 @@ def test_rotten_tomatoes_splits_are_fixed_disjoint_and_deduplicated(cache_dir):
     task = tasks.load(task_config("rotten_tomatoes", cache_dir))
     sizes = {k: len(v) for k, v in task.sources.items()}
     assert sizes == {"train": 10216, "validation": 1276, "test": 1259} and sum(sizes.values()) == 12751
-    texts = {k: {v[i]["text"].decode().strip().lower() for i in range(len(v))} for k, v in task.sources.items()}
+    texts = {
+        k: {v[i]["text"].decode().strip().lower() for i in range(len(v))} for k, v in task.sources.items()
+    }
     assert sum(map(len, texts.values())) == 12751  # no repeats, within or across splits
     assert task.label_names == ("rotten", "fresh")
     labels = [task.sources["test"][i]["label"] for i in range(len(task.sources["test"]))]
@@ -30,8 +32,9 @@ def test_rotten_tomatoes_splits_are_fixed_disjoint_and_deduplicated(cache_dir):
 
 def test_eval_batches_cover_a_split_exactly(cache_dir, wordpiece):
     task = tasks.load(task_config("rotten_tomatoes", cache_dir))
-    batches = list(task_pipeline.eval_batches(task, wordpiece, "test", head="classification", seq_len=64,
-                                              batch_size=100))
+    batches = list(
+        task_pipeline.eval_batches(task, wordpiece, "test", head="classification", seq_len=64, batch_size=100)
+    )
     assert len(batches) == 13 and sum(b["weights"].sum() for b in batches) == 1259
     first = batches[0]
     assert first["inputs"][0, 0] == wordpiece.special_id("[CLS]")
@@ -46,13 +49,22 @@ def test_label_mismatch_fails_clearly(cache_dir):
         tasks.load(task_config("nope"))
 
 
-@pytest.mark.parametrize("name,head", [("glue/sst2", "classification"), ("imdb_reviews", "classification"),
-                                       ("conll2003", "token_classification"), ("squad", "span_qa")])
+@pytest.mark.parametrize(
+    "name,head",
+    [
+        ("glue/sst2", "classification"),
+        ("imdb_reviews", "classification"),
+        ("conll2003", "token_classification"),
+        ("squad", "span_qa"),
+    ],
+)
 def test_catalog_tasks_by_name(name, head, wordpiece):
     with tfds.testing.mock_data(num_examples=6):
         task = tasks.load(task_config(name))
         assert task.spec.head == head and len(task.sources["train"]) == 6
-        batch = next(iter(task_pipeline.train_dataset(task, wordpiece, head=head, seq_len=32, batch_size=3, seed=0)))
+        batch = next(
+            iter(task_pipeline.train_dataset(task, wordpiece, head=head, seq_len=32, batch_size=3, seed=0))
+        )
     assert batch["inputs"].shape == (3, 32) and batch["input_mask"].sum() > 0
     if head == "classification":
         assert batch["labels"].shape == (3,) and (batch["labels"] < task.num_labels).all()
@@ -65,28 +77,42 @@ def test_catalog_tasks_by_name(name, head, wordpiece):
 def ner_task():
     spec = tasks.TASKS["conll2003"]
     rows = [{"tokens": [b"EU", b"rejects", b"German", b"call"], "ner": np.asarray([3, 0, 7, 0])}]
-    return tasks.Task("conll2003", spec, {"train": rows, "validation": rows, "test": rows},
-                      ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"))
+    return tasks.Task(
+        "conll2003",
+        spec,
+        {"train": rows, "validation": rows, "test": rows},
+        ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"),
+    )
 
 
 def test_token_labels_sit_on_each_words_first_piece(wordpiece):
-    ex = task_pipeline.Encode(ner_task(), wordpiece, 16, "token_classification").map(ner_task().sources["train"][0])
+    ex = task_pipeline.Encode(ner_task(), wordpiece, 16, "token_classification").map(
+        ner_task().sources["train"][0]
+    )
     n = ex["input_mask"].sum()
     pieces = [wordpiece.decode([i]) for i in ex["inputs"][:n]]
     assert not ex["weights"][n:].any()  # padding is not scored
-    scored = [(p, int(l)) for p, l, w in zip(pieces, ex["labels"][:n], ex["weights"][:n], strict=True) if w]
-    assert [l for _, l in scored] == [3, 0, 7, 0]
+    scored = [
+        (p, int(label)) for p, label, w in zip(pieces, ex["labels"][:n], ex["weights"][:n], strict=True) if w
+    ]
+    assert [label for _, label in scored] == [3, 0, 7, 0]
     assert [p for p, _ in scored][0] == "eu" and ex["weights"][0] == 0  # [CLS] is not scored
 
 
 def test_span_answer_maps_to_its_pieces(wordpiece):
     spec = tasks.TASKS["squad"]
     context = "The Normans were a people who in the 10th and 11th centuries gave their name to Normandy."
-    row = {"question": b"When did the Normans name Normandy?", "context": context.encode(),
-           "answers": {"text": np.asarray([b"10th and 11th centuries"]), "answer_start": np.asarray([context.index("10th")])}}
+    row = {
+        "question": b"When did the Normans name Normandy?",
+        "context": context.encode(),
+        "answers": {
+            "text": np.asarray([b"10th and 11th centuries"]),
+            "answer_start": np.asarray([context.index("10th")]),
+        },
+    }
     task = tasks.Task("squad", spec, {"train": [row]}, ())
     ex = task_pipeline.Encode(task, wordpiece, 64, "span_qa").map(row)
-    assert wordpiece.decode(ex["inputs"][ex["start"]: ex["end"] + 1]) == "10th and 11th centuries"
+    assert wordpiece.decode(ex["inputs"][ex["start"] : ex["end"] + 1]) == "10th and 11th centuries"
     assert ex["answer_mask"][ex["start"]] and ex["answer_mask"][0] and not ex["answer_mask"][1]
     cut = task_pipeline.Encode(task, wordpiece, 16, "span_qa").map(row)  # the answer is cut off: (0, 0)
     assert (cut["start"], cut["end"]) == (0, 0)

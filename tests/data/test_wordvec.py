@@ -1,4 +1,6 @@
-"""word2vec / GloVe data: subsampling and noise statistics, windows, co-occurrence counts, resumable iterators."""
+"""word2vec / GloVe data: subsampling and noise statistics, windows, co-occurrence counts, resumable
+iterators."""
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,7 @@ def test_negatives_follow_the_unigram_075_distribution():
     counts = np.array([0, 0, 0, 800, 100, 50, 50])
     cdf = wordvec.noise_cdf(counts)
     draws = wordvec.draw(cdf, (200_000,), np.random.default_rng(0))
-    expected = counts ** 0.75 / (counts ** 0.75).sum()
+    expected = counts**0.75 / (counts**0.75).sum()
     np.testing.assert_allclose(np.bincount(draws, minlength=7) / len(draws), expected, atol=0.004)
     assert not np.isin(draws, [0, 1, 2]).any()  # specials have count 0: never noise
 
@@ -48,7 +50,9 @@ def test_cbow_windows_hold_the_same_contexts_as_skipgram():
     assert ctx.shape == (len(centres), 4) and mask.shape == ctx.shape
     for row, m, c in zip(ctx, mask, centres, strict=True):
         used = row[m > 0]
-        assert len(used) >= 1 and np.all(np.abs(used - c) <= 2) and np.all((used - 10) // 10 == (c - 10) // 10)
+        assert (
+            len(used) >= 1 and np.all(np.abs(used - c) <= 2) and np.all((used - 10) // 10 == (c - 10) // 10)
+        )
 
 
 def test_cooccurrence_matches_a_dense_count_and_merges_chunks():
@@ -72,11 +76,28 @@ def test_word_pairs_are_deterministic_and_resume_from_their_state():
     rng = np.random.default_rng(0)
     docs = [rng.integers(3, 50, size=n) for n in rng.integers(5, 60, size=40)]
     counts = np.bincount(np.concatenate(docs), minlength=50)
-    make = lambda: wordvec.WordPairs(docs, counts, cbow=False, window=3, negatives=4, sample=1e-2,  # noqa: E731
-                                     batch_size=32, seed=7, chunk_tokens=100)
+
+    def make():
+        return wordvec.WordPairs(
+            docs,
+            counts,
+            cbow=False,
+            window=3,
+            negatives=4,
+            sample=1e-2,
+            batch_size=32,
+            seed=7,
+            chunk_tokens=100,
+        )
+
     it = iter(make())
     first = [next(it) for _ in range(30)]  # crosses chunks and epochs
-    assert first[0]["negatives"].shape == (32, 4) and set(first[0]) == {"inputs", "targets", "negatives", "weights"}
+    assert first[0]["negatives"].shape == (32, 4) and set(first[0]) == {
+        "inputs",
+        "targets",
+        "negatives",
+        "weights",
+    }
     assert any(b["weights"].min() == 0 for b in first)  # a chunk's last batch is padded with weight 0
     it2 = iter(make())
     for _ in range(11):
@@ -91,4 +112,6 @@ def test_word_pairs_are_deterministic_and_resume_from_their_state():
 
 def test_no_usable_document_fails_with_one_line():
     with pytest.raises(ValueError, match="no training document has two in-vocabulary words"):
-        wordvec.WordPairs([np.array([3])], np.ones(4), cbow=False, window=2, negatives=2, sample=0, batch_size=4, seed=0)
+        wordvec.WordPairs(
+            [np.array([3])], np.ones(4), cbow=False, window=2, negatives=2, sample=0, batch_size=4, seed=0
+        )

@@ -1,4 +1,5 @@
 """Parity with the `transformers` PyTorch models (random weights from a config, no download)."""
+
 import json
 
 import jax.numpy as jnp
@@ -8,7 +9,9 @@ import pytest
 from lmjax.interop import hf
 
 torch = pytest.importorskip("torch", reason="parity tests need torch (make test installs the CPU build)")
-transformers = pytest.importorskip("transformers", reason="parity tests need transformers (make test installs it)")
+transformers = pytest.importorskip(
+    "transformers", reason="parity tests need transformers (make test installs it)"
+)
 
 B, L = 3, 9
 LENGTHS = [9, 6, 2]  # right padding after these many real tokens
@@ -58,19 +61,29 @@ def test_gpt2_logits_match_transformers(tmp_path):
     torch.manual_seed(0)
     path = save_hf(transformers.GPT2LMHeadModel(cfg), tmp_path)
     ids, mask = batch(101)
-    want = transformers.GPT2LMHeadModel.from_pretrained(path)(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+    want = transformers.GPT2LMHeadModel.from_pretrained(path)(
+        torch.tensor(ids), attention_mask=torch.tensor(mask)
+    ).logits
     model, config = hf.load(path)
     got = model(jnp.asarray(ids), mask_BL=jnp.asarray(mask))
     assert rel_err(got, want.detach().numpy(), mask) < 1e-4
     exported = round_trip(model, config, tmp_path)
-    again = transformers.GPT2LMHeadModel.from_pretrained(exported)(torch.tensor(ids), attention_mask=torch.tensor(mask))
+    again = transformers.GPT2LMHeadModel.from_pretrained(exported)(
+        torch.tensor(ids), attention_mask=torch.tensor(mask)
+    )
     assert rel_err(again.logits.detach().numpy(), want.detach().numpy(), mask) < 1e-6
 
 
 @pytest.mark.parametrize("arch", ["BertModel", "BertForMaskedLM", "BertForPreTraining"])
 def test_bert_outputs_match_transformers(arch, tmp_path):
-    cfg = transformers.BertConfig(vocab_size=103, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, max_position_embeddings=16)
+    cfg = transformers.BertConfig(
+        vocab_size=103,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
+    )
     cls = getattr(transformers, arch)
     torch.manual_seed(0)
     ref = cls(cfg)
@@ -80,13 +93,20 @@ def test_bert_outputs_match_transformers(arch, tmp_path):
     path = save_hf(ref, tmp_path)
     ids, mask = batch(103, 1)
     segments = (np.arange(L)[None] >= 4).astype(np.int64) * mask
-    out = cls.from_pretrained(path)(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                                    token_type_ids=torch.tensor(segments))
+    out = cls.from_pretrained(path)(
+        torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(segments)
+    )
     model, config = hf.load(path)
     h = model.encode(jnp.asarray(ids), segments_BL=jnp.asarray(segments), mask_BL=jnp.asarray(mask))
     if arch == "BertModel":
-        assert rel_err(model(jnp.asarray(ids), segments_BL=jnp.asarray(segments), mask_BL=jnp.asarray(mask)),
-                       out.last_hidden_state.detach().numpy(), mask) < 1e-4
+        assert (
+            rel_err(
+                model(jnp.asarray(ids), segments_BL=jnp.asarray(segments), mask_BL=jnp.asarray(mask)),
+                out.last_hidden_state.detach().numpy(),
+                mask,
+            )
+            < 1e-4
+        )
     else:
         logits = out.logits if arch == "BertForMaskedLM" else out.prediction_logits
         assert rel_err(model.mlm_logits(h), logits.detach().numpy(), mask) < 1e-4
@@ -95,24 +115,40 @@ def test_bert_outputs_match_transformers(arch, tmp_path):
     round_trip(model, config, tmp_path)
 
 
-@pytest.mark.parametrize("variant", [dict(feed_forward_proj="relu", tie_word_embeddings=True),
-                                     dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(feed_forward_proj="relu", tie_word_embeddings=True),
+        dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    ],
+)
 def test_t5_logits_match_transformers(variant, tmp_path):
-    cfg = transformers.T5Config(vocab_size=107, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3,
-                                num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
-                                **variant)
+    cfg = transformers.T5Config(
+        vocab_size=107,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=3,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=20,
+        **variant,
+    )
     torch.manual_seed(0)
     path = save_hf(transformers.T5ForConditionalGeneration(cfg), tmp_path)
     ids, mask = batch(107, 2)
     dec = np.random.default_rng(3).integers(1, 107, (B, 7))
     want = transformers.T5ForConditionalGeneration.from_pretrained(path)(
-        input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), decoder_input_ids=torch.tensor(dec)).logits
+        input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), decoder_input_ids=torch.tensor(dec)
+    ).logits
     model, config = hf.load(path)
     got = model(jnp.asarray(ids), jnp.asarray(dec), mask_BS=jnp.asarray(mask))
     assert rel_err(got, want.detach().numpy()) < 1e-4
     exported = round_trip(model, config, tmp_path)
     again = transformers.T5ForConditionalGeneration.from_pretrained(exported)(
-        input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), decoder_input_ids=torch.tensor(dec)).logits
+        input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), decoder_input_ids=torch.tensor(dec)
+    ).logits
     assert rel_err(again.detach().numpy(), want.detach().numpy()) < 1e-6
 
 
@@ -123,7 +159,9 @@ def test_unsupported_or_mismatched_directories_fail_clearly(tmp_path):
         hf.load(tmp_path / "nothing")
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps(config | {"architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(ValueError, match="architecture 'LlamaForCausalLM' .* is not supported; lmjax imports"):
+    with pytest.raises(
+        ValueError, match="architecture 'LlamaForCausalLM' .* is not supported; lmjax imports"
+    ):
         hf.load(path)
     (path / "config.json").write_text(json.dumps(config | {"n_embd": 32}))
     with pytest.raises(ValueError, match="the weights do not match config.json"):

@@ -10,7 +10,9 @@ from lmjax import models
 
 def tiny(positions="learned", **kw):
     c = base_config.base().model
-    c.update(vocab_size=19, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=12, positions=positions, **kw)
+    c.update(
+        vocab_size=19, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=12, positions=positions, **kw
+    )
     return models.build(c, nnx.Rngs(0))
 
 
@@ -21,9 +23,9 @@ def test_causal_by_gradient(positions):
     tokens = jax.random.randint(jax.random.PRNGKey(1), (1, 12), 0, 19)
     x_BLD = model.embed(tokens)
     for t in (0, 5, 11):
-        grad_BLD = jax.grad(lambda x: model.from_embeddings(x)[0, t].sum())(x_BLD)
+        grad_BLD = jax.grad(lambda x, t=t: model.from_embeddings(x)[0, t].sum())(x_BLD)
         per_pos = np.abs(np.asarray(grad_BLD[0])).sum(-1)
-        assert np.all(per_pos[t + 1:] == 0.0), (t, per_pos)
+        assert np.all(per_pos[t + 1 :] == 0.0), (t, per_pos)
         assert np.all(per_pos[: t + 1] > 0.0), (t, per_pos)
 
 
@@ -39,7 +41,10 @@ def test_sequence_longer_than_positions_fails_clearly():
 
 def test_tied_head_has_no_extra_matrix():
     tied, untied = tiny(tie_embeddings=True), tiny(tie_embeddings=False)
-    count = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+
+    def count(m):
+        return sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+
     assert count(untied) - count(tied) == 16 * 19
 
 

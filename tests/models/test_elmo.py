@@ -1,4 +1,5 @@
 """ELMo: the backward LM sees only the future, the forward LM only the past; the scalar mix."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,8 +10,16 @@ from lmjax.models.elmo import ELMo, ScalarMix, parse_filters
 
 
 def model():
-    return ELMo(vocab_size=13, d_model=8, num_layers=2, char_dim=4, char_filters="1:4,2:4", highway_layers=1,
-                dropout=0.0, rngs=nnx.Rngs(0))
+    return ELMo(
+        vocab_size=13,
+        d_model=8,
+        num_layers=2,
+        char_dim=4,
+        char_filters="1:4,2:4",
+        highway_layers=1,
+        dropout=0.0,
+        rngs=nnx.Rngs(0),
+    )
 
 
 def test_backward_lm_sees_only_the_future_and_forward_only_the_past():
@@ -31,7 +40,7 @@ def test_backward_lm_sees_only_the_future_and_forward_only_the_past():
     jac_f = jax.jacobian(lambda x: directions(x)[0][0, t].sum())(x)
     jac_b = jax.jacobian(lambda x: directions(x)[1][0, t].sum())(x)
     assert np.abs(jac_b[0, :t]).max() == 0 and np.abs(jac_b[0, t:]).max() > 0  # backward: tokens t.. only
-    assert np.abs(jac_f[0, t + 1:]).max() == 0 and np.abs(jac_f[0, :t + 1]).max() > 0
+    assert np.abs(jac_f[0, t + 1 :]).max() == 0 and np.abs(jac_f[0, : t + 1]).max() > 0
     # The model's own outputs: changing token 0's characters leaves backward logits at t >= 1 unchanged.
     other = chars.at[0, 0].set(7)
     np.testing.assert_array_equal(m(chars)["backward_logits"][0, 1:], m(other)["backward_logits"][0, 1:])

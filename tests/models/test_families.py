@@ -1,4 +1,6 @@
-"""Properties every family shares: padding never changes real tokens' outputs; bidirectional vs causal; remat."""
+"""Properties every family shares: padding never changes real tokens' outputs; bidirectional vs causal;
+remat."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,12 +14,27 @@ from lmjax.models import layers
 V, L = 23, 10
 VARIANTS = {
     "decoder": dict(family="decoder", positions="rotary"),
-    "bert": dict(family="encoder", norm_position="post", embed_norm=True, activation="gelu", encoder_heads="mlm_nsp"),
+    "bert": dict(
+        family="encoder", norm_position="post", embed_norm=True, activation="gelu", encoder_heads="mlm_nsp"
+    ),
     "encoder_relative": dict(family="encoder", positions="relative", norm="rmsnorm", encoder_heads="mlm"),
-    "t5": dict(family="encoder_decoder", positions="relative", norm="rmsnorm", use_bias=False, scale_attention=False,
-               activation="geglu", scale_output=True),
-    "transformer": dict(family="encoder_decoder", positions="sinusoidal", norm_position="post", activation="relu",
-                        share_embeddings=False, tie_embeddings=False),
+    "t5": dict(
+        family="encoder_decoder",
+        positions="relative",
+        norm="rmsnorm",
+        use_bias=False,
+        scale_attention=False,
+        activation="geglu",
+        scale_output=True,
+    ),
+    "transformer": dict(
+        family="encoder_decoder",
+        positions="sinusoidal",
+        norm_position="post",
+        activation="relu",
+        share_embeddings=False,
+        tie_embeddings=False,
+    ),
 }
 
 
@@ -28,8 +45,13 @@ def build(variant):
 
 
 def run(model, tokens, mask, **kw):
-    batch = {"inputs": jnp.asarray(tokens), "input_mask": jnp.asarray(mask), "segments": jnp.zeros_like(tokens),
-             "decoder_inputs": jnp.asarray(tokens[:, :6]), "nsp_labels": jnp.zeros(len(tokens), jnp.int32)}
+    batch = {
+        "inputs": jnp.asarray(tokens),
+        "input_mask": jnp.asarray(mask),
+        "segments": jnp.zeros_like(tokens),
+        "decoder_inputs": jnp.asarray(tokens[:, :6]),
+        "nsp_labels": jnp.zeros(len(tokens), jnp.int32),
+    }
     return model.forward(batch, **kw)
 
 
@@ -42,7 +64,11 @@ def test_outputs_at_real_tokens_ignore_padding_content_and_amount(variant):
     for pad_len, seed in ((0, 1), (2, 2), (4, 3)):
         tokens = np.concatenate([real, np.random.default_rng(seed).integers(0, V, pad_len)])[None]
         mask = (np.arange(tokens.shape[1]) < 6)[None].astype(np.int32)
-        outs.append(jax.tree.map(lambda x: np.asarray(x)[:, :6] if x.ndim == 3 else np.asarray(x), run(model, tokens, mask)))
+        outs.append(
+            jax.tree.map(
+                lambda x: np.asarray(x)[:, :6] if x.ndim == 3 else np.asarray(x), run(model, tokens, mask)
+            )
+        )
     for other in outs[1:]:
         for k in outs[0]:
             np.testing.assert_allclose(other[k], outs[0][k], atol=1e-5, rtol=1e-5, err_msg=k)
@@ -75,8 +101,18 @@ def test_unknown_choices_fail_clearly():
 
 def _grads(variant, remat):
     c = base_config.base().model
-    c.update(vocab_size=V, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=L, dropout=0.1,
-             attention_dropout=0.1, remat=remat, **VARIANTS[variant])
+    c.update(
+        vocab_size=V,
+        num_layers=2,
+        num_heads=2,
+        d_model=16,
+        d_ff=32,
+        max_len=L,
+        dropout=0.1,
+        attention_dropout=0.1,
+        remat=remat,
+        **VARIANTS[variant],
+    )
     tokens = np.random.default_rng(0).integers(1, V, (2, L))
     mask = np.ones_like(tokens)
 
@@ -97,11 +133,14 @@ def test_remat_keeps_gradients_dropout_included(variant, remat):
 
 @pytest.mark.parametrize("remat", ["none", "full", "dots"])
 def test_remat_wraps_each_block_with_its_policy(remat):
-    """What the compiler gets: one checkpoint per block with the named policy (on accelerators it keeps less for
-    the backward pass; XLA:CPU's schedule keeps the same temporaries either way, benchmarks/RESULTS.md)."""
+    """What the compiler gets: one checkpoint per block with the named policy (on accelerators it keeps less
+    for the backward pass; XLA:CPU's schedule keeps the same temporaries either way,
+    benchmarks/RESULTS.md)."""
     c = base_config.base().model
     c.update(vocab_size=V, num_layers=3, num_heads=2, d_model=16, max_len=L, remat=remat)
     graphdef, params = nnx.split(models.build(c, nnx.Rngs(0)))
     jaxpr = jax.make_jaxpr(lambda p: nnx.merge(graphdef, p)(jnp.ones((2, L), jnp.int32)))(params)
-    policies = [e.params["policy"] for e in jaxpr.eqns if e.primitive.name.startswith(("remat", "checkpoint"))]
+    policies = [
+        e.params["policy"] for e in jaxpr.eqns if e.primitive.name.startswith(("remat", "checkpoint"))
+    ]
     assert policies == ([] if remat == "none" else [layers.REMAT_POLICIES[remat]] * 3)

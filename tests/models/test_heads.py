@@ -18,7 +18,9 @@ def test_pooling_reads_only_real_tokens():
 
 def build(cfg, head, **kw):
     cfg.model.vocab_size = 50
-    return heads.TaskModel(models.build(cfg.model, nnx.Rngs(0)), head=head, num_labels=3, rngs=nnx.Rngs(1), **kw)
+    return heads.TaskModel(
+        models.build(cfg.model, nnx.Rngs(0)), head=head, num_labels=3, rngs=nnx.Rngs(1), **kw
+    )
 
 
 def test_classification_ignores_padding_content():
@@ -26,8 +28,10 @@ def test_classification_ignores_padding_content():
     rng = np.random.default_rng(0)
     ids = rng.integers(5, 50, (2, 12)).astype(np.int32)
     mask = (np.arange(12) < np.array([[7], [12]])).astype(np.int32)
-    out = [model({"inputs": jnp.asarray(np.where(mask, ids, fill)), "input_mask": jnp.asarray(mask)})["logits"]
-           for fill in (0, 9)]
+    out = [
+        model({"inputs": jnp.asarray(np.where(mask, ids, fill)), "input_mask": jnp.asarray(mask)})["logits"]
+        for fill in (0, 9)
+    ]
     assert out[0].shape == (2, 3)
     np.testing.assert_allclose(out[0], out[1], atol=1e-5)
 

@@ -24,7 +24,12 @@ def test_einsum_attention_path_matches_dot_product_attention():
 def test_rotary_scores_depend_only_on_relative_position():
     q = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 1, 8))
     k = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 1, 8))
-    score = lambda i, j: float(jnp.sum(layers.apply_rotary(q, jnp.array([[i]])) * layers.apply_rotary(k, jnp.array([[j]]))))
+
+    def score(i, j):
+        return float(
+            jnp.sum(layers.apply_rotary(q, jnp.array([[i]])) * layers.apply_rotary(k, jnp.array([[j]])))
+        )
+
     np.testing.assert_allclose(score(3, 1), score(10, 8), rtol=1e-5)
     assert abs(score(3, 1) - score(3, 2)) > 1e-4
 
@@ -57,8 +62,14 @@ def test_t5_relative_buckets_match_the_reference_values():
     assert np.all(np.diff(uni[:201]) <= 0)
 
 
-@pytest.mark.parametrize("variant", [dict(), dict(norm="rmsnorm", norm_position="post", activation="swiglu"),
-                                     dict(activation="geglu", use_bias=False, positions="rotary")])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(),
+        dict(norm="rmsnorm", norm_position="post", activation="swiglu"),
+        dict(activation="geglu", use_bias=False, positions="rotary"),
+    ],
+)
 def test_block_variants_run_and_carry_logical_axes(variant):
     import dataclasses
 
@@ -80,23 +91,35 @@ def _gelu(x, tanh=False):
     return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
 
 
-@pytest.mark.parametrize("activation, reference", [
-    ("gelu", lambda up, gate: _gelu(up)),
-    ("gelu_tanh", lambda up, gate: _gelu(up, tanh=True)),
-    ("relu", lambda up, gate: np.maximum(up, 0)),
-    ("swiglu", lambda up, gate: up / (1 + np.exp(-up)) * gate),  # SiLU(x W) * (x V)   (Shazeer 2020)
-    ("geglu", lambda up, gate: _gelu(up, tanh=True) * gate),
-])
+@pytest.mark.parametrize(
+    "activation, reference",
+    [
+        ("gelu", lambda up, gate: _gelu(up)),
+        ("gelu_tanh", lambda up, gate: _gelu(up, tanh=True)),
+        ("relu", lambda up, gate: np.maximum(up, 0)),
+        ("swiglu", lambda up, gate: up / (1 + np.exp(-up)) * gate),  # SiLU(x W) * (x V)   (Shazeer 2020)
+        ("geglu", lambda up, gate: _gelu(up, tanh=True) * gate),
+    ],
+)
 def test_mlp_activations_match_numpy(activation, reference):
     import dataclasses
 
     mlp = layers.MLP(dataclasses.replace(SPEC, activation=activation), rngs=nnx.Rngs(0))
-    for dense in (mlp.up, mlp.gate, mlp.down):  # non-zero biases, weights large enough to leave the linear range
+    for dense in (
+        mlp.up,
+        mlp.gate,
+        mlp.down,
+    ):  # non-zero biases, weights large enough to leave the linear range
         if dense is not None:
-            dense.kernel[...] = jax.random.normal(jax.random.PRNGKey(dense.kernel.value.size), dense.kernel.value.shape)
+            dense.kernel[...] = jax.random.normal(
+                jax.random.PRNGKey(dense.kernel.value.size), dense.kernel.value.shape
+            )
             dense.bias[...] = jax.random.normal(jax.random.PRNGKey(3), dense.bias.value.shape)
     x = np.asarray(jax.random.normal(jax.random.PRNGKey(7), (2, 5, 16)), np.float64)
-    w = lambda dense: (np.asarray(dense.kernel.value, np.float64), np.asarray(dense.bias.value, np.float64))  # noqa: E731
+
+    def w(dense):
+        return (np.asarray(dense.kernel.value, np.float64), np.asarray(dense.bias.value, np.float64))
+
     up = x @ w(mlp.up)[0] + w(mlp.up)[1]
     gate = x @ w(mlp.gate)[0] + w(mlp.gate)[1] if mlp.gate is not None else None
     want = reference(up, gate) @ w(mlp.down)[0] + w(mlp.down)[1]
