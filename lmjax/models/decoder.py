@@ -26,11 +26,7 @@ class DecoderLM(layers.TokenLM, nnx.Module):
         self.dtype = jnp.dtype(dtype)
         normal = nnx.initializers.normal(0.02)
         self.embed_VD = layers.param(rngs, normal, (vocab_size, spec.d_model), ("vocab", "embed"))
-        self.pos_embed_LD = (
-            layers.param(rngs, normal, (max_len, spec.d_model), (None, "embed"))
-            if spec.positions == "learned"
-            else None
-        )
+        self.pos_embed_LD = layers.position_table(spec, max_len, rngs)
         self.embed_dropout = nnx.Dropout(spec.dropout)
         self.relative_bias = (
             layers.RelativePositionBias(spec, bidirectional=False, rngs=rngs)
@@ -38,7 +34,7 @@ class DecoderLM(layers.TokenLM, nnx.Module):
             else None
         )
         self.blocks = nnx.List([layers.Block(spec, rngs=rngs) for _ in range(spec.num_layers)])
-        self.final_norm = layers.make_norm(spec, rngs) if spec.norm_position == "pre" else None
+        self.final_norm = layers.final_norm(spec, rngs)
         self.head_DV = (
             None
             if tie_embeddings
@@ -98,7 +94,7 @@ class DecoderLM(layers.TokenLM, nnx.Module):
         )[0]
 
     def logits(self, h_BLD: jax.Array) -> jax.Array:
-        head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
+        head_DV = layers.output_head(self.embed_VD, self.head_DV)
         return layers.vocab_logits(h_BLD, head_DV.astype(self.dtype))
 
     def init_cache(self, batch: int, length: int) -> list:

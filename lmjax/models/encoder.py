@@ -40,9 +40,7 @@ class EncoderLM(nnx.Module):
         d = spec.d_model
         normal = nnx.initializers.normal(0.02)
         self.embed_VD = layers.param(rngs, normal, (vocab_size, d), ("vocab", "embed"))
-        self.pos_embed_LD = (
-            layers.param(rngs, normal, (max_len, d), (None, "embed")) if spec.positions == "learned" else None
-        )
+        self.pos_embed_LD = layers.position_table(spec, max_len, rngs)
         self.segment_embed_TD = (
             layers.param(rngs, normal, (type_vocab_size, d), (None, "embed")) if type_vocab_size else None
         )
@@ -54,7 +52,7 @@ class EncoderLM(nnx.Module):
             else None
         )
         self.blocks = nnx.List([layers.Block(spec, rngs=rngs) for _ in range(spec.num_layers)])
-        self.final_norm = layers.make_norm(spec, rngs) if spec.norm_position == "pre" else None
+        self.final_norm = layers.final_norm(spec, rngs)
         self.activation = layers.ACTIVATIONS[spec.activation][0]
         if heads != "none":
             self.mlm_dense = layers.Dense(d, d, ("embed", None), use_bias=True, rngs=rngs)
@@ -109,8 +107,7 @@ class EncoderLM(nnx.Module):
         h_BLD = self.encode(tokens_BL, mask_BL=mask_BL, deterministic=deterministic, rngs=rngs).astype(
             jnp.float32
         )
-        m_BL1 = mask_BL[..., None].astype(jnp.float32)
-        return jnp.sum(h_BLD * m_BL1, axis=1) / jnp.maximum(jnp.sum(m_BL1, axis=1), 1.0)
+        return layers.masked_mean(h_BLD, mask_BL)
 
     def mlm_logits(self, h_BLD: jax.Array) -> jax.Array:
         if self.heads == "none":
@@ -118,7 +115,7 @@ class EncoderLM(nnx.Module):
                 "this encoder has no MLM head (model.encoder_heads='none'); use 'mlm' or 'mlm_nsp'"
             )
         t_BLD = self.mlm_norm(self.activation(self.mlm_dense(h_BLD)))
-        head_DV = self.embed_VD[...].T if self.mlm_head_DV is None else self.mlm_head_DV[...]
+        head_DV = layers.output_head(self.embed_VD, self.mlm_head_DV)
         return layers.vocab_logits(t_BLD, head_DV.astype(self.dtype)) + self.mlm_bias_V[...].astype(
             jnp.float32
         )

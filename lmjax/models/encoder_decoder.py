@@ -36,23 +36,19 @@ class EncoderDecoderLM(nnx.Module):
         self.dtype, self.output_scale = jnp.dtype(dtype), spec.d_model**-0.5 if scale_output else 1.0
         d = spec.d_model
         normal = nnx.initializers.normal(0.02)
-        learned, relative = spec.positions == "learned", spec.positions == "relative"
+        relative = spec.positions == "relative"
         self.embed_VD = layers.param(rngs, normal, (vocab_size, d), ("vocab", "embed"))
         self.decoder_embed_VD = (
             None if share_embeddings else layers.param(rngs, normal, (vocab_size, d), ("vocab", "embed"))
         )
-        self.encoder_pos_embed_LD = (
-            layers.param(rngs, normal, (max_len, d), (None, "embed")) if learned else None
-        )
-        self.decoder_pos_embed_LD = (
-            layers.param(rngs, normal, (max_len, d), (None, "embed")) if learned else None
-        )
+        self.encoder_pos_embed_LD = layers.position_table(spec, max_len, rngs)
+        self.decoder_pos_embed_LD = layers.position_table(spec, max_len, rngs)
         self.embed_dropout = nnx.Dropout(spec.dropout)
         self.encoder_bias = (
             layers.RelativePositionBias(spec, bidirectional=True, rngs=rngs) if relative else None
         )
         self.encoder_blocks = nnx.List([layers.Block(spec, rngs=rngs) for _ in range(spec.num_layers)])
-        self.encoder_norm = layers.make_norm(spec, rngs) if spec.norm_position == "pre" else None
+        self.encoder_norm = layers.final_norm(spec, rngs)
         dec_spec = dataclasses.replace(spec, num_layers=num_decoder_layers or spec.num_layers)
         self.decoder_bias = (
             layers.RelativePositionBias(dec_spec, bidirectional=False, rngs=rngs) if relative else None
@@ -60,7 +56,7 @@ class EncoderDecoderLM(nnx.Module):
         self.decoder_blocks = nnx.List(
             [layers.Block(dec_spec, cross_attention=True, rngs=rngs) for _ in range(dec_spec.num_layers)]
         )
-        self.decoder_norm = layers.make_norm(spec, rngs) if spec.norm_position == "pre" else None
+        self.decoder_norm = layers.final_norm(spec, rngs)
         self.head_DV = (
             None if tie_embeddings else layers.param(rngs, normal, (d, vocab_size), ("embed", "vocab"))
         )
@@ -201,5 +197,5 @@ class EncoderDecoderLM(nnx.Module):
             deterministic=deterministic,
             rngs=rngs,
         )
-        head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
+        head_DV = layers.output_head(self.embed_VD, self.head_DV)
         return layers.vocab_logits(x_BLD * self.output_scale, head_DV.astype(self.dtype)), caches

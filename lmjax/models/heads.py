@@ -33,8 +33,7 @@ def pool(h_BLD: jax.Array, mask_BL: jax.Array, pooling: str) -> jax.Array:
     if pooling == "cls":
         return h_BLD[:, 0]
     if pooling == "mean":
-        m_BL1 = mask_BL[..., None].astype(h_BLD.dtype)
-        return jnp.sum(h_BLD * m_BL1, axis=1) / jnp.maximum(jnp.sum(m_BL1, axis=1), 1.0)
+        return layers.masked_mean(h_BLD, mask_BL)
     last_B = jnp.maximum(jnp.sum(mask_BL.astype(jnp.int32), axis=1) - 1, 0)  # inputs are right-padded
     return jnp.take_along_axis(h_BLD, last_B[:, None, None], axis=1)[:, 0]
 

@@ -185,6 +185,29 @@ def make_norm(spec: Spec, rngs: nnx.Rngs) -> Norm:
     return Norm(spec.d_model, kind=spec.norm, use_bias=spec.use_bias, eps=spec.norm_eps, rngs=rngs)
 
 
+def final_norm(spec: Spec, rngs: nnx.Rngs) -> Norm | None:
+    """The norm after a pre-norm stack (post-norm blocks end normalised already)."""
+    return make_norm(spec, rngs) if spec.norm_position == "pre" else None
+
+
+def position_table(spec: Spec, max_len: int, rngs: nnx.Rngs) -> nnx.Param | None:
+    """A learned position table pos_embed_LD (model.positions='learned'), else None."""
+    if spec.positions != "learned":
+        return None
+    return param(rngs, nnx.initializers.normal(0.02), (max_len, spec.d_model), (None, "embed"))
+
+
+def output_head(embed_VD: nnx.Param, head_DV: nnx.Param | None) -> jax.Array:
+    """The output projection [D, V]: the token table's transpose when tied (head_DV None)."""
+    return embed_VD[...].T if head_DV is None else head_DV[...]
+
+
+def masked_mean(h_BLD: jax.Array, mask_BL: jax.Array) -> jax.Array:
+    """h_BD: the mean over the real tokens (mask_BL 1) of each row."""
+    m_BL1 = mask_BL[..., None].astype(h_BLD.dtype)
+    return jnp.sum(h_BLD * m_BL1, axis=1) / jnp.maximum(jnp.sum(m_BL1, axis=1), 1.0)
+
+
 def sinusoidal_table(max_len: int, d: int) -> jax.Array:
     """The fixed sin/cos position table of Vaswani et al. (2017), shape [max_len, d]."""
     pos = jnp.arange(max_len, dtype=jnp.float32)[:, None]

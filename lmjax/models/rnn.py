@@ -116,5 +116,5 @@ class RecurrentLM(layers.TokenLM, nnx.Module):
         rngs: nnx.Rngs | None = None,
     ) -> jax.Array:
         h_BLD = self.hidden(self.embed(tokens_BL), deterministic=deterministic, rngs=rngs)
-        head_DV = self.embed_VD[...].T if self.head_DV is None else self.head_DV[...]
+        head_DV = layers.output_head(self.embed_VD, self.head_DV)
         return layers.vocab_logits(h_BLD, head_DV)
