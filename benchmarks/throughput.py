@@ -44,7 +44,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.configs import bert_mlm, gpt, shakespeare_char, t5_span  # noqa: E402
-from lmjax import decode, host, metrics, objectives, parallel, train  # noqa: E402
+from lmjax import decode, host, metrics, objectives, sharding, train  # noqa: E402
 from lmjax.data import pipeline  # noqa: E402
 
 VOCAB = 65
@@ -136,7 +136,7 @@ class LmjaxRun:
     def __init__(self, config, devices=None):
         self.config = config
         self.setup = train.setup(config, devices)
-        self.batch = parallel.global_batch(random_batch(config, np.random.default_rng(0)), self.setup.layout)
+        self.batch = sharding.global_batch(random_batch(config, np.random.default_rng(0)), self.setup.layout)
         self.state = self.setup.init(jax.random.PRNGKey(0))
         start = time.perf_counter()
         self.step = self.setup.train_step.lower(self.state, self.batch).compile()

@@ -15,7 +15,7 @@ from ml_collections import ConfigDict
 
 from lmjax.errors import InputError
 
-# The default table (config.mesh.rules starts from it; lmjax/parallel.py reads it). Parameters: vocab, embed,
+# The default table (config.mesh.rules starts from it; lmjax/sharding.py reads it). Parameters: vocab, embed,
 # heads, kv, mlp.
 # Activations: batch, length, act_embed (the residual stream), act_heads, act_mlp, act_vocab (logits).
 DEFAULT_RULES = {
@@ -186,7 +186,7 @@ def base() -> ConfigDict:
     )  # L2-SP weight towards the pretrained backbone
 
     # Devices as a (data, fsdp, tensor) mesh (one axis -1: the rest); rules: logical axis -> mesh axes
-    # (lmjax/parallel.py).
+    # (lmjax/sharding.py).
     config.mesh = ConfigDict(
         dict(
             data=-1,

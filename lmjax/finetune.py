@@ -23,7 +23,7 @@ from etils import epath
 from flax import nnx
 from ml_collections import ConfigDict
 
-from lmjax import checkpoint, loop, losses, models, objectives, optim, parallel, storage, train
+from lmjax import checkpoint, loop, losses, models, objectives, optim, parallel, sharding, storage, train
 from lmjax import config as config_lib
 from lmjax.data import corpora, pipeline, task_pipeline, tasks, tokenizers
 from lmjax.errors import InputError, MissingInput
@@ -218,7 +218,7 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.
 
     task_loss = objectives.task_loss(head, config.train.label_smoothing)
     pretraining = objectives.get(config.train.objective)
-    batch, replicated = parallel.batch_sharding(layout), layout.replicated
+    batch, replicated = sharding.batch_sharding(layout), layout.replicated
 
     def compile_steps(graphdef, abstract, shardings) -> dict:
         frozen = optim.frozen_mask(config.optim, abstract.params) if config.optim.freeze else None
@@ -280,7 +280,7 @@ def evaluate_task(
     """Task metrics over the whole split (accuracy and macro-F1; exact match and F1 for span QA)."""
     config, totals = engine.config, None
     for batch in task_pipeline.eval_batches(task, tok, split, **task_batching(config, tok, head)):
-        stats = engine.eval_step(params, parallel.global_batch(batch, engine.layout))
+        stats = engine.eval_step(params, sharding.global_batch(batch, engine.layout))
         totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
     return {f"{split}/{k}": float(v) for k, v in losses.summarize(totals).items() if k != "perplexity"}
 

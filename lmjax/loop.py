@@ -23,7 +23,7 @@ from etils import epath
 from flax import nnx
 from ml_collections import ConfigDict
 
-from lmjax import checkpoint, metrics, optim, parallel
+from lmjax import checkpoint, metrics, optim, parallel, sharding
 from lmjax.errors import InputError
 
 
@@ -61,7 +61,7 @@ class Engine:
     """
 
     config: ConfigDict
-    layout: parallel.Layout
+    layout: sharding.Layout
     graphdef: nnx.GraphDef
     tx: optax.GradientTransformation
     state_shardings: Any
@@ -93,12 +93,12 @@ class Engine:
     def device_batch(self, local_batch: dict[str, np.ndarray]) -> dict:
         if self.pmap:
             return parallel.split_for_pmap(local_batch)
-        return parallel.global_batch(local_batch, self.layout)
+        return sharding.global_batch(local_batch, self.layout)
 
 
 def build_engine(
     config: ConfigDict,
-    layout: parallel.Layout,
+    layout: sharding.Layout,
     build: Callable[[nnx.Rngs], nnx.Module],
     tx: optax.GradientTransformation,
     compile_steps: Callable[[nnx.GraphDef, Any, Any], dict[str, Callable]],
@@ -107,7 +107,7 @@ def build_engine(
     `compile_steps(graphdef, abstract state, state shardings)` gives the mode's steps (train_step, eval_step,
     loss_fn and optionally backbone_eval_step)."""
     graphdef, init, abstract_state = make_init(build, tx)
-    shardings = parallel.state_shardings(abstract_state, layout)
+    shardings = sharding.state_shardings(abstract_state, layout)
     steps = compile_steps(graphdef, abstract_state, shardings)
     init = jax.jit(init, out_shardings=shardings)
     return Engine(config, layout, graphdef, tx, shardings, abstract_state, init, **steps)

@@ -31,11 +31,11 @@ def main(argv):
     config = _CONFIG.value
     config_lib.validate(config)
     # jax is imported after the value checks, so that bad values fail fast
-    from lmjax import distributed, finetune, host, sample, train
+    from lmjax import finetune, host, parallel, sample, train
 
     train.check_config(config)  # against the registries (model families, objectives, optimizers, meshes)
     host.setup()  # XLA:CPU's per-step buffers stay in the heap (lmjax/host.py); before the backend starts
-    distributed.initialize(config.distributed)  # before anything touches a device
+    parallel.initialize(config.distributed)  # before anything touches a device
     if config.mode == "sample":
         sample.sample(config, FLAGS.workdir)
         return 0

@@ -21,6 +21,7 @@ from lmjax import (
     objectives,
     optim,
     parallel,
+    sharding,
     storage,
     vectors,
 )
@@ -119,7 +120,7 @@ def setup(config: ConfigDict, devices=None) -> loop.Engine:
         )
     tx = optim.make(config.optim, config.train.num_steps, config.model)
     objective = objectives.get(config.train.objective)
-    batch_sharding = parallel.batch_sharding(layout)
+    batch_sharding = sharding.batch_sharding(layout)
 
     def compile_steps(graphdef, abstract_state, shardings) -> dict:
         loss_fn = make_loss_fn(graphdef, objective.make_loss(config.train))
@@ -260,7 +261,7 @@ def evaluate(
 
 def evaluate_lm(
     eval_step: Callable,
-    layout: parallel.Layout,
+    layout: sharding.Layout,
     config: ConfigDict,
     params: nnx.State,
     corpus: corpora.Corpus,
@@ -278,7 +279,7 @@ def evaluate_lm(
         max_batches=config.train.eval_batches,
         **shard,
     ):
-        stats = eval_step(params, parallel.global_batch(batch, layout))
+        stats = eval_step(params, sharding.global_batch(batch, layout))
         totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
     if totals is None:
         raise InputError(

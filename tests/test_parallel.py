@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from lmjax import config as base_config
-from lmjax import loop, models, objectives, optim, parallel, train
+from lmjax import loop, models, objectives, optim, parallel, sharding, train
 
 V, L, B = 32, 16, 8
 FAMILIES = {
@@ -179,7 +179,7 @@ def test_bad_mesh_and_rules_fail_clearly():
     with pytest.raises(ValueError, match="at most one axis may be -1"):
         parallel.make_mesh(mesh_config(-1, -1, 1))
     with pytest.raises(ValueError, match=r"mesh.rules.embed='fsdb' names \['fsdb'\], not a mesh axis"):
-        parallel.parse_rules(dict(parallel.DEFAULT_RULES, embed="fsdb"))
+        sharding.parse_rules(dict(sharding.DEFAULT_RULES, embed="fsdb"))
     c = family_config("decoder", (1, 1, 1))
     c.mesh.engine = "pmap"
     c.mesh.tensor = 2
@@ -191,7 +191,7 @@ def test_undivisible_dimensions_are_replicated_and_rules_are_config():
     layout = parallel.make_layout(mesh_config(2, 2, 2))
     assert layout.spec(("vocab", "embed"), (65, 32)) == P(None, "fsdp")  # 65 characters do not split in two
     assert layout.spec(("batch", "length", "act_embed")) == P(("data", "fsdp"), None, None)
-    rules = dict(parallel.DEFAULT_RULES, embed="", mlp="fsdp,tensor")
+    rules = dict(sharding.DEFAULT_RULES, embed="", mlp="fsdp,tensor")
     layout = parallel.make_layout(ConfigDict(dict(data=2, fsdp=2, tensor=2, rules=rules)))
     assert layout.spec(("embed", "mlp"), (32, 64)) == P(None, ("fsdp", "tensor"))
     # A mesh axis is used once per array: the second logical axis mapped to it is replicated.
@@ -212,3 +212,16 @@ def test_pmap_engine_takes_the_reference_sgd_steps():
         jax.device_get(pmap_state.params),
         ref_params,
     )
+
+
+def test_multi_process_launches_are_detected_from_the_environment():
+    assert parallel.cluster_detected({}) is None
+    assert parallel.cluster_detected({"SLURM_NTASKS": "8", "SLURM_STEP_ID": "0"}) == "slurm"
+    assert parallel.cluster_detected({"SLURM_NTASKS": "1", "SLURM_STEP_ID": "0"}) is None
+    assert parallel.cluster_detected({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}) == "tpu"
+    assert parallel.cluster_detected({"TPU_WORKER_HOSTNAMES": "localhost"}) is None
+    dist = base_config.base().distributed
+    assert not parallel.initialize(dist)  # one process here: nothing to start
+    dist.update(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=2)
+    with pytest.raises(ValueError, match="needs num_processes >= 1 and 0 <= process_id < num_processes"):
+        parallel.initialize(dist)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from lmjax import checkpoint, loop, metrics, parallel, sample, train
+from lmjax import checkpoint, loop, metrics, sample, sharding, train
 from lmjax.data import tokenizers
 
 
@@ -24,7 +24,7 @@ def run_steps(config, batches, devices=None):
     state = s.init(jax.random.PRNGKey(0))
     losses = []
     for b in batches:
-        state, m = s.train_step(state, parallel.global_batch(b, s.layout))
+        state, m = s.train_step(state, sharding.global_batch(b, s.layout))
         losses.append(float(m["loss"]))
     return losses, jax.device_get(state.params)
 

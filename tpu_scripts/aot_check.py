@@ -71,7 +71,7 @@ def main(argv) -> int:
     import jax
     import numpy as np
 
-    from lmjax import checkpoint, objectives, parallel, train
+    from lmjax import checkpoint, objectives, sharding, train
 
     config = _CONFIG.value
     train.check_config(config)
@@ -82,7 +82,7 @@ def main(argv) -> int:
     devices = tpu_devices(_TOPOLOGY.value)
     s = train.setup(config, devices)
     state = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
-    batch_sharding = parallel.batch_sharding(s.layout)
+    batch_sharding = sharding.batch_sharding(s.layout)
     batch = {
         k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
         for k, (shape, dtype) in objectives.get(config.train.objective)

@@ -7,7 +7,7 @@ Dimension key (used in names and einsum strings):
 
 Every parameter carries logical axis names in its `axes` metadata, and the residual stream, the
 attention projections, the MLP hidden layer and the logits are constrained by logical names
-(`constrain`); `lmjax.parallel` maps both to mesh axes with one table.
+(`constrain`); `lmjax.sharding` maps both to mesh axes with one table.
 
 Attention caches are plain tuples (k_BSHK, v_BSHK): decoding threads them through the model
 functionally (see lmjax/decode.py); self-attention writes the new keys at `cache_index`,
@@ -26,7 +26,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from lmjax.errors import InputError
-from lmjax.parallel import constrain
+from lmjax.sharding import constrain
 
 Initializer = Callable[..., jax.Array]
 Cache = tuple[jax.Array, jax.Array]
