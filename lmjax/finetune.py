@@ -392,30 +392,40 @@ def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
             ]
             return engine.train_step(state, *batches, anchor)
 
-        def evaluate(step: int, state, final: bool) -> dict:
-            splits = ("validation", "test") if final else ("validation",)
-            result = {
-                k: v
-                for split in splits
-                for k, v in evaluate_task(engine, state.params, task, tok, head, split).items()
-            }
-            if engine.backbone_eval_step:
-                result |= evaluate_pretraining(engine, state.params, corpus, tok)
-            return result
-
         def save(step: int, state) -> None:
             checkpoint.save(run.mngr, step, state, pretrain_iter, task_data=task_iter)
 
-        tokens = config.task.batch_size * config.task.seq_len + (
-            config.data.batch_size * config.data.seq_len if pretrain_iter else 0
-        )
-        state, result = run.loop(state, train_step, evaluate, save, tokens)
+        evaluate = make_evaluate(engine, task, tok, head, corpus)
+        state, result = run.loop(state, train_step, evaluate, save, tokens_per_step(config))
     if "preempted_at" not in result:
         result |= {f"{k}_before": v for k, v in before.items()}
         result |= {"step": config.train.num_steps, "seconds": time.perf_counter() - started}
         tests = " ".join(f"{k}={v:.4f}" for k, v in sorted(result.items()) if k.startswith("test/"))
         run.write_results(result, f"{tests}; {workdir / checkpoint.RESULTS_FILE}")
     return result
+
+
+def make_evaluate(
+    engine: loop.Engine, task: tasks.Task, tok: tokenizers.Tokenizer, head: str, corpus: corpora.Corpus | None
+) -> Callable[[int, loop.TrainState, bool], dict]:
+    """The loop's evaluation: the task's validation split (and its test split at the end), and the backbone's
+    held-out pretraining loss."""
+
+    def evaluate(step: int, state: loop.TrainState, final: bool) -> dict:
+        result = {}
+        for split in ("validation", "test") if final else ("validation",):
+            result |= evaluate_task(engine, state.params, task, tok, head, split)
+        if engine.backbone_eval_step:
+            result |= evaluate_pretraining(engine, state.params, corpus, tok)
+        return result
+
+    return evaluate
+
+
+def tokens_per_step(config: ConfigDict) -> int:
+    """Task tokens, plus pretraining tokens when the step reads that stream."""
+    pretrain = config.data.batch_size * config.data.seq_len if uses_pretrain(config) else 0
+    return config.task.batch_size * config.task.seq_len + pretrain
 
 
 def header(config: ConfigDict, engine: loop.Engine, task: tasks.Task, head: str, start: int) -> str:

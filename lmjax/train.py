@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -292,13 +292,43 @@ def evaluate_lm(
     return {f"eval/{k}": float(v) for k, v in result.items()}
 
 
+def train_data(
+    config: ConfigDict, corpus: corpora.Corpus, tok: tokenizers.Tokenizer, objective: objectives.Objective
+) -> Any:
+    """This process's share of the training batches, an iterator whose state checkpoints save."""
+    shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
+    batch_size = config.data.batch_size // jax.process_count()
+    return iter(
+        pipeline.train_dataset(
+            corpus, tok, config.data, objective=objective, seed=config.seed, batch_size=batch_size, **shard
+        )
+    )
+
+
+def make_evaluate(engine: loop.Engine, corpus: corpora.Corpus, tok: tokenizers.Tokenizer) -> Callable:
+    """The loop's evaluation: `evaluate`, and a decoder's sample (train.sample_tokens) as text."""
+    config = engine.config
+
+    def evaluate_and_sample(step: int, state: loop.TrainState, final: bool) -> dict:
+        params = engine.from_engine(state).params
+        result = evaluate(engine, params, corpus, tok)
+        if config.model.family == "decoder" and config.train.sample_tokens:
+            key = jax.random.PRNGKey(step)
+            text = decode.sample_text(
+                engine.graphdef, params, tok, config.sample, config.train.sample_tokens, key
+            )
+            result["sample"] = text
+        return result
+
+    return evaluate_and_sample
+
+
 def train_and_evaluate(config: ConfigDict, workdir: str | epath.PathLike, devices=None) -> dict:
     """Trains (resuming from the workdir's latest checkpoint if any); returns the final evaluation metrics.
 
-    On SIGTERM (preemption) it saves a checkpoint at the next step boundary and returns
-    {"preempted_at": step};
-    running it again resumes there. A finished run also writes them to results.json. `workdir` is a local path
-    or a gs:// URL; `devices` (default: all) is for tests that want a smaller mesh.
+    On SIGTERM (preemption) it saves a checkpoint at the next step boundary and returns {"preempted_at":
+    step}; running it again resumes there. A finished run also writes them to results.json. `workdir` is a
+    local path or a gs:// URL; `devices` (default: all) is for tests that want a smaller mesh.
     """
     workdir = storage.workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -306,48 +336,24 @@ def train_and_evaluate(config: ConfigDict, workdir: str | epath.PathLike, device
     tok = prepare_tokenizer(config, workdir, corpus)
     config = resolve_model_config(config, tok, workdir)
     engine, objective = setup(config, devices), objectives.get(config.train.objective)
-    shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
-    train_iter = iter(
-        pipeline.train_dataset(
-            corpus,
-            tok,
-            config.data,
-            objective=objective,
-            seed=config.seed,
-            batch_size=config.data.batch_size // jax.process_count(),
-            **shard,
-        )
-    )
+    train_iter = train_data(config, corpus, tok, objective)
     with loop.Run(config, workdir) as run:
         state = run.restore(engine, train_iter) if run.start else engine.init(jax.random.PRNGKey(config.seed))
+        resuming = f"resuming at step {run.start}" if run.start else "from scratch"
         run.log(
             f"lmjax: {engine.num_params:,} parameters, mesh {dict(engine.mesh.shape)}, corpus {corpus.name}, "
-            f"{tok.kind} tokenizer ({tok.vocab_size} tokens), "
-            + (f"resuming at step {run.start}" if run.start else "from scratch")
+            f"{tok.kind} tokenizer ({tok.vocab_size} tokens), {resuming}"
         )
 
         def train_step(state):
             return engine.train_step(state, engine.device_batch(next(train_iter)))
 
-        def evaluate_and_sample(step: int, state, final: bool) -> dict:
-            params = engine.from_engine(state).params
-            result = evaluate(engine, params, corpus, tok)
-            if config.model.family == "decoder" and config.train.sample_tokens:
-                result["sample"] = decode.sample_text(
-                    engine.graphdef,
-                    params,
-                    tok,
-                    config.sample,
-                    config.train.sample_tokens,
-                    jax.random.PRNGKey(step),
-                )
-            return result
-
         def save(step: int, state) -> None:
             checkpoint.save(run.mngr, step, engine.from_engine(state), train_iter)
 
         tokens = config.data.batch_size * objective.tokens_per_row(config.data)
-        state, result = run.loop(engine.to_engine(state), train_step, evaluate_and_sample, save, tokens)
+        evaluate_fn = make_evaluate(engine, corpus, tok)
+        state, result = run.loop(engine.to_engine(state), train_step, evaluate_fn, save, tokens)
     if "preempted_at" not in result:  # after the Run closed: the metrics file is complete
         _finish(run, engine, engine.from_engine(state).params, tok, objective, result)
     return result
