@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 from lmjax.errors import InputError
 
 # The default table (config.mesh.rules starts from it; lmjax/sharding.py reads it). Parameters: vocab, embed,
-# heads, kv, mlp.
+# heads, kv_heads (grouped-query K/V), kv (head size), mlp.
 # Activations: batch, length, act_embed (the residual stream), act_heads, act_mlp, act_vocab (logits).
 DEFAULT_RULES = {
     "batch": "data,fsdp",
@@ -24,6 +24,7 @@ DEFAULT_RULES = {
     "vocab": "tensor",
     "embed": "fsdp",
     "heads": "tensor",
+    "kv_heads": "tensor",
     "kv": "",
     "mlp": "tensor",
     "act_embed": "",
@@ -45,11 +46,13 @@ def base() -> ConfigDict:
             num_layers=4,
             num_decoder_layers=0,  # encoder_decoder: 0 means num_layers
             num_heads=4,
+            num_kv_heads=0,  # key/value heads, a divisor of num_heads (fewer: grouped-query); 0: num_heads
             head_dim=0,
             d_model=128,
             d_ff=0,  # head_dim 0: d_model / num_heads; d_ff 0: 4 * d_model
             max_len=64,  # the longest sequence (and decoding cache) the model takes
             positions="learned",  # learned | sinusoidal | rotary | relative (T5 bias)
+            rope_theta=10000.0,  # rotary positions' base (Llama 2: 1e4, SmolLM2: 1e5, Llama 3: 5e5)
             relative_buckets=32,
             relative_max_distance=128,
             norm="layernorm",

@@ -189,7 +189,8 @@ def train_flops(model, seq_len: int, target_len: int = 0) -> tuple[float, int]:
     """(training FLOPs, tokens) per example for a model config: 6 x matmul parameters x the tokens they
     see (forward 2, backward 4; PaLM appendix B) + 12 x attention width x query x key lengths per layer
     (the QK^T and AV products, counted without causal savings). Embedding lookups are free; the output
-    head (V x D) is a matmul. With A = heads x head size, m = 3 for gated MLPs else 2:
+    head (V x D) is a matmul. With A = heads x head size, m = 3 for gated MLPs else 2 (with grouped-query
+    attention the K and V projections count 2·D·A_kv instead of 2·D·A, A_kv = K/V heads x head size):
 
       decoder          6·T·(L·(4·D·A + m·D·F) + D·V) + 12·L·A·T²
       encoder          6·T·(L·(4·D·A + m·D·F) + D·V + D²) + 12·L·A·T²        (D²: the MLM transform)
@@ -197,12 +198,13 @@ def train_flops(model, seq_len: int, target_len: int = 0) -> tuple[float, int]:
                        + 12·A·(Le·S² + Ld·T² + Ld·T·S)                 (S inputs, T = target_len targets)
     """
     D, F, V = model.d_model, model.d_ff or 4 * model.d_model, model.vocab_size
-    A = model.num_heads * (model.head_dim or model.d_model // model.num_heads)
-    layer = 4 * D * A + (3 if model.activation in ("swiglu", "geglu") else 2) * D * F
+    K = model.head_dim or model.d_model // model.num_heads
+    A, A_kv = model.num_heads * K, (model.get("num_kv_heads", 0) or model.num_heads) * K
+    layer = 2 * D * A + 2 * D * A_kv + (3 if model.activation in ("swiglu", "geglu") else 2) * D * F
     if model.family == "encoder_decoder":
         S, T = seq_len, target_len
         Le, Ld = model.num_layers, model.num_decoder_layers or model.num_layers
-        matmul = S * Le * layer + T * Ld * (layer + 2 * D * A) + S * Ld * 2 * D * A + T * D * V
+        matmul = S * Le * layer + T * Ld * (layer + 2 * D * A) + S * Ld * 2 * D * A_kv + T * D * V
         return 6.0 * matmul + 12.0 * A * (Le * S * S + Ld * T * T + Ld * T * S), S + T
     T, L = seq_len, model.num_layers
     head = D * V + (D * D if model.family == "encoder" else 0)

@@ -12,7 +12,9 @@ V = 13
 
 def build(family="decoder", **kw):
     c = base_config.base().model
-    c.update(family=family, vocab_size=V, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=16, **kw)
+    c.update(
+        dict(family=family, vocab_size=V, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=16) | kw
+    )
     return models.build(c, nnx.Rngs(0))
 
 
@@ -28,9 +30,19 @@ def cached_logits(model, prompts, continuation_BN):
     return np.stack(out, axis=1)
 
 
-@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rotary", "relative"])
-def test_kv_cache_decoding_matches_the_full_forward_for_prompts_of_different_lengths(positions):
-    model = build(positions=positions)
+@pytest.mark.parametrize(
+    "positions, kw",
+    [
+        ("learned", {}),
+        ("sinusoidal", {}),
+        ("rotary", {}),
+        ("relative", {}),
+        ("rotary", dict(num_heads=4, num_kv_heads=2, use_bias=False, rope_theta=1e5)),  # grouped-query
+        ("rotary", dict(num_heads=4, num_kv_heads=1, use_bias=False)),  # multi-query
+    ],
+)
+def test_kv_cache_decoding_matches_the_full_forward_for_prompts_of_different_lengths(positions, kw):
+    model = build(positions=positions, **kw)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(1, V, 3), rng.integers(1, V, 6), rng.integers(1, V, 1)]
     cont = rng.integers(1, V, (3, 5)).astype(np.int32)

@@ -7,7 +7,7 @@ from lmjax import metrics, models
 
 def model_config(**kw):
     c = base_config.base().model
-    c.update(vocab_size=50, num_layers=2, num_heads=2, d_model=16, d_ff=32, use_bias=False, **kw)
+    c.update(dict(vocab_size=50, num_layers=2, num_heads=2, d_model=16, d_ff=32, use_bias=False) | kw)
     return c
 
 
@@ -28,6 +28,15 @@ def test_decoder_and_encoder_flops_are_6n_plus_attention():
         flops, tokens = metrics.train_flops(c, seq_len=8)
         assert tokens == 8
         np.testing.assert_allclose(flops, 6 * 8 * matmul_params(c) + 12 * 2 * 16 * 8 * 8)
+
+
+def test_grouped_query_attention_counts_its_smaller_key_value_projections():
+    c = model_config(num_heads=4, num_kv_heads=1, positions="rotary", activation="swiglu")
+    flops, _ = metrics.train_flops(c, seq_len=8)
+    np.testing.assert_allclose(flops, 6 * 8 * matmul_params(c) + 12 * 2 * 16 * 8 * 8)
+    assert (
+        flops < metrics.train_flops(model_config(num_heads=4, positions="rotary", activation="swiglu"), 8)[0]
+    )
 
 
 def test_encoder_decoder_flops_count_each_stack_on_its_own_length():

@@ -16,6 +16,19 @@ from lmjax import loop, models, objectives, optim, parallel, sharding, train
 V, L, B = 32, 16, 8
 FAMILIES = {
     "decoder": (dict(family="decoder", positions="rotary"), "causal_lm"),
+    "llama": (  # grouped-query attention (2 K/V heads for 4 query heads), RMSNorm, SwiGLU, untied head
+        dict(
+            family="decoder",
+            positions="rotary",
+            num_kv_heads=2,
+            rope_theta=1e5,
+            norm="rmsnorm",
+            use_bias=False,
+            activation="swiglu",
+            tie_embeddings=False,
+        ),
+        "causal_lm",
+    ),
     "encoder": (dict(family="encoder", norm_position="post", embed_norm=True, tie_embeddings=False), "mlm"),
     "encoder_decoder": (
         dict(

@@ -99,7 +99,7 @@ class DecoderLM(layers.TokenLM, nnx.Module):
 
     def init_cache(self, batch: int, length: int) -> list:
         """Empty self-attention caches for `length` slots (one (k, v) pair per block)."""
-        zeros = jnp.zeros((batch, length, *self.blocks[0].attn.query_DHK.shape[1:]), self.dtype)
+        zeros = jnp.zeros((batch, length, *self.blocks[0].attn.key_DHK.shape[1:]), self.dtype)
         return [((zeros, zeros), None) for _ in self.blocks]
 
     def decode(

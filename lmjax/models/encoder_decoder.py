@@ -134,7 +134,7 @@ class EncoderDecoderLM(nnx.Module):
     def init_cache(self, batch: int, length: int) -> list:
         """Empty decoder self-attention caches; the cross-attention ones are made by the first `decode`
         call."""
-        zeros = jnp.zeros((batch, length, *self.decoder_blocks[0].attn.query_DHK.shape[1:]), self.dtype)
+        zeros = jnp.zeros((batch, length, *self.decoder_blocks[0].attn.key_DHK.shape[1:]), self.dtype)
         return [((zeros, zeros), None) for _ in self.decoder_blocks]
 
     def decode(

@@ -74,6 +74,12 @@ class Spec:
     dropout: float = 0.0
     attention_dropout: float = 0.0
     remat: str = "none"
+    num_kv_heads: int = 0  # 0: num_heads
+    rope_theta: float = 10000.0
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
 
     @classmethod
     def from_config(cls, model_config: ConfigDict) -> "Spec":
@@ -91,6 +97,17 @@ class Spec:
                 f"model.d_model={model_config.d_model} is not divisible by "
                 f"model.num_heads={model_config.num_heads}; "
                 "pick a width that is a multiple of the head count (or set model.head_dim)"
+            )
+        kv_heads = model_config.get("num_kv_heads", 0) or model_config.num_heads
+        if model_config.num_heads % kv_heads:
+            raise InputError(
+                f"model.num_kv_heads={kv_heads} does not divide model.num_heads={model_config.num_heads}; "
+                "each key/value head serves an equal group of query heads"
+            )
+        if kv_heads != model_config.num_heads and model_config.use_bias:
+            raise InputError(
+                f"model.num_kv_heads={kv_heads} < num_heads with model.use_bias=True: attention biases are "
+                "implemented for num_kv_heads = num_heads only; set model.use_bias=False"
             )
         return cls(
             d_model=model_config.d_model,
@@ -110,6 +127,8 @@ class Spec:
             dropout=model_config.dropout,
             attention_dropout=model_config.attention_dropout,
             remat=model_config.remat,
+            num_kv_heads=kv_heads,
+            rope_theta=model_config.get("rope_theta", 10000.0),
         )
 
 
@@ -304,14 +323,16 @@ class MultiHeadAttention(nnx.Module):
 
     def __init__(self, spec: Spec, *, cross: bool, rngs: nnx.Rngs, out_init_std: float = 0.02):
         self.cross, self.rotary = cross, spec.positions == "rotary" and not cross
-        self.num_heads, self.head_dim = spec.num_heads, spec.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.kv_heads, spec.head_dim
+        self.rope_theta = spec.rope_theta
         self.scale = 1.0 / math.sqrt(spec.head_dim) if spec.scale_attention else 1.0
         self.attention_dropout = nnx.Dropout(spec.attention_dropout)
         dhk = (spec.d_model, spec.num_heads, spec.head_dim)
+        dgk = (spec.d_model, spec.kv_heads, spec.head_dim)  # G key/value heads (G = H without GQA)
         normal = nnx.initializers.normal(0.02)
         self.query_DHK = param(rngs, normal, dhk, ("embed", "heads", "kv"))
-        self.key_DHK = param(rngs, normal, dhk, ("embed", "heads", "kv"))
-        self.value_DHK = param(rngs, normal, dhk, ("embed", "heads", "kv"))
+        self.key_DHK = param(rngs, normal, dgk, ("embed", "kv_heads", "kv"))
+        self.value_DHK = param(rngs, normal, dgk, ("embed", "kv_heads", "kv"))
         self.out_HKD = param(
             rngs, nnx.initializers.normal(out_init_std), dhk[1:] + (spec.d_model,), ("heads", "kv", "embed")
         )
@@ -352,7 +373,8 @@ class MultiHeadAttention(nnx.Module):
             source_BSD = kv_BSD if self.cross else x_BLD
             k_BSHK, v_BSHK = self._project(source_BSD, 1), self._project(source_BSD, 2)
         if self.rotary:
-            q_BLHK, k_BSHK = apply_rotary(q_BLHK, positions_BL), apply_rotary(k_BSHK, positions_BL)
+            q_BLHK = apply_rotary(q_BLHK, positions_BL, self.rope_theta)
+            k_BSHK = apply_rotary(k_BSHK, positions_BL, self.rope_theta)
         if cache is not None and not self.cross:
             k_BSHK = jax.lax.dynamic_update_slice_in_dim(
                 cache[0], k_BSHK.astype(cache[0].dtype), cache_index, axis=1
@@ -375,7 +397,11 @@ class MultiHeadAttention(nnx.Module):
         return (y_BLD if self.out_bias_D is None else y_BLD + self.out_bias_D[...].astype(dt)), cache
 
     def _attend(self, q_BLHK, k_BSHK, v_BSHK, mask_B1LS, bias_1HLS, is_causal, dropout, rngs):
-        """Attention written out (einsum, mask, softmax), with attention-probability dropout if asked."""
+        """Attention written out (einsum, mask, softmax), with attention-probability dropout if asked; with
+        grouped-query attention each key/value head serves its group of query heads."""
+        if self.num_kv_heads != self.num_heads:
+            group = self.num_heads // self.num_kv_heads
+            k_BSHK, v_BSHK = jnp.repeat(k_BSHK, group, axis=2), jnp.repeat(v_BSHK, group, axis=2)
         logits_BHLS = jnp.einsum("BLHK,BSHK->BHLS", q_BLHK, k_BSHK).astype(jnp.float32) * self.scale
         if bias_1HLS is not None:
             logits_BHLS = logits_BHLS + bias_1HLS
