@@ -3,8 +3,9 @@
   model, model_config = lmjax.interop.hf.load("path/to/gpt2")   # forward returns logits
   lmjax.interop.hf.save(model, model_config, "path/to/out")        # config.json + model.safetensors
 
-Architectures: GPT2LMHeadModel; BertModel (forward returns hidden states), BertForMaskedLM,
-BertForPreTraining (MLM logits from forward; `nsp_logits(encode(...))` for NSP); T5ForConditionalGeneration.
+Architectures: GPT2LMHeadModel; LlamaForCausalLM (grouped-query attention, tied or untied head); BertModel
+(forward returns hidden states), BertForMaskedLM, BertForPreTraining (MLM logits from forward;
+`nsp_logits(encode(...))` for NSP); T5ForConditionalGeneration.
 Neither torch nor transformers is needed, except to read a pytorch_model.bin (torch).
 
 Each architecture is a table of (lmjax parameter, HF tensor, layout) rows; a layout converts both ways.
@@ -128,6 +129,96 @@ def _gpt2_rows(model_config: ConfigDict, arch: str) -> list[tuple[str, str, str]
             (f"{b}.mlp.up.bias", f"{h}.mlp.c_fc.bias", "copy"),
             (f"{b}.mlp.down.kernel", f"{h}.mlp.c_proj.weight", "copy"),
             (f"{b}.mlp.down.bias", f"{h}.mlp.c_proj.bias", "copy"),
+        ]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Llama (and the Llama-shaped checkpoints: SmolLM, TinyLlama, ...): pre-RMSNorm, rotary positions in the
+# half-split layout that lmjax uses too, SwiGLU, no biases, grouped-query attention.
+
+
+def _llama_config(hf: dict, weights: dict) -> dict:
+    rope = hf.get("rope_parameters") or {}  # transformers 5; 4.x: rope_theta / rope_scaling at the top level
+    if hf.get("rope_scaling") or rope.get("rope_type", "default") != "default":
+        scaling = hf.get("rope_scaling") or rope
+        raise InputError(f"Llama with RoPE scaling {scaling!r} is not supported (plain RoPE only)")
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise InputError("Llama with attention_bias / mlp_bias is not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise InputError(f"Llama with hidden_act={hf['hidden_act']!r} is not supported (SwiGLU: 'silu')")
+    heads = hf["num_attention_heads"]
+    return dict(
+        family="decoder",
+        vocab_size=hf["vocab_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        d_model=hf["hidden_size"],
+        d_ff=hf["intermediate_size"],
+        max_len=hf.get("max_position_embeddings", 2048),
+        positions="rotary",
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        norm="rmsnorm",
+        norm_position="pre",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        activation="swiglu",
+        use_bias=False,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+
+
+def _llama_hf_config(model_config: ConfigDict) -> dict:
+    _require(
+        model_config,
+        "LlamaForCausalLM",
+        norm="rmsnorm",
+        norm_position="pre",
+        activation="swiglu",
+        use_bias=False,
+        scale_attention=True,
+    )
+    return dict(
+        model_type="llama",
+        vocab_size=model_config.vocab_size,
+        hidden_size=model_config.d_model,
+        intermediate_size=model_config.d_ff or 4 * model_config.d_model,
+        num_hidden_layers=model_config.num_layers,
+        num_attention_heads=model_config.num_heads,
+        num_key_value_heads=model_config.num_kv_heads or model_config.num_heads,
+        head_dim=model_config.head_dim or model_config.d_model // model_config.num_heads,
+        max_position_embeddings=model_config.max_len,
+        rms_norm_eps=model_config.norm_eps,
+        rope_theta=model_config.rope_theta,  # transformers 4.x; 5.x reads rope_parameters
+        rope_parameters={"rope_theta": model_config.rope_theta, "rope_type": "default"},
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        tie_word_embeddings=bool(model_config.tie_embeddings),
+    )
+
+
+def _llama_rows(model_config: ConfigDict, arch: str) -> list[tuple[str, str, str]]:
+    rows = [
+        ("embed_VD", "model.embed_tokens.weight", "copy"),
+        ("final_norm.scale", "model.norm.weight", "copy"),
+    ]
+    if not model_config.tie_embeddings:
+        rows.append(("head_DV", "lm_head.weight", "linear"))
+    for i in range(model_config.num_layers):
+        h, b = f"model.layers.{i}", f"blocks.{i}"
+        rows += [
+            (f"{b}.attn_norm.scale", f"{h}.input_layernorm.weight", "copy"),
+            (f"{b}.attn.query_DHK", f"{h}.self_attn.q_proj.weight", "linear_in"),
+            (f"{b}.attn.key_DHK", f"{h}.self_attn.k_proj.weight", "linear_in"),
+            (f"{b}.attn.value_DHK", f"{h}.self_attn.v_proj.weight", "linear_in"),
+            (f"{b}.attn.out_HKD", f"{h}.self_attn.o_proj.weight", "linear_out"),
+            (f"{b}.mlp_norm.scale", f"{h}.post_attention_layernorm.weight", "copy"),
+            # lmjax's MLP is act(up(x)) * gate(x); Llama's act(gate_proj(x)) * up_proj(x)
+            (f"{b}.mlp.up.kernel", f"{h}.mlp.gate_proj.weight", "linear"),
+            (f"{b}.mlp.gate.kernel", f"{h}.mlp.up_proj.weight", "linear"),
+            (f"{b}.mlp.down.kernel", f"{h}.mlp.down_proj.weight", "linear"),
         ]
     return rows
 
@@ -375,6 +466,7 @@ def _t5_rows(model_config: ConfigDict, arch: str) -> list[tuple[str, str, str]]:
 
 ARCHITECTURES = {
     "GPT2LMHeadModel": (lambda hf, weights, arch: _gpt2_config(hf, weights), _gpt2_rows),
+    "LlamaForCausalLM": (lambda hf, weights, arch: _llama_config(hf, weights), _llama_rows),
     "BertModel": (_bert_config, _bert_rows),
     "BertForMaskedLM": (_bert_config, _bert_rows),
     "BertForPreTraining": (_bert_config, _bert_rows),
@@ -482,7 +574,7 @@ def load(directory: str | Path) -> tuple[nnx.Module, ConfigDict]:
 def hf_architecture(model_config: ConfigDict) -> str:
     """The HF class an lmjax model config saves as."""
     if model_config.family == "decoder":
-        return "GPT2LMHeadModel"
+        return "LlamaForCausalLM" if model_config.positions == "rotary" else "GPT2LMHeadModel"
     if model_config.family == "encoder":
         return {v: k for k, v in BERT_HEADS.items()}[model_config.encoder_heads]
     return "T5ForConditionalGeneration"
@@ -498,9 +590,11 @@ def save(model: nnx.Module, config: ConfigDict, directory: str | Path) -> Path:
 
     model_config = config.model if "model" in config else config
     arch = hf_architecture(model_config)
-    hf_config = {"GPT2LMHeadModel": _gpt2_hf_config, "T5ForConditionalGeneration": _t5_hf_config}.get(
-        arch, _bert_hf_config
-    )(model_config)
+    hf_config = {
+        "GPT2LMHeadModel": _gpt2_hf_config,
+        "LlamaForCausalLM": _llama_hf_config,
+        "T5ForConditionalGeneration": _t5_hf_config,
+    }.get(arch, _bert_hf_config)(model_config)
     hf_config["architectures"] = [arch]
     flat = {
         ".".join(map(str, path)): np.asarray(var.value, np.float32)

@@ -74,6 +74,46 @@ def test_gpt2_logits_match_transformers(tmp_path):
     assert rel_err(again.logits.detach().numpy(), want.detach().numpy(), mask) < 1e-6
 
 
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        # grouped-query attention at odd sizes, untied head, SmolLM2's RoPE base
+        dict(
+            hidden_size=48, num_attention_heads=6, num_key_value_heads=2, intermediate_size=80, rope_theta=1e5
+        ),
+        # multi-query attention, tied head, head_dim other than hidden / heads
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=12,
+            intermediate_size=64,
+            tie_word_embeddings=True,
+        ),
+    ],
+)
+def test_llama_logits_match_transformers(sizes, tmp_path):
+    cfg = transformers.LlamaConfig(vocab_size=103, num_hidden_layers=2, max_position_embeddings=32, **sizes)
+    torch.manual_seed(0)
+    path = save_hf(transformers.LlamaForCausalLM(cfg), tmp_path)
+    ids, mask = batch(103)
+    want = transformers.LlamaForCausalLM.from_pretrained(path)(
+        torch.tensor(ids), attention_mask=torch.tensor(mask)
+    ).logits
+    model, config = hf.load(path)
+    assert (
+        config.num_kv_heads == sizes["num_key_value_heads"]
+        and config.rope_theta == cfg.rope_parameters["rope_theta"]
+    )
+    got = model(jnp.asarray(ids), mask_BL=jnp.asarray(mask))
+    assert rel_err(got, want.detach().numpy(), mask) < 1e-4
+    exported = round_trip(model, config, tmp_path)
+    again = transformers.LlamaForCausalLM.from_pretrained(exported)(
+        torch.tensor(ids), attention_mask=torch.tensor(mask)
+    )
+    assert rel_err(again.logits.detach().numpy(), want.detach().numpy(), mask) < 1e-6
+
+
 @pytest.mark.parametrize("arch", ["BertModel", "BertForMaskedLM", "BertForPreTraining"])
 def test_bert_outputs_match_transformers(arch, tmp_path):
     cfg = transformers.BertConfig(
@@ -158,11 +198,20 @@ def test_unsupported_or_mismatched_directories_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         hf.load(tmp_path / "nothing")
     config = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps(config | {"architectures": ["LlamaForCausalLM"]}))
+    (path / "config.json").write_text(json.dumps(config | {"architectures": ["FalconForCausalLM"]}))
     with pytest.raises(
-        ValueError, match="architecture 'LlamaForCausalLM' .* is not supported; lmjax imports"
+        ValueError, match="architecture 'FalconForCausalLM' .* is not supported; lmjax imports"
     ):
         hf.load(path)
     (path / "config.json").write_text(json.dumps(config | {"n_embd": 32}))
     with pytest.raises(ValueError, match="the weights do not match config.json"):
+        hf.load(path)
+    llama = transformers.LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    path = save_hf(transformers.LlamaForCausalLM(llama), tmp_path, "llama")
+    config = json.loads((path / "config.json").read_text())
+    scaled = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    (path / "config.json").write_text(json.dumps(config | {"rope_parameters": scaled}))
+    with pytest.raises(ValueError, match="Llama with RoPE scaling .* is not supported"):
         hf.load(path)
