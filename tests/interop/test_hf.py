@@ -215,3 +215,16 @@ def test_unsupported_or_mismatched_directories_fail_clearly(tmp_path):
     (path / "config.json").write_text(json.dumps(config | {"rope_parameters": scaled}))
     with pytest.raises(ValueError, match="Llama with RoPE scaling .* is not supported"):
         hf.load(path)
+
+
+def test_save_refuses_what_the_target_class_cannot_express(tmp_path):
+    from flax import nnx
+
+    from lmjax import config as base_config
+    from lmjax import models
+
+    c = base_config.base().model
+    c.update(vocab_size=20, num_layers=1, num_heads=2, d_model=8, positions="rotary", use_bias=False)
+    with pytest.raises(ValueError, match="cannot save as LlamaForCausalLM: it needs model.norm='rmsnorm'"):
+        hf.save(models.build(c, nnx.Rngs(0)), c, tmp_path / "out")
+    assert not (tmp_path / "out" / "config.json").exists()
