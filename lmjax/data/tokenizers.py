@@ -1,6 +1,6 @@
 """Tokenizers behind one interface: character-level, word-level (word vectors) and sentencepiece (trained,
-saved with a run, loaded), and WordPiece (read from a Hugging Face tokenizer.json, e.g. a pretrained
-BERT's)."""
+saved with a run, loaded), and those of pretrained models: a Hugging Face tokenizer.json (WordPiece,
+byte-level BPE, ...) with its tokenizer_config.json, or a sentencepiece model (T5's spiece.model)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from etils import epath
 from lmjax.errors import InputError, MissingInput
 
 CHAR_FILE, WORD_FILE, SPM_FILE, HF_FILE = "char_vocab.json", "word_vocab.json", "spm.model", "tokenizer.json"
+HF_CONFIG_FILE = "tokenizer_config.json"  # a Hugging Face directory's special tokens and chat template
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+SPM_FILES = (SPM_FILE, "spiece.model")  # a run's own; T5's in a Hugging Face directory
 CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
 NUM_SENTINELS = 100  # T5's <extra_id_0> ... <extra_id_99>
 
@@ -150,13 +153,13 @@ class WordTokenizer(_ThreeSpecials):
 
 
 class SentencePieceTokenizer:
-    """A sentencepiece model (BPE or unigram) that keeps whitespace and newlines; pad 0, unk 1, eos 2.
+    """A sentencepiece model (BPE or unigram); trained here it keeps whitespace and newlines (pad 0, unk 1,
+    eos 2).
 
     Trained vocabularies also hold [CLS], [SEP], [MASK] and T5's 100 sentinels <extra_id_i>.
     """
 
     kind = "sentencepiece"
-    pad_id, eos_id = 0, 2
 
     def __init__(self, model_proto: bytes):
         import sentencepiece as spm
@@ -164,6 +167,9 @@ class SentencePieceTokenizer:
         self.model_proto = model_proto
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.vocab_size = self._sp.vocab_size()
+        # trained here: pad 0, eos 2; T5's spiece.model: pad 0, eos 1; a model without padding pads with eos
+        self.eos_id = self._sp.eos_id()
+        self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else self.eos_id
 
     @classmethod
     def train(
@@ -239,25 +245,40 @@ class SentencePieceTokenizer:
         )
 
 
-class WordPieceTokenizer:
-    """A Hugging Face `tokenizers` WordPiece tokenizer (BERT's), read from tokenizer.json; pads with [PAD] and
-    ends sequences with [SEP]. It is not trained here: it comes with the pretrained weights."""
+class HFTokenizer:
+    """A Hugging Face `tokenizers` tokenizer read from a model directory's tokenizer.json (WordPiece: BERT's;
+    byte-level BPE: GPT-2's, Llama 3's, SmolLM's; ...) with its special tokens and chat template from
+    tokenizer_config.json. Not trained here: it comes with the pretrained weights. Its kind is the model type
+    in lower case ('wordpiece', 'bpe', 'unigram'). End of sequence: the config's eos_token, else [SEP];
+    padding: its pad_token, else [PAD], else the end-of-sequence token."""
 
-    kind = "wordpiece"
+    def __init__(self, json_text: str, config: dict | None = None):
+        from tokenizers import Tokenizer as _Tokenizer
 
-    def __init__(self, json_text: str):
-        from tokenizers import Tokenizer as HFTokenizer
-
-        self.json_text = json_text
-        self._tok = HFTokenizer.from_str(json_text)
+        self.json_text, self.config = json_text, dict(config or {})
+        self._tok = _Tokenizer.from_str(json_text)
         self._tok.no_padding()
         self._tok.no_truncation()
+        self.kind = json.loads(json_text)["model"]["type"].lower()
         self.vocab_size = self._tok.get_vocab_size()
-        self.pad_id, self.eos_id = self.special_id("[PAD]"), self.special_id(SEP)
+        self.chat_template = self.config.get("chat_template")
+        self.eos_id = self._named("eos_token", SEP)
+        self.pad_id = self._named("pad_token", "[PAD]", fallback=self.eos_id)
         self._specials = sorted(i for i, t in self._tok.get_added_tokens_decoder().items() if t.special)
 
+    def _named(self, key: str, default: str, fallback: int | None = None) -> int:
+        token = self.config.get(key)
+        token = token.get("content") if isinstance(token, dict) else token  # an AddedToken, serialised
+        i = self._tok.token_to_id(token or default)
+        if i is None and fallback is None:
+            raise InputError(
+                f"this {self.kind} tokenizer names no {key} in tokenizer_config.json and has no {default} "
+                "token; use the model directory's own tokenizer files"
+            )
+        return fallback if i is None else i
+
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> "WordPieceTokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int) -> "HFTokenizer":
         raise InputError(
             "WordPiece vocabularies come with pretrained weights; set data.tokenizer_path to the "
             "model's directory (holding tokenizer.json), or use data.tokenizer='sentencepiece'"
@@ -272,12 +293,14 @@ class WordPieceTokenizer:
     def save(self, directory: epath.Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / HF_FILE).write_text(self.json_text, encoding="utf-8")
+        if self.config:
+            (directory / HF_CONFIG_FILE).write_text(json.dumps(self.config, indent=2), encoding="utf-8")
 
     def special_id(self, piece: str) -> int:
         i = self._tok.token_to_id(piece)
         if i is None:
             raise InputError(
-                f"this WordPiece vocabulary has no {piece} token; use a BERT-style tokenizer.json"
+                f"this {self.kind} vocabulary has no {piece} token; use a BERT-style tokenizer.json"
             )
         return i
 
@@ -285,15 +308,19 @@ class WordPieceTokenizer:
         return np.asarray(self._specials, np.int32)
 
     def word_starts(self) -> np.ndarray:
+        """Whether each piece starts a word: WordPiece marks continuations with '##', byte-level BPE marks
+        starts with 'Ġ' (a space) and SentencePiece-style vocabularies with '▁'."""
         vocab = sorted(self._tok.get_vocab().items(), key=lambda kv: kv[1])
-        return np.asarray([not piece.startswith("##") for piece, _ in vocab])
+        if self.kind == "wordpiece":
+            return np.asarray([not piece.startswith("##") for piece, _ in vocab])
+        return np.asarray([piece.startswith(("Ġ", "▁")) for piece, _ in vocab])
 
 
 KINDS = {
     "char": CharTokenizer,
     "word": WordTokenizer,
     "sentencepiece": SentencePieceTokenizer,
-    "wordpiece": WordPieceTokenizer,
+    "wordpiece": HFTokenizer,
 }
 
 
@@ -325,11 +352,17 @@ def load(directory: epath.Path) -> Tokenizer:
     if (directory / WORD_FILE).exists():
         saved = json.loads((directory / WORD_FILE).read_text(encoding="utf-8"))
         return WordTokenizer(saved["words"], saved["counts"])
-    if (directory / SPM_FILE).exists():
-        return SentencePieceTokenizer((directory / SPM_FILE).read_bytes())
     if (directory / HF_FILE).exists():
-        return WordPieceTokenizer((directory / HF_FILE).read_text(encoding="utf-8"))
+        config_path = directory / HF_CONFIG_FILE
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+        if (directory / CHAT_TEMPLATE_FILE).exists():  # transformers 5 writes the template beside the config
+            config["chat_template"] = (directory / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+        return HFTokenizer((directory / HF_FILE).read_text(encoding="utf-8"), config)
+    for name in SPM_FILES:
+        if (directory / name).exists():
+            return SentencePieceTokenizer((directory / name).read_bytes())
     raise MissingInput(
-        f"no tokenizer in {directory} (expected {CHAR_FILE}, {WORD_FILE}, {SPM_FILE} or {HF_FILE}); "
+        f"no tokenizer in {directory} (expected {CHAR_FILE}, {WORD_FILE}, {HF_FILE} or "
+        f"{' / '.join(SPM_FILES)}); "
         "point data.tokenizer_path at a directory a run saved"
     )

@@ -49,3 +49,61 @@ def test_word_tokenizer_counts_min_count_and_save_load(tmp_path):
     assert back.words == tok.words and tokenizers.same(back, tok)
     with pytest.raises(ValueError, match="distinct words seen at least data.min_count=5 times"):
         tokenizers.train("word", texts, 0, min_count=5)
+
+
+TEXT = "The quick brown fox jumps over the lazy dog.\nA fox, a dog: both quick.\n" * 20
+
+
+def test_a_byte_level_bpe_model_directory_loads_with_its_specials_and_chat_template(tmp_path):
+    hf_tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    bpe = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE())
+    bpe.pre_tokenizer = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = hf_tokenizers.decoders.ByteLevel()
+    trainer = hf_tokenizers.trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=hf_tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator([TEXT], trainer)
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    )
+    reference = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|endoftext|>", chat_template=template
+    )
+    reference.save_pretrained(tmp_path / "model")  # what a Hugging Face model directory holds
+
+    tok = tokenizers.load(tmp_path / "model")
+    assert tok.kind == "bpe" and tok.vocab_size == reference.vocab_size
+    text = "The lazy fox: quick!\nNew words too."
+    np.testing.assert_array_equal(tok.encode(text), reference.encode(text, add_special_tokens=False))
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.eos_id == tok.pad_id == reference.convert_tokens_to_ids("<|endoftext|>")  # no pad: eos pads
+    assert tok.chat_template == template
+    assert tok.word_starts()[reference.convert_tokens_to_ids("Ġfox")]
+    tok.save(tmp_path / "saved")
+    again = tokenizers.load(tmp_path / "saved")
+    assert tokenizers.same(tok, again) and again.chat_template == template and again.eos_id == tok.eos_id
+
+
+def test_a_t5_sentencepiece_model_directory_loads_with_its_own_ids(tmp_path):
+    import io
+
+    import sentencepiece as spm
+
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXT.splitlines()),
+        model_writer=proto,
+        vocab_size=40,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
+    )  # T5's layout: pad 0, eos 1, unk 2
+    (tmp_path / "spiece.model").write_bytes(proto.getvalue())
+    tok = tokenizers.load(tmp_path)
+    assert (tok.kind, tok.pad_id, tok.eos_id) == ("sentencepiece", 0, 1)
+    assert tok.decode(np.append(tok.encode("the quick fox"), tok.eos_id)) == "the quick fox"
