@@ -36,7 +36,7 @@ DEFAULT_RULES = {
 
 def base() -> ConfigDict:
     config = ConfigDict()
-    config.mode = "train"  # train | sample | finetune
+    config.mode = "train"  # train | sample | finetune | eval (finetune.init's loss on data.*'s validation)
     config.seed = 0
 
     config.model = ConfigDict(
@@ -243,8 +243,8 @@ def lock(config: ConfigDict) -> ConfigDict:
 
 def validate(config: ConfigDict) -> None:
     """Value checks that need no registry (lmjax.train.check_config runs these and those)."""
-    if config.mode not in ("train", "sample", "finetune"):
-        raise InputError(f"mode={config.mode!r} is unknown; use 'train', 'sample' or 'finetune'")
+    if config.mode not in ("train", "sample", "finetune", "eval"):
+        raise InputError(f"mode={config.mode!r} is unknown; use 'train', 'sample', 'finetune' or 'eval'")
     if config.mode == "finetune":
         validate_finetune(config)
     if config.optim.grad_accum_steps < 1 or config.data.batch_size % config.optim.grad_accum_steps:

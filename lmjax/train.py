@@ -98,7 +98,7 @@ def check_config(config: ConfigDict) -> None:
     config_lib.validate(config)
     optim.check(config.optim)
     parallel.check(config.mesh)
-    if not (config.mode == "finetune" and config.finetune.init):
+    if not (config.mode in ("finetune", "eval") and config.finetune.init):
         check_model(config)
 
 

@@ -1,0 +1,45 @@
+"""--config.mode=eval: a pretrained model's loss and perplexity on a corpus's validation split, no training.
+
+The model is finetune.init (an lmjax workdir, a Hugging Face directory or a shipped model name), scored with
+train.objective on the data.* corpus tokenized by the model's own tokenizer; the figures go to results.json.
+
+  python -m lmjax.main --config=experiments/configs/shakespeare_char.py --workdir=workdirs/eval \
+      --config.mode=eval --config.finetune.init=path/to/hf_dir
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+from etils import epath
+from ml_collections import ConfigDict
+
+from lmjax import checkpoint, finetune, storage, train
+from lmjax.errors import InputError
+
+
+def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
+    """Evaluates finetune.init: {'eval/loss', 'eval/perplexity', ...}, also written to results.json."""
+    if not config.finetune.init:
+        raise InputError(
+            "mode=eval scores a pretrained model; set --config.finetune.init (an lmjax workdir, "
+            "a Hugging Face directory or 'all-MiniLM-L6-v2')"
+        )
+    started, workdir = time.perf_counter(), storage.workdir(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config, tok, pre, corpus = finetune.resolve(config, workdir)
+    engine = train.setup(config)
+    params = jax.device_put(pre.params(), engine.state_shardings.params)
+    result = train.evaluate(engine, params, corpus, tok)
+    result |= {"seconds": time.perf_counter() - started}
+    if jax.process_index() == 0:
+        (workdir / checkpoint.RESULTS_FILE).write_text(json.dumps(result, indent=2, sort_keys=True))
+        scores = " ".join(f"{k}={v:.4f}" for k, v in result.items() if k.startswith("eval/"))
+        print(
+            f"{config.finetune.init} on {corpus.name} ({config.train.objective}): {scores}; "
+            f"{workdir / checkpoint.RESULTS_FILE}",
+            flush=True,
+        )
+    return result

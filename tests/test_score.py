@@ -1,0 +1,85 @@
+"""--config.mode=eval: a pretrained model scored on a validation split, without training."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmjax import objectives, score, train
+from lmjax.data import corpora, pipeline, tokenizers
+
+
+def test_eval_of_a_trained_workdir_repeats_its_final_evaluation(tiny_config, tmp_path):
+    tiny_config.train.update(num_steps=12, eval_every=12, sample_tokens=0)
+    final = train.train_and_evaluate(tiny_config, tmp_path / "run")
+    tiny_config.update(mode="eval")
+    tiny_config.finetune.init = str(tmp_path / "run")
+    result = score.run(tiny_config, tmp_path / "eval")
+    for key in ("eval/loss", "eval/perplexity", "eval/accuracy", "eval/unigram_accuracy"):
+        np.testing.assert_allclose(result[key], final[key], rtol=1e-6, err_msg=key)
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["eval/loss"] == result["eval/loss"]
+
+
+def test_eval_of_a_hugging_face_llama_equals_transformers_loss(tiny_config, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    hf_tokenizers = pytest.importorskip("tokenizers")
+    corpus = corpora.load(tiny_config.data)
+    bpe = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE())
+    bpe.pre_tokenizer = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = hf_tokenizers.decoders.ByteLevel()
+    trainer = hf_tokenizers.trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=hf_tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(pipeline.tokenizer_texts(corpus, 0), trainer)
+    directory = tmp_path / "llama"
+    transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>").save_pretrained(
+        directory
+    )
+    cfg = transformers.LlamaConfig(
+        vocab_size=bpe.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    reference = transformers.LlamaForCausalLM(cfg).eval()
+    reference.save_pretrained(directory)
+
+    tiny_config.update(mode="eval")
+    tiny_config.finetune.init = str(directory)
+    tiny_config.train.eval_batches = 3
+    result = score.run(tiny_config, tmp_path / "eval")
+
+    tok = tokenizers.load(directory)
+    nll, count = 0.0, 0.0
+    batches = pipeline.eval_batches(
+        corpus,
+        tok,
+        tiny_config.data,
+        objective=objectives.get("causal_lm"),
+        batch_size=tiny_config.data.batch_size,
+        max_batches=3,
+    )
+    for batch in batches:
+        with torch.no_grad():
+            logits = reference(torch.tensor(batch["inputs"], dtype=torch.long)).logits
+        losses = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), torch.tensor(batch["targets"], dtype=torch.long).flatten(), reduction="none"
+        ).numpy()
+        nll += float((losses * batch["weights"].ravel()).sum())
+        count += float(batch["weights"].sum())
+    np.testing.assert_allclose(result["eval/loss"], nll / count, rtol=1e-4)
+    assert jnp.isfinite(result["eval/perplexity"])
+
+
+def test_eval_without_a_model_says_what_to_set(tiny_config, tmp_path):
+    tiny_config.update(mode="eval")
+    with pytest.raises(ValueError, match="mode=eval scores a pretrained model; set --config.finetune.init"):
+        score.run(tiny_config, tmp_path)
