@@ -206,8 +206,12 @@ def base() -> ConfigDict:
         dict(enable="auto", coordinator_address="", num_processes=0, process_id=-1, local_device_ids="")
     )
 
+    # mode=sample: from the workdir's run, or from finetune.init when set; chat: one user message put through
+    # the model's chat template (the answer ends at its end-of-sequence token) instead of prompt
     config.sample = ConfigDict(
-        dict(prompt="\n", num_tokens=500, temperature=0.8, top_k=200, top_p=1.0, num_samples=1, seed=0)
+        dict(
+            prompt="\n", chat="", num_tokens=500, temperature=0.8, top_k=200, top_p=1.0, num_samples=1, seed=0
+        )
     )
     return config
 

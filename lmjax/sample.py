@@ -1,31 +1,75 @@
-"""Sampling from a trained workdir, with the run's own config, tokenizer and latest parameters."""
+"""--config.mode=sample: text from a trained workdir (its own config, tokenizer and latest parameters) or from
+finetune.init (an lmjax workdir or a Hugging Face directory); sample.chat puts one user message through the
+model's chat template and prints the answer."""
 
 from __future__ import annotations
 
 import jax
 from etils import epath
+from flax import nnx
 from ml_collections import ConfigDict
 
-from lmjax import decode, train
+from lmjax import config as config_lib
+from lmjax import decode, finetune, models, train
 from lmjax.errors import InputError
 
 
-def sample(config: ConfigDict, workdir: str | epath.PathLike) -> str:
-    """Prints and returns config.sample.num_samples continuations of config.sample.prompt."""
-    engine, params, tok, step = train.load_trained(workdir)
-    settings = config.sample
-    if engine.config.model.family != "decoder":
+def load(config: ConfigDict, workdir: str | epath.PathLike) -> tuple[nnx.GraphDef, nnx.State, object, str]:
+    """(graphdef, params, tokenizer, where from) of finetune.init when set, else of the workdir's run."""
+    if config.finetune.init:
+        pre = finetune.pretrained(config.finetune.init)
+        model_config = ConfigDict(config_lib.base().model.to_dict() | pre.model_config.to_dict())
+        family = model_config.family
+        graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.build(model_config, nnx.Rngs(0))))
+        source, params, tok = config.finetune.init, pre.params(), pre.tokenizer
+    else:
+        engine, params, tok, step = train.load_trained(workdir)
+        family, graphdef, source = engine.config.model.family, engine.graphdef, f"{workdir} at step {step}"
+    if family != "decoder":
         raise InputError(
-            f"{workdir} holds a model.family={engine.config.model.family!r} model; sampling text needs "
-            "a decoder (use lmjax.decode.generate / beam_search with inputs for encoder-decoders)"
+            f"{source} holds a model.family={family!r} model; sampling text needs a decoder (use "
+            "lmjax.decode.generate / beam_search with inputs for encoder-decoders)"
         )
-    text = decode.sample_text(
-        engine.graphdef, params, tok, settings, settings.num_tokens, jax.random.PRNGKey(settings.seed)
+    return graphdef, params, tok, source
+
+
+def chat(graphdef: nnx.GraphDef, params: nnx.State, tok, settings: ConfigDict) -> str:
+    """The model's answer to settings.chat (one user turn), up to its end-of-sequence token."""
+    if not hasattr(tok, "apply_chat_template"):
+        raise InputError(
+            f"sample.chat needs a chat template, which a {tok.kind} tokenizer trained here has not; use "
+            "sample.prompt, or finetune.init with a Hugging Face chat model"
+        )
+    prompt_ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": settings.chat}]))
+    answer = decode.generate(
+        graphdef,
+        params,
+        [prompt_ids],
+        jax.random.PRNGKey(settings.seed),
+        num_tokens=settings.num_tokens,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
     )
+    return tok.decode(answer[0])
+
+
+def sample(config: ConfigDict, workdir: str | epath.PathLike) -> str:
+    """Prints and returns config.sample.num_samples continuations of config.sample.prompt, or the answer to
+    config.sample.chat."""
+    graphdef, params, tok, source = load(config, workdir)
+    settings = config.sample
+    if settings.chat:
+        text = chat(graphdef, params, tok, settings)
+    else:
+        key = jax.random.PRNGKey(settings.seed)
+        text = decode.sample_text(graphdef, params, tok, settings, settings.num_tokens, key)
+    what = "an answer" if settings.chat else f"{settings.num_samples} sample(s)"
     print(
-        f"--- {settings.num_samples} sample(s) from {workdir} at step {step} (temperature "
-        f"{settings.temperature}, "
-        f"top-k {settings.top_k}, top-p {settings.top_p}) ---"
+        f"--- {what} from {source} (temperature {settings.temperature}, top-k {settings.top_k}, "
+        f"top-p {settings.top_p}) ---"
     )
     print(text)
     return text

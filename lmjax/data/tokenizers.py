@@ -266,10 +266,13 @@ class HFTokenizer:
         self.pad_id = self._named("pad_token", "[PAD]", fallback=self.eos_id)
         self._specials = sorted(i for i, t in self._tok.get_added_tokens_decoder().items() if t.special)
 
-    def _named(self, key: str, default: str, fallback: int | None = None) -> int:
+    def _token(self, key: str) -> str:
+        """tokenizer_config.json's `key` token ('' when it names none)."""
         token = self.config.get(key)
-        token = token.get("content") if isinstance(token, dict) else token  # an AddedToken, serialised
-        i = self._tok.token_to_id(token or default)
+        return (token.get("content") if isinstance(token, dict) else token) or ""  # an AddedToken, serialised
+
+    def _named(self, key: str, default: str, fallback: int | None = None) -> int:
+        i = self._tok.token_to_id(self._token(key) or default)
         if i is None and fallback is None:
             raise InputError(
                 f"this {self.kind} tokenizer names no {key} in tokenizer_config.json and has no {default} "
@@ -306,6 +309,22 @@ class HFTokenizer:
 
     def special_ids(self) -> np.ndarray:
         return np.asarray(self._specials, np.int32)
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        """The model's chat template (Jinja, sandboxed as transformers renders it) applied to `messages`
+        ({'role', 'content'} dicts), ending with the prompt for the assistant's turn."""
+        if not self.chat_template:
+            raise InputError(
+                "this tokenizer has no chat template (tokenizer_config.json chat_template); use "
+                "sample.prompt instead of sample.chat"
+            )
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        tokens = {key: self._token(key) for key in ("bos_token", "eos_token")}
+        return env.from_string(self.chat_template).render(
+            messages=messages, add_generation_prompt=True, **tokens
+        )
 
     def word_starts(self) -> np.ndarray:
         """Whether each piece starts a word: WordPiece marks continuations with '##', byte-level BPE marks
