@@ -3,7 +3,8 @@
   model, model_config = lmjax.interop.hf.load("path/to/gpt2")   # forward returns logits
   lmjax.interop.hf.save(model, model_config, "path/to/out")        # config.json + model.safetensors
 
-Architectures: GPT2LMHeadModel; LlamaForCausalLM (grouped-query attention, tied or untied head); BertModel
+Architectures: GPT2LMHeadModel; LlamaForCausalLM (grouped-query attention, tied or untied head) and
+MistralForCausalLM (positions capped at its sliding window; saved back as Llama); BertModel
 (forward returns hidden states), BertForMaskedLM, BertForPreTraining (MLM logits from forward;
 `nsp_logits(encode(...))` for NSP); T5ForConditionalGeneration.
 Neither torch nor transformers is needed, except to read a pytorch_model.bin (torch).
@@ -167,6 +168,15 @@ def _llama_config(hf: dict, weights: dict) -> dict:
         use_bias=False,
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
     )
+
+
+def _mistral_config(hf: dict, weights: dict) -> dict:
+    """Mistral is Llama with sliding-window attention: capping the positions at the window makes every
+    sequence lmjax takes one the window does not cut (it saves back as LlamaForCausalLM)."""
+    config = _llama_config(hf, weights)
+    if hf.get("sliding_window"):
+        config["max_len"] = min(config["max_len"], hf["sliding_window"])
+    return config
 
 
 def _llama_hf_config(model_config: ConfigDict) -> dict:
@@ -467,6 +477,7 @@ def _t5_rows(model_config: ConfigDict, arch: str) -> list[tuple[str, str, str]]:
 ARCHITECTURES = {
     "GPT2LMHeadModel": (lambda hf, weights, arch: _gpt2_config(hf, weights), _gpt2_rows),
     "LlamaForCausalLM": (lambda hf, weights, arch: _llama_config(hf, weights), _llama_rows),
+    "MistralForCausalLM": (lambda hf, weights, arch: _mistral_config(hf, weights), _llama_rows),
     "BertModel": (_bert_config, _bert_rows),
     "BertForMaskedLM": (_bert_config, _bert_rows),
     "BertForPreTraining": (_bert_config, _bert_rows),

@@ -114,6 +114,34 @@ def test_llama_logits_match_transformers(sizes, tmp_path):
     assert rel_err(again.logits.detach().numpy(), want.detach().numpy(), mask) < 1e-6
 
 
+def test_mistral_loads_with_positions_capped_at_its_window_and_saves_as_llama(tmp_path):
+    cfg = transformers.MistralConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        sliding_window=16,
+    )
+    torch.manual_seed(0)
+    path = save_hf(transformers.MistralForCausalLM(cfg), tmp_path)
+    ids, mask = batch(97)
+    want = transformers.MistralForCausalLM.from_pretrained(path)(
+        torch.tensor(ids), attention_mask=torch.tensor(mask)
+    ).logits
+    model, config = hf.load(path)
+    assert config.max_len == 16 and config.num_kv_heads == 2
+    got = model(jnp.asarray(ids), mask_BL=jnp.asarray(mask))
+    assert rel_err(got, want.detach().numpy(), mask) < 1e-4
+    exported = round_trip(model, config, tmp_path)
+    again = transformers.LlamaForCausalLM.from_pretrained(exported)(
+        torch.tensor(ids), attention_mask=torch.tensor(mask)
+    )
+    assert rel_err(again.logits.detach().numpy(), want.detach().numpy(), mask) < 1e-6
+
+
 @pytest.mark.parametrize("arch", ["BertModel", "BertForMaskedLM", "BertForPreTraining"])
 def test_bert_outputs_match_transformers(arch, tmp_path):
     cfg = transformers.BertConfig(
