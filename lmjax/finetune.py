@@ -194,11 +194,12 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.
             f"mesh.engine={config.mesh.engine!r}: fine-tuning runs under jit only; set mesh.engine='jit'"
         )
     layout = parallel.make_layout(config.mesh, devices)
-    if config.task.batch_size % layout.batch_shards:
-        raise InputError(
-            f"task.batch_size={config.task.batch_size} is not divisible by the batch shards of mesh "
-            f"{dict(layout.mesh.shape)}; change the batch size"
-        )
+    for key in ("task", "data") if uses_pretrain(config) else ("task",):
+        if config[key].batch_size % layout.batch_shards:
+            raise InputError(
+                f"{key}.batch_size={config[key].batch_size} is not divisible by the batch shards of mesh "
+                f"{dict(layout.mesh.shape)}; change the batch size"
+            )
     if uses_pretrain(config) and not scores_pretraining(model_config):
         raise InputError(
             "finetune.pretrain_lambda > 0 needs the backbone's pretraining head, but this encoder has "

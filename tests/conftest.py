@@ -146,3 +146,48 @@ def gcs_emulator(tmp_path_factory):
         server.terminate()
         server.wait(timeout=10)
         log.close()
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def hf_llama(tmp_path_factory, corpus_file):
+    """A tiny random Hugging Face chat Llama directory (grouped-query attention, RoPE base 1e5, tied head)
+    with a byte-level BPE tokenizer trained on the test corpus: (directory, transformers model, tokenizer)."""
+    torch = pytest.importorskip("torch", reason="needs torch (make test installs the CPU build)")
+    transformers = pytest.importorskip("transformers", reason="needs transformers (make test installs it)")
+    import tokenizers
+
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator([corpus_file.read_text()], trainer)
+    directory = tmp_path_factory.mktemp("hf_llama")
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE
+    )
+    tokenizer.save_pretrained(directory)
+    config = transformers.LlamaConfig(
+        vocab_size=bpe.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rope_theta=1e5,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(directory)
+    return directory, model, tokenizer

@@ -309,3 +309,22 @@ def test_minilm_fine_tunes_end_to_end(tmp_path, cache_dir):
     assert {"validation/accuracy", "validation/macro_f1", "test/macro_f1"} <= set(result)
     assert checkpoint.saved_steps(tmp_path / "minilm") == [3]
     assert (tmp_path / "minilm" / checkpoint.TOKENIZER_DIR / tokenizers.HF_FILE).is_file()
+
+
+def test_a_hugging_face_llama_fine_tunes_with_its_own_lm_loss_as_regulariser(hf_llama, tiny_config, tmp_path):
+    """GPT-1's recipe on a pretrained decoder: last-token classification + lambda x its causal-LM loss on
+    held-out text, the model, tokenizer and chat-model specials all from a Hugging Face directory."""
+    directory, _, _ = hf_llama
+    c = finetune_bert_mlm.get_config("smoke")
+    c.data.update(tiny_config.data.to_dict() | dict(batch_size=4, seq_len=32))
+    c.train.update(objective="causal_lm", num_steps=4, eval_every=2)
+    c.task.update(pooling="last", seq_len=32, batch_size=8)
+    c.finetune.update(init=str(directory), pretrain_lambda=0.5)
+    with pytest.raises(ValueError, match="data.batch_size=4 is not divisible by the batch shards of mesh"):
+        finetune.run(c, tmp_path / "bad")  # 8 devices
+    c.data.batch_size = 8
+    result = finetune.run(c, tmp_path)
+    assert {"test/accuracy", "pretrain/heldout_loss", "pretrain/heldout_loss_before"} <= set(result)
+    assert result["pretrain/heldout_loss"] != result["pretrain/heldout_loss_before"]  # the backbone moved
+    assert np.isfinite(result["pretrain/heldout_loss"])
+    assert (tmp_path / checkpoint.TOKENIZER_DIR / tokenizers.HF_FILE).is_file()

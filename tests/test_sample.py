@@ -6,50 +6,11 @@ import pytest
 from lmjax import config as base_config
 from lmjax import sample
 
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
+def test_chat_answers_as_transformers_does_greedily(hf_llama, tmp_path):
+    import torch
 
-@pytest.fixture(scope="module")
-def chat_llama(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    hf_tokenizers = pytest.importorskip("tokenizers")
-    bpe = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE())
-    bpe.pre_tokenizer = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = hf_tokenizers.decoders.ByteLevel()
-    trainer = hf_tokenizers.trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=hf_tokenizers.pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(["What is the capital of France? Paris is the capital.\n" * 30], trainer)
-    directory = tmp_path_factory.mktemp("chat_llama")
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", chat_template=TEMPLATE
-    )
-    tokenizer.save_pretrained(directory)
-    cfg = transformers.LlamaConfig(
-        vocab_size=bpe.get_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        rope_theta=1e5,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    model.save_pretrained(directory)
-    return directory, model, tokenizer, torch
-
-
-def test_chat_answers_as_transformers_does_greedily(chat_llama, tmp_path):
-    directory, model, tokenizer, torch = chat_llama
+    directory, model, tokenizer = hf_llama
     config = base_config.base()
     config.update(mode="sample")
     config.finetune.init = str(directory)

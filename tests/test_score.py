@@ -21,37 +21,11 @@ def test_eval_of_a_trained_workdir_repeats_its_final_evaluation(tiny_config, tmp
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["eval/loss"] == result["eval/loss"]
 
 
-def test_eval_of_a_hugging_face_llama_equals_transformers_loss(tiny_config, tmp_path):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    hf_tokenizers = pytest.importorskip("tokenizers")
-    corpus = corpora.load(tiny_config.data)
-    bpe = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE())
-    bpe.pre_tokenizer = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = hf_tokenizers.decoders.ByteLevel()
-    trainer = hf_tokenizers.trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=hf_tokenizers.pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(pipeline.tokenizer_texts(corpus, 0), trainer)
-    directory = tmp_path / "llama"
-    transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>").save_pretrained(
-        directory
-    )
-    cfg = transformers.LlamaConfig(
-        vocab_size=bpe.get_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    reference = transformers.LlamaForCausalLM(cfg).eval()
-    reference.save_pretrained(directory)
+def test_eval_of_a_hugging_face_llama_equals_transformers_loss(hf_llama, tiny_config, tmp_path):
+    import torch
 
+    directory, reference, _ = hf_llama
+    corpus = corpora.load(tiny_config.data)
     tiny_config.update(mode="eval")
     tiny_config.finetune.init = str(directory)
     tiny_config.train.eval_batches = 3
