@@ -56,22 +56,25 @@ def round_trip(model, config, tmp_path):
     return out
 
 
+def causal_lm_parity(hf_class, cfg, tmp_path, export_class=None):
+    """transformers' logits == lmjax's (1e-4, right-padded batch); lmjax's export read back by transformers
+    (as `export_class`) gives them again. Returns the loaded model config."""
+    torch.manual_seed(0)
+    path = save_hf(hf_class(cfg), tmp_path)
+    ids, mask = batch(cfg.vocab_size)
+    inputs = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    want = hf_class.from_pretrained(path)(**inputs).logits.detach().numpy()
+    model, config = hf.load(path)
+    assert rel_err(model(jnp.asarray(ids), mask_BL=jnp.asarray(mask)), want, mask) < 1e-4
+    exported = round_trip(model, config, tmp_path)
+    again = (export_class or hf_class).from_pretrained(exported)(**inputs).logits.detach().numpy()
+    assert rel_err(again, want, mask) < 1e-6
+    return config
+
+
 def test_gpt2_logits_match_transformers(tmp_path):
     cfg = transformers.GPT2Config(vocab_size=101, n_positions=16, n_embd=32, n_layer=2, n_head=4)
-    torch.manual_seed(0)
-    path = save_hf(transformers.GPT2LMHeadModel(cfg), tmp_path)
-    ids, mask = batch(101)
-    want = transformers.GPT2LMHeadModel.from_pretrained(path)(
-        torch.tensor(ids), attention_mask=torch.tensor(mask)
-    ).logits
-    model, config = hf.load(path)
-    got = model(jnp.asarray(ids), mask_BL=jnp.asarray(mask))
-    assert rel_err(got, want.detach().numpy(), mask) < 1e-4
-    exported = round_trip(model, config, tmp_path)
-    again = transformers.GPT2LMHeadModel.from_pretrained(exported)(
-        torch.tensor(ids), attention_mask=torch.tensor(mask)
-    )
-    assert rel_err(again.logits.detach().numpy(), want.detach().numpy(), mask) < 1e-6
+    causal_lm_parity(transformers.GPT2LMHeadModel, cfg, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -94,24 +97,9 @@ def test_gpt2_logits_match_transformers(tmp_path):
 )
 def test_llama_logits_match_transformers(sizes, tmp_path):
     cfg = transformers.LlamaConfig(vocab_size=103, num_hidden_layers=2, max_position_embeddings=32, **sizes)
-    torch.manual_seed(0)
-    path = save_hf(transformers.LlamaForCausalLM(cfg), tmp_path)
-    ids, mask = batch(103)
-    want = transformers.LlamaForCausalLM.from_pretrained(path)(
-        torch.tensor(ids), attention_mask=torch.tensor(mask)
-    ).logits
-    model, config = hf.load(path)
-    assert (
-        config.num_kv_heads == sizes["num_key_value_heads"]
-        and config.rope_theta == cfg.rope_parameters["rope_theta"]
-    )
-    got = model(jnp.asarray(ids), mask_BL=jnp.asarray(mask))
-    assert rel_err(got, want.detach().numpy(), mask) < 1e-4
-    exported = round_trip(model, config, tmp_path)
-    again = transformers.LlamaForCausalLM.from_pretrained(exported)(
-        torch.tensor(ids), attention_mask=torch.tensor(mask)
-    )
-    assert rel_err(again.logits.detach().numpy(), want.detach().numpy(), mask) < 1e-6
+    config = causal_lm_parity(transformers.LlamaForCausalLM, cfg, tmp_path)
+    assert config.num_kv_heads == sizes["num_key_value_heads"]
+    assert config.rope_theta == cfg.rope_parameters["rope_theta"]
 
 
 def test_mistral_loads_with_positions_capped_at_its_window_and_saves_as_llama(tmp_path):
@@ -125,21 +113,10 @@ def test_mistral_loads_with_positions_capped_at_its_window_and_saves_as_llama(tm
         max_position_embeddings=64,
         sliding_window=16,
     )
-    torch.manual_seed(0)
-    path = save_hf(transformers.MistralForCausalLM(cfg), tmp_path)
-    ids, mask = batch(97)
-    want = transformers.MistralForCausalLM.from_pretrained(path)(
-        torch.tensor(ids), attention_mask=torch.tensor(mask)
-    ).logits
-    model, config = hf.load(path)
-    assert config.max_len == 16 and config.num_kv_heads == 2
-    got = model(jnp.asarray(ids), mask_BL=jnp.asarray(mask))
-    assert rel_err(got, want.detach().numpy(), mask) < 1e-4
-    exported = round_trip(model, config, tmp_path)
-    again = transformers.LlamaForCausalLM.from_pretrained(exported)(
-        torch.tensor(ids), attention_mask=torch.tensor(mask)
+    config = causal_lm_parity(
+        transformers.MistralForCausalLM, cfg, tmp_path, export_class=transformers.LlamaForCausalLM
     )
-    assert rel_err(again.logits.detach().numpy(), want.detach().numpy(), mask) < 1e-6
+    assert config.max_len == 16 and config.num_kv_heads == 2
 
 
 @pytest.mark.parametrize("arch", ["BertModel", "BertForMaskedLM", "BertForPreTraining"])
