@@ -339,17 +339,7 @@ def streams(
     task_iter = iter(task_pipeline.train_dataset(task, tok, seed=config.seed, **batching))
     if not uses_pretrain(config):
         return task_iter, None
-    pretrain_data = pipeline.train_dataset(
-        corpus,
-        tok,
-        config.data,
-        objective=objectives.get(config.train.objective),
-        batch_size=config.data.batch_size // jax.process_count(),
-        seed=config.seed,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
-    )
-    return task_iter, iter(pretrain_data)
+    return task_iter, train.train_data(config, corpus, tok, objectives.get(config.train.objective))
 
 
 def initial_state(
