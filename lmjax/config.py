@@ -64,6 +64,7 @@ def base() -> ConfigDict:
             attention_dropout=0.0,
             tie_embeddings=True,
             use_bias=True,
+            qkv_bias=False,  # query/key/value biases even with use_bias=False (Qwen2)
             dtype="float32",
             # none | full | dots | dots_no_batch: what a block keeps for backward (layers.REMAT_POLICIES)
             remat="none",

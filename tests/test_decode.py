@@ -39,6 +39,7 @@ def cached_logits(model, prompts, continuation_BN):
         ("relative", {}),
         ("rotary", dict(num_heads=4, num_kv_heads=2, use_bias=False, rope_theta=1e5)),  # grouped-query
         ("rotary", dict(num_heads=4, num_kv_heads=1, use_bias=False)),  # multi-query
+        ("rotary", dict(num_heads=4, num_kv_heads=2, use_bias=False, qkv_bias=True)),  # Qwen2's biases
     ],
 )
 def test_kv_cache_decoding_matches_the_full_forward_for_prompts_of_different_lengths(positions, kw):

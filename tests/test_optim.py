@@ -24,7 +24,7 @@ def test_weight_decay_mask_skips_norms_biases_and_embeddings():
     assert (
         not flat["blocks.0.mlp.up.bias"]
         and not flat["blocks.0.attn_norm.scale"]
-        and not flat["blocks.0.attn.bias_3HK"]
+        and not flat["blocks.0.attn.key_bias_GK"]
     )
     assert not flat["embed_VD"] and not flat["pos_embed_LD"]
     with_embed = {".".join(map(str, p)): v.value for p, v in optim.decay_mask(params, True).flat_state()}

@@ -3,8 +3,9 @@
   model, model_config = lmjax.interop.hf.load("path/to/gpt2")   # forward returns logits
   lmjax.interop.hf.save(model, model_config, "path/to/out")        # config.json + model.safetensors
 
-Architectures: GPT2LMHeadModel; LlamaForCausalLM (grouped-query attention, tied or untied head) and
-MistralForCausalLM (positions capped at its sliding window; saved back as Llama); BertModel
+Architectures: GPT2LMHeadModel; LlamaForCausalLM (grouped-query attention, tied or untied head),
+MistralForCausalLM (positions capped at its sliding window; saved back as Llama) and Qwen2ForCausalLM
+(Llama with query/key/value biases); BertModel
 (forward returns hidden states), BertForMaskedLM, BertForPreTraining (MLM logits from forward;
 `nsp_logits(encode(...))` for NSP); T5ForConditionalGeneration.
 Neither torch nor transformers is needed, except to read a pytorch_model.bin (torch).
@@ -121,7 +122,9 @@ def _gpt2_rows(model_config: ConfigDict, arch: str) -> list[tuple[str, str, str]
             (f"{b}.attn.query_DHK", f"{h}.attn.c_attn.weight:0", "conv_in"),
             (f"{b}.attn.key_DHK", f"{h}.attn.c_attn.weight:1", "conv_in"),
             (f"{b}.attn.value_DHK", f"{h}.attn.c_attn.weight:2", "conv_in"),
-            (f"{b}.attn.bias_3HK", f"{h}.attn.c_attn.bias", "flat"),
+            (f"{b}.attn.query_bias_HK", f"{h}.attn.c_attn.bias:0", "flat"),
+            (f"{b}.attn.key_bias_GK", f"{h}.attn.c_attn.bias:1", "flat"),
+            (f"{b}.attn.value_bias_GK", f"{h}.attn.c_attn.bias:2", "flat"),
             (f"{b}.attn.out_HKD", f"{h}.attn.c_proj.weight", "conv_out"),
             (f"{b}.attn.out_bias_D", f"{h}.attn.c_proj.bias", "copy"),
             (f"{b}.mlp_norm.scale", f"{h}.ln_2.weight", "copy"),
@@ -179,6 +182,13 @@ def _mistral_config(hf: dict, weights: dict) -> dict:
     return config
 
 
+def _qwen2_config(hf: dict, weights: dict) -> dict:
+    """Qwen2 is Llama with query/key/value biases; sliding-window layers (use_sliding_window) are refused."""
+    if hf.get("use_sliding_window"):
+        raise InputError("Qwen2 with use_sliding_window=True is not supported (full attention only)")
+    return _llama_config(hf | {"attention_bias": False}, weights) | dict(qkv_bias=True)
+
+
 def _llama_hf_config(model_config: ConfigDict) -> dict:
     _require(
         model_config,
@@ -189,8 +199,9 @@ def _llama_hf_config(model_config: ConfigDict) -> dict:
         use_bias=False,
         scale_attention=True,
     )
+    qwen2 = model_config.qkv_bias
     return dict(
-        model_type="llama",
+        model_type="qwen2" if qwen2 else "llama",
         vocab_size=model_config.vocab_size,
         hidden_size=model_config.d_model,
         intermediate_size=model_config.d_ff or 4 * model_config.d_model,
@@ -203,10 +214,8 @@ def _llama_hf_config(model_config: ConfigDict) -> dict:
         rope_theta=model_config.rope_theta,  # transformers 4.x; 5.x reads rope_parameters
         rope_parameters={"rope_theta": model_config.rope_theta, "rope_type": "default"},
         hidden_act="silu",
-        attention_bias=False,
-        mlp_bias=False,
         tie_word_embeddings=bool(model_config.tie_embeddings),
-    )
+    ) | (dict(use_sliding_window=False) if qwen2 else dict(attention_bias=False, mlp_bias=False))
 
 
 def _llama_rows(model_config: ConfigDict, arch: str) -> list[tuple[str, str, str]]:
@@ -230,6 +239,12 @@ def _llama_rows(model_config: ConfigDict, arch: str) -> list[tuple[str, str, str
             (f"{b}.mlp.gate.kernel", f"{h}.mlp.up_proj.weight", "linear"),
             (f"{b}.mlp.down.kernel", f"{h}.mlp.down_proj.weight", "linear"),
         ]
+        if model_config.qkv_bias:
+            rows += [
+                (f"{b}.attn.query_bias_HK", f"{h}.self_attn.q_proj.bias", "flat"),
+                (f"{b}.attn.key_bias_GK", f"{h}.self_attn.k_proj.bias", "flat"),
+                (f"{b}.attn.value_bias_GK", f"{h}.self_attn.v_proj.bias", "flat"),
+            ]
     return rows
 
 
@@ -310,7 +325,9 @@ def _bert_rows(model_config: ConfigDict, arch: str) -> list[tuple[str, str, str]
             (f"{b}.attn.query_DHK", f"{h}.attention.self.query.weight", "linear_in"),
             (f"{b}.attn.key_DHK", f"{h}.attention.self.key.weight", "linear_in"),
             (f"{b}.attn.value_DHK", f"{h}.attention.self.value.weight", "linear_in"),
-            (f"{b}.attn.bias_3HK", f"{h}.attention.self.(query|key|value).bias", "flat"),
+            (f"{b}.attn.query_bias_HK", f"{h}.attention.self.query.bias", "flat"),
+            (f"{b}.attn.key_bias_GK", f"{h}.attention.self.key.bias", "flat"),
+            (f"{b}.attn.value_bias_GK", f"{h}.attention.self.value.bias", "flat"),
             (f"{b}.attn.out_HKD", f"{h}.attention.output.dense.weight", "linear_out"),
             (f"{b}.attn.out_bias_D", f"{h}.attention.output.dense.bias", "copy"),
             (f"{b}.attn_norm.scale", f"{h}.attention.output.LayerNorm.weight", "copy"),
@@ -478,6 +495,7 @@ ARCHITECTURES = {
     "GPT2LMHeadModel": (lambda hf, weights, arch: _gpt2_config(hf, weights), _gpt2_rows),
     "LlamaForCausalLM": (lambda hf, weights, arch: _llama_config(hf, weights), _llama_rows),
     "MistralForCausalLM": (lambda hf, weights, arch: _mistral_config(hf, weights), _llama_rows),
+    "Qwen2ForCausalLM": (lambda hf, weights, arch: _qwen2_config(hf, weights), _llama_rows),
     "BertModel": (_bert_config, _bert_rows),
     "BertForMaskedLM": (_bert_config, _bert_rows),
     "BertForPreTraining": (_bert_config, _bert_rows),
@@ -517,20 +535,6 @@ def _read_weights(directory: Path) -> dict[str, np.ndarray]:
     )
 
 
-def _expand(rows) -> list[tuple[str, str | tuple[str, ...], str]]:
-    """Turns an HF name '...(q|k|v)...' (three tensors joined into one lmjax parameter) into a tuple of names.
-    A name 'x:i' (part i of 3 along x's last axis: GPT-2's fused QKV) is left for load/save to split or
-    join."""
-    out = []
-    for lm, hf, layout in rows:
-        if "(" in hf:
-            head, rest = hf.split("(", 1)
-            alts, tail = rest.split(")", 1)
-            hf = tuple(head + a + tail for a in alts.split("|"))
-        out.append((lm, hf, layout))
-    return out
-
-
 def _architecture(hf_config: dict) -> str:
     arch = (hf_config.get("architectures") or [None])[0]
     if arch not in ARCHITECTURES:
@@ -546,33 +550,37 @@ def load(directory: str | Path) -> tuple[nnx.Module, ConfigDict]:
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise MissingInput(f"{directory} has no config.json; point at a directory written by save_pretrained")
-    hf_config = json.loads((directory / "config.json").read_text())
+    return from_tensors(
+        json.loads((directory / "config.json").read_text()), _read_weights(directory), directory
+    )
+
+
+def from_tensors(
+    hf_config: dict, hf: dict[str, np.ndarray], source: str | Path
+) -> tuple[nnx.Module, ConfigDict]:
+    """An lmjax model from a Hugging Face config.json's contents and its tensors by HF name (`source` names
+    where they came from, for messages)."""
     arch = _architecture(hf_config)
     make_config, make_rows = ARCHITECTURES[arch]
-    hf = _read_weights(directory)
     model_config = base_config.base().model
     model_config.update(make_config(hf_config, hf, arch))
     model = models.build(model_config, nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
     flat = {".".join(map(str, path)): var for path, var in params.flat_state()}
     filled = set()
-    for lm, names, layout in _expand(make_rows(model_config, arch)):
+    for lm, name, layout in make_rows(model_config, arch):
         var = flat[lm]
-        tensors = []
-        for name in names if isinstance(names, tuple) else (names,):
-            base, _, part = name.partition(":")
-            if base not in hf:
-                raise InputError(
-                    f"{directory} ({arch}) lacks tensor {base!r}; the checkpoint does not match its "
-                    "config.json"
-                )
-            t = np.asarray(hf[base], np.float32)
-            tensors.append(np.split(t, 3, axis=-1)[int(part)] if part else t)
-        tensor = np.concatenate(tensors) if len(tensors) > 1 else tensors[0]
+        base, _, part = name.partition(":")
+        if base not in hf:
+            raise InputError(
+                f"{source} ({arch}) lacks tensor {base!r}; the checkpoint does not match its config"
+            )
+        tensor = np.asarray(hf[base], np.float32)
+        tensor = np.split(tensor, 3, axis=-1)[int(part)] if part else tensor
         if tensor.size != var.value.size:
             raise InputError(
-                f"tensor {names!r} has shape {tensor.shape}, but the config makes {lm} {var.value.shape}; "
-                f"the weights do not match config.json"
+                f"tensor {name!r} has shape {tensor.shape}, but the config makes {lm} {var.value.shape}; "
+                f"the weights do not match the config"
             )
         var.value = np.asarray(LAYOUTS[layout][0](tensor, var.value.shape), var.value.dtype)
         filled.add(lm)
@@ -585,7 +593,9 @@ def load(directory: str | Path) -> tuple[nnx.Module, ConfigDict]:
 def hf_architecture(model_config: ConfigDict) -> str:
     """The HF class an lmjax model config saves as."""
     if model_config.family == "decoder":
-        return "LlamaForCausalLM" if model_config.positions == "rotary" else "GPT2LMHeadModel"
+        if model_config.positions != "rotary":
+            return "GPT2LMHeadModel"
+        return "Qwen2ForCausalLM" if model_config.qkv_bias else "LlamaForCausalLM"
     if model_config.family == "encoder":
         return {v: k for k, v in BERT_HEADS.items()}[model_config.encoder_heads]
     return "T5ForConditionalGeneration"
@@ -604,6 +614,7 @@ def save(model: nnx.Module, config: ConfigDict, directory: str | Path) -> Path:
     hf_config = {
         "GPT2LMHeadModel": _gpt2_hf_config,
         "LlamaForCausalLM": _llama_hf_config,
+        "Qwen2ForCausalLM": _llama_hf_config,
         "T5ForConditionalGeneration": _t5_hf_config,
     }.get(arch, _bert_hf_config)(model_config)
     hf_config["architectures"] = [arch]
@@ -612,14 +623,11 @@ def save(model: nnx.Module, config: ConfigDict, directory: str | Path) -> Path:
         for path, var in nnx.state(model, nnx.Param).flat_state()
     }
     tensors: dict[str, list] = {}
-    for lm, names, layout in _expand(ARCHITECTURES[arch][1](model_config, arch)):
-        value = LAYOUTS[layout][1](flat[lm])
-        if isinstance(names, tuple):  # joined tensors: split back
-            for name, part in zip(names, np.split(value, len(names)), strict=True):
-                tensors[name] = [part]
-            continue
-        base, _, part = names.partition(":")
-        tensors.setdefault(base, [None] * 3 if part else [None])[int(part or 0)] = value
+    for lm, name, layout in ARCHITECTURES[arch][1](model_config, arch):
+        base, _, part = name.partition(":")
+        tensors.setdefault(base, [None] * 3 if part else [None])[int(part or 0)] = LAYOUTS[layout][1](
+            flat[lm]
+        )
     out = {
         k: np.ascontiguousarray(np.concatenate(v, axis=-1) if len(v) > 1 else v[0])
         for k, v in tensors.items()

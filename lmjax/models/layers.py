@@ -68,6 +68,7 @@ class Spec:
     norm_eps: float = 1e-5
     activation: str = "gelu_tanh"
     use_bias: bool = True
+    qkv_bias: bool = False  # query/key/value biases even without use_bias (Qwen2)
     scale_attention: bool = True
     relative_buckets: int = 32
     relative_max_distance: int = 128
@@ -104,11 +105,6 @@ class Spec:
                 f"model.num_kv_heads={kv_heads} does not divide model.num_heads={model_config.num_heads}; "
                 "each key/value head serves an equal group of query heads"
             )
-        if kv_heads != model_config.num_heads and model_config.use_bias:
-            raise InputError(
-                f"model.num_kv_heads={kv_heads} < num_heads with model.use_bias=True: attention biases are "
-                "implemented for num_kv_heads = num_heads only; set model.use_bias=False"
-            )
         return cls(
             d_model=model_config.d_model,
             num_heads=model_config.num_heads,
@@ -121,6 +117,7 @@ class Spec:
             norm_eps=model_config.norm_eps,
             activation=model_config.activation,
             use_bias=model_config.use_bias,
+            qkv_bias=model_config.get("qkv_bias", False),
             scale_attention=model_config.scale_attention,
             relative_buckets=model_config.relative_buckets,
             relative_max_distance=model_config.relative_max_distance,
@@ -336,19 +333,20 @@ class MultiHeadAttention(nnx.Module):
         self.out_HKD = param(
             rngs, nnx.initializers.normal(out_init_std), dhk[1:] + (spec.d_model,), ("heads", "kv", "embed")
         )
-        self.bias_3HK = (
-            param(rngs, nnx.initializers.zeros, (3, spec.num_heads, spec.head_dim), (None, "heads", "kv"))
-            if spec.use_bias
-            else None
-        )
+        biases = spec.use_bias or spec.qkv_bias
+        zeros = nnx.initializers.zeros
+        self.query_bias_HK = param(rngs, zeros, dhk[1:], ("heads", "kv")) if biases else None
+        self.key_bias_GK = param(rngs, zeros, dgk[1:], ("kv_heads", "kv")) if biases else None
+        self.value_bias_GK = param(rngs, zeros, dgk[1:], ("kv_heads", "kv")) if biases else None
         self.out_bias_D = (
             param(rngs, nnx.initializers.zeros, (spec.d_model,), ("embed",)) if spec.use_bias else None
         )
 
     def _project(self, x_BLD: jax.Array, i: int) -> jax.Array:
         w = (self.query_DHK, self.key_DHK, self.value_DHK)[i][...].astype(x_BLD.dtype)
+        bias = (self.query_bias_HK, self.key_bias_GK, self.value_bias_GK)[i]
         y_BLHK = matmul(x_BLD, w)
-        y_BLHK = y_BLHK if self.bias_3HK is None else y_BLHK + self.bias_3HK[i].astype(x_BLD.dtype)
+        y_BLHK = y_BLHK if bias is None else y_BLHK + bias[...].astype(x_BLD.dtype)
         return constrain(y_BLHK, ("batch", "length", "act_heads", "kv"))
 
     def __call__(

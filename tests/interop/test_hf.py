@@ -33,6 +33,10 @@ def rel_err(got, want, mask=None):
 
 def save_hf(model, tmp_path, name="hf"):
     torch.manual_seed(0)
+    with torch.no_grad():  # transformers initialises biases to zero, which would test nothing
+        for name_, p in model.named_parameters():
+            if name_.endswith(".bias"):
+                p.normal_(0.0, 0.1)
     model.eval()
     path = tmp_path / name
     model.save_pretrained(path)
@@ -100,6 +104,22 @@ def test_llama_logits_match_transformers(sizes, tmp_path):
     config = causal_lm_parity(transformers.LlamaForCausalLM, cfg, tmp_path)
     assert config.num_kv_heads == sizes["num_key_value_heads"]
     assert config.rope_theta == cfg.rope_parameters["rope_theta"]
+
+
+def test_qwen2_with_grouped_query_attention_biases_matches_transformers(tmp_path):
+    cfg = transformers.Qwen2Config(
+        vocab_size=89,
+        hidden_size=48,
+        intermediate_size=72,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        rope_theta=1e6,
+        tie_word_embeddings=False,
+    )
+    config = causal_lm_parity(transformers.Qwen2ForCausalLM, cfg, tmp_path)
+    assert config.qkv_bias and not config.use_bias and config.num_kv_heads == 2
 
 
 def test_mistral_loads_with_positions_capped_at_its_window_and_saves_as_llama(tmp_path):
@@ -209,7 +229,7 @@ def test_unsupported_or_mismatched_directories_fail_clearly(tmp_path):
     ):
         hf.load(path)
     (path / "config.json").write_text(json.dumps(config | {"n_embd": 32}))
-    with pytest.raises(ValueError, match="the weights do not match config.json"):
+    with pytest.raises(ValueError, match="the weights do not match the config"):
         hf.load(path)
     llama = transformers.LlamaConfig(
         vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
