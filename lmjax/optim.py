@@ -81,8 +81,12 @@ def decay_mask(params: Any, decay_embeddings: bool) -> Any:
 
 
 def frozen(optim_config: ConfigDict, path: tuple) -> bool:
-    """optim.freeze: comma-separated regular expressions matched at the start of a parameter's path."""
-    return any(re.match(p.strip(), path_str(path)) for p in optim_config.freeze.split(",") if p.strip())
+    """optim.freeze: comma-separated regular expressions matched at the start of a parameter's path; with
+    LoRA on (optim.lora_rank > 0), the whole backbone too (its adapters, under lora/, train)."""
+    name = path_str(path)
+    if optim_config.get("lora_rank", 0) > 0 and name.startswith("backbone/"):
+        return True
+    return any(re.match(p.strip(), name) for p in optim_config.freeze.split(",") if p.strip())
 
 
 def frozen_mask(optim_config: ConfigDict, params: Any) -> Any:
@@ -142,7 +146,8 @@ def make(
         )
 
     clip = optax.clip_by_global_norm(optim_config.grad_clip) if optim_config.grad_clip else optax.identity()
-    if not optim_config.freeze and optim_config.layer_decay == 1.0 and not optim_config.head_learning_rate:
+    plain = not optim_config.freeze and not optim_config.get("lora_rank", 0)
+    if plain and optim_config.layer_decay == 1.0 and not optim_config.head_learning_rate:
         return optax.chain(clip, adamw(1.0))
     groups = {
         f"depth{d}": adamw(optim_config.layer_decay ** (num_layers + 1 - d)) for d in range(num_layers + 2)

@@ -221,7 +221,7 @@ def test_bad_input_fails_with_one_line(bert_workdir, tmp_path, cache_dir):
         train.check_config(c)
     c.finetune.pretrain_lambda = 0.0
     c.finetune.init = str(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="is not a directory"):
+    with pytest.raises(FileNotFoundError, match="is neither a directory nor a .gguf file"):
         finetune.run(c, tmp_path / "init")
 
 

@@ -4,7 +4,7 @@ import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
 from lmjax.data import task_pipeline, tasks, tokenizers
-from lmjax.finetune import MINILM, init_dir
+from lmjax.finetune import MINILM, init_path
 
 
 def task_config(name, cache_dir="", num_labels=0):
@@ -13,7 +13,7 @@ def task_config(name, cache_dir="", num_labels=0):
 
 @pytest.fixture(scope="module")
 def wordpiece():
-    return tokenizers.load(init_dir(MINILM))
+    return tokenizers.load(init_path(MINILM))
 
 
 def test_rotten_tomatoes_splits_are_fixed_disjoint_and_deduplicated(cache_dir):
