@@ -257,9 +257,9 @@ def validate(config: ConfigDict) -> None:
         raise InputError(f"mode={config.mode!r} is unknown; use 'train', 'sample', 'finetune' or 'eval'")
     if config.mode == "finetune":
         validate_finetune(config)
-    elif config.optim.lora_rank:
+    elif config.mode == "train" and config.optim.lora_rank:
         raise InputError(
-            f"optim.lora_rank={config.optim.lora_rank} is for fine-tuning (mode=finetune); set it to 0 here"
+            f"optim.lora_rank={config.optim.lora_rank} is for fine-tuning (mode=finetune); set it to 0 to train"
         )
     if config.optim.lora_rank < 0:
         raise InputError(f"optim.lora_rank={config.optim.lora_rank} is negative; use 0 (off) or a rank >= 1")

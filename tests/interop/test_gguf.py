@@ -260,3 +260,22 @@ def test_sample_mode_answers_a_chat_message_with_smollm2(tmp_path):
         check=True,
     )
     assert "The capital of France is Paris." in out.stdout
+
+
+def test_a_gguf_file_as_finetune_init_is_scored_like_its_weights_in_a_hugging_face_directory(
+    hf_llama, tiny_config, tmp_path
+):
+    from lmjax import score
+
+    path = write_gguf(tmp_path / "m.gguf", tiny_model(hf_llama, "llama"), hf_llama[0])
+    model, model_config, tok = lm_gguf.load(path)
+    hf.save(model, model_config, tmp_path / "as_hf")
+    tok.save(tmp_path / "as_hf")
+    tiny_config.update(mode="eval")
+    tiny_config.train.eval_batches = 2
+    results = {}
+    for init in (path, tmp_path / "as_hf"):
+        tiny_config.finetune.init = str(init)
+        results[init.name] = score.run(tiny_config, tmp_path / f"eval_{init.name}")
+    assert np.isfinite(results["m.gguf"]["eval/loss"])
+    np.testing.assert_allclose(results["m.gguf"]["eval/loss"], results["as_hf"]["eval/loss"], rtol=1e-6)
