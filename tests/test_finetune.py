@@ -177,6 +177,14 @@ def test_finetune_from_a_pretraining_workdir_end_to_end_and_resume(
 
     # Interrupted after step 2's checkpoint, resumed: the parameters of the uninterrupted run (both streams
     # resume).
+    run_interrupted_at_3(c, tmp_path / "b", monkeypatch)
+    restored = [finetune_params(tmp_path / name, c) for name in ("a", "b")]
+    for x, y in zip(*map(jax.tree.leaves, restored), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def run_interrupted_at_3(c, workdir, monkeypatch):
+    """finetune.run crashing in step 3 (after step 2's checkpoint), then run again: it resumes."""
     original = metrics.Writer.scalars
 
     def crash_at_3(self, step, values):
@@ -186,13 +194,10 @@ def test_finetune_from_a_pretraining_workdir_end_to_end_and_resume(
 
     monkeypatch.setattr(metrics.Writer, "scalars", crash_at_3)
     with pytest.raises(RuntimeError, match="crash"):
-        finetune.run(c, tmp_path / "b")
+        finetune.run(c, workdir)
     monkeypatch.setattr(metrics.Writer, "scalars", original)
-    assert checkpoint.saved_steps(tmp_path / "b") == [2]
-    finetune.run(c, tmp_path / "b")
-    restored = [finetune_params(tmp_path / name, c) for name in ("a", "b")]
-    for x, y in zip(*map(jax.tree.leaves, restored), strict=True):
-        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    assert checkpoint.saved_steps(workdir) == [2]
+    return finetune.run(c, workdir)
 
 
 def finetune_params(workdir, c):

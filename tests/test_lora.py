@@ -8,9 +8,9 @@ import pytest
 from flax import nnx
 
 from experiments.configs import finetune_bert_mlm
-from lmjax import finetune, lora, metrics, models, optim, train
+from lmjax import finetune, lora, models, optim, train
 from lmjax.interop import hf
-from tests.test_finetune import batches, finetune_params, setup, step_config
+from tests.test_finetune import batches, finetune_params, run_interrupted_at_3, setup, step_config
 
 
 def lora_config(**optim_values):
@@ -94,18 +94,7 @@ def test_lora_fine_tuning_of_a_hugging_face_llama_resumes_exactly_and_exports_me
     result = finetune.run(c, tmp_path / "a")
     assert result["pretrain/heldout_loss"] != result["pretrain/heldout_loss_before"]  # merged adapters moved
 
-    original = metrics.Writer.scalars
-
-    def crash_at_3(self, step, values):
-        if step == 3 and "train/loss" in values:
-            raise RuntimeError("crash")
-        original(self, step, values)
-
-    monkeypatch.setattr(metrics.Writer, "scalars", crash_at_3)
-    with pytest.raises(RuntimeError, match="crash"):
-        finetune.run(c, tmp_path / "b")
-    monkeypatch.setattr(metrics.Writer, "scalars", original)
-    finetune.run(c, tmp_path / "b")
+    run_interrupted_at_3(c, tmp_path / "b", monkeypatch)
     a, b = (finetune_params(tmp_path / name, c) for name in ("a", "b"))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
