@@ -259,7 +259,7 @@ def validate(config: ConfigDict) -> None:
         validate_finetune(config)
     elif config.mode == "train" and config.optim.lora_rank:
         raise InputError(
-            f"optim.lora_rank={config.optim.lora_rank} is for fine-tuning (mode=finetune); set it to 0 to train"
+            f"optim.lora_rank={config.optim.lora_rank} is for fine-tuning (mode=finetune); set it to 0 here"
         )
     if config.optim.lora_rank < 0:
         raise InputError(f"optim.lora_rank={config.optim.lora_rank} is negative; use 0 (off) or a rank >= 1")

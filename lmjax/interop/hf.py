@@ -10,7 +10,8 @@ MistralForCausalLM (positions capped at its sliding window; saved back as Llama)
 `nsp_logits(encode(...))` for NSP); T5ForConditionalGeneration.
 Neither torch nor transformers is needed, except to read a pytorch_model.bin (torch).
 
-Each architecture is a table of (lmjax parameter, HF tensor, layout) rows; a layout converts both ways.
+Each architecture is a table of (lmjax parameter, HF tensor, layout) rows; a layout converts both ways. An HF
+name 'x:i' is part i of 3 along tensor x's last axis (GPT-2's fused query/key/value).
 """
 
 from __future__ import annotations
