@@ -1,7 +1,8 @@
 """--config.mode=eval: a pretrained model's loss and perplexity on a corpus's validation split, no training.
 
-The model is finetune.init (an lmjax workdir, a Hugging Face directory or a shipped model name), scored with
-train.objective on the data.* corpus tokenized by the model's own tokenizer; the figures go to results.json.
+The model is finetune.init (an lmjax workdir, a Hugging Face directory, a GGUF file or a shipped model's name:
+finetune.SHIPPED), scored with train.objective on the data.* corpus tokenized by the model's own tokenizer;
+the figures go to results.json.
 
   python -m lmjax.main --config=experiments/configs/shakespeare_char.py --workdir=workdirs/eval \
       --config.mode=eval --config.finetune.init=path/to/hf_dir
@@ -24,8 +25,8 @@ def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
     """Evaluates finetune.init: {'eval/loss', 'eval/perplexity', ...}, also written to results.json."""
     if not config.finetune.init:
         raise InputError(
-            "mode=eval scores a pretrained model; set --config.finetune.init (an lmjax workdir, "
-            "a Hugging Face directory or 'all-MiniLM-L6-v2')"
+            "mode=eval scores a pretrained model; set --config.finetune.init (an lmjax workdir, a Hugging "
+            f"Face directory, a GGUF file or one of {sorted(finetune.SHIPPED)})"
         )
     started, workdir = time.perf_counter(), storage.workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
