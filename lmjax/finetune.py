@@ -91,11 +91,11 @@ def pretrained(init: str) -> Pretrained:
         return Pretrained(model_config, tok, lambda: nnx.state(model, nnx.Param))
     if (d / checkpoint.CKPT_DIR).is_dir():
         saved = config_lib.from_saved(checkpoint.load_config(d) or {})
-        params = (lambda: finetuned_backbone(d, saved)) if saved.mode == "finetune" else None
+        finetuned = saved.mode == "finetune"
         return Pretrained(
             saved.model,
             tokenizers.load(d / checkpoint.TOKENIZER_DIR),
-            params or (lambda: train.load_trained(d)[1]),
+            (lambda: finetuned_backbone(d, saved)) if finetuned else (lambda: train.load_trained(d)[1]),
         )
     if (d / "config.json").is_file():
         model, model_config = hf.load(d)
@@ -106,10 +106,15 @@ def pretrained(init: str) -> Pretrained:
     )
 
 
+def task_and_head(config: ConfigDict) -> tuple[tasks.Task, str]:
+    """The run's task dataset and the head it fine-tunes with (encoder-decoders: text to text)."""
+    task = tasks.load(ConfigDict(config.task.to_dict() | {"cache_dir": config.data.cache_dir}))
+    return task, "text_to_text" if config.model.family == "encoder_decoder" else task.spec.head
+
+
 def finetuned_backbone(workdir: epath.Path, config: ConfigDict) -> nnx.State:
     """The backbone of a fine-tuning run's latest checkpoint, its LoRA adapters merged in."""
-    task = tasks.load(ConfigDict(config.task.to_dict() | {"cache_dir": config.data.cache_dir}))
-    head = "text_to_text" if config.model.family == "encoder_decoder" else task.spec.head
+    task, head = task_and_head(config)
     config.mesh.update(data=-1, fsdp=1, tensor=1)
     engine = setup(config, task.num_labels, head)
     abstract = checkpoint.abstract_with_shardings(engine.abstract_state, engine.state_shardings)
@@ -410,8 +415,7 @@ def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
     started, workdir = time.perf_counter(), storage.workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config, tok, pre, corpus = resolve(config, workdir)
-    task = tasks.load(ConfigDict(config.task.to_dict() | {"cache_dir": config.data.cache_dir}))
-    head = "text_to_text" if config.model.family == "encoder_decoder" else task.spec.head
+    task, head = task_and_head(config)
     engine = setup(config, task.num_labels, head)
     task_iter, pretrain_iter = streams(config, task, head, tok, corpus)
     with loop.Run(config, workdir) as run:

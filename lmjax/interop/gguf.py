@@ -143,10 +143,8 @@ def tokenizer(reader) -> tokenizers.HFTokenizer:
     tokens = list(_field(reader, "tokenizer.ggml.tokens"))
     merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges")]
     tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges, fuse_unk=False))
-    byte_level = pre_tokenizers.ByteLevel(
-        add_prefix_space=False, use_regex=PRE_TOKENIZERS[pre] in (None, "digits")
-    )
-    split = PRE_TOKENIZERS[pre]
+    split = PRE_TOKENIZERS[pre]  # GPT-2's own regex inside ByteLevel unless a split of its own replaces it
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split in (None, "digits"))
     if split == "digits":
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), byte_level]
