@@ -68,6 +68,9 @@ def base() -> ConfigDict:
             dtype="float32",
             # none | full | dots | dots_no_batch: what a block keeps for backward (layers.REMAT_POLICIES)
             remat="none",
+            scan_layers=False,  # Transformer blocks as one nnx.scan over stacked parameters
+            # auto | einsum | xla | cudnn | splash: the attention implementation (models/attention.py)
+            attention="auto",
             type_vocab_size=2,
             embed_norm=False,
             encoder_heads="mlm_nsp",  # encoder: segments, BERT's norm, heads

@@ -101,9 +101,14 @@ def _token_shapes(data: ConfigDict, B: int) -> Shapes:
     return {"inputs": ((B, L), np.int32), "targets": ((B, L), np.int32), "weights": ((B, L), np.float32)}
 
 
+def _lm_shapes(data: ConfigDict, B: int) -> Shapes:
+    L = data.seq_len
+    return _token_shapes(data, B) | {"document_ids": ((B, L), np.int32), "positions": ((B, L), np.int32)}
+
+
 def _bilm_shapes(data: ConfigDict, B: int) -> Shapes:
     L = data.seq_len
-    return _token_shapes(data, B) | {
+    return _lm_shapes(data, B) | {
         "prev_targets": ((B, L), np.int32),
         "prev_weights": ((B, L), np.float32),
         "chars": ((B, L, data.max_chars), np.int32),
@@ -121,7 +126,11 @@ def _span_shapes(data: ConfigDict, B: int) -> Shapes:
     return {
         "inputs": ((B, L), np.int32),
         "input_mask": ((B, L), np.int32),
+        "input_document_ids": ((B, L), np.int32),
+        "input_positions": ((B, L), np.int32),
         "decoder_inputs": ((B, T), np.int32),
+        "decoder_document_ids": ((B, T), np.int32),
+        "decoder_positions": ((B, T), np.int32),
         "targets": ((B, T), np.int32),
         "weights": ((B, T), np.float32),
     }
@@ -187,7 +196,7 @@ register(
         "causal_lm",
         ("decoder", "rnn"),
         _smoothed(losses.language_model),
-        _token_shapes,
+        _lm_shapes,
         examples=pipeline.lm_examples,
         eval_stats=target_counts,
     )

@@ -3,11 +3,15 @@
 An objective (lmjax.objectives) names the examples its batches are made of; the example makers here are:
 
   lm_examples        tokenize -> pack (concatenate-and-split) -> shuffle windows:
-                     inputs int32[L], targets int32[L] (inputs shifted by one), weights float32[L]
+                     inputs int32[L], targets int32[L] (inputs shifted by one), weights float32[L],
+                     document_ids int32[L] (1, 2, ... per document in the row; 0: padding) and
+                     positions int32[L] (restarting at each document): attention stays in a document
   bilm_examples      lm_examples + prev_targets / prev_weights (the backward LM's);
                      batches add chars int32[B, L, C]
   mlm_examples       documents -> sentence pairs (NSP) -> BERT masking (see data/masking.py)
-  span_examples      tokenize -> pack raw windows -> T5 span corruption (see data/spans.py)
+  span_examples      tokenize -> split documents into raw windows -> T5 span corruption of each (see
+                     data/spans.py) -> pack examples into rows (first fit), with document ids and
+                     positions of the inputs and of the targets
   sentence_examples  one text piece per row: inputs, input_mask int32[L], weights float32
                      (the two views: the model's)
   word_pairs, cooccurrences   word ids of whole documents -> word2vec examples / GloVe entries
@@ -45,9 +49,17 @@ class Tokenize(grain.transforms.Map):
 
 
 def to_lm_example(packed: dict) -> dict:
-    """A packed window of L + 1 tokens -> (inputs, targets, weights); padding has segment id 0."""
-    tokens, segments = packed["tokens"], packed["tokens_segment_ids"]
-    return {"inputs": tokens[:-1], "targets": tokens[1:], "weights": (segments[1:] > 0).astype(np.float32)}
+    """A packed window of L + 1 tokens -> inputs, targets, weights, document_ids, positions. Padding has
+    document id 0; a document's last token does not predict the next document's first (weight 0)."""
+    tokens, ids, positions = packed["tokens"], packed["tokens_segment_ids"], packed["tokens_positions"]
+    same_document = (ids[1:] == ids[:-1]) & (ids[1:] > 0)
+    return {
+        "inputs": tokens[:-1],
+        "targets": tokens[1:],
+        "weights": same_document.astype(np.float32),
+        "document_ids": ids[:-1],
+        "positions": positions[:-1],
+    }
 
 
 def char_table(tokenizer: Tokenizer, max_chars: int) -> np.ndarray:
@@ -167,6 +179,22 @@ def _packed(ds: grain.MapDataset, corpus: Corpus, tokenizer: Tokenizer, length: 
     return grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": length})
 
 
+PACKING_BINS = 8  # rows first-fit packing fills at once (more: less padding, more mixing of epochs)
+
+
+class SplitWindows(grain.experimental.FlatMapTransform):
+    """A tokenized document -> its consecutive windows of at most `length` tokens (the last may be shorter;
+    windows of one token are dropped: nothing to corrupt)."""
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def flat_map(self, example: dict) -> list[dict]:
+        tokens = example["tokens"]
+        starts = range(0, len(tokens) - 1, self.length)
+        return [{"tokens": tokens[i : i + self.length]} for i in starts if len(tokens) - i >= 2]
+
+
 def span_lengths(data: ConfigDict) -> tuple[int, int]:
     """(raw window, decoder length) for span corruption with encoder inputs of data.seq_len tokens."""
     return spans.window_lengths(data.seq_len, data.noise_density, data.mean_span)
@@ -210,8 +238,23 @@ def mlm_examples(ds, documents, corpus, tokenizer, data, seed, training) -> grai
 
 
 def span_examples(ds, documents, corpus, tokenizer, data, seed, training) -> grain.IterDataset:
-    packed = _packed(ds, corpus, tokenizer, span_lengths(data)[0])
-    return packed.random_map(spans.SpanCorruption(tokenizer, data.noise_density, data.mean_span), seed=seed)
+    """Each document's raw windows span-corrupted on their own, then packed several to a row."""
+    raw, target_len = span_lengths(data)
+    tokens = ds.map(Tokenize(tokenizer, corpus.text_key, append_eos=corpus.documents)).to_iter_dataset()
+    windows = grain.experimental.FlatMapIterDataset(tokens, SplitWindows(raw))
+    examples = windows.random_map(
+        spans.SpanCorruption(tokenizer, data.noise_density, data.mean_span), seed=seed
+    )
+    lengths = {
+        "inputs": data.seq_len,
+        "decoder_inputs": target_len,
+        "targets": target_len,
+        "weights": target_len,
+    }
+    rows = grain.experimental.FirstFitPackIterDataset(
+        examples, length_struct=lengths, num_packing_bins=PACKING_BINS, seed=seed, shuffle_bins=training
+    )
+    return rows.map(spans.packed_example)
 
 
 def with_chars(batches: grain.IterDataset, tokenizer: Tokenizer, data: ConfigDict) -> grain.IterDataset:

@@ -1,8 +1,10 @@
-"""T5 span corruption (Raffel et al., 2020): noise spans of a packed window become sentinels in the inputs
-and sentinel-delimited targets. NumPy, per example; lengths are fixed by the window size.
+"""T5 span corruption (Raffel et al., 2020): noise spans of a document's window become sentinels in the
+inputs and sentinel-delimited targets. NumPy, per example.
 
-An example holds inputs int32[S], input_mask int32[S], decoder_inputs int32[T] (targets shifted right after
-the start token, which is padding as in T5), targets int32[T], weights float32[T].
+A corrupted window holds inputs, decoder_inputs (targets shifted right after the start token, which is padding
+as in T5), targets and weights; `packed_example` turns a row of several packed ones into the model's batch
+row: inputs int32[S], input_mask int32[S], input_document_ids / input_positions int32[S], decoder_inputs,
+decoder_document_ids, decoder_positions, targets int32[T], weights float32[T].
 """
 
 from __future__ import annotations
@@ -89,8 +91,22 @@ class SpanCorruption(grain.transforms.RandomMap):
         inputs, targets = corrupt(tokens, mask, self.sentinels, self.eos)
         return {
             "inputs": inputs,
-            "input_mask": np.ones_like(inputs),
             "decoder_inputs": np.concatenate([[0], targets[:-1]]).astype(np.int32),
             "targets": targets,
             "weights": np.ones(targets.shape, np.float32),
         }
+
+
+def packed_example(row: dict) -> dict:
+    """A row of first-fit-packed corrupted windows (grain's `*_segment_ids` / `*_positions`) -> batch row."""
+    return {
+        "inputs": row["inputs"],
+        "input_mask": (row["inputs_segment_ids"] > 0).astype(np.int32),
+        "input_document_ids": row["inputs_segment_ids"],
+        "input_positions": row["inputs_positions"],
+        "decoder_inputs": row["decoder_inputs"],
+        "decoder_document_ids": row["decoder_inputs_segment_ids"],
+        "decoder_positions": row["decoder_inputs_positions"],
+        "targets": row["targets"],
+        "weights": row["weights"],
+    }

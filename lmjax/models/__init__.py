@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
 from flax import nnx
 from ml_collections import ConfigDict
 
 from lmjax.errors import InputError
+from lmjax.models import attention
 from lmjax.models.decoder import DecoderLM
 from lmjax.models.elmo import ELMo, parse_filters
 from lmjax.models.encoder import EncoderLM
@@ -118,12 +120,14 @@ def check(config: ConfigDict) -> None:
             f"{config.data.max_chars} characters; raise data.max_chars or narrow the filters"
         )
     if config.model.family not in ("decoder", "encoder", "encoder_decoder"):
-        if config.model.remat != "none":
-            raise InputError(
-                f"model.remat={config.model.remat!r} applies to Transformer blocks, which a "
-                f"model.family={config.model.family!r} model has none of; leave model.remat='none'"
-            )
+        for key, plain in (("remat", "none"), ("scan_layers", False), ("attention", "auto")):
+            if config.model[key] != plain:
+                raise InputError(
+                    f"model.{key}={config.model[key]!r} applies to Transformer blocks, which a "
+                    f"model.family={config.model.family!r} model has none of; leave model.{key}={plain!r}"
+                )
         return  # recurrent and word-vector models have no position table
+    attention.check(config.model.attention, config.model.dtype, jax.default_backend())
     if config.data.seq_len > config.model.max_len:
         raise InputError(
             f"data.seq_len={config.data.seq_len} is longer than the model's positions "

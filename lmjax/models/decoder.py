@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lmjax.models import layers
+from lmjax.models import attention, layers
 
 
-class DecoderLM(layers.TokenLM, nnx.Module):
+class DecoderLM(nnx.Module):
     """Token embedding + positions -> causal blocks -> final norm (pre-norm) -> (tied) output head."""
 
     def __init__(
@@ -44,6 +44,24 @@ class DecoderLM(layers.TokenLM, nnx.Module):
     def embed(self, tokens_BL: jax.Array) -> jax.Array:
         return jnp.take(self.embed_VD[...], tokens_BL, axis=0).astype(self.dtype)
 
+    def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
+        """{'logits'} for batch['inputs']: padding (batch['input_mask'] 0) is never attended; packed rows
+        (batch['document_ids'], batch['positions']) attend within each document, positions restarting."""
+        return {"logits": self.logits(self.hidden_states(batch, deterministic=deterministic, rngs=rngs))}
+
+    def hidden_states(
+        self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
+    ) -> jax.Array:
+        """h_BLD for a batch as `forward` reads it (what task heads read)."""
+        return self.hidden(
+            self.embed(batch["inputs"]),
+            mask_BL=batch.get("input_mask"),
+            document_ids_BL=batch.get("document_ids"),
+            positions_BL=batch.get("positions"),
+            deterministic=deterministic,
+            rngs=rngs,
+        )
+
     def __call__(
         self,
         tokens_BL: jax.Array,
@@ -74,18 +92,20 @@ class DecoderLM(layers.TokenLM, nnx.Module):
         x_BLD: jax.Array,
         *,
         mask_BL: jax.Array | None = None,
+        document_ids_BL: jax.Array | None = None,
+        positions_BL: jax.Array | None = None,
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
     ) -> jax.Array:
-        """The last block's (normed) hidden states h_BLD for embedded inputs x_BLD (task heads read these)."""
+        """The last block's (normed) hidden states h_BLD for embedded inputs x_BLD; document_ids_BL (0:
+        padding) and positions_BL describe packed rows."""
         L = x_BLD.shape[1]
         layers.check_length(L, self.max_len)
-        mask_B1LS = layers.attention_mask(mask_BL, causal=True, L=L)
+        ids_BL = attention.documents(document_ids_BL, mask_BL)
         return self._forward(
             x_BLD,
-            None,
-            mask_B1LS,
-            is_causal=mask_B1LS is None,
+            positions_BL,
+            attention.Mask(ids_BL, ids_BL, causal=True),
             q_offset=0,
             S=L,
             caches=None,
@@ -113,21 +133,17 @@ class DecoderLM(layers.TokenLM, nnx.Module):
     ) -> tuple[jax.Array, list]:
         """Runs L new tokens written at cache slots index..index+L-1; key_mask_BS marks filled, non-padding
         slots."""
-        mask_B1LS = layers.attention_mask(key_mask_BS, causal=True, L=tokens_BL.shape[1], q_offset=index)
         h_BLD, caches = self._forward(
             self.embed(tokens_BL),
             positions_BL,
-            mask_B1LS,
-            is_causal=False,
+            layers.cache_mask(key_mask_BS, tokens_BL.shape[1], index),
             q_offset=index,
             S=key_mask_BS.shape[1],
             caches=caches,
         )
         return self.logits(h_BLD), caches
 
-    def _forward(
-        self, x_BLD, positions_BL, mask_B1LS, *, is_causal, q_offset, S, caches, deterministic=True, rngs=None
-    ):
+    def _forward(self, x_BLD, positions_BL, mask, *, q_offset, S, caches, deterministic=True, rngs=None):
         x_BLD = layers.add_positions(x_BLD, positions_BL, self.positions, self.pos_embed_LD, self.max_len)
         x_BLD = self.embed_dropout(x_BLD, deterministic=deterministic, rngs=rngs)
         return layers.run_stack(
@@ -140,8 +156,7 @@ class DecoderLM(layers.TokenLM, nnx.Module):
             q_offset=q_offset,
             S=S,
             caches=caches,
-            mask_B1LS=mask_B1LS,
-            is_causal=is_causal,
+            mask=mask,
             deterministic=deterministic,
             rngs=rngs,
         )

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lmjax.errors import InputError
-from lmjax.models import layers
+from lmjax.models import attention, layers
 
 HEADS = ("none", "mlm", "mlm_nsp")
 
@@ -76,6 +76,7 @@ class EncoderLM(nnx.Module):
     ) -> jax.Array:
         """Hidden states h_BLD; mask_BL marks real tokens (padding is never attended to)."""
         layers.check_length(tokens_BL.shape[1], self.max_len)
+        ids_BL = attention.documents(None, mask_BL)
         x_BLD = jnp.take(self.embed_VD[...], tokens_BL, axis=0)
         x_BLD = layers.add_positions(x_BLD, None, self.positions, self.pos_embed_LD, self.max_len)
         if self.segment_embed_TD is not None:
@@ -90,7 +91,7 @@ class EncoderLM(nnx.Module):
             self.relative_bias,
             self.positions,
             x_BLD,
-            mask_B1LS=layers.attention_mask(mask_BL, causal=False),
+            mask=attention.Mask(ids_BL, ids_BL),
             deterministic=deterministic,
             rngs=rngs,
         )[0]

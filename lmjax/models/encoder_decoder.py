@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lmjax.models import layers
+from lmjax.models import attention, layers
 
 
 class EncoderDecoderLM(nnx.Module):
@@ -71,25 +71,43 @@ class EncoderDecoderLM(nnx.Module):
         tokens_BS: jax.Array,
         *,
         mask_BS: jax.Array | None = None,
+        document_ids_BS: jax.Array | None = None,
+        positions_BS: jax.Array | None = None,
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
     ) -> jax.Array:
-        """Encoder states enc_BSD; mask_BS marks real tokens."""
+        """Encoder states enc_BSD; mask_BS marks real tokens; document_ids_BS (0: padding) and positions_BS
+        describe packed rows."""
         layers.check_length(tokens_BS.shape[1], self.max_len, "input")
-        x_BSD = self._embed(self.embed_VD, tokens_BS, None, self.encoder_pos_embed_LD, deterministic, rngs)
+        table_LD = self.encoder_pos_embed_LD
+        x_BSD = self._embed(self.embed_VD, tokens_BS, positions_BS, table_LD, deterministic, rngs)
+        ids_BS = attention.documents(document_ids_BS, mask_BS)
         return layers.run_stack(
             self.encoder_blocks,
             self.encoder_norm,
             self.encoder_bias,
             self.positions,
             x_BSD,
-            mask_B1LS=layers.attention_mask(mask_BS, causal=False),
+            positions_BL=positions_BS,
+            mask=attention.Mask(ids_BS, ids_BS),
             deterministic=deterministic,
             rngs=rngs,
         )[0]
 
     def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
-        """{'logits'} of batch['decoder_inputs'] given batch['inputs'] (real tokens: batch['input_mask'])."""
+        """{'logits'} of batch['decoder_inputs'] given batch['inputs'] (real tokens: batch['input_mask']);
+        packed rows carry document ids and positions for both (batch['input_document_ids'],
+        batch['input_positions'], batch['decoder_document_ids'], batch['decoder_positions'])."""
+        packed = {
+            name: batch[key]
+            for name, key in (
+                ("document_ids_BS", "input_document_ids"),
+                ("positions_BS", "input_positions"),
+                ("decoder_document_ids_BL", "decoder_document_ids"),
+                ("decoder_positions_BL", "decoder_positions"),
+            )
+            if key in batch
+        }
         return {
             "logits": self(
                 batch["inputs"],
@@ -97,6 +115,7 @@ class EncoderDecoderLM(nnx.Module):
                 mask_BS=batch["input_mask"],
                 deterministic=deterministic,
                 rngs=rngs,
+                **packed,
             )
         }
 
@@ -107,22 +126,35 @@ class EncoderDecoderLM(nnx.Module):
         *,
         mask_BS: jax.Array | None = None,
         decoder_mask_BL: jax.Array | None = None,
+        document_ids_BS: jax.Array | None = None,
+        positions_BS: jax.Array | None = None,
+        decoder_document_ids_BL: jax.Array | None = None,
+        decoder_positions_BL: jax.Array | None = None,
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
     ) -> jax.Array:
-        """Decoder logits_BLV (fp32) for teacher-forced decoder inputs."""
-        enc_BSD = self.encode(inputs_BS, mask_BS=mask_BS, deterministic=deterministic, rngs=rngs)
+        """Decoder logits_BLV (fp32) for teacher-forced decoder inputs (packed rows: a target attends to
+        its own document's targets and inputs)."""
+        enc_BSD = self.encode(
+            inputs_BS,
+            mask_BS=mask_BS,
+            document_ids_BS=document_ids_BS,
+            positions_BS=positions_BS,
+            deterministic=deterministic,
+            rngs=rngs,
+        )
         L = decoder_inputs_BL.shape[1]
         layers.check_length(L, self.max_len, "target")
-        if mask_BS is None:
-            mask_BS = jnp.ones(inputs_BS.shape, bool)
+        enc_ids_BS = attention.documents(document_ids_BS, mask_BS)
+        dec_ids_BL = attention.documents(decoder_document_ids_BL, decoder_mask_BL)
+        if enc_ids_BS is not None and dec_ids_BL is None:  # every target attends to its row's inputs
+            dec_ids_BL = jnp.ones(decoder_inputs_BL.shape, jnp.int32)
         logits_BLV, _ = self._decode(
             decoder_inputs_BL,
             enc_BSD,
-            mask_BS,
-            None,
-            layers.attention_mask(decoder_mask_BL, causal=True, L=L),
-            is_causal=decoder_mask_BL is None,
+            decoder_positions_BL,
+            attention.Mask(dec_ids_BL, dec_ids_BL, causal=True),
+            attention.Mask(dec_ids_BL, enc_ids_BS),
             q_offset=0,
             S=L,
             caches=None,
@@ -150,14 +182,12 @@ class EncoderDecoderLM(nnx.Module):
     ) -> tuple[jax.Array, list]:
         """Decoder logits for L new tokens at slots index..; pass enc_BSD on the first call (it fills the
         cross caches)."""
-        mask_B1LS = layers.attention_mask(key_mask_BS, causal=True, L=tokens_BL.shape[1], q_offset=index)
         return self._decode(
             tokens_BL,
             enc_BSD,
-            enc_mask_BS,
             positions_BL,
-            mask_B1LS,
-            is_causal=False,
+            layers.cache_mask(key_mask_BS, tokens_BL.shape[1], index),
+            attention.Mask(dense_B1LS=enc_mask_BS.astype(bool)[:, None, None, :]),
             q_offset=index,
             S=key_mask_BS.shape[1],
             caches=caches,
@@ -167,11 +197,10 @@ class EncoderDecoderLM(nnx.Module):
         self,
         tokens_BL,
         enc_BSD,
-        enc_mask_BS,
         positions_BL,
-        mask_B1LS,
+        mask,
+        cross_mask,
         *,
-        is_causal,
         q_offset,
         S,
         caches,
@@ -190,10 +219,9 @@ class EncoderDecoderLM(nnx.Module):
             q_offset=q_offset,
             S=S,
             caches=caches,
-            mask_B1LS=mask_B1LS,
-            is_causal=is_causal,
+            mask=mask,
             enc_BSD=enc_BSD,
-            enc_mask_B1LS=layers.attention_mask(enc_mask_BS, causal=False),
+            cross_mask=cross_mask,
             deterministic=deterministic,
             rngs=rngs,
         )

@@ -17,6 +17,7 @@ cross-attention computes them once from the encoder output.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -26,6 +27,8 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from lmjax.errors import InputError
+from lmjax.models import attention
+from lmjax.models.attention import Mask
 from lmjax.sharding import constrain
 
 Initializer = Callable[..., jax.Array]
@@ -77,6 +80,7 @@ class Spec:
     remat: str = "none"
     num_kv_heads: int = 0  # 0: num_heads
     rope_theta: float = 10000.0
+    attention: str = "auto"  # the implementation (lmjax.models.attention)
 
     @property
     def kv_heads(self) -> int:
@@ -126,6 +130,7 @@ class Spec:
             remat=model_config.remat,
             num_kv_heads=kv_heads,
             rope_theta=model_config.get("rope_theta", 10000.0),
+            attention=model_config.get("attention", "auto"),
         )
 
 
@@ -303,25 +308,14 @@ class RelativePositionBias(nnx.Module):
         return jnp.take(self.embed_NH[...], bucket_LS, axis=0).transpose(2, 0, 1)[None]  # bias_1HLS
 
 
-def fused_attention() -> bool:
-    """Whether attention goes through `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPUs).
-
-    Not on CPU: there XLA's lowering of that API (a vmapped softmax whose backward reduction YNNPACK
-    runs slowly) takes 1.6x as long as the same attention written out, fwd + bwd (benchmarks/RESULTS.md).
-    """
-    return jax.default_backend() != "cpu"
-
-
 class MultiHeadAttention(nnx.Module):
-    """Multi-head self- or cross-attention: `jax.nn.dot_product_attention` on accelerators, written out with
-    einsums on CPU (`fused_attention`) and wherever attention-probability dropout is on, which that API
-    cannot do.
-    """
+    """Multi-head self- or cross-attention (grouped-query when there are fewer key/value heads); the
+    implementation is spec.attention (lmjax.models.attention)."""
 
     def __init__(self, spec: Spec, *, cross: bool, rngs: nnx.Rngs, out_init_std: float = 0.02):
         self.cross, self.rotary = cross, spec.positions == "rotary" and not cross
         self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.kv_heads, spec.head_dim
-        self.rope_theta = spec.rope_theta
+        self.rope_theta, self.implementation = spec.rope_theta, spec.attention
         self.scale = 1.0 / math.sqrt(spec.head_dim) if spec.scale_attention else 1.0
         self.attention_dropout = nnx.Dropout(spec.attention_dropout)
         dhk = (spec.d_model, spec.num_heads, spec.head_dim)
@@ -355,9 +349,8 @@ class MultiHeadAttention(nnx.Module):
         kv_BSD: jax.Array | None = None,
         *,
         positions_BL: jax.Array | None = None,
-        mask_B1LS: jax.Array | None = None,
+        mask: Mask = Mask(),
         bias_1HLS: jax.Array | None = None,
-        is_causal: bool = False,
         cache: Cache | None = None,
         cache_index: jax.Array | None = None,
         deterministic: bool = True,
@@ -382,36 +375,23 @@ class MultiHeadAttention(nnx.Module):
             )
         if cache is not None or self.cross:
             cache = (k_BSHK, v_BSHK)
-        dropout = not deterministic and self.attention_dropout.rate > 0.0
-        if dropout or not fused_attention():
-            out_BLHK = self._attend(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, bias_1HLS, is_causal, dropout, rngs)
-        else:
-            out_BLHK = jax.nn.dot_product_attention(
-                q_BLHK, k_BSHK, v_BSHK, bias=bias_1HLS, mask=mask_B1LS, is_causal=is_causal, scale=self.scale
-            )
+        probs_dropout = None
+        if not deterministic and self.attention_dropout.rate > 0.0:
+            probs_dropout = functools.partial(self.attention_dropout, deterministic=False, rngs=rngs)
+        out_BLHK = attention.attend(
+            self.implementation,
+            q_BLHK,
+            k_BSHK,
+            v_BSHK,
+            mask,
+            scale=self.scale,
+            bias_1HLS=bias_1HLS,
+            probs_dropout=probs_dropout,
+        )
         dt = x_BLD.dtype
         out_HK_D = self.out_HKD[...].astype(dt).reshape(-1, self.out_HKD.shape[-1])
         y_BLD = matmul(out_BLHK.reshape(*out_BLHK.shape[:2], -1), out_HK_D)
         return (y_BLD if self.out_bias_D is None else y_BLD + self.out_bias_D[...].astype(dt)), cache
-
-    def _attend(self, q_BLHK, k_BSHK, v_BSHK, mask_B1LS, bias_1HLS, is_causal, dropout, rngs):
-        """Attention written out (einsum, mask, softmax), with attention-probability dropout if asked; with
-        grouped-query attention each key/value head serves its group of query heads."""
-        if self.num_kv_heads != self.num_heads:
-            group = self.num_heads // self.num_kv_heads
-            k_BSHK, v_BSHK = jnp.repeat(k_BSHK, group, axis=2), jnp.repeat(v_BSHK, group, axis=2)
-        logits_BHLS = jnp.einsum("BLHK,BSHK->BHLS", q_BLHK, k_BSHK).astype(jnp.float32) * self.scale
-        if bias_1HLS is not None:
-            logits_BHLS = logits_BHLS + bias_1HLS
-        L, S = logits_BHLS.shape[-2:]
-        keep = jnp.ones((1, 1, L, S), bool) if mask_B1LS is None else mask_B1LS
-        if is_causal:
-            keep = keep & jnp.tril(jnp.ones((L, S), bool))
-        logits_BHLS = jnp.where(keep, logits_BHLS, jnp.finfo(jnp.float32).min)
-        probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(q_BLHK.dtype)
-        if dropout:
-            probs_BHLS = self.attention_dropout(probs_BHLS, deterministic=False, rngs=rngs)
-        return jnp.einsum("BHLS,BSHK->BLHK", probs_BHLS, v_BSHK)
 
 
 class MLP(nnx.Module):
@@ -473,11 +453,10 @@ class Block(nnx.Module):
         x_BLD: jax.Array,
         *,
         positions_BL: jax.Array | None = None,
-        mask_B1LS: jax.Array | None = None,
+        mask: Mask = Mask(),
         bias_1HLS: jax.Array | None = None,
-        is_causal: bool = False,
         enc_BSD: jax.Array | None = None,
-        enc_mask_B1LS: jax.Array | None = None,
+        cross_mask: Mask = Mask(),
         cache: tuple | None = None,
         cache_index=None,
         deterministic: bool = True,
@@ -491,9 +470,8 @@ class Block(nnx.Module):
             lambda h: self.attn(
                 h,
                 positions_BL=positions_BL,
-                mask_B1LS=mask_B1LS,
+                mask=mask,
                 bias_1HLS=bias_1HLS,
-                is_causal=is_causal,
                 cache=self_cache,
                 cache_index=cache_index,
                 deterministic=deterministic,
@@ -509,7 +487,7 @@ class Block(nnx.Module):
                 lambda h: self.cross_attn(
                     h,
                     enc_BSD,
-                    mask_B1LS=enc_mask_B1LS,
+                    mask=cross_mask,
                     cache=cross_cache,
                     deterministic=deterministic,
                     rngs=rngs,
@@ -573,23 +551,6 @@ def run_stack(
     return x_BLD, (None if caches is None else new_caches)
 
 
-class TokenLM:
-    """forward / hidden_states of a left-to-right LM with `embed(tokens_BL)`, `hidden(x_BLD, mask_BL=...)` and
-    next-token logits from `__call__(tokens_BL, mask_BL=...)` (the decoder and the recurrent LM)."""
-
-    def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
-        """{'logits'} for batch['inputs'] (batch['input_mask'], when given, marks real tokens)."""
-        mask_BL = batch.get("input_mask")
-        return {"logits": self(batch["inputs"], mask_BL=mask_BL, deterministic=deterministic, rngs=rngs)}
-
-    def hidden_states(
-        self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
-    ) -> jax.Array:
-        """h_BLD for batch['inputs'] (padding marked by batch['input_mask']): what task heads read."""
-        x_BLD = self.embed(batch["inputs"])
-        return self.hidden(x_BLD, mask_BL=batch.get("input_mask"), deterministic=deterministic, rngs=rngs)
-
-
 def check_length(L: int, max_len: int, what: str = "sequence") -> None:
     if L > max_len:
         raise InputError(
@@ -598,15 +559,9 @@ def check_length(L: int, max_len: int, what: str = "sequence") -> None:
         )
 
 
-def attention_mask(
-    key_mask_BS: jax.Array | None, *, causal: bool, L: int = 0, q_offset: jax.Array | int = 0
-) -> jax.Array | None:
-    """Boolean mask_B1LS: the key is a real token and, if causal, not after the query (query i sits at slot
-    q_offset + i). None without a key mask: attend to all, or use dot_product_attention's is_causal."""
-    if key_mask_BS is None:
-        return None
-    mask_B1LS = key_mask_BS.astype(bool)[:, None, None, :]
-    if causal:
-        q_L = jnp.arange(L) + q_offset
-        mask_B1LS = mask_B1LS & (jnp.arange(key_mask_BS.shape[1])[None, :] <= q_L[:, None])[None, None]
-    return mask_B1LS
+def cache_mask(key_mask_BS: jax.Array, L: int, q_offset: jax.Array | int) -> Mask:
+    """Decoding L queries at cache slots q_offset..q_offset+L-1: each attends to the filled, non-padding
+    slots (key_mask_BS) up to its own."""
+    q_L = jnp.arange(L) + q_offset
+    causal_LS = jnp.arange(key_mask_BS.shape[1])[None, :] <= q_L[:, None]
+    return Mask(dense_B1LS=key_mask_BS.astype(bool)[:, None, None, :] & causal_LS[None, None])

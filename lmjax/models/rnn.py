@@ -64,7 +64,7 @@ class Recurrent(nnx.Module):
         return jnp.swapaxes(h_LBH, 0, 1)
 
 
-class RecurrentLM(layers.TokenLM, nnx.Module):
+class RecurrentLM(nnx.Module):
     """Token embedding -> num_layers recurrent layers (dropout between) -> (tied) output head."""
 
     def __init__(
@@ -87,6 +87,18 @@ class RecurrentLM(layers.TokenLM, nnx.Module):
         self.head_DV = (
             None if tie_embeddings else layers.param(rngs, uniform, (d_model, vocab_size), ("embed", "vocab"))
         )
+
+    def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
+        """{'logits'} for batch['inputs'] (batch['input_mask'], when given, marks real tokens)."""
+        mask_BL = batch.get("input_mask")
+        return {"logits": self(batch["inputs"], mask_BL=mask_BL, deterministic=deterministic, rngs=rngs)}
+
+    def hidden_states(
+        self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
+    ) -> jax.Array:
+        """h_BLD for batch['inputs'] (padding marked by batch['input_mask']): what task heads read."""
+        x_BLD = self.embed(batch["inputs"])
+        return self.hidden(x_BLD, mask_BL=batch.get("input_mask"), deterministic=deterministic, rngs=rngs)
 
     def embed(self, tokens_BL: jax.Array) -> jax.Array:
         return jnp.take(self.embed_VD[...], tokens_BL, axis=0)

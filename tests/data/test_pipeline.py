@@ -39,12 +39,18 @@ def test_batches_are_packed_shifted_and_unpadded(corpus, tok):
         seed=0,
     )
     (b,), _ = batches(ds, 1)
-    assert {k: v.shape for k, v in b.items()} == {"inputs": (4, 16), "targets": (4, 16), "weights": (4, 16)}
+    keys = ("inputs", "targets", "weights", "document_ids", "positions")
+    assert {k: v.shape for k, v in b.items()} == {k: (4, 16) for k in keys}
     np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
-    assert b["weights"].min() == 1.0  # packing leaves no padding in training
-    assert tok.decode(b["inputs"][0]) in "".join(
-        corpus.train[i]["text"].decode() for i in range(len(corpus.train))
-    )
+    ids, positions = b["document_ids"], b["positions"]
+    assert ids.min() >= 1  # packing leaves no padding in training
+    # a document's last token does not predict the next document's first; positions restart per document
+    np.testing.assert_array_equal(b["weights"][:, :-1], ids[:, 1:] == ids[:, :-1])
+    starts = np.c_[np.ones((4, 1), bool), ids[:, 1:] != ids[:, :-1]]
+    assert np.all(positions[starts] == 0) and np.all(np.diff(positions, axis=1)[~starts[:, 1:]] == 1)
+    text = "".join(corpus.train[i]["text"].decode() for i in range(len(corpus.train)))
+    for doc in np.unique(ids[0]):
+        assert tok.decode(b["inputs"][0][ids[0] == doc]) in text
 
 
 def test_deterministic_from_seed(corpus, tok):
@@ -160,14 +166,17 @@ def test_eval_covers_validation_in_order_with_padding_masked(corpus, tok):
         )
     )
     val = "".join(corpus.validation[i]["text"].decode() for i in range(len(corpus.validation)))
+    # a row's real inputs and its real last target are the window (weights skip document boundaries)
     text = "".join(
         tok.decode(
-            np.concatenate([b["inputs"][r][b["weights"][r] > 0][:1], b["targets"][r][b["weights"][r] > 0]])
+            np.r_[b["inputs"][r][b["document_ids"][r] > 0], b["targets"][r][-1:][b["weights"][r][-1:] > 0]]
         )
         for b in evals
         for r in range(2)
     )
     assert val.startswith(text[:500]) and len(text) > 0.9 * len(val)
+    real = np.concatenate([b["document_ids"] > 0 for b in evals])
+    assert np.all(np.concatenate([b["weights"] for b in evals])[~real] == 0)
     assert (
         len(
             list(
@@ -208,4 +217,26 @@ def test_mlm_and_span_pipelines_are_deterministic_and_resumable(corpus, objectiv
     assert a[0]["inputs"].shape == (4, 32)
     if objective == "span_corruption":
         assert a[0]["targets"].shape == (4, pipeline.span_lengths(data)[1])
-        np.testing.assert_array_equal(a[0]["decoder_inputs"][:, 1:], a[0]["targets"][:, :-1])
+        for batch in a:
+            check_packed_spans(batch, spm, corpus)
+
+
+def check_packed_spans(b: dict, tok, corpus) -> None:
+    """Each row holds several span-corrupted windows side by side: within one, the decoder inputs are its
+    targets shifted right after a 0 start token and positions count from 0; each uncorrupts to text of the
+    corpus; padding has id 0, no weight and no input mask."""
+    from lmjax.data import spans
+
+    sentinels = np.asarray([tok.special_id(tokenizers.sentinel(i)) for i in range(tokenizers.NUM_SENTINELS)])
+    text = "".join(corpus.train[i]["text"].decode() for i in range(len(corpus.train)))
+    np.testing.assert_array_equal(b["input_mask"], b["input_document_ids"] > 0)
+    np.testing.assert_array_equal(b["weights"], b["decoder_document_ids"] > 0)
+    for r in range(b["inputs"].shape[0]):
+        for doc in np.unique(b["input_document_ids"][r][b["input_document_ids"][r] > 0]):
+            enc, dec = b["input_document_ids"][r] == doc, b["decoder_document_ids"][r] == doc
+            targets, decoder_inputs = b["targets"][r][dec], b["decoder_inputs"][r][dec]
+            np.testing.assert_array_equal(decoder_inputs, np.r_[0, targets[:-1]])
+            np.testing.assert_array_equal(b["input_positions"][r][enc], np.arange(enc.sum()))
+            np.testing.assert_array_equal(b["decoder_positions"][r][dec], np.arange(dec.sum()))
+            window = spans.uncorrupt(b["inputs"][r][enc], targets, sentinels, tok.eos_id)
+            assert tok.decode(window) in text

@@ -144,3 +144,84 @@ def test_remat_wraps_each_block_with_its_policy(remat):
         e.params["policy"] for e in jaxpr.eqns if e.primitive.name.startswith(("remat", "checkpoint"))
     ]
     assert policies == ([] if remat == "none" else [layers.REMAT_POLICIES[remat]] * 3)
+
+
+DOCS = [np.arange(3, 3 + n, dtype=np.int32) for n in (7, 5, 9)]  # three documents
+ROW = 24  # one packed row holds all three (21 tokens) and padding
+
+
+def packed_decoder_row() -> dict:
+    """The three documents packed into one LM row by the pipeline's own steps."""
+    import grain
+
+    from lmjax.data import pipeline
+
+    docs = grain.MapDataset.source([{"tokens": d} for d in DOCS]).to_iter_dataset()
+    windows = grain.experimental.ConcatThenSplitIterDataset(docs, length_struct={"tokens": ROW + 1})
+    rows = [pipeline.to_lm_example(w) for w in windows]
+    assert len(rows) == 1 and rows[0]["document_ids"].max() == 3
+    return {k: jnp.asarray(v)[None] for k, v in rows[0].items()}
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary", "sinusoidal"])
+def test_a_packed_decoder_row_gives_each_document_its_logits_and_loss_alone(positions):
+    from lmjax import losses
+
+    c = base_config.base().model
+    c.update(vocab_size=V, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=ROW, positions=positions)
+    model = models.build(c, nnx.Rngs(0))
+    row = packed_decoder_row()
+    packed = np.asarray(model.forward(row)["logits"][0])
+    loss_sum = 0.0
+    for i, doc in enumerate(DOCS, start=1):
+        alone = {"inputs": jnp.asarray(doc[:-1])[None], "targets": jnp.asarray(doc[1:])[None]}
+        alone["weights"] = jnp.ones(alone["inputs"].shape, jnp.float32)
+        logits = model.forward(alone)["logits"]
+        in_row = np.asarray(row["document_ids"][0] == i)
+        np.testing.assert_allclose(packed[in_row][:-1], logits[0], rtol=1e-5, atol=1e-5)
+        loss_sum += float(losses.language_model({"logits": logits}, alone)[0])
+    packed_loss, stats = losses.language_model({"logits": jnp.asarray(packed)[None]}, row)
+    assert float(stats["weight"]) == sum(len(d) - 1 for d in DOCS)  # no prediction across documents
+    np.testing.assert_allclose(float(packed_loss), loss_sum, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["t5", "transformer"])
+def test_a_packed_encoder_decoder_row_gives_each_document_its_logits_and_loss_alone(variant):
+    """Three span-corrupted documents packed into one row (the pipeline's corruption and first-fit packing):
+    each document's decoder logits equal those of its example alone."""
+    import grain
+
+    from lmjax import losses
+    from lmjax.data import spans
+
+    class Tok:
+        eos_id = 1
+
+        def special_id(self, name):  # sentinel i: V - 1 - i (documents use ids below V - 4)
+            return (V - 1 - int(name.strip("<>").split("_")[-1])) % V
+
+    c = base_config.base().model
+    c.update(vocab_size=V, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=ROW, **VARIANTS[variant])
+    model = models.build(c, nnx.Rngs(0))
+    docs = grain.MapDataset.source([{"tokens": d} for d in DOCS])
+    examples = docs.random_map(spans.SpanCorruption(Tok(), 0.3, 2.0), seed=0).to_iter_dataset()
+    alone = list(examples)
+    lengths = {"inputs": ROW, "decoder_inputs": ROW, "targets": ROW, "weights": ROW}
+    rows = grain.experimental.FirstFitPackIterDataset(
+        examples, length_struct=lengths, num_packing_bins=1, shuffle_bins=False
+    )
+    rows = [spans.packed_example(r) for r in rows]
+    assert len(rows) == 1 and rows[0]["input_document_ids"].max() == 3
+    row = {k: jnp.asarray(v)[None] for k, v in rows[0].items()}
+    packed = np.asarray(model.forward(row)["logits"][0])
+    loss_sum = 0.0
+    for i, ex in enumerate(alone, start=1):
+        batch = {k: jnp.asarray(v)[None] for k, v in ex.items()}
+        batch["input_mask"] = jnp.ones_like(batch["inputs"])
+        logits = model.forward(batch)["logits"]
+        in_row = np.asarray(row["decoder_document_ids"][0] == i)
+        np.testing.assert_allclose(packed[in_row], logits[0], rtol=1e-5, atol=1e-5)
+        loss_sum += float(losses.language_model({"logits": logits}, batch)[0])
+    np.testing.assert_allclose(
+        float(losses.language_model({"logits": packed[None]}, row)[0]), loss_sum, rtol=1e-5
+    )
