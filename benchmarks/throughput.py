@@ -24,7 +24,7 @@ matrix products: all but the token and position embeddings, plus the V·D output
 head size, T context); encoders add the MLM transform D² to N; encoder-decoders count encoder, decoder (self +
 cross attention) and head matmuls over the S input and T target tokens and 12·H·Q·(Le·S² + Ld·T² + Ld·T·S) for
 attention, per input + target token (see train_flops' docstring). MFU = FLOPs per token x tokens/s / (devices
-x --peak-tflops; default: the device's dense bf16 peak where known)."""
+x --peak-tflops; default: the chip's dense bf16 peak in lmjax.metrics.PEAK_TFLOPS)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,6 @@ OTHER = {  # accelerator sizes from the family configs: (config module, argument
     ),
 }
 PRESETS = sorted(GPT_SIZES) + sorted(OTHER)
-PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16
 
 
 def make_config(preset: str, dtype: str, remat: str = "none"):
@@ -111,6 +110,8 @@ def random_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
             batch[key] = rng.integers(0, 2, shape, dtype=dtype)
         elif key == "segments":
             batch[key] = np.zeros(shape, dtype)
+        elif key.endswith("positions"):  # one document per row
+            batch[key] = np.broadcast_to(np.arange(shape[1], dtype=dtype), shape).copy()
         else:  # weights and masks
             batch[key] = np.ones(shape, dtype)
     return batch
@@ -119,15 +120,12 @@ def random_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
 def tokens_and_flops(config) -> tuple[int, float]:
     """Tokens per step (inputs + targets for encoder-decoders) and training FLOPs per token."""
     target_len = pipeline.span_lengths(config.data)[1] if config.train.objective == "span_corruption" else 0
-    flops, tokens = metrics.train_flops(config.model, config.data.seq_len, target_len)
-    return config.data.batch_size * tokens, flops / tokens
+    tokens = config.data.batch_size * (config.data.seq_len + target_len)
+    return tokens, train.step_flops(config) / tokens
 
 
 def peak_tflops(arg: float) -> float | None:
-    if arg:
-        return arg
-    kind = jax.devices()[0].device_kind
-    return next((v for k, v in PEAK_TFLOPS.items() if k in kind), None)
+    return arg or metrics.peak_tflops(jax.devices()[0].device_kind)
 
 
 class LmjaxRun:
@@ -209,7 +207,10 @@ def main() -> None:
     )
     parser.add_argument("--decode", type=int, default=1, help="0 skips the decoding measurement")
     parser.add_argument(
-        "--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: known GPUs)"
+        "--peak-tflops",
+        type=float,
+        default=0.0,
+        help="device peak for MFU (default: lmjax.metrics.PEAK_TFLOPS)",
     )
     parser.add_argument(
         "--compare-torch", action="store_true", help="run benchmarks/reference_torch.py alongside"

@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 from lmjax.errors import InputError
 
 # The default table (config.mesh.rules starts from it; lmjax/sharding.py reads it). Parameters: vocab, embed,
-# heads, kv_heads (grouped-query K/V), kv (head size), mlp.
+# heads, kv_heads (grouped-query K/V), kv (head size), mlp, layers (model.scan_layers' stacking axis).
 # Activations: batch, length, act_embed (the residual stream), act_heads, act_mlp, act_vocab (logits).
 DEFAULT_RULES = {
     "batch": "data,fsdp",
@@ -27,6 +27,7 @@ DEFAULT_RULES = {
     "kv_heads": "tensor",
     "kv": "",
     "mlp": "tensor",
+    "layers": "",
     "act_embed": "",
     "act_heads": "tensor",
     "act_mlp": "tensor",
@@ -165,9 +166,13 @@ def base() -> ConfigDict:
             keep_checkpoints=3,
             sample_tokens=200,
             progress=True,
+            # resume from this checkpoint, not the newest (one that cannot be read); 0: the newest
             restore_step=0,
+            # 'A:B': a jax.profiler trace of steps A..B (inclusive) in <workdir>/profile (TensorBoard,
+            # Perfetto); empty: none
+            profile_steps="",
         )
-    )  # resume from this checkpoint, not the newest (one that cannot be read); 0: the newest
+    )
 
     # mode=finetune: L_FT = L_task + lambda * L_pretrain (train.objective on the data.* stream) + l2sp *
     # ||theta - theta_0||^2
@@ -254,6 +259,18 @@ def lock(config: ConfigDict) -> ConfigDict:
     return config
 
 
+def profile_range(text: str) -> tuple[int, int] | None:
+    """train.profile_steps 'A:B' as (A, B); None when empty."""
+    if not text:
+        return None
+    first, _, last = text.partition(":")
+    if not (first.isdigit() and last.isdigit() and 0 < int(first) <= int(last)):
+        raise InputError(
+            f"train.profile_steps={text!r} is not a step range; write 'A:B' with 1 <= A <= B, e.g. '10:12'"
+        )
+    return int(first), int(last)
+
+
 def validate(config: ConfigDict) -> None:
     """Value checks that need no registry (lmjax.train.check_config runs these and those)."""
     if config.mode not in ("train", "sample", "finetune", "eval"):
@@ -264,6 +281,7 @@ def validate(config: ConfigDict) -> None:
         raise InputError(
             f"optim.lora_rank={config.optim.lora_rank} is for fine-tuning (mode=finetune); set it to 0 here"
         )
+    profile_range(config.train.profile_steps)
     if config.optim.lora_rank < 0:
         raise InputError(f"optim.lora_rank={config.optim.lora_rank} is negative; use 0 (off) or a rank >= 1")
     if config.optim.grad_accum_steps < 1 or config.data.batch_size % config.optim.grad_accum_steps:

@@ -91,11 +91,16 @@ def pretrained(init: str) -> Pretrained:
         return Pretrained(model_config, tok, lambda: nnx.state(model, nnx.Param))
     if (d / checkpoint.CKPT_DIR).is_dir():
         saved = config_lib.from_saved(checkpoint.load_config(d) or {})
-        finetuned = saved.mode == "finetune"
+        if saved.mode == "finetune":
+            tok = tokenizers.load(d / checkpoint.TOKENIZER_DIR)
+            return Pretrained(saved.model, tok, lambda: finetuned_backbone(d, saved))
+        # a scanned pretraining run (model.scan_layers) fine-tunes in the per-block layout: per-layer
+        # learning rates, freezing and LoRA address blocks by index
+        model_config = ConfigDict(saved.model.to_dict() | {"scan_layers": False})
         return Pretrained(
-            saved.model,
+            model_config,
             tokenizers.load(d / checkpoint.TOKENIZER_DIR),
-            (lambda: finetuned_backbone(d, saved)) if finetuned else (lambda: train.load_trained(d)[1]),
+            lambda: models.with_layout(saved.model, train.load_trained(d)[1], scanned=False)[1],
         )
     if (d / "config.json").is_file():
         model, model_config = hf.load(d)
@@ -377,6 +382,11 @@ def resolve(
             )
         if jax.process_index() == 0 and not (workdir / checkpoint.TOKENIZER_DIR).is_dir():
             tok.save(workdir / checkpoint.TOKENIZER_DIR)
+    if config.model.scan_layers:
+        raise InputError(
+            "model.scan_layers=True is for pretraining; fine-tuning addresses blocks by index (layer-wise "
+            "learning rates, freezing, LoRA): set model.scan_layers=False (a scanned finetune.init converts)"
+        )
     config = train.resolve_model_config(config, tok, workdir)
     train.check_model(config)
     return config, tok, pre, corpus

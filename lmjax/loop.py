@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -24,6 +26,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from lmjax import checkpoint, metrics, optim, parallel, sharding
+from lmjax import config as config_lib
 from lmjax.errors import InputError
 
 
@@ -113,16 +116,24 @@ def build_engine(
     return Engine(config, layout, graphdef, tx, shardings, abstract_state, init, **steps)
 
 
+PROFILE_DIR = "profile"
+
+
+def device_kind() -> str:
+    return jax.devices()[0].device_kind
+
+
 class NonFiniteLoss(InputError, RuntimeError):
     """The loss or gradient norm became NaN or inf: the hyperparameters need changing (one line)."""
 
 
 class StepLog:
     """Reads step metrics one step behind dispatch, fails fast on NaN, and writes means every log_every
-    steps."""
+    steps: with the model FLOPs of a step, also TFLOP/s per device and MFU (on chips of known peak)."""
 
-    def __init__(self, run: Run, tokens_per_step: int):
-        self.run, self.tokens_per_step = run, tokens_per_step
+    def __init__(self, run: Run, tokens_per_step: int, flops_per_step: float | None = None):
+        self.run, self.tokens_per_step, self.flops_per_step = run, tokens_per_step, flops_per_step
+        self.peak_tflops = metrics.peak_tflops(device_kind())
         self.history: list[dict] = []
         self.since = (run.start, time.perf_counter())  # (step, time) the tokens/s interval starts at
         self.schedule = optim.schedule(run.config.optim, run.config.train.num_steps)
@@ -147,8 +158,13 @@ class StepLog:
         if step % train_config.log_every == 0 or step == train_config.num_steps:
             now = time.perf_counter()
             mean = {f"train/{k}": float(np.mean([h[k] for h in self.history])) for k in self.history[0]}
-            tokens = (step - self.since[0]) * self.tokens_per_step
-            mean["train/tokens_per_s"] = tokens / max(now - self.since[1], 1e-9)
+            seconds = max(now - self.since[1], 1e-9)
+            mean["train/tokens_per_s"] = (step - self.since[0]) * self.tokens_per_step / seconds
+            if self.flops_per_step:
+                tflops = (step - self.since[0]) * self.flops_per_step / seconds / jax.device_count() / 1e12
+                mean["train/tflops_per_device"] = tflops
+                if self.peak_tflops:
+                    mean["train/mfu"] = tflops / self.peak_tflops
             mean["train/learning_rate"] = float(self.schedule(step - 1))
             self.run.writer.scalars(step, mean)
             self.run.progress.update(step, mean["train/loss"], mean["train/tokens_per_s"])
@@ -158,6 +174,43 @@ class StepLog:
     def exclude(self, seconds: float) -> None:
         """Keeps time spent on evaluation and checkpointing out of tokens/s."""
         self.since = (self.since[0], self.since[1] + seconds)
+
+
+class Profiler:
+    """A jax.profiler trace of the steps first..last (train.profile_steps) in <workdir>/profile; a bucket
+    workdir gets the trace copied up when it ends."""
+
+    def __init__(self, workdir: epath.Path, steps: tuple[int, int] | None):
+        self.dir, self.steps, self.local = workdir / PROFILE_DIR, steps, None
+
+    def before(self, step: int) -> None:
+        if self.steps and step == self.steps[0]:
+            in_bucket = "://" in os.fspath(self.dir)  # the profiler writes local files only
+            self.local = epath.Path(tempfile.mkdtemp(prefix="lmjax-profile-") if in_bucket else self.dir)
+            jax.profiler.start_trace(os.fspath(self.local))
+
+    def after(self, step: int, step_metrics: dict) -> None:
+        if self.local is not None and step == self.steps[1]:
+            jax.block_until_ready(step_metrics)
+            self.stop()
+
+    def stop(self) -> None:
+        if self.local is None:
+            return
+        jax.profiler.stop_trace()
+        if self.local != self.dir:
+            for f in self.local.rglob("*"):
+                if f.is_file():
+                    target = self.dir / f.relative_to(self.local)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(f.read_bytes())
+        self.local = None
+
+    def __enter__(self) -> Profiler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()  # a run that ends (or fails) inside the range still gets its trace
 
 
 class Run:
@@ -217,17 +270,22 @@ class Run:
         evaluate: Callable[[int, Any, bool], dict],
         save: Callable[[int, Any], None],
         tokens_per_step: int,
+        flops_per_step: float | None = None,
     ) -> tuple[Any, dict]:
         """Steps start + 1 ... train.num_steps. `train_step(state)` reads its batches and dispatches one step;
         `evaluate(step, state, final)` returns metrics (final: the end of training); `save(step, state)`
         writes a checkpoint. Returns the state and the final evaluation, or {"preempted_at": step} after a
-        preemption (the checkpoint of that step saved; the same command resumes)."""
+        preemption (the checkpoint of that step saved; the same command resumes). `flops_per_step`: the
+        model FLOPs of one step, for TFLOP/s and MFU in the log."""
         train_config = self.config.train
-        steps = StepLog(self, tokens_per_step)
+        steps = StepLog(self, tokens_per_step, flops_per_step)
+        profiler = Profiler(self.workdir, config_lib.profile_range(train_config.profile_steps))
         pending = None  # (step, device metrics) of the step dispatched before the current one
-        with checkpoint.Preemption(self.mngr) as preemption:
+        with checkpoint.Preemption(self.mngr) as preemption, profiler:
             for step in range(self.start + 1, train_config.num_steps + 1):
+                profiler.before(step)
                 state, step_metrics = train_step(state)
+                profiler.after(step, step_metrics)
                 if pending is not None:
                     steps.settle(*pending)
                 pending = (step, step_metrics)

@@ -185,6 +185,39 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
+# Dense bf16 peak TFLOP/s of one chip, by a piece of jax's device_kind (the first piece found wins, so the
+# more specific names come first). TPUs: Google Cloud's system-architecture pages; NVIDIA: the data sheets'
+# dense (not 2:4 sparse) tensor-core figures, SXM parts unless the kind names PCIe.
+PEAK_TFLOPS = (
+    ("TPU v6 lite", 918.0),  # v6e (Trillium)
+    ("TPU v6e", 918.0),
+    ("TPU v5 lite", 197.0),  # v5e
+    ("TPU v5e", 197.0),
+    ("TPU v5p", 459.0),
+    ("TPU v5", 459.0),  # v5p reports itself as 'TPU v5'
+    ("TPU v4", 275.0),
+    ("GB200", 2500.0),
+    ("B200", 2250.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("H800", 989.4),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.1),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+    ("V100", 125.0),
+)
+
+
+def peak_tflops(device_kind: str) -> float | None:
+    """The chip's dense bf16 peak TFLOP/s, or None for kinds the table does not know (CPUs)."""
+    kind = device_kind.lower()
+    return next((peak for name, peak in PEAK_TFLOPS if name.lower() in kind), None)
+
+
 def train_flops(model, seq_len: int, target_len: int = 0) -> tuple[float, int]:
     """(training FLOPs, tokens) per example for a model config: 6 x matmul parameters x the tokens they
     see (forward 2, backward 4; PaLM appendix B) + 12 x attention width x query x key lengths per layer

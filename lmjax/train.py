@@ -181,7 +181,7 @@ def load_trained(workdir: str | epath.PathLike) -> tuple[loop.Engine, nnx.State,
 
 
 # model settings a run may change on a checkpoint of the same architecture (resume, fine-tuning)
-NON_ARCHITECTURE = ("dropout", "attention_dropout", "remat")
+NON_ARCHITECTURE = ("dropout", "attention_dropout", "remat", "attention")
 VECTORS_FILE = "vectors.txt"
 
 
@@ -353,10 +353,23 @@ def train_and_evaluate(config: ConfigDict, workdir: str | epath.PathLike, device
 
         tokens = config.data.batch_size * objective.tokens_per_row(config.data)
         evaluate_fn = make_evaluate(engine, corpus, tok)
-        state, result = run.loop(engine.to_engine(state), train_step, evaluate_fn, save, tokens)
+        state, result = run.loop(
+            engine.to_engine(state), train_step, evaluate_fn, save, tokens, step_flops(config)
+        )
     if "preempted_at" not in result:  # after the Run closed: the metrics file is complete
         _finish(run, engine, engine.from_engine(state).params, tok, objective, result)
     return result
+
+
+FLOP_OBJECTIVES = ("causal_lm", "mlm", "span_corruption")  # the ones metrics.train_flops counts
+
+
+def step_flops(config: ConfigDict) -> float | None:
+    """Model FLOPs of one training step (metrics.train_flops x rows), or None where not counted."""
+    if config.train.objective not in FLOP_OBJECTIVES:
+        return None
+    target_len = pipeline.span_lengths(config.data)[1] if config.train.objective == "span_corruption" else 0
+    return config.data.batch_size * metrics.train_flops(config.model, config.data.seq_len, target_len)[0]
 
 
 def _finish(

@@ -1,3 +1,5 @@
+import pytest
+
 from lmjax import metrics
 
 
@@ -15,3 +17,25 @@ def test_writer_keeps_lines_up_to_the_resumed_step_and_plots(tmp_path):
     png = metrics.plot_losses(tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((tmp_path / metrics.TB_DIR).glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize(
+    "kind, peak",
+    [
+        ("TPU v4", 275.0),
+        ("TPU v5 lite", 197.0),
+        ("TPU v5", 459.0),
+        ("TPU v5p", 459.0),
+        ("TPU v6 lite", 918.0),
+        ("NVIDIA H100 80GB HBM3", 989.4),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H200", 989.4),
+        ("NVIDIA A100-SXM4-40GB", 312.0),
+        ("NVIDIA L40S", 362.1),
+        ("NVIDIA L4", 121.0),
+        ("NVIDIA B200", 2250.0),
+        ("cpu", None),
+    ],
+)
+def test_peak_table_knows_tpus_and_current_nvidia_gpus(kind, peak):
+    assert metrics.peak_tflops(kind) == peak

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lmjax import checkpoint, loop, metrics, sample, sharding, train
+from lmjax import config as config_lib
 from lmjax.data import tokenizers
 
 
@@ -213,3 +214,55 @@ def test_encoder_and_encoder_decoder_configs_train_end_to_end(name, tmp_path, ca
     assert checkpoint.saved_steps(tmp_path / name) == [4]
     with pytest.raises(ValueError, match="sampling text needs a decoder"):
         sample.sample(c, tmp_path / name)
+
+
+def test_training_log_reports_tflops_and_mfu_on_chips_of_known_peak(loop_config, tmp_path, monkeypatch):
+    loop_config.train.update(num_steps=4, log_every=2)
+    train.train_and_evaluate(loop_config, tmp_path / "cpu")
+    rows = [r for r in metrics.read_jsonl(tmp_path / "cpu") if "train/loss" in r]
+    assert all(r["train/tflops_per_device"] > 0 and "train/mfu" not in r for r in rows)  # CPU: no peak
+    monkeypatch.setattr(loop, "device_kind", lambda: "TPU v5 lite")
+    train.train_and_evaluate(loop_config, tmp_path / "v5e")
+    rows = [r for r in metrics.read_jsonl(tmp_path / "v5e") if "train/loss" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    for r in rows:
+        np.testing.assert_allclose(r["train/mfu"], r["train/tflops_per_device"] / 197.0, rtol=1e-6)
+        # model FLOPs / s per device = FLOPs per token x tokens/s / devices
+        run_config = config_lib.from_saved(checkpoint.load_config(tmp_path / "v5e"))  # vocabulary resolved
+        per_token = train.step_flops(run_config) / (run_config.data.batch_size * run_config.data.seq_len)
+        expected = per_token * r["train/tokens_per_s"] / jax.device_count() / 1e12
+        np.testing.assert_allclose(r["train/tflops_per_device"], expected, rtol=1e-6)
+
+
+def test_profile_steps_write_a_trace_and_bad_ranges_are_refused(loop_config, tmp_path):
+    loop_config.train.update(num_steps=4, profile_steps="2:3")
+    train.train_and_evaluate(loop_config, tmp_path)
+    assert list((tmp_path / loop.PROFILE_DIR).rglob("*.xplane.pb"))
+    loop_config.train.profile_steps = "3-2"
+    with pytest.raises(ValueError, match=r"train.profile_steps='3-2' is not a step range; write 'A:B'"):
+        train.check_config(loop_config)
+
+
+def test_scanned_layers_train_sample_and_convert_for_fine_tuning(loop_config, tmp_path):
+    from flax import nnx
+
+    from lmjax import finetune, models
+
+    loop_config.model.update(scan_layers=True, remat="full")
+    loop_config.train.num_steps = 10
+    train.train_and_evaluate(loop_config, tmp_path)
+    loop_config.sample.update(prompt="KING:", num_tokens=20, temperature=0.0)
+    text = sample.sample(loop_config, tmp_path)  # decoding runs the stacked blocks one by one
+    assert text.startswith("KING:") and len(text) > 20
+    engine, params, tok, _ = train.load_trained(tmp_path)
+    pre = finetune.pretrained(str(tmp_path))  # fine-tuning takes it in the per-block layout
+    assert not pre.model_config.scan_layers and 1 in pre.params().to_pure_dict()["blocks"]
+    plain = nnx.merge(nnx.graphdef(models.build(pre.model_config, nnx.Rngs(0))), pre.params())
+    tokens = np.asarray(tok.encode("KING: to be or not"))[None]
+    np.testing.assert_allclose(
+        nnx.merge(engine.graphdef, params)(tokens), plain(tokens), rtol=1e-5, atol=1e-5
+    )
+    loop_config.model.scan_layers = False
+    loop_config.train.num_steps = 20
+    with pytest.raises(ValueError, match=r"model.scan_layers: checkpoint True vs config False"):
+        train.train_and_evaluate(loop_config, tmp_path)

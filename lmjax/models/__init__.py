@@ -16,7 +16,7 @@ from lmjax.models.decoder import DecoderLM
 from lmjax.models.elmo import ELMo, parse_filters
 from lmjax.models.encoder import EncoderLM
 from lmjax.models.encoder_decoder import EncoderDecoderLM
-from lmjax.models.layers import Spec
+from lmjax.models.layers import Spec, restack
 from lmjax.models.rnn import RecurrentLM
 from lmjax.models.wordvec import GloVe, Word2Vec
 
@@ -104,6 +104,14 @@ def build(model_config: ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
             f"model.family={model_config.family!r} is unknown; use one of {sorted(REGISTRY)}"
         ) from None
     return factory(model_config, rngs)
+
+
+def with_layout(model_config: ConfigDict, params: nnx.State, scanned: bool) -> tuple[ConfigDict, nnx.State]:
+    """A model's config and parameters converted to the scanned (model.scan_layers) or per-block layout."""
+    model_config = ConfigDict(model_config.to_dict() | {"scan_layers": scanned})
+    abstract = nnx.state(nnx.eval_shape(lambda: build(model_config, nnx.Rngs(0))), nnx.Param)
+    nnx.replace_by_pure_dict(abstract, restack(params.to_pure_dict(), scanned))
+    return model_config, abstract
 
 
 def check(config: ConfigDict) -> None:

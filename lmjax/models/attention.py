@@ -49,6 +49,9 @@ class Mask:
         return keep
 
 
+NO_MASK = Mask()  # every query attends to every key
+
+
 def documents(ids_BL: jax.Array | None, mask_BL: jax.Array | None) -> jax.Array | None:
     """Document ids for attention: the packed rows' ids, else the padding mask as ids (1 real, 0 padding)."""
     if ids_BL is not None:

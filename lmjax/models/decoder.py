@@ -33,7 +33,7 @@ class DecoderLM(nnx.Module):
             if spec.positions == "relative"
             else None
         )
-        self.blocks = nnx.List([layers.Block(spec, rngs=rngs) for _ in range(spec.num_layers)])
+        self.blocks = layers.make_blocks(spec, rngs, num_layers=spec.num_layers)
         self.final_norm = layers.final_norm(spec, rngs)
         self.head_DV = (
             None
@@ -119,8 +119,7 @@ class DecoderLM(nnx.Module):
 
     def init_cache(self, batch: int, length: int) -> list:
         """Empty self-attention caches for `length` slots (one (k, v) pair per block)."""
-        zeros = jnp.zeros((batch, length, *self.blocks[0].attn.key_DHK.shape[1:]), self.dtype)
-        return [((zeros, zeros), None) for _ in self.blocks]
+        return layers.empty_caches(self.blocks, batch, length, self.dtype)
 
     def decode(
         self,

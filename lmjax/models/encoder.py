@@ -51,7 +51,7 @@ class EncoderLM(nnx.Module):
             if spec.positions == "relative"
             else None
         )
-        self.blocks = nnx.List([layers.Block(spec, rngs=rngs) for _ in range(spec.num_layers)])
+        self.blocks = layers.make_blocks(spec, rngs, num_layers=spec.num_layers)
         self.final_norm = layers.final_norm(spec, rngs)
         self.activation = layers.ACTIVATIONS[spec.activation][0]
         if heads != "none":

@@ -47,14 +47,14 @@ class EncoderDecoderLM(nnx.Module):
         self.encoder_bias = (
             layers.RelativePositionBias(spec, bidirectional=True, rngs=rngs) if relative else None
         )
-        self.encoder_blocks = nnx.List([layers.Block(spec, rngs=rngs) for _ in range(spec.num_layers)])
+        self.encoder_blocks = layers.make_blocks(spec, rngs, num_layers=spec.num_layers)
         self.encoder_norm = layers.final_norm(spec, rngs)
         dec_spec = dataclasses.replace(spec, num_layers=num_decoder_layers or spec.num_layers)
         self.decoder_bias = (
             layers.RelativePositionBias(dec_spec, bidirectional=False, rngs=rngs) if relative else None
         )
-        self.decoder_blocks = nnx.List(
-            [layers.Block(dec_spec, cross_attention=True, rngs=rngs) for _ in range(dec_spec.num_layers)]
+        self.decoder_blocks = layers.make_blocks(
+            dec_spec, rngs, num_layers=dec_spec.num_layers, cross_attention=True
         )
         self.decoder_norm = layers.final_norm(spec, rngs)
         self.head_DV = (
@@ -166,8 +166,7 @@ class EncoderDecoderLM(nnx.Module):
     def init_cache(self, batch: int, length: int) -> list:
         """Empty decoder self-attention caches; the cross-attention ones are made by the first `decode`
         call."""
-        zeros = jnp.zeros((batch, length, *self.decoder_blocks[0].attn.key_DHK.shape[1:]), self.dtype)
-        return [((zeros, zeros), None) for _ in self.decoder_blocks]
+        return layers.empty_caches(self.decoder_blocks, batch, length, self.dtype)
 
     def decode(
         self,

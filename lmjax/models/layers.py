@@ -28,7 +28,7 @@ from ml_collections import ConfigDict
 
 from lmjax.errors import InputError
 from lmjax.models import attention
-from lmjax.models.attention import Mask
+from lmjax.models.attention import NO_MASK, Mask
 from lmjax.sharding import constrain
 
 Initializer = Callable[..., jax.Array]
@@ -78,6 +78,7 @@ class Spec:
     dropout: float = 0.0
     attention_dropout: float = 0.0
     remat: str = "none"
+    scan_layers: bool = False  # blocks as stacked parameters under one nnx.scan (make_blocks)
     num_kv_heads: int = 0  # 0: num_heads
     rope_theta: float = 10000.0
     attention: str = "auto"  # the implementation (lmjax.models.attention)
@@ -128,6 +129,7 @@ class Spec:
             dropout=model_config.dropout,
             attention_dropout=model_config.attention_dropout,
             remat=model_config.remat,
+            scan_layers=model_config.get("scan_layers", False),
             num_kv_heads=kv_heads,
             rope_theta=model_config.get("rope_theta", 10000.0),
             attention=model_config.get("attention", "auto"),
@@ -349,7 +351,7 @@ class MultiHeadAttention(nnx.Module):
         kv_BSD: jax.Array | None = None,
         *,
         positions_BL: jax.Array | None = None,
-        mask: Mask = Mask(),
+        mask: Mask = NO_MASK,
         bias_1HLS: jax.Array | None = None,
         cache: Cache | None = None,
         cache_index: jax.Array | None = None,
@@ -453,10 +455,10 @@ class Block(nnx.Module):
         x_BLD: jax.Array,
         *,
         positions_BL: jax.Array | None = None,
-        mask: Mask = Mask(),
+        mask: Mask = NO_MASK,
         bias_1HLS: jax.Array | None = None,
         enc_BSD: jax.Array | None = None,
-        cross_mask: Mask = Mask(),
+        cross_mask: Mask = NO_MASK,
         cache: tuple | None = None,
         cache_index=None,
         deterministic: bool = True,
@@ -528,7 +530,7 @@ def run_stack(
     rngs = kwargs.pop("rngs", None)
 
     def apply(block, x_BLD, cache, rngs):
-        return block(
+        x_BLD, cache = block(
             x_BLD,
             positions_BL=positions_BL,
             bias_1HLS=bias_1HLS,
@@ -537,18 +539,86 @@ def run_stack(
             rngs=rngs,
             **kwargs,
         )
+        return constrain(x_BLD, ("batch", "length", "act_embed")), cache
 
-    if (
-        caches is None and blocks[0].remat != "none"
-    ):  # each block's forward pass recomputed in its backward pass
-        apply = nnx.remat(apply, policy=REMAT_POLICIES[blocks[0].remat])
-    new_caches = []
-    for i, block in enumerate(blocks):
-        x_BLD, cache = apply(block, x_BLD, None if caches is None else caches[i], rngs)
-        x_BLD = constrain(x_BLD, ("batch", "length", "act_embed"))
-        new_caches.append(cache)
-    x_BLD = x_BLD if final_norm is None else final_norm(x_BLD)
-    return x_BLD, (None if caches is None else new_caches)
+    remat = first_block(blocks).remat
+    if caches is None and remat != "none":  # each block's forward pass recomputed in its backward pass
+        apply = nnx.remat(apply, policy=REMAT_POLICIES[remat])
+    if caches is None and isinstance(blocks, Block):  # stacked parameters: one scan over the layers
+        keys = None if rngs is None else jax.random.split(rngs.dropout(), num_blocks(blocks))
+
+        @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
+        def scan(x_BLD, block, key):
+            return apply(block, x_BLD, None, None if key is None else nnx.Rngs(dropout=key))[0]
+
+        x_BLD = scan(x_BLD, blocks, keys)
+    else:
+        new_caches = []
+        for i in range(num_blocks(blocks)):
+            x_BLD, cache = apply(block_at(blocks, i), x_BLD, None if caches is None else caches[i], rngs)
+            new_caches.append(cache)
+        caches = None if caches is None else new_caches
+    return (x_BLD if final_norm is None else final_norm(x_BLD)), caches
+
+
+def make_blocks(spec: Spec, rngs: nnx.Rngs, *, num_layers: int, cross_attention: bool = False):
+    """A stack's blocks: a list of Blocks, or with spec.scan_layers one Block whose parameters are stacked
+    along a leading 'layers' axis (made by nnx.vmap; run_stack scans over it)."""
+    if not spec.scan_layers:
+        return nnx.List([Block(spec, cross_attention=cross_attention, rngs=rngs) for _ in range(num_layers)])
+
+    @nnx.split_rngs(splits=num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def stacked(rngs: nnx.Rngs) -> Block:
+        return Block(spec, cross_attention=cross_attention, rngs=rngs)
+
+    blocks = stacked(rngs)
+    for _, var in nnx.iter_graph(blocks):
+        if isinstance(var, nnx.Param):
+            var.set_metadata(axes=("layers", *var.get_metadata()["axes"]))
+    return blocks
+
+
+def num_blocks(blocks) -> int:
+    return blocks.attn_norm.scale.shape[0] if isinstance(blocks, Block) else len(blocks)
+
+
+def block_at(blocks, i: int) -> Block:
+    """Block i of a stack (of stacked parameters: their slice i, as a Block of its own)."""
+    if not isinstance(blocks, Block):
+        return blocks[i]
+    graphdef, state = nnx.split(blocks)
+    return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+
+
+STACKS = ("blocks", "encoder_blocks", "decoder_blocks")  # the models' block stacks
+
+
+def restack(params: dict, scanned: bool) -> dict:
+    """Parameters as a pure dict (nnx.State.to_pure_dict) with every block stack in the scanned layout
+    (scanned: arrays with a leading layers axis) or the per-block one ({0: block 0's, 1: ...})."""
+    out = {}
+    for key, value in params.items():
+        per_block = isinstance(value, dict) and 0 in value
+        if key in STACKS and scanned and per_block:
+            out[key] = jax.tree.map(lambda *xs: jnp.stack(xs), *(value[i] for i in range(len(value))))
+        elif key in STACKS and not scanned and not per_block:
+            depth = jax.tree.leaves(value)[0].shape[0]
+            out[key] = {i: jax.tree.map(lambda x, i=i: x[i], value) for i in range(depth)}
+        else:
+            out[key] = restack(value, scanned) if isinstance(value, dict) else value
+    return out
+
+
+def empty_caches(blocks, batch: int, length: int, dtype) -> list:
+    """Empty self-attention caches for `length` slots: one ((k, v), cross) pair per block, cross None."""
+    kv_heads, head_dim = first_block(blocks).attn.key_DHK.shape[-2:]
+    zeros = jnp.zeros((batch, length, kv_heads, head_dim), dtype)
+    return [((zeros, zeros), None)] * num_blocks(blocks)
+
+
+def first_block(blocks) -> Block:
+    return blocks if isinstance(blocks, Block) else blocks[0]
 
 
 def check_length(L: int, max_len: int, what: str = "sequence") -> None:

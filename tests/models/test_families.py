@@ -225,3 +225,45 @@ def test_a_packed_encoder_decoder_row_gives_each_document_its_logits_and_loss_al
     np.testing.assert_allclose(
         float(losses.language_model({"logits": packed[None]}, row)[0]), loss_sum, rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+@pytest.mark.parametrize("variant", ["decoder", "bert", "t5"])
+def test_scanned_layers_give_the_unrolled_models_outputs_and_gradients(variant, remat):
+    """model.scan_layers: the same parameters, stacked, give the same logits and gradients; the layouts
+    convert both ways without loss."""
+    plain = build(variant)
+    plain_config = base_config.base().model
+    plain_config.update(
+        vocab_size=V,
+        num_layers=2,
+        num_heads=2,
+        d_model=16,
+        d_ff=32,
+        max_len=L,
+        remat=remat,
+        **VARIANTS[variant],
+    )
+    scan_config, scan_params = models.with_layout(plain_config, nnx.state(plain, nnx.Param), scanned=True)
+    scanned = models.build(scan_config, nnx.Rngs(1))
+    nnx.update(scanned, scan_params)
+    stacks = [v for k, v in scan_params.to_pure_dict().items() if k in layers.STACKS]
+    assert stacks and all(x.shape[0] == 2 for x in jax.tree.leaves(stacks))  # a leading layers axis
+    back = models.with_layout(scan_config, scan_params, scanned=False)[1]
+    jax.tree.map(np.testing.assert_array_equal, back, nnx.state(plain, nnx.Param))
+
+    tokens = jax.random.randint(jax.random.PRNGKey(0), (2, L), 3, V)
+    mask = np.ones((2, L), np.int32)
+    mask[1, 7:] = 0
+
+    def outputs(model):  # logits (decoders, T5) or sentence embeddings (an encoder given no targets)
+        return next(iter(run(model, tokens, mask).values()))
+
+    def loss(model):
+        return jnp.sum(outputs(model) ** 2 * 1e-3)
+
+    np.testing.assert_allclose(outputs(scanned), outputs(plain), atol=1e-5)
+    grads_scanned = nnx.grad(loss)(scanned)
+    grads_plain = nnx.grad(loss)(plain)
+    grads_back = models.with_layout(scan_config, nnx.State(grads_scanned.to_pure_dict()), scanned=False)[1]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_back, grads_plain)
