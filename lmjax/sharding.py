@@ -103,6 +103,27 @@ class Layout:
 _CURRENT: contextvars.ContextVar[Layout | None] = contextvars.ContextVar("lmjax_layout", default=None)
 
 
+def per_shard(fn: Callable, args: Sequence[jax.Array | None], axes: Sequence, out_axes: Sequence) -> Any:
+    """fn(*args) run on each device's shard of its arrays (jax.shard_map over the current layout; args[i]
+    laid out by its logical axes[i]; None args stay None); outside `Layout.traced`, fn(*args). For kernels
+    that XLA cannot partition (Pallas). The output has the first argument's shape."""
+    layout = _CURRENT.get()
+    if layout is None:
+        return fn(*args)
+    present = [i for i, x in enumerate(args) if x is not None]
+
+    def local(*arrays):
+        full = list(args)
+        for i, x in zip(present, arrays, strict=True):
+            full[i] = x
+        return fn(*full)
+
+    specs = tuple(layout.spec(axes[i], args[i].shape) for i in present)
+    out_spec = layout.spec(out_axes, args[0].shape)
+    mapped = jax.shard_map(local, mesh=layout.mesh, in_specs=specs, out_specs=out_spec, check_vma=False)
+    return mapped(*(args[i] for i in present))
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """Pins an activation's sharding by its logical axes; a no-op outside `Layout.traced` (e.g. eager
     calls)."""

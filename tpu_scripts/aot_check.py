@@ -72,7 +72,9 @@ def main(argv) -> int:
     import numpy as np
 
     from lmjax import checkpoint, objectives, sharding, train
+    from lmjax.models import attention
 
+    attention.TARGET = "tpu"  # model.attention='auto' and its checks choose for the TPU, not this CPU
     config = _CONFIG.value
     train.check_config(config)
     if not config.model.vocab_size:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-import jax
 from flax import nnx
 from ml_collections import ConfigDict
 
 from lmjax.errors import InputError
-from lmjax.models import attention
 from lmjax.models.decoder import DecoderLM
 from lmjax.models.elmo import ELMo, parse_filters
 from lmjax.models.encoder import EncoderLM
@@ -135,7 +133,6 @@ def check(config: ConfigDict) -> None:
                     f"model.family={config.model.family!r} model has none of; leave model.{key}={plain!r}"
                 )
         return  # recurrent and word-vector models have no position table
-    attention.check(config.model.attention, config.model.dtype, jax.default_backend())
     if config.data.seq_len > config.model.max_len:
         raise InputError(
             f"data.seq_len={config.data.seq_len} is longer than the model's positions "

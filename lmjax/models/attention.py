@@ -21,6 +21,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from lmjax import sharding
 from lmjax.errors import InputError
 
 IMPLEMENTATIONS = ("auto", "einsum", "xla", "cudnn", "splash")
@@ -59,6 +60,14 @@ def documents(ids_BL: jax.Array | None, mask_BL: jax.Array | None) -> jax.Array 
     return None if mask_BL is None else mask_BL.astype(jnp.int32)
 
 
+TARGET: str | None = None  # compiling for another platform than this machine's (tpu_scripts/aot_check.py)
+
+
+def platform() -> str:
+    """The platform programs are compiled for: TARGET, else this machine's JAX backend."""
+    return TARGET or jax.default_backend()
+
+
 def check(name: str, dtype: str, backend: str) -> None:
     """One line for an implementation this run cannot use (config time)."""
     if name not in IMPLEMENTATIONS:
@@ -80,7 +89,7 @@ def choose(name: str, q_BLHK: jax.Array, k_BSHK: jax.Array, mask: Mask, has_bias
     """The implementation that runs one call: `name`, with 'auto' resolved for this platform and call."""
     if name != "auto":
         return name
-    backend = jax.default_backend()
+    backend = platform()
     if backend == "tpu":
         lengths_fit = q_BLHK.shape[1] % SPLASH_BLOCK == 0 and k_BSHK.shape[1] % SPLASH_BLOCK == 0
         return "splash" if lengths_fit and not has_bias and mask.dense_B1LS is None else "xla"
@@ -151,25 +160,33 @@ def einsum(q_BLHK, k_BSHK, v_BSHK, mask: Mask, scale: float, bias_1HLS=None, pro
 def splash(q_BLHK, k_BSHK, v_BSHK, mask: Mask, scale: float, *, interpret: bool = False) -> jax.Array:
     """Pallas splash attention (TPU; `interpret` runs the kernel's program on any backend, for tests):
     causal and document masks, grouped-query attention as one MQA kernel per key/value head."""
-    (B, L, H, K), S, G = q_BLHK.shape, k_BSHK.shape[1], k_BSHK.shape[2]
+    from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
+
+    L, K, S = q_BLHK.shape[1], q_BLHK.shape[3], k_BSHK.shape[1]
     if L % SPLASH_BLOCK or S % SPLASH_BLOCK:
         raise InputError(
             f"model.attention='splash' needs sequence lengths that are multiples of {SPLASH_BLOCK}, "
             f"not {L} x {S}; change data.seq_len or use 'auto'"
         )
-    kernel = _splash_kernel(L, S, H // G, mask.causal, interpret)
-    q_BGQLK = (q_BLHK * scale).transpose(0, 2, 1, 3).reshape(B, G, H // G, L, K)
-    k_BGSK, v_BGSK = k_BSHK.transpose(0, 2, 1, 3), v_BSHK.transpose(0, 2, 1, 3)
-    ids = None
-    if mask.q_ids_BL is not None:
-        from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
+    ids_BL = None if mask.q_ids_BL is None else mask.q_ids_BL.astype(jnp.int32)
+    ids_BS = None if mask.kv_ids_BS is None else mask.kv_ids_BS.astype(jnp.int32)
 
-        ids = SegmentIds(q=mask.q_ids_BL.astype(jnp.int32), kv=mask.kv_ids_BS.astype(jnp.int32))
-    per_group = jax.vmap(kernel, in_axes=(0, 0, 0, None))  # over key/value heads
-    out_BGQLK = jax.vmap(per_group, in_axes=(0, 0, 0, 0 if ids is not None else None))(
-        q_BGQLK, k_BGSK, v_BGSK, ids
+    def local(q_BLHK, k_BSHK, v_BSHK, ids_BL, ids_BS):  # one device's rows and heads
+        B, H, G = q_BLHK.shape[0], q_BLHK.shape[2], k_BSHK.shape[2]
+        kernel = _splash_kernel(L, S, H // G, mask.causal, interpret)
+        q_BGQLK = (q_BLHK * scale).transpose(0, 2, 1, 3).reshape(B, G, H // G, L, K)
+        k_BGSK, v_BGSK = k_BSHK.transpose(0, 2, 1, 3), v_BSHK.transpose(0, 2, 1, 3)
+        ids = None if ids_BL is None else SegmentIds(q=ids_BL, kv=ids_BS)
+        per_group = jax.vmap(kernel, in_axes=(0, 0, 0, None))  # over key/value heads
+        out_BGQLK = jax.vmap(per_group, in_axes=(0, 0, 0, None if ids is None else 0))(
+            q_BGQLK, k_BGSK, v_BGSK, ids
+        )
+        return out_BGQLK.reshape(B, H, L, K).transpose(0, 2, 1, 3).astype(q_BLHK.dtype)
+
+    heads, rows = ("batch", "length", "act_heads", "kv"), ("batch", "length")
+    return sharding.per_shard(
+        local, (q_BLHK, k_BSHK, v_BSHK, ids_BL, ids_BS), (heads, heads, heads, rows, rows), heads
     )
-    return out_BGQLK.reshape(B, H, L, K).transpose(0, 2, 1, 3).astype(q_BLHK.dtype)
 
 
 def _splash_kernel(L: int, S: int, heads: int, causal: bool, interpret: bool):

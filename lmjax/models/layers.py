@@ -104,6 +104,8 @@ class Spec:
                 f"model.num_heads={model_config.num_heads}; "
                 "pick a width that is a multiple of the head count (or set model.head_dim)"
             )
+        # at build time, not among the config checks: asking for the platform starts JAX's backend
+        attention.check(model_config.get("attention", "auto"), model_config.dtype, attention.platform())
         kv_heads = model_config.get("num_kv_heads", 0) or model_config.num_heads
         if model_config.num_heads % kv_heads:
             raise InputError(

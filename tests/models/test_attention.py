@@ -93,7 +93,7 @@ def test_auto_picks_per_platform(monkeypatch):
         ("gpu", jnp.float32, "xla"),
         ("tpu", jnp.float32, "splash"),
     ):
-        monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+        monkeypatch.setattr(attention, "TARGET", backend)
         assert attention.choose("auto", q.astype(dtype), k, Mask(causal=True), False) == want
     assert attention.choose("auto", q, k, Mask(causal=True), True) == "xla"  # TPU, with a bias
     assert attention.choose("auto", q[:, :100], k, Mask(causal=True), False) == "xla"  # not 128-multiple
