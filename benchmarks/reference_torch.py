@@ -1,9 +1,11 @@
 """A PyTorch reference of lmjax's GPT (learned positions) and optimizer, for side-by-side throughput.
 
 Written for the benchmark, in nanoGPT's style: pre-LN blocks, `F.scaled_dot_product_attention`,
-GELU (tanh) MLP, tied head, AdamW with decoupled weight decay on matrices and global-norm clipping.
-Eager mode on as many CPU threads as the machine has. torch is optional: `pip install torch`. `Process` runs
-it in a process of its own (what benchmarks/throughput.py --compare-torch does).
+GELU (tanh) MLP, tied head, AdamW with decoupled weight decay on matrices and global-norm clipping, on as many
+CPU threads as the machine has: eager with the per-tensor AdamW loop, or (compiled=True) the model under
+`torch.compile` with the fused AdamW, what a PyTorch user tuning for speed runs. torch is optional:
+`pip install torch`. `Process` runs it in a process of its own (what benchmarks/throughput.py --compare-torch
+does).
 """
 
 from __future__ import annotations
@@ -62,24 +64,28 @@ def measure(
     batch: int,
     steps: int,
     warmup: int,
+    compiled: bool = False,
     seed: int = 0,
 ) -> dict:
     """Mean training-step time over `steps` steps after `warmup` (forward, backward, clip, AdamW; the loss
-    read each step, as a training loop logs it) on random tokens."""
+    read each step, as a training loop logs it) on random tokens; compiled: torch.compile + fused AdamW
+    (compilation happens in the warm-up steps)."""
     torch.manual_seed(seed)
     model = GPT(vocab, layers, heads, d, seq_len)
+    step_model = torch.compile(model) if compiled else model
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
         lr=1e-3,
         betas=(0.9, 0.99),
+        fused=compiled,
     )
     tokens = torch.randint(vocab, (steps + warmup, batch, seq_len + 1))
     for i in range(steps + warmup):
         if i == warmup:
             start = time.perf_counter()
-        loss = model(tokens[i, :, :-1], tokens[i, :, 1:])
+        loss = step_model(tokens[i, :, :-1], tokens[i, :, 1:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -90,6 +96,7 @@ def measure(
         "step_ms": step_s * 1e3,
         "tokens_per_s": batch * seq_len / step_s,
         "threads": torch.get_num_threads(),
+        "compiled": compiled,
         "version": torch.__version__,
     }
 
@@ -133,4 +140,17 @@ def _serve(conn, keep_freed_memory: bool) -> None:
 
 
 if __name__ == "__main__":
-    print(measure(vocab=65, layers=4, heads=4, d=128, seq_len=64, batch=12, steps=50, warmup=10))
+    for compiled in (False, True):
+        print(
+            measure(
+                vocab=65,
+                layers=4,
+                heads=4,
+                d=128,
+                seq_len=64,
+                batch=12,
+                steps=50,
+                warmup=10,
+                compiled=compiled,
+            )
+        )

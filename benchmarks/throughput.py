@@ -12,7 +12,8 @@ train on random tokens so that only the step is timed; compute dtype 'auto' is b
 parameters and optimizer state), float32 on CPU. A round times --steps steps after --warmup, run as the
 training loop runs them (a step's metrics read after the next step is dispatched; the reference reads its loss
 every step) and reports the mean; with --compare-torch the PyTorch reference (benchmarks/reference_torch.py,
-in a process of its own) runs the GPT sizes in the same round, alternating; figures are medians over rounds,
+in a process of its own) runs the GPT sizes in the same round, alternating, twice: eager with the
+per-tensor AdamW, and under torch.compile with the fused AdamW; figures are medians over rounds,
 the ratio to PyTorch the median of the rounds' ratios. --devices 1,2 measures the step on one device and
 data-parallel over two side by side (on CPU the script splits the host into that many XLA devices, as
 XLA_FLAGS=--xla_force_host_platform_device_count=N does for a training run). Decoders also report greedy
@@ -258,25 +259,25 @@ def main() -> None:
         }
         config = runs[device_counts[0]].config
         tokens, flops_per_token = tokens_and_flops(config)
-        lmjax_s, torch_s = {n: [] for n in runs}, []
-        for _ in range(
-            args.rounds
-        ):  # alternating, so that drifts in the machine's speed hit every variant alike
+        lmjax_s, torch_s = {n: [] for n in runs}, {False: [], True: []}  # torch: eager, compiled
+        for _ in range(args.rounds):  # alternating, so that drifts in the machine's speed hit all alike
             for n, run in runs.items():
                 lmjax_s[n].append(run.measure(args.steps, args.warmup))
             if reference and preset in GPT_SIZES:
                 layers, heads, width, context, batch = GPT_SIZES[preset]
-                r = reference.measure(
-                    vocab=VOCAB,
-                    layers=layers,
-                    heads=heads,
-                    d=width,
-                    seq_len=context,
-                    batch=batch,
-                    steps=args.steps,
-                    warmup=args.warmup,
-                )
-                torch_s.append(r["step_ms"] / 1e3)
+                for compiled in torch_s:
+                    r = reference.measure(
+                        vocab=VOCAB,
+                        layers=layers,
+                        heads=heads,
+                        d=width,
+                        seq_len=context,
+                        batch=batch,
+                        steps=args.steps,
+                        warmup=args.warmup + (5 if compiled else 0),  # compilation happens in warm-up
+                        compiled=compiled,
+                    )
+                    torch_s[compiled].append(r["step_ms"] / 1e3)
         decode_tps = (
             decode_tokens_per_s(runs[device_counts[0]])
             if config.model.family == "decoder" and args.decode
@@ -299,13 +300,15 @@ def main() -> None:
                 "decode_tokens_per_s": decode_tps,
             }
             row["mfu"] = flops_per_token * row["tokens_per_s"] / (peak * n * 1e12) if peak else None
-            if torch_s:
-                row["torch_step_ms"] = statistics.median(torch_s) * 1e3
-                row["torch_tokens_per_s"] = tokens / statistics.median(torch_s)
-                row["torch_step_ms_rounds"] = [t * 1e3 for t in torch_s]
+            for compiled, times in torch_s.items():
+                if not times:
+                    continue
+                name = "torch_compiled" if compiled else "torch"
+                row[f"{name}_tokens_per_s"] = tokens / statistics.median(times)
+                row[f"{name}_step_ms_rounds"] = [t * 1e3 for t in times]
                 # each round's ratio compares measurements taken back to back: drifts of the machine cancel
-                row["speedup_vs_torch"] = statistics.median(
-                    t / m for t, m in zip(torch_s, lmjax_s[n], strict=True)
+                row[f"speedup_vs_{name}"] = statistics.median(
+                    t / m for t, m in zip(times, lmjax_s[n], strict=True)
                 )
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -315,15 +318,16 @@ def main() -> None:
     )
     print(
         "| preset | dtype | devices | params | step (ms) | tokens/s | compile (s) | peak mem (MiB) | MFU | "
-        "decode tokens/s | torch tokens/s | lmjax / torch |"
+        "decode tokens/s | torch eager tokens/s | torch.compile tokens/s | lmjax / eager | lmjax / compiled |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "–"
         ref = (
-            f"{r['torch_tokens_per_s']:,.0f} | {r['speedup_vs_torch']:.2f}x"
+            f"{r['torch_tokens_per_s']:,.0f} | {r['torch_compiled_tokens_per_s']:,.0f} | "
+            f"{r['speedup_vs_torch']:.2f}x | {r['speedup_vs_torch_compiled']:.2f}x"
             if "torch_tokens_per_s" in r
-            else "– | –"
+            else "– | – | – | –"
         )
         dec = f"{r['decode_tokens_per_s']:,.0f}" if r["decode_tokens_per_s"] else "–"
         print(

@@ -137,6 +137,8 @@ def base() -> ConfigDict:
             decay_embeddings=False,
             grad_clip=1.0,
             grad_accum_steps=1,
+            # word vectors (lmjax/sparse.py): the step's batch as this many sparse updates, one after another
+            updates_per_step=1,
             # comma-separated regexes matched at the start of parameter paths, e.g. 'backbone/' (a probe)
             freeze="",
             # layer-wise learning-rate decay: block i (from 0) of N learns at layer_decay ** (N - i) x

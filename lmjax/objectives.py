@@ -73,6 +73,27 @@ def check(config: ConfigDict) -> None:
         )
     if objective.check is not None:
         objective.check(config)
+    if objective.word_vectors:  # the sparse-row step (lmjax/sparse.py)
+        sparse_rules = (
+            (
+                config.optim.name in ("sgd", "adagrad"),
+                f"optim.name={config.optim.name!r}",
+                "'sgd' or 'adagrad'",
+            ),
+            (not config.optim.grad_clip, f"optim.grad_clip={config.optim.grad_clip}", "0"),
+            (config.mesh.engine == "jit", f"mesh.engine={config.mesh.engine!r}", "'jit'"),
+        )
+        for ok, setting, use in sparse_rules:
+            if not ok:
+                raise InputError(
+                    f"{setting}: word vectors train with sparse SGD or AdaGrad updates of the rows a batch "
+                    f"reads (lmjax/sparse.py); use {use}"
+                )
+    elif config.optim.updates_per_step != 1:
+        raise InputError(
+            f"optim.updates_per_step={config.optim.updates_per_step} applies to word vectors' sparse step; "
+            "set it to 1 (several batches per update: optim.grad_accum_steps)"
+        )
 
 
 def _smoothed(loss: Callable, **from_train_config: str) -> Callable[[ConfigDict], Callable]:

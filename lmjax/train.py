@@ -22,6 +22,7 @@ from lmjax import (
     optim,
     parallel,
     sharding,
+    sparse,
     storage,
     vectors,
 )
@@ -120,10 +121,21 @@ def setup(config: ConfigDict, devices=None) -> loop.Engine:
         )
     tx = optim.make(config.optim, config.train.num_steps, config.model)
     objective = objectives.get(config.train.objective)
+    if config.data.batch_size % (layout.batch_shards * config.optim.updates_per_step):
+        raise InputError(
+            f"data.batch_size={config.data.batch_size} does not split into optim.updates_per_step="
+            f"{config.optim.updates_per_step} equal updates over {layout.batch_shards} batch shards"
+        )
     batch_sharding = sharding.batch_sharding(layout)
 
     def compile_steps(graphdef, abstract_state, shardings) -> dict:
         loss_fn = make_loss_fn(graphdef, objective.make_loss(config.train))
+        if objective.word_vectors:  # updates only the rows a batch looks up
+            step = sparse.make_train_step(
+                graphdef, objective.make_loss(config.train), config.optim, config.train.num_steps
+            )
+        else:
+            step = make_train_step(loss_fn, tx, accum)
         if config.mesh.engine == "pmap":
             step = jax.pmap(
                 make_train_step(loss_fn, tx, accum, parallel.PMAP_AXIS),
@@ -136,7 +148,7 @@ def setup(config: ConfigDict, devices=None) -> loop.Engine:
                 return state, parallel.unreplicate(out)
         else:
             train_step = jax.jit(
-                layout.traced(make_train_step(loss_fn, tx, accum)),
+                layout.traced(step),
                 donate_argnums=0,
                 in_shardings=(shardings, batch_sharding),
                 out_shardings=(shardings, layout.replicated),

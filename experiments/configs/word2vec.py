@@ -11,15 +11,17 @@ compares with gensim.
 
 Arguments (`--config=...word2vec.py:ARG`):
   ''/'skipgram'  skip-gram, gensim's defaults: 100 dims, window 5, 5 negatives, min_count 5, sample 1e-3, SGD
-                 with the learning rate decaying linearly (word2vec's 0.025 per example x the batch, see
-                 below)
+                 with the learning rate decaying linearly (word2vec's 0.025 per example x the update's
+                 examples, see below); steps of 16 sparse updates of 1,024 examples each
   'cbow'         CBOW (mean of the window), word2vec.c's CBOW learning rate 0.05 per example
   'glove'        GloVe: window 10, x_max 10 (GloVe's demo.sh value for small corpora; the paper's 100 suits
                  billions of words), alpha 0.75, AdaGrad 0.25 on batches of 4,096 entries, vectors W + W~
   'smoke'        the test suite's: 16 dims, a few steps ('smoke_cbow', 'smoke_glove' likewise)
 
-Learning rate: the step's gradient is the mean over the batch's examples, so a per-example rate r (word2vec's
-alpha) is optim.learning_rate = r x data.batch_size; GloVe's AdaGrad, whose accumulator glove.c starts at 1
+Updates touch only the rows a batch reads (lmjax/sparse.py); a step of data.batch_size examples makes
+optim.updates_per_step updates one after another. Learning rate: an update's gradient is the mean over its
+examples, so a per-example rate r (word2vec's alpha) is optim.learning_rate = r x data.batch_size /
+optim.updates_per_step; GloVe's AdaGrad, whose accumulator glove.c starts at 1
 for per-entry gradients, starts at 1 / data.batch_size^2 (the same first update for the mean). A batch moves
 each row once where glove.c moves it once per entry, so GloVe's rate is 0.25 rather than glove.c's 0.05: on
 the benchmark corpus 0.05 still gave WordSim-353 0.05 after 12 epochs, 0.25 gives 0.27 after 4
@@ -51,12 +53,14 @@ def get_config(arg: str | None = None):
         batch_size=1024,
     )
     config.model.update(family="glove" if kind == "glove" else "word2vec", d_model=100)
-    config.train.update(objective=kind, num_steps=3000, eval_every=1000, checkpoint_every=1000, log_every=100)
-    if (
-        kind == "glove"
-    ):  # glove.c's AdaGrad per entry (sum of squares from 1), on the batch-mean gradient: from 1 / B^2
+    # 16 updates of 1,024 examples per step (word2vec): 200 steps make 3.3 M examples
+    config.train.update(objective=kind, num_steps=200, eval_every=100, checkpoint_every=100, log_every=10)
+    if kind == "glove":
+        # glove.c's AdaGrad per entry (sum of squares from 1), on the batch-mean gradient: from 1 / B^2
         config.data.update(window=10, batch_size=4096)
-        config.train.update(glove_x_max=10.0)
+        config.train.update(
+            glove_x_max=10.0, num_steps=3000, eval_every=1000, checkpoint_every=1000, log_every=100
+        )
         config.optim.update(
             name="adagrad",
             learning_rate=0.25,
@@ -68,18 +72,21 @@ def get_config(arg: str | None = None):
             eps=1e-20,
         )
     else:  # sum-of-examples SGD as word2vec, linear decay to 0.0001 per example
-        r = EXAMPLE_RATE[kind]
+        r, update = EXAMPLE_RATE[kind], 1024
+        config.data.batch_size = 16 * update
         config.optim.update(
             name="sgd",
             schedule="linear",
-            learning_rate=r * config.data.batch_size,
-            min_learning_rate=1e-4 * config.data.batch_size,
+            updates_per_step=16,
+            learning_rate=r * update,
+            min_learning_rate=1e-4 * update,
             warmup_steps=0,
             grad_clip=0.0,
             weight_decay=0.0,
         )
     if smoke:
         config.data.update(min_count=2, batch_size=64)
+        config.optim.updates_per_step = 1
         config.optim.initial_accumulator = 1.0 / 64**2 if kind == "glove" else 0.0
         config.model.update(d_model=16)
         config.train.update(num_steps=6, eval_every=3, checkpoint_every=3, log_every=3, progress=False)

@@ -2,6 +2,10 @@
 
 Dimension key: B batch, W window slots (2 x window), K negatives, V vocabulary, D vector size.
 Word vectors are `vectors()`: word2vec's input vectors, GloVe's W + W~ (as the GloVe paper reports).
+
+A batch reads a few rows of each table: `lookups(batch)` names them (table -> row ids) and
+`score(rows, batch)` computes the outputs from those rows alone, so that a step can differentiate and update
+just the rows (lmjax/sparse.py); `__call__` is score(lookups).
 """
 
 from __future__ import annotations
@@ -23,23 +27,25 @@ class Word2Vec(nnx.Module):
         self.embed_VD[...] = self.embed_VD[...] - 0.5 / dim
         self.context_VD = layers.param(rngs, nnx.initializers.zeros, (vocab_size, dim), ("vocab", "embed"))
 
-    def __call__(self, batch: dict) -> dict[str, jax.Array]:
-        """Scores of the true pair (pos_B) and of the noise words (neg_BK); CBOW batches have a window of
-        inputs."""
-        embed_VD = self.embed_VD[...]
+    @staticmethod
+    def lookups(batch: dict) -> dict[str, jax.Array]:
+        """Input rows: the word (skip-gram) or window (CBOW); output rows: the target, then the negatives."""
+        outputs_B1K = jnp.concatenate([batch["targets"][:, None], batch["negatives"]], axis=1)
+        return {"embed_VD": batch["inputs"], "context_VD": outputs_B1K}
+
+    @staticmethod
+    def score(rows: dict[str, jax.Array], batch: dict) -> dict[str, jax.Array]:
+        """Scores of the true pair (pos_B) and of the noise words (neg_BK) from the looked-up rows."""
         if batch["inputs"].ndim == 2:  # the mean of the window's input vectors, as word2vec's cbow_mean
             mask_BW1 = batch["input_mask"][..., None]
-            h_BD = (jnp.take(embed_VD, batch["inputs"], axis=0) * mask_BW1).sum(1) / jnp.maximum(
-                mask_BW1.sum(1), 1.0
-            )
+            h_BD = (rows["embed_VD"] * mask_BW1).sum(1) / jnp.maximum(mask_BW1.sum(1), 1.0)
         else:
-            h_BD = jnp.take(embed_VD, batch["inputs"], axis=0)
-        out_BD = jnp.take(self.context_VD[...], batch["targets"], axis=0)
-        noise_BKD = jnp.take(self.context_VD[...], batch["negatives"], axis=0)
-        return {
-            "pos_B": jnp.einsum("bd,bd->b", h_BD, out_BD),
-            "neg_BK": jnp.einsum("bd,bkd->bk", h_BD, noise_BKD),
-        }
+            h_BD = rows["embed_VD"]
+        scores_B1K = jnp.einsum("bd,bkd->bk", h_BD, rows["context_VD"])
+        return {"pos_B": scores_B1K[:, 0], "neg_BK": scores_B1K[:, 1:]}
+
+    def __call__(self, batch: dict) -> dict[str, jax.Array]:
+        return self.score(gather(self, self.lookups(batch)), batch)
 
     def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
         del deterministic, rngs  # no dropout
@@ -61,18 +67,18 @@ class GloVe(nnx.Module):
         self.bias_V = layers.param(rngs, nnx.initializers.zeros, (vocab_size,), ("vocab",))
         self.context_bias_V = layers.param(rngs, nnx.initializers.zeros, (vocab_size,), ("vocab",))
 
-    def __call__(self, batch: dict) -> dict[str, jax.Array]:
+    @staticmethod
+    def lookups(batch: dict) -> dict[str, jax.Array]:
         rows, cols = batch["rows"], batch["cols"]
-        dot_B = jnp.einsum(
-            "bd,bd->b",
-            jnp.take(self.embed_VD[...], rows, axis=0),
-            jnp.take(self.context_VD[...], cols, axis=0),
-        )
-        return {
-            "prediction_B": dot_B
-            + jnp.take(self.bias_V[...], rows)
-            + jnp.take(self.context_bias_V[...], cols)
-        }
+        return {"embed_VD": rows, "context_VD": cols, "bias_V": rows, "context_bias_V": cols}
+
+    @staticmethod
+    def score(rows: dict[str, jax.Array], batch: dict) -> dict[str, jax.Array]:
+        dot_B = jnp.einsum("bd,bd->b", rows["embed_VD"], rows["context_VD"])
+        return {"prediction_B": dot_B + rows["bias_V"] + rows["context_bias_V"]}
+
+    def __call__(self, batch: dict) -> dict[str, jax.Array]:
+        return self.score(gather(self, self.lookups(batch)), batch)
 
     def forward(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
         del deterministic, rngs  # no dropout
@@ -80,3 +86,8 @@ class GloVe(nnx.Module):
 
     def vectors(self) -> jax.Array:
         return self.embed_VD[...] + self.context_VD[...]
+
+
+def gather(model: nnx.Module, lookups: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The rows `lookups` names, from the model's tables."""
+    return {name: jnp.take(getattr(model, name)[...], ids, axis=0) for name, ids in lookups.items()}
