@@ -89,3 +89,14 @@ def test_torch_reference_runs_in_a_process_of_its_own():
             reference.measure(vocab=16, layers=1)
     finally:
         reference.close()
+
+
+def test_compile_time_measures_both_layouts():
+    import compile_time
+
+    rows = [
+        compile_time.measure("experiments/configs/shakespeare_char.py:tiny", 3, scan, 32, 2, "full")
+        for scan in (False, True)
+    ]
+    assert rows[0]["params"] == rows[1]["params"] and all(r["compile_s"] > 0 for r in rows)
+    assert rows[1]["stablehlo_lines"] < rows[0]["stablehlo_lines"]  # one block's program, not three
