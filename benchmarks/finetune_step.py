@@ -1,0 +1,137 @@
+"""The fine-tuning step of all-MiniLM-L6-v2 on Rotten Tomatoes batches: lmjax against Hugging Face
+`transformers` + PyTorch on the same batches, side by side.
+
+  .venv/bin/python benchmarks/finetune_step.py [--steps 20 --rounds 3]
+
+lmjax runs experiments/configs/finetune_minilm.py's step (mean pooling, dropout 0.1, classifier head, AdamW
+with its layer-wise groups, clipping); the reference is the same model read by transformers' `BertModel`
+from the same directory, mean-pooled under the same dropout and linear head, with torch's AdamW (fused) and
+the same clipping, eager and under `torch.compile`. Both see the same task batches (lmjax's pipeline's
+token ids and masks, 32 x 64). A round times --steps steps after warm-up (the loss read every step, as a
+training loop logs it); figures are medians over rounds, ratios the median of the rounds' ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments.configs import finetune_minilm  # noqa: E402
+from lmjax import finetune, host  # noqa: E402
+
+
+def lmjax_step(config, batches: list[dict]):
+    """A function running len(batches) lmjax steps (the loss read after each)."""
+    workdir = Path(tempfile.mkdtemp(prefix="lmjax-ft-bench-"))
+    config, tok, pre, _ = finetune.resolve(config, workdir)
+    task, head = finetune.task_and_head(config)
+    engine = finetune.setup(config, task.num_labels, head)
+    state = engine.init(jax.random.PRNGKey(0))
+    state = state.replace(params=finetune.load_backbone(state.params, pre.params()))
+    device_batches = [engine.device_batch(b) for b in batches]
+    box = {"state": state}
+
+    def run() -> None:
+        for b in device_batches:
+            box["state"], metrics = engine.train_step(box["state"], b, None, None)
+            float(metrics["loss"])
+
+    return run
+
+
+def torch_step(model_dir: Path, batches: list[dict], compiled: bool, lr: float):
+    import torch
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = BertModel.from_pretrained(model_dir, add_pooling_layer=False)
+            self.dropout = torch.nn.Dropout(0.1)
+            self.head = torch.nn.Linear(self.bert.config.hidden_size, 2)
+
+        def forward(self, ids, mask, labels):
+            h = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+            m = mask.unsqueeze(-1).to(h.dtype)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+            return torch.nn.functional.cross_entropy(self.head(self.dropout(pooled)), labels)
+
+    model = Classifier().train()
+    step_model = torch.compile(model) if compiled else model
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, fused=True)
+    tensors = [
+        (
+            torch.from_numpy(b["inputs"].astype(np.int64)),
+            torch.from_numpy(b["input_mask"].astype(np.int64)),
+            torch.from_numpy(b["labels"].astype(np.int64)),
+        )
+        for b in batches
+    ]
+
+    def run() -> None:
+        for ids, mask, labels in tensors:
+            loss = step_model(ids, mask, labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            loss.item()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    host.setup()
+    config = finetune_minilm.get_config("")
+    config.mesh.update(data=1, fsdp=1, tensor=1)
+    workdir = Path(tempfile.mkdtemp(prefix="lmjax-ft-bench-"))
+    resolved, tok, _, corpus = finetune.resolve(config, workdir)
+    task, head = finetune.task_and_head(resolved)
+    task_iter, _ = finetune.streams(resolved, task, head, tok, corpus)
+    batches = [next(task_iter) for _ in range(args.steps)]
+    label_key = "labels" if "labels" in batches[0] else next(k for k in batches[0] if "label" in k)
+    for b in batches:
+        b["labels"] = b[label_key]
+    runners = {
+        "lmjax": lmjax_step(config, batches),
+        "torch eager": torch_step(finetune.init_path(config.finetune.init), batches, False, 1e-4),
+        "torch.compile": torch_step(finetune.init_path(config.finetune.init), batches, True, 1e-4),
+    }
+    for run in runners.values():  # warm-up: compilation (lmjax, torch.compile) and allocator
+        run()
+    seconds = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            seconds[name].append((time.perf_counter() - start) / args.steps)
+    rows = batches[0]["inputs"].shape
+    print(f"\n{rows[0]} x {rows[1]} tokens per step; median of {args.rounds} rounds of {args.steps} steps")
+    print("| step | ms / step | examples/s | lmjax speed-up |\n|---|---|---|---|")
+    for name, times in seconds.items():
+        ratio = statistics.median(t / m for t, m in zip(times, seconds["lmjax"], strict=True))
+        print(
+            f"| {name} | {statistics.median(times) * 1e3:.1f} | {rows[0] / statistics.median(times):,.1f} | "
+            f"{ratio:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
