@@ -8,8 +8,9 @@
   cudnn   the same API with implementation='cudnn': cuDNN's fused flash attention (GPUs; bf16/fp16)
   splash  Pallas splash attention (TPUs): block-sparse over the causal and document masks, never forming
           the L x S score matrix in memory
-  auto    splash on TPUs, cudnn on GPUs (where its dtype and head size allow), einsum on CPUs; xla where
-          the chosen kernel cannot serve a call (a bias, or an explicit mask when decoding from a cache)
+  auto    splash on TPUs, cudnn on GPUs (bf16/fp16, head size a multiple of 8 up to 128), einsum on CPUs;
+          xla where the chosen kernel cannot serve a call (T5's bias; on TPUs also lengths off splash's
+          128-token tile and the explicit mask of decoding from a cache)
 
 Who attends to whom is a `Mask`: document ids of queries and keys (packed rows: a token attends only to its
 own document; id 0 marks padding, which real tokens never attend), causality, or an explicit boolean mask.
@@ -95,8 +96,8 @@ def choose(name: str, q_BLHK: jax.Array, k_BSHK: jax.Array, mask: Mask, has_bias
         return "splash" if lengths_fit and not has_bias and mask.dense_B1LS is None else "xla"
     if backend == "gpu":
         head_dim = q_BLHK.shape[-1]
-        cudnn_fits = q_BLHK.dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
-        return "cudnn" if cudnn_fits else "xla"
+        half = q_BLHK.dtype in (jnp.bfloat16, jnp.float16)
+        return "cudnn" if half and head_dim % 8 == 0 and head_dim <= 128 and not has_bias else "xla"
     return "einsum"
 
 

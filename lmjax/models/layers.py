@@ -318,7 +318,6 @@ class MultiHeadAttention(nnx.Module):
 
     def __init__(self, spec: Spec, *, cross: bool, rngs: nnx.Rngs, out_init_std: float = 0.02):
         self.cross, self.rotary = cross, spec.positions == "rotary" and not cross
-        self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.kv_heads, spec.head_dim
         self.rope_theta, self.implementation = spec.rope_theta, spec.attention
         self.scale = 1.0 / math.sqrt(spec.head_dim) if spec.scale_attention else 1.0
         self.attention_dropout = nnx.Dropout(spec.attention_dropout)
