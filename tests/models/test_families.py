@@ -38,10 +38,16 @@ VARIANTS = {
 }
 
 
-def build(variant):
+def model_config(variant: str | None = None, **overrides):
+    """A tiny model config of a variant (the decoder by default) with `overrides`."""
     c = base_config.base().model
-    c.update(vocab_size=V, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=L, **VARIANTS[variant])
-    return models.build(c, nnx.Rngs(0))
+    tiny = dict(vocab_size=V, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=L)
+    c.update(tiny | (VARIANTS[variant] if variant else {}) | overrides)
+    return c
+
+
+def build(variant):
+    return models.build(model_config(variant), nnx.Rngs(0))
 
 
 def run(model, tokens, mask, **kw):
@@ -100,19 +106,7 @@ def test_unknown_choices_fail_clearly():
 
 
 def _grads(variant, remat):
-    c = base_config.base().model
-    c.update(
-        vocab_size=V,
-        num_layers=2,
-        num_heads=2,
-        d_model=16,
-        d_ff=32,
-        max_len=L,
-        dropout=0.1,
-        attention_dropout=0.1,
-        remat=remat,
-        **VARIANTS[variant],
-    )
+    c = model_config(variant, dropout=0.1, attention_dropout=0.1, remat=remat)
     tokens = np.random.default_rng(0).integers(1, V, (2, L))
     mask = np.ones_like(tokens)
 
@@ -167,9 +161,7 @@ def packed_decoder_row() -> dict:
 def test_a_packed_decoder_row_gives_each_document_its_logits_and_loss_alone(positions):
     from lmjax import losses
 
-    c = base_config.base().model
-    c.update(vocab_size=V, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=ROW, positions=positions)
-    model = models.build(c, nnx.Rngs(0))
+    model = models.build(model_config(max_len=ROW, positions=positions), nnx.Rngs(0))
     row = packed_decoder_row()
     packed = np.asarray(model.forward(row)["logits"][0])
     loss_sum = 0.0
@@ -200,9 +192,7 @@ def test_a_packed_encoder_decoder_row_gives_each_document_its_logits_and_loss_al
         def special_id(self, name):  # sentinel i: V - 1 - i (documents use ids below V - 4)
             return (V - 1 - int(name.strip("<>").split("_")[-1])) % V
 
-    c = base_config.base().model
-    c.update(vocab_size=V, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=ROW, **VARIANTS[variant])
-    model = models.build(c, nnx.Rngs(0))
+    model = models.build(model_config(variant, max_len=ROW), nnx.Rngs(0))
     docs = grain.MapDataset.source([{"tokens": d} for d in DOCS])
     examples = docs.random_map(spans.SpanCorruption(Tok(), 0.3, 2.0), seed=0).to_iter_dataset()
     alone = list(examples)
@@ -232,18 +222,8 @@ def test_a_packed_encoder_decoder_row_gives_each_document_its_logits_and_loss_al
 def test_scanned_layers_give_the_unrolled_models_outputs_and_gradients(variant, remat):
     """model.scan_layers: the same parameters, stacked, give the same logits and gradients; the layouts
     convert both ways without loss."""
-    plain = build(variant)
-    plain_config = base_config.base().model
-    plain_config.update(
-        vocab_size=V,
-        num_layers=2,
-        num_heads=2,
-        d_model=16,
-        d_ff=32,
-        max_len=L,
-        remat=remat,
-        **VARIANTS[variant],
-    )
+    plain_config = model_config(variant, remat=remat)
+    plain = models.build(plain_config, nnx.Rngs(0))
     scan_config, scan_params = models.with_layout(plain_config, nnx.state(plain, nnx.Param), scanned=True)
     scanned = models.build(scan_config, nnx.Rngs(1))
     nnx.update(scanned, scan_params)
