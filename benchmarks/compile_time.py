@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from lmjax import checkpoint, config, objectives, sharding, train  # noqa: E402
+from lmjax import config, train  # noqa: E402
 
 
 def measure(config_spec: str, layers: int, scan: bool, seq_len: int, batch: int, remat: str) -> dict:
@@ -31,14 +31,8 @@ def measure(config_spec: str, layers: int, scan: bool, seq_len: int, batch: int,
     c.data.update(seq_len=seq_len, batch_size=batch)
     c.mesh.update(data=-1, fsdp=1, tensor=1)
     s = train.setup(c, jax.devices()[:1])
-    state = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
-    shapes = objectives.get(c.train.objective).batch_shapes(c.data, batch)
-    batch_sharding = sharding.batch_sharding(s.layout)
-    abstract_batch = {
-        k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, (shape, dtype) in shapes.items()
-    }
     start = time.perf_counter()
-    lowered = s.train_step.lower(state, abstract_batch)
+    lowered = s.train_step.lower(*train.abstract_step_inputs(s))
     lower_s = time.perf_counter() - start
     lines = lowered.as_text().count("\n")
     start = time.perf_counter()

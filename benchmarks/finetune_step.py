@@ -29,11 +29,8 @@ from experiments.configs import finetune_minilm  # noqa: E402
 from lmjax import finetune, host  # noqa: E402
 
 
-def lmjax_step(config, batches: list[dict]):
-    """A function running len(batches) lmjax steps (the loss read after each)."""
-    workdir = Path(tempfile.mkdtemp(prefix="lmjax-ft-bench-"))
-    config, tok, pre, _ = finetune.resolve(config, workdir)
-    task, head = finetune.task_and_head(config)
+def lmjax_step(config, task, head: str, pre: finetune.Pretrained, batches: list[dict]):
+    """A function running len(batches) lmjax steps (the loss read after each) of the resolved config."""
     engine = finetune.setup(config, task.num_labels, head)
     state = engine.init(jax.random.PRNGKey(0))
     state = state.replace(params=finetune.load_backbone(state.params, pre.params()))
@@ -102,7 +99,7 @@ def main() -> None:
     config = finetune_minilm.get_config("")
     config.mesh.update(data=1, fsdp=1, tensor=1)
     workdir = Path(tempfile.mkdtemp(prefix="lmjax-ft-bench-"))
-    resolved, tok, _, corpus = finetune.resolve(config, workdir)
+    resolved, tok, pre, corpus = finetune.resolve(config, workdir)
     task, head = finetune.task_and_head(resolved)
     task_iter, _ = finetune.streams(resolved, task, head, tok, corpus)
     batches = [next(task_iter) for _ in range(args.steps)]
@@ -110,7 +107,7 @@ def main() -> None:
     for b in batches:
         b["labels"] = b[label_key]
     runners = {
-        "lmjax": lmjax_step(config, batches),
+        "lmjax": lmjax_step(resolved, task, head, pre, batches),
         "torch eager": torch_step(finetune.init_path(config.finetune.init), batches, False, 1e-4),
         "torch.compile": torch_step(finetune.init_path(config.finetune.init), batches, True, 1e-4),
     }

@@ -94,12 +94,15 @@ def pretrained(init: str) -> Pretrained:
         if saved.mode == "finetune":
             tok = tokenizers.load(d / checkpoint.TOKENIZER_DIR)
             return Pretrained(saved.model, tok, lambda: finetuned_backbone(d, saved))
-        # a scanned pretraining run (model.scan_layers) fine-tunes in the per-block layout: per-layer
-        # learning rates, freezing and LoRA address blocks by index
-        model_config = ConfigDict(saved.model.to_dict() | {"scan_layers": False})
+        tok = tokenizers.load(d / checkpoint.TOKENIZER_DIR)
+        if not saved.model.scan_layers:
+            return Pretrained(saved.model, tok, lambda: train.load_trained(d)[1])
+        # a scanned pretraining run fine-tunes in the per-block layout: per-layer learning rates, freezing
+        # and LoRA address blocks by index
+        per_block = ConfigDict(saved.model.to_dict() | {"scan_layers": False})
         return Pretrained(
-            model_config,
-            tokenizers.load(d / checkpoint.TOKENIZER_DIR),
+            per_block,
+            tok,
             lambda: models.with_layout(saved.model, train.load_trained(d)[1], scanned=False)[1],
         )
     if (d / "config.json").is_file():

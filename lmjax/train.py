@@ -373,6 +373,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str | epath.PathLike, device
     return result
 
 
+def abstract_step_inputs(engine: loop.Engine) -> tuple[Any, dict]:
+    """(state, batch) of the train step as sharded ShapeDtypeStructs: what lowering it without data or
+    devices' memory takes (tpu_scripts/aot_check.py, benchmarks/compile_time.py)."""
+    config = engine.config
+    batch_sharding = sharding.batch_sharding(engine.layout)
+    shapes = objectives.get(config.train.objective).batch_shapes(config.data, config.data.batch_size)
+    batch = {
+        k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, (shape, dtype) in shapes.items()
+    }
+    return checkpoint.abstract_with_shardings(engine.abstract_state, engine.state_shardings), batch
+
+
 FLOP_OBJECTIVES = ("causal_lm", "mlm", "span_corruption")  # the ones metrics.train_flops counts
 
 

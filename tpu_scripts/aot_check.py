@@ -71,7 +71,7 @@ def main(argv) -> int:
     import jax
     import numpy as np
 
-    from lmjax import checkpoint, objectives, sharding, train
+    from lmjax import train
     from lmjax.models import attention
 
     attention.TARGET = "tpu"  # model.attention='auto' and its checks choose for the TPU, not this CPU
@@ -83,14 +83,7 @@ def main(argv) -> int:
         )
     devices = tpu_devices(_TOPOLOGY.value)
     s = train.setup(config, devices)
-    state = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
-    batch_sharding = sharding.batch_sharding(s.layout)
-    batch = {
-        k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-        for k, (shape, dtype) in objectives.get(config.train.objective)
-        .batch_shapes(config.data, config.data.batch_size)
-        .items()
-    }
+    state, batch = train.abstract_step_inputs(s)
     hosts = len({d.process_index for d in devices})
     hbm = hbm_per_device(_TOPOLOGY.value, len(devices))
     state_bytes = sum(
