@@ -37,7 +37,8 @@ DEFAULT_RULES = {
 
 def base() -> ConfigDict:
     config = ConfigDict()
-    config.mode = "train"  # train | sample | finetune | eval (finetune.init's loss on data.*'s validation)
+    # train | sample | finetune | eval (finetune.init's loss on data.*'s validation) | export | serve
+    config.mode = "train"
     config.seed = 0
 
     config.model = ConfigDict(
@@ -229,6 +230,22 @@ def base() -> ConfigDict:
             prompt="\n", chat="", num_tokens=500, temperature=0.8, top_k=200, top_p=1.0, num_samples=1, seed=0
         )
     )
+    # mode=export / mode=serve (lmjax/serving): the decoder of the workdir's run, or of finetune.init when set
+    config.serve = ConfigDict(
+        dict(
+            host="127.0.0.1",  # any other address needs the API key (api_key_env)
+            port=8000,
+            api_key_env="LMJAX_API_KEY",  # the environment variable holding the key clients send as Bearer
+            model_name="",  # the name /v1/models lists and requests must use; empty: the workdir's name
+            quantize="",  # '' (the weights as trained) | int8 (weight-only, per output channel)
+            max_len=0,  # cache slots per sequence (prompt + output); 0: model.max_len
+            slots=16,  # sequences decoded together (continuous batching)
+            max_queue=64,  # requests waiting for a slot; more are answered 503 at once
+            max_tokens=256,  # the most tokens one request may generate
+            export_dir="",  # mode=export: where to write; empty: <workdir>/export
+            platforms="cpu",  # mode=export: comma-separated jax.export platforms (cpu, cuda, tpu)
+        )
+    )
     return config
 
 
@@ -273,10 +290,13 @@ def profile_range(text: str) -> tuple[int, int] | None:
     return int(first), int(last)
 
 
+MODES = ("train", "sample", "finetune", "eval", "export", "serve")
+
+
 def validate(config: ConfigDict) -> None:
     """Value checks that need no registry (lmjax.train.check_config runs these and those)."""
-    if config.mode not in ("train", "sample", "finetune", "eval"):
-        raise InputError(f"mode={config.mode!r} is unknown; use 'train', 'sample', 'finetune' or 'eval'")
+    if config.mode not in MODES:
+        raise InputError(f"mode={config.mode!r} is unknown; use one of {', '.join(MODES)}")
     if config.mode == "finetune":
         validate_finetune(config)
     elif config.mode == "train" and config.optim.lora_rank:
@@ -284,6 +304,8 @@ def validate(config: ConfigDict) -> None:
             f"optim.lora_rank={config.optim.lora_rank} is for fine-tuning (mode=finetune); set it to 0 here"
         )
     profile_range(config.train.profile_steps)
+    if config.mode in ("export", "serve"):
+        validate_serve(config.serve)
     if config.optim.lora_rank < 0:
         raise InputError(f"optim.lora_rank={config.optim.lora_rank} is negative; use 0 (off) or a rank >= 1")
     if config.optim.grad_accum_steps < 1 or config.data.batch_size % config.optim.grad_accum_steps:
@@ -301,6 +323,21 @@ def validate(config: ConfigDict) -> None:
         raise InputError(
             "data.tokenizer='sentencepiece' needs data.vocab_size (e.g. 8000) or data.tokenizer_path"
         )
+
+
+QUANTIZE = ("", "int8")
+
+
+def validate_serve(serve: ConfigDict) -> None:
+    if serve.quantize not in QUANTIZE:
+        raise InputError(f"serve.quantize={serve.quantize!r} is unknown; use '' (none) or 'int8'")
+    for key in ("slots", "max_queue", "max_tokens"):
+        if serve[key] < 1:
+            raise InputError(f"serve.{key}={serve[key]} must be at least 1")
+    if serve.max_len < 0:
+        raise InputError(f"serve.max_len={serve.max_len} is negative; use 0 (model.max_len) or a length")
+    if not 0 <= serve.port < 65536:
+        raise InputError(f"serve.port={serve.port} is not a TCP port; use 1-65535 (0: any free port)")
 
 
 LAMBDA_SCHEDULES = ("constant", "warmup", "decay")

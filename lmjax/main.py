@@ -42,6 +42,16 @@ def main(argv):
     if config.mode == "eval":
         score.run(config, FLAGS.workdir)
         return 0
+    if config.mode == "export":
+        from lmjax.serving import export
+
+        export.export(config, FLAGS.workdir)
+        return 0
+    if config.mode == "serve":
+        from lmjax.serving import server
+
+        server.serve(config, FLAGS.workdir)
+        return 0
     job = finetune.run if config.mode == "finetune" else train.train_and_evaluate
     return EXIT_PREEMPTED if "preempted_at" in job(config, FLAGS.workdir) else 0
 

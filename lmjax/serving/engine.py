@@ -1,0 +1,239 @@
+"""Continuous batching: a fixed batch of `slots` sequences, each with its own KV-cache row. A request waits in
+a bounded queue, is prefilled into a free slot (a batch of one) and joins the running batch at the next
+decode step; every step decodes one token for all slots at once (runner.step writes each row at its own
+slot), samples per row (temperature, top-p, seed) and streams text to the request's asyncio queue. Finished
+or cancelled requests free their slot for the next in the queue.
+
+The step always runs the full batch, so a row's numbers do not depend on what else is being served: at
+temperature 0 a request gets the same text alone or among others."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import functools
+import logging
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmjax.serving.runner import Runner
+
+MIN_PREFILL = 8  # prompts are padded to a power of two (at least this) to bound prefill compilations
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class Request:
+    """One completion: token ids in, text deltas out through `events` ('text', str) then ('done', reason)."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    loop: asyncio.AbstractEventLoop | None = None
+    events: asyncio.Queue = dataclasses.field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    ids: list[int] = dataclasses.field(default_factory=list)
+    sent: int = 0  # characters of text already sent
+    finish_reason: str | None = None
+
+    def emit(self, *event) -> None:
+        if self.loop is None:
+            self.events.put_nowait(event)
+        else:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+@functools.partial(jax.jit, static_argnames=("vocab",))
+def sample_rows(logits_BV, temperature_B, top_p_B, seeds_B, counts_B, *, vocab: int):
+    """One token per row: argmax where the temperature is 0, else a draw from softmax(logits / T) cut to the
+    top-p nucleus, with the row's own key fold_in(key(seed), count) (independent of the other rows)."""
+    logits_BV = logits_BV[:, :vocab].astype(jnp.float32)
+    scaled_BV = logits_BV / jnp.maximum(temperature_B, 1e-6)[:, None]
+
+    def nucleus(scaled_BV):  # keep the smallest set of most likely tokens whose probability reaches top_p
+        sorted_BV = jnp.sort(scaled_BV, axis=-1)[:, ::-1]
+        probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+        before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+        cutoff_B1 = jnp.min(jnp.where(before_BV < top_p_B[:, None], sorted_BV, jnp.inf), -1, keepdims=True)
+        return jnp.where(scaled_BV < cutoff_B1, -jnp.inf, scaled_BV)
+
+    scaled_BV = jax.lax.cond(jnp.all(top_p_B >= 1.0), lambda x: x, nucleus, scaled_BV)
+    keys_B = jax.vmap(lambda s, n: jax.random.fold_in(jax.random.key(s), n))(seeds_B, counts_B)
+    drawn_B = jax.vmap(jax.random.categorical)(keys_B, scaled_BV)
+    return jnp.where(temperature_B == 0.0, jnp.argmax(logits_BV, axis=-1), drawn_B).astype(jnp.int32)
+
+
+def _held_back(text: str, stop: tuple[str, ...]) -> int:
+    """Characters at the end of `text` not to send yet: a possible start of a stop string, or an incomplete
+    UTF-8 character (decoded as U+FFFD)."""
+    hold = len(text) - len(text.rstrip("\ufffd"))
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                hold = max(hold, n)
+                break
+    return hold
+
+
+class Engine:
+    """Runs `runner` in a background thread over `slots` rows; `submit` from the server's event loop."""
+
+    def __init__(self, runner: Runner, *, slots: int, max_queue: int):
+        self.runner, self.slots, self.max_queue = runner, slots, max_queue
+        tok = runner.tokenizer
+        self.eos_id, self.vocab = getattr(tok, "eos_id", None), tok.vocab_size
+        self._queue: collections.deque[Request] = collections.deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="lmjax-engine", daemon=True)
+        self.error: BaseException | None = None
+        self._active: list[Request | None] = []
+        self.stats = {"finished": 0, "cancelled": 0, "tokens": 0}  # since the start (GET /health)
+
+    def start(self) -> "Engine":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+
+    def submit(self, request: Request) -> None:
+        """Queues a request; QueueFull when max_queue requests already wait for a slot."""
+        with self._wake:
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull
+            self._queue.append(request)
+            self._wake.notify()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> int:
+        return sum(r is not None for r in self._active)
+
+    def warm_up(self) -> None:
+        """Compiles the step and the sampler before the first request (prefills compile per prompt bucket)."""
+        caches = self.runner.empty_caches(self.slots)
+        logits, _ = self.runner.step(np.zeros(self.slots, np.int32), caches, np.zeros(self.slots, np.int32))
+        zeros = np.zeros(self.slots, np.float32)
+        sample_rows(
+            logits, zeros, zeros + 1, zeros.astype(np.uint32), zeros.astype(np.int32), vocab=self.vocab
+        )
+
+    # -- the engine thread --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # noqa: B036 - reported to every waiting request, then re-raised
+            self.error = e
+            logging.exception("lmjax serving engine failed")
+            for r in list(self._queue) + [r for r in self._active if r is not None]:
+                r.finish_reason = "error"
+                r.emit("error", f"the engine failed: {type(e).__name__}: {e}")
+            raise
+
+    def _loop(self) -> None:
+        N = self.slots
+        caches = self.runner.empty_caches(N)
+        active: list[Request | None] = [None] * N
+        self._active = active
+        tokens, lengths = np.zeros(N, np.int32), np.zeros(N, np.int32)
+        temperature, top_p = np.zeros(N, np.float32), np.ones(N, np.float32)
+        seeds, counts = np.zeros(N, np.uint32), np.zeros(N, np.int32)
+        while True:
+            with self._wake:
+                while not self._stopping and not self._queue and not any(active):
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                admitted = []
+                for i in range(N):
+                    if active[i] is None and self._queue:
+                        admitted.append((i, self._queue.popleft()))
+            for i, r in admitted:
+                if r.cancelled:
+                    self.stats["cancelled"] += 1
+                    continue
+                caches = self._prefill(r, i, caches)
+                active[i] = r
+                lengths[i], tokens[i] = len(r.prompt_ids), r.ids[-1] if r.ids else 0
+                temperature[i], top_p[i], seeds[i], counts[i] = r.temperature, r.top_p, r.seed, 1
+                if r.finish_reason is not None:
+                    active[i] = None
+            for i, r in enumerate(active):
+                if r is not None and r.cancelled:
+                    active[i] = None
+                    self.stats["cancelled"] += 1
+            if not any(active):
+                continue
+            logits, caches = self.runner.step(tokens, caches, lengths)
+            new = np.asarray(sample_rows(logits, temperature, top_p, seeds, counts, vocab=self.vocab))
+            for i, r in enumerate(active):
+                if r is None:
+                    continue
+                lengths[i] += 1
+                counts[i] += 1
+                tokens[i] = new[i]
+                self._add(r, int(new[i]), int(lengths[i]))
+                if r.finish_reason is not None:
+                    active[i] = None
+
+    def _prefill(self, r: Request, row: int, caches: list) -> list:
+        P = len(r.prompt_ids)
+        bucket = min(max(MIN_PREFILL, 1 << (P - 1).bit_length()), self.runner.cache_len)
+        padded = np.zeros((1, bucket), np.int32)
+        padded[0, :P] = r.prompt_ids
+        logits, one = self.runner.prefill(padded, np.asarray([P], np.int32))
+        first = sample_rows(
+            logits,
+            np.asarray([r.temperature], np.float32),
+            np.asarray([r.top_p], np.float32),
+            np.asarray([r.seed], np.uint32),
+            np.zeros(1, np.int32),
+            vocab=self.vocab,
+        )
+        self._add(r, int(first[0]), P)
+        return self.runner.insert(caches, one, row)
+
+    def _add(self, r: Request, token: int, filled: int) -> None:
+        """Appends a sampled token (the cache holds `filled` tokens before it); sends new text; finishes the
+        request at its end-of-sequence token, a stop string, max_tokens or a full cache."""
+        tok = self.runner.tokenizer
+        self.stats["tokens"] += 1
+        if token == self.eos_id:
+            return self._finish(r, "stop", tok.decode(r.ids))
+        r.ids.append(token)
+        text = tok.decode(r.ids)
+        cuts = [c for c in (text.find(s, max(0, r.sent - len(s))) for s in r.stop) if c >= 0]
+        if cuts:
+            return self._finish(r, "stop", text[: min(cuts)])
+        if len(r.ids) >= r.max_tokens or filled >= self.runner.cache_len:
+            return self._finish(r, "length", text)
+        end = len(text) - _held_back(text, r.stop)
+        if end > r.sent:
+            r.emit("text", text[r.sent : end])
+            r.sent = end
+
+    def _finish(self, r: Request, reason: str, text: str) -> None:
+        if len(text) > r.sent:
+            r.emit("text", text[r.sent :])
+            r.sent = len(text)
+        r.finish_reason = reason
+        self.stats["finished"] += 1
+        r.emit("done", reason)

@@ -1,0 +1,65 @@
+"""Weight-only int8 (serve.quantize=int8): every matrix a matmul reads is stored as int8 with one float32
+scale per output channel (max |w| / 127 over the contracted axes) and multiplied back inside the compiled
+prefill / decode step, right before its matmul. Norms, biases and position tables stay as trained.
+
+Works on pure parameter dicts (nnx.State.to_pure_dict) and on the flat {name: array} form of exports, so
+exported.py can dequantise without lmjax's model code."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# parameter name -> the axes a matmul contracts (of the per-layer array; a scanned stack adds a leading axis)
+CONTRACTED = {
+    "query_DHK": (0,),
+    "key_DHK": (0,),
+    "value_DHK": (0,),
+    "out_HKD": (0, 1),
+    "kernel": (0,),  # Dense: kernel[in, out]
+    "head_DV": (0,),
+    "embed_VD": (1,),  # one scale per vocabulary row: the token lookup and the tied output head
+}
+QUANTIZED, SCALE = "int8", "scale"
+
+
+def _axes(name: str, ndim: int) -> tuple[int, ...] | None:
+    axes = CONTRACTED.get(name)
+    if axes is None:
+        return None
+    per_layer = 2 if name == "kernel" else len(name.rsplit("_", 1)[1])
+    return tuple(a + ndim - per_layer for a in axes)  # a scanned stack's leading layers axis
+
+
+def quantize(params: dict) -> dict:
+    """A pure parameter dict with each matmul weight w replaced by {'int8': q, 'scale': s}, w ~ q * s."""
+    out = {}
+    for key, value in params.items():
+        axes = None if isinstance(value, dict) else _axes(str(key), np.ndim(value))
+        if isinstance(value, dict):
+            out[key] = quantize(value)
+        elif axes is None:
+            out[key] = value
+        else:
+            w = np.asarray(value, np.float32)
+            scale = np.maximum(np.abs(w).max(axis=axes, keepdims=True), 1e-12) / 127.0
+            q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+            out[key] = {QUANTIZED: q, SCALE: scale.astype(np.float32)}
+    return out
+
+
+def dequantize(params: dict) -> dict:
+    """quantize's inverse, as traced JAX (inside the compiled function: the weights stay int8 in memory)."""
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and set(value) == {QUANTIZED, SCALE}:
+            out[key] = value[QUANTIZED].astype(jnp.float32) * value[SCALE]
+        else:
+            out[key] = dequantize(value) if isinstance(value, dict) else value
+    return out
+
+
+def nbytes(params) -> int:
+    """Bytes of all arrays in a parameter tree (int8 weights with their scales, the rest as stored)."""
+    return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))

@@ -1,0 +1,289 @@
+"""--config.mode=serve: an OpenAI-compatible HTTP server (FastAPI on uvicorn) over the continuous-batching
+engine. POST /v1/completions, POST /v1/chat/completions (the tokenizer's chat template), server-sent events
+with "stream": true, GET /v1/models, GET /health.
+
+It listens on serve.host (127.0.0.1 by default); on any other address it refuses to start without an API key
+in the environment variable serve.api_key_env, and with a key set every /v1 request must carry
+`Authorization: Bearer <key>` (401 otherwise). Errors are OpenAI's shape {"error": {"message", "type",
+"param", "code"}}: 400 for a bad body, 401, 404 for an unknown model or route, 503 when serve.max_queue
+requests already wait. SIGTERM stops accepting connections, finishes the requests in flight and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import time
+
+import uvicorn
+from etils import epath
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ml_collections import ConfigDict
+from starlette.exceptions import HTTPException
+
+from lmjax.errors import InputError
+from lmjax.serving import engine as engine_lib
+from lmjax.serving import live, protocol
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, message: str, code: str | None = None, kind: str = "invalid_request_error"
+    ):
+        super().__init__(message)
+        self.status, self.message, self.code, self.kind = status, message, code, kind
+
+
+def _error_response(status: int, message: str, code=None, kind="invalid_request_error") -> JSONResponse:
+    return JSONResponse(protocol.error(message, kind, code), status_code=status)
+
+
+def _sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+def create_app(
+    engine: engine_lib.Engine, *, model_name: str, api_key: str | None, max_tokens: int
+) -> FastAPI:
+    """The API over a started engine; max_tokens caps what one request may ask for."""
+    app = FastAPI(title="lmjax", docs_url=None, redoc_url=None, openapi_url=None)
+    tok, S = engine.runner.tokenizer, engine.runner.cache_len
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        return _error_response(e.status, e.message, e.code, e.kind)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        first = e.errors()[0]
+        if first.get("type") == "json_invalid":
+            return _error_response(
+                400, f"the request body is not valid JSON: {first.get('msg')}", "invalid_json"
+            )
+        where = ".".join(str(x) for x in first.get("loc", ())[1:2]) or None  # the top-level field
+        message = f"{where or 'body'}: {first.get('msg')}"
+        return JSONResponse(protocol.error(message, code="invalid_value", param=where), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request, e: HTTPException):
+        if e.status_code == 400:  # FastAPI could not read the body (not UTF-8, ...)
+            return _error_response(400, "the request body is not UTF-8 JSON", "invalid_json")
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        return _error_response(e.status_code, str(e.detail), code)
+
+    def authorized(authorization: str | None = Header(None)) -> None:
+        if api_key is not None and not secrets.compare_digest(authorization or "", f"Bearer {api_key}"):
+            raise ApiError(
+                401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key"
+            )
+
+    def check_model(name: str) -> None:
+        if name != model_name:
+            raise ApiError(
+                404, f"model {name!r} does not exist; this server serves {model_name!r}", "model_not_found"
+            )
+
+    def limits(ids: list[int], asked: int | None) -> int:
+        if not ids:
+            raise ApiError(400, "the prompt is empty; give at least one token of text", "empty_prompt")
+        if len(ids) >= S:
+            raise ApiError(
+                400,
+                f"the prompt is {len(ids)} tokens; this model's context is {S} tokens, so prompts must be "
+                f"shorter than {S}",
+                "context_length_exceeded",
+            )
+        if asked is not None and asked > max_tokens:
+            raise ApiError(
+                400, f"max_tokens={asked} is above this server's limit of {max_tokens}", "invalid_value"
+            )
+        if asked is not None and len(ids) + asked > S:
+            raise ApiError(
+                400,
+                f"the prompt ({len(ids)} tokens) + max_tokens={asked} exceed this model's context of {S} "
+                "tokens; ask for fewer tokens or shorten the prompt",
+                "context_length_exceeded",
+            )
+        return asked if asked is not None else min(max_tokens, S - len(ids))
+
+    def submit(body: protocol._Sampling, ids: list[int], asked: int | None) -> engine_lib.Request:
+        r = engine_lib.Request(
+            prompt_ids=ids,
+            max_tokens=limits(ids, asked),
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=random.randrange(2**32) if body.seed is None else body.seed,
+            stop=body.stops(),
+            loop=asyncio.get_running_loop(),
+        )
+        if engine.error is not None:
+            raise ApiError(500, f"the engine failed: {engine.error}", "engine_failed", "server_error")
+        try:
+            engine.submit(r)
+        except engine_lib.QueueFull:
+            raise ApiError(
+                503, f"the server is busy ({engine.max_queue} requests queued); retry later", "server_busy"
+            ) from None
+        return r
+
+    async def events(r: engine_lib.Request, http: Request):
+        """The request's events; cancels it (freeing its slot) when the client goes away."""
+        try:
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(r.events.get(), timeout=1.0)
+                except TimeoutError:
+                    if await http.is_disconnected():
+                        return
+                    continue
+                yield kind, value
+                if kind != "text":
+                    return
+        finally:
+            r.cancelled = True  # no-op once finished
+
+    async def answer(r, http, body, rid, whole, chunk_of, first=None):
+        if body.stream:
+
+            async def stream():
+                if first is not None:
+                    yield _sse(first)
+                async for kind, value in events(r, http):
+                    if kind == "text":
+                        yield _sse(chunk_of(value, None))
+                    elif kind == "done":
+                        yield _sse(chunk_of(None, value))
+                    else:
+                        yield _sse(protocol.error(value, "server_error", "engine_failed"))
+                yield _sse("[DONE]")
+
+            return StreamingResponse(stream(), media_type="text/event-stream")
+        parts, reason = [], None
+        async for kind, value in events(r, http):
+            if kind == "text":
+                parts.append(value)
+            elif kind == "done":
+                reason = value
+            else:
+                raise ApiError(500, value, "engine_failed", "server_error")
+        if reason is None:  # the client went away
+            return JSONResponse({}, status_code=499)
+        return whole("".join(parts), reason, protocol.usage(len(r.prompt_ids), len(r.ids)))
+
+    @app.get("/health")
+    async def health():
+        status = "ok" if engine.error is None else "failed"
+        return {
+            "status": status,
+            "model": model_name,
+            "slots": engine.slots,
+            "busy": engine.busy,
+            "queued": engine.queued,
+        } | engine.stats
+
+    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    async def models():
+        card = {"id": model_name, "object": "model", "created": int(time.time()), "owned_by": "lmjax"}
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/completions", dependencies=[Depends(authorized)])
+    async def completions(body: protocol.CompletionRequest, http: Request):
+        check_model(body.model)
+        text = body.text()
+        if text is None:
+            raise ApiError(
+                400, "prompt: give one prompt (a string, or a list of one string)", "invalid_value"
+            )
+        r = submit(body, [int(i) for i in tok.encode(text)], body.max_tokens)
+        rid = protocol.new_id("cmpl")
+
+        def chunk_of(delta, reason):
+            return protocol.completion(model_name, rid, delta or "", reason)
+
+        def whole(text, reason, use):
+            return protocol.completion(model_name, rid, text, reason, use)
+
+        return await answer(r, http, body, rid, whole, chunk_of)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+    async def chat(body: protocol.ChatRequest, http: Request):
+        check_model(body.model)
+        if not getattr(tok, "chat_template", None):
+            raise ApiError(
+                400,
+                f"this model's {tok.kind} tokenizer has no chat template; use /v1/completions",
+                "no_chat_template",
+            )
+        try:
+            prompt = tok.apply_chat_template([m.model_dump() for m in body.messages])
+        except Exception as e:  # the template's own checks (roles it does not take, ...)
+            raise ApiError(400, f"messages: the chat template refused them: {e}", "invalid_value") from None
+        r = submit(body, [int(i) for i in tok.encode(prompt)], body.max_completion_tokens or body.max_tokens)
+        rid = protocol.new_id("chatcmpl")
+
+        def chunk_of(delta, reason):
+            return protocol.chat_chunk(model_name, rid, {} if delta is None else {"content": delta}, reason)
+
+        def whole(text, reason, use):
+            return protocol.chat(model_name, rid, text, reason, use)
+
+        first = protocol.chat_chunk(model_name, rid, {"role": "assistant", "content": ""}, None)
+        return await answer(r, http, body, rid, whole, chunk_of, first)
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost
+        return False
+
+
+def serve(config: ConfigDict, workdir: str | epath.PathLike) -> None:
+    """Serves the decoder of the workdir (or finetune.init) until SIGTERM / Ctrl-C."""
+    settings = config.serve
+    api_key = os.environ.get(settings.api_key_env) or None
+    if api_key is None and not is_loopback(settings.host):
+        raise InputError(
+            f"serve.host={settings.host!r} is reachable from other machines: put an API key in the "
+            f"environment variable {settings.api_key_env} (clients send 'Authorization: Bearer <key>') or "
+            "serve on 127.0.0.1"
+        )
+    loaded = live.load(config, workdir)
+    engine = engine_lib.Engine(loaded.runner(), slots=settings.slots, max_queue=settings.max_queue)
+    engine.warm_up()
+    app = create_app(engine.start(), model_name=loaded.name, api_key=api_key, max_tokens=settings.max_tokens)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        sock = socket.create_server((settings.host, settings.port), family=family)
+    except OSError as e:
+        raise InputError(
+            f"cannot listen on {settings.host}:{settings.port} ({e.strerror}); choose another serve.port"
+        ) from None
+    host, port = sock.getsockname()[:2]
+    print(
+        f"serving {loaded.name!r} ({loaded.source}; {settings.slots} slots of {engine.runner.cache_len} "
+        f"tokens{', int8' if settings.quantize else ''}) on http://{host}:{port}/v1"
+        + (" (API key required)" if api_key else ""),
+        flush=True,
+    )
+    # uvicorn handles SIGTERM / SIGINT (stop accepting, finish requests in flight), then raises the signal
+    # again with the previous handlers: these make that a normal return (exit status 0).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=None))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        engine.stop()
+        print("server stopped", flush=True)
