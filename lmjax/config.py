@@ -304,8 +304,7 @@ def validate(config: ConfigDict) -> None:
             f"optim.lora_rank={config.optim.lora_rank} is for fine-tuning (mode=finetune); set it to 0 here"
         )
     profile_range(config.train.profile_steps)
-    if config.mode in ("export", "serve"):
-        validate_serve(config.serve)
+    validate_serve(config.serve)
     if config.optim.lora_rank < 0:
         raise InputError(f"optim.lora_rank={config.optim.lora_rank} is negative; use 0 (off) or a rank >= 1")
     if config.optim.grad_accum_steps < 1 or config.data.batch_size % config.optim.grad_accum_steps:

@@ -2,7 +2,8 @@
 
 The model is finetune.init (an lmjax workdir, a Hugging Face directory, a GGUF file or a shipped model's name:
 finetune.SHIPPED), scored with train.objective on the data.* corpus tokenized by the model's own tokenizer;
-the figures go to results.json.
+the figures go to results.json. With --config.serve.quantize=int8 the weights are first rounded as int8
+serving stores them (lmjax/serving/quantize.py).
 
   python -m lmjax.main --config=experiments/configs/shakespeare_char.py --workdir=workdirs/eval \
       --config.mode=eval --config.finetune.init=path/to/hf_dir
@@ -19,6 +20,7 @@ from ml_collections import ConfigDict
 
 from lmjax import checkpoint, finetune, storage, train
 from lmjax.errors import InputError
+from lmjax.serving import quantize
 
 
 def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
@@ -32,7 +34,10 @@ def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     config, tok, pre, corpus = finetune.resolve(config, workdir)
     engine = train.setup(config)
-    params = jax.device_put(pre.params(), engine.state_shardings.params)
+    params = pre.params()
+    if config.serve.quantize == "int8":
+        params = quantize.rounded(params)
+    params = jax.device_put(params, engine.state_shardings.params)
     result = train.evaluate(engine, params, corpus, tok)
     result |= {"seconds": time.perf_counter() - started}
     if jax.process_index() == 0:

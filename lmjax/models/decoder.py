@@ -130,8 +130,8 @@ class DecoderLM(nnx.Module):
         key_mask_BS: jax.Array,
         positions_BL: jax.Array,
     ) -> tuple[jax.Array, list]:
-        """Runs L new tokens written at cache slots index..index+L-1; key_mask_BS marks filled, non-padding
-        slots."""
+        """Runs L new tokens written at cache slots index..index+L-1 (index a scalar, or int32[B] with each
+        row at its own slot); key_mask_BS marks filled, non-padding slots."""
         h_BLD, caches = self._forward(
             self.embed(tokens_BL),
             positions_BL,

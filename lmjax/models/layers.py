@@ -10,7 +10,8 @@ attention projections, the MLP hidden layer and the logits are constrained by lo
 (`constrain`); `lmjax.sharding` maps both to mesh axes with one table.
 
 Attention caches are plain tuples (k_BSHK, v_BSHK): decoding threads them through the model
-functionally (see lmjax/decode.py); self-attention writes the new keys at `cache_index`,
+functionally (see lmjax/decode.py); self-attention writes the new keys at `cache_index` (one slot for all
+rows, or one per row),
 cross-attention computes them once from the encoder output.
 """
 
@@ -302,14 +303,15 @@ class RelativePositionBias(nnx.Module):
             rngs, nnx.initializers.normal(0.02), (spec.relative_buckets, spec.num_heads), (None, "heads")
         )
 
-    def __call__(self, q_positions_L: jax.Array, k_positions_S: jax.Array) -> jax.Array:
-        bucket_LS = relative_bucket(
-            k_positions_S[None, :] - q_positions_L[:, None],
+    def __call__(self, q_positions_BL: jax.Array, k_positions_S: jax.Array) -> jax.Array:
+        """bias_BHLS (B = 1 where every row's queries sit at the same positions)."""
+        bucket_BLS = relative_bucket(
+            k_positions_S[None, None, :] - q_positions_BL[:, :, None],
             bidirectional=self.bidirectional,
             num_buckets=self.num_buckets,
             max_distance=self.max_distance,
         )
-        return jnp.take(self.embed_NH[...], bucket_LS, axis=0).transpose(2, 0, 1)[None]  # bias_1HLS
+        return jnp.take(self.embed_NH[...], bucket_BLS, axis=0).transpose(0, 3, 1, 2)
 
 
 class MultiHeadAttention(nnx.Module):
@@ -353,7 +355,7 @@ class MultiHeadAttention(nnx.Module):
         *,
         positions_BL: jax.Array | None = None,
         mask: Mask = NO_MASK,
-        bias_1HLS: jax.Array | None = None,
+        bias_BHLS: jax.Array | None = None,
         cache: Cache | None = None,
         cache_index: jax.Array | None = None,
         deterministic: bool = True,
@@ -370,11 +372,9 @@ class MultiHeadAttention(nnx.Module):
             q_BLHK = apply_rotary(q_BLHK, positions_BL, self.rope_theta)
             k_BSHK = apply_rotary(k_BSHK, positions_BL, self.rope_theta)
         if cache is not None and not self.cross:
-            k_BSHK = jax.lax.dynamic_update_slice_in_dim(
-                cache[0], k_BSHK.astype(cache[0].dtype), cache_index, axis=1
-            )
-            v_BSHK = jax.lax.dynamic_update_slice_in_dim(
-                cache[1], v_BSHK.astype(cache[1].dtype), cache_index, axis=1
+            k_BSHK, v_BSHK = (
+                write_cache(cache[0], k_BSHK, cache_index),
+                write_cache(cache[1], v_BSHK, cache_index),
             )
         if cache is not None or self.cross:
             cache = (k_BSHK, v_BSHK)
@@ -388,7 +388,7 @@ class MultiHeadAttention(nnx.Module):
             v_BSHK,
             mask,
             scale=self.scale,
-            bias_1HLS=bias_1HLS,
+            bias_BHLS=bias_BHLS,
             probs_dropout=probs_dropout,
         )
         dt = x_BLD.dtype
@@ -457,7 +457,7 @@ class Block(nnx.Module):
         *,
         positions_BL: jax.Array | None = None,
         mask: Mask = NO_MASK,
-        bias_1HLS: jax.Array | None = None,
+        bias_BHLS: jax.Array | None = None,
         enc_BSD: jax.Array | None = None,
         cross_mask: Mask = NO_MASK,
         cache: tuple | None = None,
@@ -474,7 +474,7 @@ class Block(nnx.Module):
                 h,
                 positions_BL=positions_BL,
                 mask=mask,
-                bias_1HLS=bias_1HLS,
+                bias_BHLS=bias_BHLS,
                 cache=self_cache,
                 cache_index=cache_index,
                 deterministic=deterministic,
@@ -517,15 +517,17 @@ def run_stack(
 ) -> tuple[jax.Array, list | None]:
     """A stack of blocks, then its final norm (pre-norm stacks); threads one cache per block when decoding.
 
-    Queries sit at slots q_offset..q_offset+L-1 of S keys (S = L without a cache): T5's relative bias is
-    computed for them once and shared by the blocks; rotary positions default to 0..L-1 in every row.
+    Queries sit at slots q_offset..q_offset+L-1 of S keys (S = L without a cache; q_offset a scalar, or
+    int32[B] when each row decodes at its own slot): T5's relative bias is computed for them once and shared
+    by the blocks; rotary positions default to 0..L-1 in every row.
     Without caches, the blocks' `remat` policy (model.remat) decides what each block keeps for the backward
     pass.
     """
     B, L, _ = x_BLD.shape
-    bias_1HLS = None
+    bias_BHLS = None
     if relative_bias is not None:
-        bias_1HLS = relative_bias(jnp.arange(L) + q_offset, jnp.arange(L if S is None else S))
+        q_positions_BL = jnp.arange(L)[None, :] + jnp.reshape(q_offset, (-1, 1))
+        bias_BHLS = relative_bias(q_positions_BL, jnp.arange(L if S is None else S))
     if positions_BL is None and positions == "rotary":
         positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
     rngs = kwargs.pop("rngs", None)
@@ -534,7 +536,7 @@ def run_stack(
         x_BLD, cache = block(
             x_BLD,
             positions_BL=positions_BL,
-            bias_1HLS=bias_1HLS,
+            bias_BHLS=bias_BHLS,
             cache_index=q_offset,
             cache=cache,
             rngs=rngs,
@@ -630,9 +632,20 @@ def check_length(L: int, max_len: int, what: str = "sequence") -> None:
         )
 
 
+def write_cache(cache_BSGK: jax.Array, new_BLGK: jax.Array, index: jax.Array | int) -> jax.Array:
+    """new_BLGK written at slots index..index+L-1: the same slots in every row (a scalar index), or each row
+    at its own (int32[B]: continuous batching, lmjax/serving)."""
+    new_BLGK = new_BLGK.astype(cache_BSGK.dtype)
+    if jnp.ndim(index) == 0:
+        return jax.lax.dynamic_update_slice_in_dim(cache_BSGK, new_BLGK, index, axis=1)
+    return jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice_in_dim(c, n, i, axis=0))(
+        cache_BSGK, new_BLGK, index
+    )
+
+
 def cache_mask(key_mask_BS: jax.Array, L: int, q_offset: jax.Array | int) -> Mask:
-    """Decoding L queries at cache slots q_offset..q_offset+L-1: each attends to the filled, non-padding
-    slots (key_mask_BS) up to its own."""
-    q_L = jnp.arange(L) + q_offset
-    causal_LS = jnp.arange(key_mask_BS.shape[1])[None, :] <= q_L[:, None]
-    return Mask(dense_B1LS=key_mask_BS.astype(bool)[:, None, None, :] & causal_LS[None, None])
+    """Decoding L queries at cache slots q_offset..q_offset+L-1 (q_offset a scalar or int32[B]): each attends
+    to the filled, non-padding slots (key_mask_BS) up to its own."""
+    q_BL = jnp.arange(L)[None, :] + jnp.reshape(q_offset, (-1, 1))
+    causal_BLS = jnp.arange(key_mask_BS.shape[1])[None, None, :] <= q_BL[:, :, None]
+    return Mask(dense_B1LS=key_mask_BS.astype(bool)[:, None, None, :] & causal_BLS[:, None])

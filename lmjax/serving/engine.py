@@ -31,7 +31,8 @@ class QueueFull(Exception):
 
 @dataclasses.dataclass
 class Request:
-    """One completion: token ids in, text deltas out through `events` ('text', str) then ('done', reason)."""
+    """One completion: token ids in, text deltas out through `events` ('text', str) then ('done', reason) or
+    ('error', message), put there on `loop` (the server's event loop)."""
 
     prompt_ids: list[int]
     max_tokens: int
@@ -39,6 +40,7 @@ class Request:
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue = dataclasses.field(default_factory=asyncio.Queue)
     cancelled: bool = False
@@ -46,11 +48,10 @@ class Request:
     sent: int = 0  # characters of text already sent
     finish_reason: str | None = None
 
-    def emit(self, *event) -> None:
-        if self.loop is None:
-            self.events.put_nowait(event)
-        else:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+def _deliver(events: list) -> None:
+    for r, event in events:
+        r.events.put_nowait(event)
 
 
 @functools.partial(jax.jit, static_argnames=("vocab",))
@@ -99,6 +100,7 @@ class Engine:
         self.error: BaseException | None = None
         self._active: list[Request | None] = []
         self.stats = {"finished": 0, "cancelled": 0, "tokens": 0}  # since the start (GET /health)
+        self._outbox: list[tuple[Request, tuple]] = []  # events of this iteration, delivered together
 
     def start(self) -> "Engine":
         self._thread.start()
@@ -145,8 +147,24 @@ class Engine:
             logging.exception("lmjax serving engine failed")
             for r in list(self._queue) + [r for r in self._active if r is not None]:
                 r.finish_reason = "error"
-                r.emit("error", f"the engine failed: {type(e).__name__}: {e}")
+                self._emit(r, "error", f"the engine failed: {type(e).__name__}: {e}")
+            self._flush()
             raise
+
+    def _emit(self, r: Request, *event) -> None:
+        self._outbox.append((r, event))
+
+    def _flush(self) -> None:
+        """Hands this iteration's events to the requests' event loops (one wake-up per loop)."""
+        by_loop: dict = {}
+        for r, event in self._outbox:
+            by_loop.setdefault(r.loop, []).append((r, event))
+        self._outbox = []
+        for loop, events in by_loop.items():
+            if loop is None:
+                _deliver(events)
+            else:
+                loop.call_soon_threadsafe(_deliver, events)
 
     def _loop(self) -> None:
         N = self.slots
@@ -176,6 +194,7 @@ class Engine:
                 temperature[i], top_p[i], seeds[i], counts[i] = r.temperature, r.top_p, r.seed, 1
                 if r.finish_reason is not None:
                     active[i] = None
+            self._flush()
             for i, r in enumerate(active):
                 if r is not None and r.cancelled:
                     active[i] = None
@@ -193,6 +212,7 @@ class Engine:
                 self._add(r, int(new[i]), int(lengths[i]))
                 if r.finish_reason is not None:
                     active[i] = None
+            self._flush()
 
     def _prefill(self, r: Request, row: int, caches: list) -> list:
         P = len(r.prompt_ids)
@@ -216,7 +236,7 @@ class Engine:
         request at its end-of-sequence token, a stop string, max_tokens or a full cache."""
         tok = self.runner.tokenizer
         self.stats["tokens"] += 1
-        if token == self.eos_id:
+        if token == self.eos_id and not r.ignore_eos:
             return self._finish(r, "stop", tok.decode(r.ids))
         r.ids.append(token)
         text = tok.decode(r.ids)
@@ -227,13 +247,13 @@ class Engine:
             return self._finish(r, "length", text)
         end = len(text) - _held_back(text, r.stop)
         if end > r.sent:
-            r.emit("text", text[r.sent : end])
+            self._emit(r, "text", text[r.sent : end])
             r.sent = end
 
     def _finish(self, r: Request, reason: str, text: str) -> None:
         if len(text) > r.sent:
-            r.emit("text", text[r.sent :])
+            self._emit(r, "text", text[r.sent :])
             r.sent = len(text)
         r.finish_reason = reason
         self.stats["finished"] += 1
-        r.emit("done", reason)
+        self._emit(r, "done", reason)

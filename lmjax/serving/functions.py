@@ -45,19 +45,14 @@ class DecoderFunctions:
 
     def step(self, weights: list, tokens_B: jax.Array, caches: list, lengths_B: jax.Array):
         model = self.model(weights)
-        S = self.cache_len
-
-        def one(token, cache, length):  # one row: a batch of one at its own slot
-            logits_11V, cache = model.decode(
-                token.reshape(1, 1),
-                nested_caches([c[None] for c in cache]),
-                index=length,
-                key_mask_BS=(jnp.arange(S) <= length)[None],
-                positions_BL=length.reshape(1, 1),
-            )
-            return logits_11V[0, 0], [c[0] for c in flat_caches(cache)]
-
-        return jax.vmap(one)(tokens_B, caches, lengths_B)
+        logits_B1V, caches = model.decode(
+            tokens_B[:, None],
+            nested_caches(caches),
+            index=lengths_B,
+            key_mask_BS=jnp.arange(self.cache_len)[None, :] <= lengths_B[:, None],
+            positions_BL=lengths_B[:, None],
+        )
+        return logits_B1V[:, 0], flat_caches(caches)
 
 
 def flat_caches(caches: list) -> list:

@@ -10,6 +10,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    include_usage: bool = False  # a last chunk with no choices and the usage
+
+
 class _Sampling(BaseModel):
     # unknown fields (user, logprobs=False, ...) are ignored, as OpenAI-compatible servers do
     model_config = ConfigDict(strict=True, extra="ignore")
@@ -22,6 +28,8 @@ class _Sampling(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**32)
     stream: bool = False
     n: int = Field(1, ge=1, le=1)  # one choice per request
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens even past end-of-sequence (benchmarks)
 
     def stops(self) -> tuple[str, ...]:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -77,6 +85,10 @@ def completion(model: str, rid: str, text: str, reason: str | None, use: dict | 
 def chat(model: str, rid: str, text: str, reason: str, use: dict) -> dict:
     choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
     return _head("chat.completion", model, rid) | {"choices": [choice], "usage": use}
+
+
+def usage_chunk(kind: str, model: str, rid: str, use: dict) -> dict:
+    return _head(kind, model, rid) | {"choices": [], "usage": use}
 
 
 def chat_chunk(model: str, rid: str, delta: dict, reason: str | None) -> dict:

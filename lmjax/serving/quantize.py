@@ -63,3 +63,13 @@ def dequantize(params: dict) -> dict:
 def nbytes(params) -> int:
     """Bytes of all arrays in a parameter tree (int8 weights with their scales, the rest as stored)."""
     return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))
+
+
+def rounded(state):
+    """An nnx.State of parameters with each matmul weight replaced by its int8 value times its scale: the
+    numbers int8 serving computes with (mode=eval scores them with serve.quantize=int8)."""
+    from flax import nnx
+
+    state = jax.tree.map(lambda x: x, state)  # a copy
+    nnx.replace_by_pure_dict(state, jax.device_get(dequantize(quantize(state.to_pure_dict()))))
+    return state

@@ -121,6 +121,7 @@ def create_app(
             top_p=body.top_p,
             seed=random.randrange(2**32) if body.seed is None else body.seed,
             stop=body.stops(),
+            ignore_eos=body.ignore_eos,
             loop=asyncio.get_running_loop(),
         )
         if engine.error is not None:
@@ -133,40 +134,54 @@ def create_app(
             ) from None
         return r
 
-    async def events(r: engine_lib.Request, http: Request):
-        """The request's events; cancels it (freeing its slot) when the client goes away."""
+    async def events(r: engine_lib.Request, http: Request, poll: bool):
+        """The request's events (text that arrived together merged into one); cancels the request (freeing
+        its slot) when the client goes away."""
         try:
             while True:
-                try:
-                    kind, value = await asyncio.wait_for(r.events.get(), timeout=1.0)
-                except TimeoutError:
-                    if await http.is_disconnected():
-                        return
-                    continue
+                if poll:  # a plain response: nothing else notices the client going away
+                    try:
+                        kind, value = await asyncio.wait_for(r.events.get(), timeout=1.0)
+                    except TimeoutError:
+                        if await http.is_disconnected():
+                            return
+                        continue
+                else:  # a stream: starlette stops it when the client has gone
+                    kind, value = await r.events.get()
+                while kind == "text" and not r.events.empty():  # text that piled up: one chunk
+                    more_kind, more = r.events.get_nowait()
+                    if more_kind != "text":
+                        yield kind, value
+                        kind, value = more_kind, more
+                        break
+                    value += more
                 yield kind, value
                 if kind != "text":
                     return
         finally:
             r.cancelled = True  # no-op once finished
 
-    async def answer(r, http, body, rid, whole, chunk_of, first=None):
+    async def answer(r, http, body, rid, whole, chunk_of, chunk_kind, first=None):
         if body.stream:
 
             async def stream():
                 if first is not None:
                     yield _sse(first)
-                async for kind, value in events(r, http):
+                async for kind, value in events(r, http, poll=False):
                     if kind == "text":
                         yield _sse(chunk_of(value, None))
                     elif kind == "done":
                         yield _sse(chunk_of(None, value))
+                        if body.stream_options is not None and body.stream_options.include_usage:
+                            use = protocol.usage(len(r.prompt_ids), len(r.ids))
+                            yield _sse(protocol.usage_chunk(chunk_kind, model_name, rid, use))
                     else:
                         yield _sse(protocol.error(value, "server_error", "engine_failed"))
                 yield _sse("[DONE]")
 
             return StreamingResponse(stream(), media_type="text/event-stream")
         parts, reason = [], None
-        async for kind, value in events(r, http):
+        async for kind, value in events(r, http, poll=True):
             if kind == "text":
                 parts.append(value)
             elif kind == "done":
@@ -210,7 +225,7 @@ def create_app(
         def whole(text, reason, use):
             return protocol.completion(model_name, rid, text, reason, use)
 
-        return await answer(r, http, body, rid, whole, chunk_of)
+        return await answer(r, http, body, rid, whole, chunk_of, "text_completion")
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat(body: protocol.ChatRequest, http: Request):
@@ -235,7 +250,7 @@ def create_app(
             return protocol.chat(model_name, rid, text, reason, use)
 
         first = protocol.chat_chunk(model_name, rid, {"role": "assistant", "content": ""}, None)
-        return await answer(r, http, body, rid, whole, chunk_of, first)
+        return await answer(r, http, body, rid, whole, chunk_of, "chat.completion.chunk", first)
 
     return app
 

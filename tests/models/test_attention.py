@@ -81,7 +81,7 @@ def test_bias_and_explicit_masks_go_through_einsum_and_xla():
     mask = Mask(dense_B1LS=dense, causal=True)
     ref = reference(q, k, v, mask, 0.5, bias)
     for name in ("einsum", "xla"):
-        got = attention.attend(name, q, k, v, mask, scale=0.5, bias_1HLS=bias)
+        got = attention.attend(name, q, k, v, mask, scale=0.5, bias_BHLS=bias)
         np.testing.assert_allclose(got, ref, atol=2e-5, err_msg=name)
 
 

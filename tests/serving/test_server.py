@@ -42,9 +42,10 @@ def test_completions_and_chat_streamed_and_not(client):
     whole = complete(client, PROMPTS[0])
     assert whole.choices[0].finish_reason in ("length", "stop") and whole.usage.completion_tokens >= 1
     assert whole.usage.prompt_tokens >= 2 and whole.model == MODEL
-    streamed = list(complete(client, PROMPTS[0], stream=True))
-    assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
-    assert streamed[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    streamed = list(complete(client, PROMPTS[0], stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in streamed[:-1]) == whole.choices[0].text
+    assert streamed[-2].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert streamed[-1].choices == [] and streamed[-1].usage == whole.usage
     messages = [{"role": "user", "content": "Who is the king?"}]
     chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0.0)
     assert chat.choices[0].message.role == "assistant" and chat.object == "chat.completion"
