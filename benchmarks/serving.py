@@ -256,8 +256,8 @@ def main(argv=None) -> dict:
     serial = Server(*common, "--config.serve.slots=1", quantize)
     try:
         level(serial.url, model, prompts, 1, 2, args.timeout)
-        rows["one at a time (1 slot, 1 client)"] = level(
-            serial.url, model, prompts, 1, args.max_tokens, args.timeout
+        rows["one at a time (1 slot, 1 client)"] = median_round(
+            args.rounds, lambda: level(serial.url, model, prompts, 1, args.max_tokens, args.timeout)
         )
     finally:
         serial.stop()

@@ -36,6 +36,18 @@ def keep_freed_memory() -> bool:
     return all(mallopt(param, value) == 1 for param, value in settings)
 
 
+def release_freed_memory() -> bool:
+    """Hands the heap's free memory back to the system (glibc's malloc_trim), which keep_freed_memory
+    otherwise keeps: for a server after loading, when the full-precision parameters it quantised are gone."""
+    import gc
+
+    gc.collect()
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def run_cpu_steps_inline() -> None:
     """Runs CPU computations on the thread that dispatches them (jax_cpu_enable_async_dispatch off): their
     buffers then come from that thread's heap, which keep_freed_memory keeps, where a worker thread's glibc

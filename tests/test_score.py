@@ -19,6 +19,10 @@ def test_eval_of_a_trained_workdir_repeats_its_final_evaluation(tiny_config, tmp
     for key in ("eval/loss", "eval/perplexity", "eval/accuracy", "eval/unigram_accuracy"):
         np.testing.assert_allclose(result[key], final[key], rtol=1e-6, err_msg=key)
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["eval/loss"] == result["eval/loss"]
+    tiny_config.serve.quantize = "int8"  # the weights rounded as int8 serving holds them: close, not equal
+    int8 = score.run(tiny_config, tmp_path / "eval-int8")
+    assert int8["eval/loss"] != result["eval/loss"]
+    np.testing.assert_allclose(int8["eval/perplexity"], result["eval/perplexity"], rtol=0.02)
 
 
 def test_eval_of_a_hugging_face_llama_equals_transformers_loss(hf_llama, tiny_config, tmp_path):

@@ -6,8 +6,8 @@
       own slot lengths_B[b] (rows are independent sequences: continuous batching over cache slots)
 
 caches is a flat list [k_BSGK, v_BSGK] * layers of S = cache_len slots. The weights are the pure parameter
-dict (int8-quantised or not) flattened by jax.tree: the functions unflatten and dequantise inside, so an
-export holds no model code."""
+dict (int8-quantised or not) flattened by jax.tree: the functions unflatten it and multiply int8 matrices back
+where the model reads them, so an export holds no model code."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class DecoderFunctions:
     cache_len: int
 
     def model(self, weights: list):
-        return nnx.merge(self.graphdef, quantize.dequantize(jax.tree.unflatten(self.treedef, weights)))
+        return nnx.merge(self.graphdef, quantize.at_use(jax.tree.unflatten(self.treedef, weights)))
 
     def prefill(self, weights: list, tokens_BP: jax.Array, lengths_B: jax.Array):
         model = self.model(weights)

@@ -1,6 +1,7 @@
 """Weight-only int8 (serve.quantize=int8): every matrix a matmul reads is stored as int8 with one float32
 scale per output channel (max |w| / 127 over the contracted axes) and multiplied back inside the compiled
-prefill / decode step, right before its matmul. Norms, biases and position tables stay as trained.
+prefill / decode step where the model reads it, right before its matmul (`Int8Weight`), so only the matrix
+in use exists in float. Norms, biases and position tables stay as trained.
 
 Works on pure parameter dicts (nnx.State.to_pure_dict) and on the flat {name: array} form of exports, so
 exported.py can dequantise without lmjax's model code."""
@@ -50,13 +51,61 @@ def quantize(params: dict) -> dict:
 
 
 def dequantize(params: dict) -> dict:
-    """quantize's inverse, as traced JAX (inside the compiled function: the weights stay int8 in memory)."""
+    """quantize's inverse: the float weights int8 serving computes with."""
     out = {}
     for key, value in params.items():
         if isinstance(value, dict) and set(value) == {QUANTIZED, SCALE}:
             out[key] = value[QUANTIZED].astype(jnp.float32) * value[SCALE]
         else:
             out[key] = dequantize(value) if isinstance(value, dict) else value
+    return out
+
+
+@jax.tree_util.register_pytree_node_class
+class Int8Weight:
+    """A quantised matrix as the model reads it: `var[...].astype(dtype)` (how layers read weights) gives
+    q * scale in that dtype; anything else that takes an array (jnp.take of embeddings, `.T` of a tied head)
+    gets the float32 matrix through __jax_array__."""
+
+    def __init__(self, q: jax.Array, scale: jax.Array):
+        self.q, self.scale = q, scale
+
+    def tree_flatten(self):
+        return (self.q, self.scale), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    shape = property(lambda self: self.q.shape)
+    ndim = property(lambda self: self.q.ndim)
+    dtype = jnp.dtype(jnp.float32)
+
+    def __getitem__(self, key):
+        if key is not Ellipsis:
+            raise TypeError("an int8 weight is read whole: var[...]")
+        return self
+
+    def astype(self, dtype) -> jax.Array:
+        return self.q.astype(dtype) * self.scale.astype(dtype)
+
+    def __jax_array__(self) -> jax.Array:
+        return self.astype(jnp.float32)
+
+    @property
+    def T(self) -> jax.Array:
+        return self.astype(jnp.float32).T
+
+
+def at_use(params: dict) -> dict:
+    """A quantised pure parameter dict for nnx.merge, each int8 matrix as an Int8Weight (multiplied back where
+    the model reads it; unquantised dicts pass through)."""
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and set(value) == {QUANTIZED, SCALE}:
+            out[key] = Int8Weight(value[QUANTIZED], value[SCALE])
+        else:
+            out[key] = at_use(value) if isinstance(value, dict) else value
     return out
 
 

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ml_collections import ConfigDict
 from starlette.exceptions import HTTPException
 
+from lmjax import host
 from lmjax.errors import InputError
 from lmjax.serving import engine as engine_lib
 from lmjax.serving import live, protocol
@@ -275,6 +276,7 @@ def serve(config: ConfigDict, workdir: str | epath.PathLike) -> None:
             "serve on 127.0.0.1"
         )
     loaded = live.load(config, workdir)
+    host.release_freed_memory()  # the parameters as read (fp32 before int8) are garbage now
     engine = engine_lib.Engine(loaded.runner(), slots=settings.slots, max_queue=settings.max_queue)
     engine.warm_up()
     app = create_app(engine.start(), model_name=loaded.name, api_key=api_key, max_tokens=settings.max_tokens)
@@ -285,10 +287,10 @@ def serve(config: ConfigDict, workdir: str | epath.PathLike) -> None:
         raise InputError(
             f"cannot listen on {settings.host}:{settings.port} ({e.strerror}); choose another serve.port"
         ) from None
-    host, port = sock.getsockname()[:2]
+    address, port = sock.getsockname()[:2]
     print(
         f"serving {loaded.name!r} ({loaded.source}; {settings.slots} slots of {engine.runner.cache_len} "
-        f"tokens{', int8' if settings.quantize else ''}) on http://{host}:{port}/v1"
+        f"tokens{', int8' if settings.quantize else ''}) on http://{address}:{port}/v1"
         + (" (API key required)" if api_key else ""),
         flush=True,
     )

@@ -100,3 +100,21 @@ def test_compile_time_measures_both_layouts():
     ]
     assert rows[0]["params"] == rows[1]["params"] and all(r["compile_s"] > 0 for r in rows)
     assert rows[1]["stablehlo_lines"] < rows[0]["stablehlo_lines"]  # one block's program, not three
+
+
+@pytest.mark.slow  # starts two servers: make test-slow
+def test_serving_measures_every_level_and_the_serial_server(tmp_path, tiny_config):
+    import serving
+
+    from lmjax import train
+
+    tiny_config.train.update(num_steps=2, eval_every=2, sample_tokens=0)
+    train.train_and_evaluate(tiny_config, tmp_path / "run")
+    rows = serving.main(
+        [f"--workdir={tmp_path / 'run'}", "--clients=1,2", "--requests=4", "--max-tokens=6", "--rounds=1"]
+        + ["--prompt-chars=5", "--no-transformers", f"--out={tmp_path / 'serving.json'}"]
+    )
+    assert set(rows) == {"batched, 1 clients", "batched, 2 clients", "one at a time (1 slot, 1 client)"}
+    for row in rows.values():
+        assert row["requests"] == 4 and row["tokens"] == 24 and row["same_text_as_first_level"] == 4
+    assert json.loads((tmp_path / "serving.json").read_text()).keys() == rows.keys()

@@ -63,10 +63,17 @@ def run_loader(directory, tmp_path, repo):
     return np.load(out)
 
 
-@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "int8"])
-def test_exported_logits_equal_the_live_model(chat_workdir, chat_config, repo, tmp_path, quantized):
+@pytest.mark.parametrize(
+    "source, quantized", [("workdir", False), ("workdir", True), ("hugging face", False)], ids=str
+)
+def test_exported_logits_equal_the_live_model(
+    chat_workdir, chat_config, hf_llama, repo, tmp_path, source, quantized
+):
     config = chat_config
     config.serve.update(export_dir=str(tmp_path / "export"), quantize="int8" if quantized else "")
+    if source == "hugging face":  # a Llama directory through finetune.init (grouped-query attention)
+        config.finetune.init = str(hf_llama[0])
+        config.serve.max_len = 64
     directory = export.export(config, chat_workdir)
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["quantize"] == config.serve.quantize and manifest["max_len"] == 64

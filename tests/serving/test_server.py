@@ -194,3 +194,14 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(chat_workdir, server
         assert proc.wait(timeout=60) == 0
         with pytest.raises(OSError):
             urllib.request.urlopen(f"{url}/health", timeout=2)
+
+
+@pytest.mark.parametrize(
+    "host, loopback",
+    [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True), ("0.0.0.0", False)]
+    + [("10.1.2.3", False), ("::", False), ("example.com", False)],
+)
+def test_which_hosts_need_an_api_key(host, loopback):
+    from lmjax.serving import server
+
+    assert server.is_loopback(host) == loopback
