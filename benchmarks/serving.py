@@ -116,17 +116,20 @@ def level(url: str, model: str, prompts: list[str], clients: int, max_tokens: in
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(lambda p: one_request(url, model, p, max_tokens, timeout), prompts))
-    wall = time.perf_counter() - start
-    tokens = sum(r["tokens"] for r in results)
-    ttft, latency = [r["ttft"] for r in results], [r["latency"] for r in results]
+    row = summary(clients, results, time.perf_counter() - start)
+    ttft = [r["ttft"] for r in results]
+    return row | {"ttft_p50": float(np.percentile(ttft, 50)), "ttft_p99": float(np.percentile(ttft, 99))}
+
+
+def summary(clients: int, results: list[dict], wall: float) -> dict:
+    """A level's row from its requests' {'text', 'tokens', 'latency'} and its wall time."""
+    tokens, latency = sum(r["tokens"] for r in results), [r["latency"] for r in results]
     return {
         "clients": clients,
         "requests": len(results),
         "tokens": tokens,
         "seconds": wall,
         "tokens_per_s": tokens / wall,
-        "ttft_p50": float(np.percentile(ttft, 50)),
-        "ttft_p99": float(np.percentile(ttft, 99)),
         "latency_p50": float(np.percentile(latency, 50)),
         "latency_p99": float(np.percentile(latency, 99)),
         "texts": [r["text"] for r in results],
@@ -183,27 +186,15 @@ def transformers_level(workdir: str, init: str, prompts: list[str], max_tokens: 
         )
         return out[0, ids.shape[1] :].tolist()
 
-    texts, latency, tokens = [], [], 0
+    results = []
     with torch.inference_mode():
         generate(prompts[0])
         start = time.perf_counter()
         for p in prompts:
             t0 = time.perf_counter()
             new = generate(p)
-            latency.append(time.perf_counter() - t0)
-            texts.append(tok.decode(new))
-            tokens += len(new)
-    wall = time.perf_counter() - start
-    return {
-        "clients": 1,
-        "requests": len(prompts),
-        "tokens": tokens,
-        "seconds": wall,
-        "tokens_per_s": tokens / wall,
-        "latency_p50": float(np.percentile(latency, 50)),
-        "latency_p99": float(np.percentile(latency, 99)),
-        "texts": texts,
-    }
+            results.append({"text": tok.decode(new), "tokens": len(new), "latency": time.perf_counter() - t0})
+    return summary(1, results, time.perf_counter() - start)
 
 
 def prompts_from(workdir: str, init: str, count: int, length: int) -> list[str]:

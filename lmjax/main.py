@@ -32,25 +32,14 @@ def main(argv):
     config_lib.validate(config)
     # jax is imported after the value checks, so that bad values fail fast
     from lmjax import finetune, host, parallel, sample, score, train
+    from lmjax.serving import export, server
 
     train.check_config(config)  # against the registries (model families, objectives, optimizers, meshes)
     host.setup()  # XLA:CPU's per-step buffers stay in the heap (lmjax/host.py); before the backend starts
     parallel.initialize(config.distributed)  # before anything touches a device
-    if config.mode == "sample":
-        sample.sample(config, FLAGS.workdir)
-        return 0
-    if config.mode == "eval":
-        score.run(config, FLAGS.workdir)
-        return 0
-    if config.mode == "export":
-        from lmjax.serving import export
-
-        export.export(config, FLAGS.workdir)
-        return 0
-    if config.mode == "serve":
-        from lmjax.serving import server
-
-        server.serve(config, FLAGS.workdir)
+    jobs = {"sample": sample.sample, "eval": score.run, "export": export.export, "serve": server.serve}
+    if config.mode in jobs:
+        jobs[config.mode](config, FLAGS.workdir)
         return 0
     job = finetune.run if config.mode == "finetune" else train.train_and_evaluate
     return EXIT_PREEMPTED if "preempted_at" in job(config, FLAGS.workdir) else 0

@@ -1,7 +1,8 @@
 """Weight-only int8 (serve.quantize=int8): every matrix a matmul reads is stored as int8 with one float32
 scale per output channel (max |w| / 127 over the contracted axes) and multiplied back inside the compiled
-prefill / decode step where the model reads it, right before its matmul (`Int8Weight`), so only the matrix
-in use exists in float. Norms, biases and position tables stay as trained.
+prefill / decode step where the model reads it, right before its matmul (`Int8Weight`). (XLA:CPU still keeps
+all the multiplied-back matrices of a step alive at once: benchmarks/RESULTS.md, "Deployment".) Norms, biases
+and position tables stay as trained.
 
 Works on pure parameter dicts (nnx.State.to_pure_dict) and on the flat {name: array} form of exports, so
 exported.py can dequantise without lmjax's model code."""

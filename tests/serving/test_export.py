@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from ml_collections import ConfigDict
 
 from lmjax import sample
 from lmjax.serving import export, quantize
@@ -28,64 +29,56 @@ class NoModels(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoModels())
 from lmjax.serving import load_exported
 
-lm = load_exported(sys.argv[1])
-prompts, next_tokens, out = json.loads(sys.argv[2]), json.loads(sys.argv[3]), {}
-for batch, rows in prompts.items():
-    lengths = np.asarray([len(p) for p in rows], np.int32)
-    tokens = np.zeros((len(rows), lengths.max()), np.int32)
-    for i, p in enumerate(rows):
-        tokens[i, : len(p)] = p
-    logits, caches = lm.prefill(tokens, lengths)
-    step_logits, _ = lm.step(np.asarray(next_tokens[: len(rows)], np.int32), caches, lengths)
-    out[f"prefill{batch}"], out[f"step{batch}"] = np.asarray(logits), np.asarray(step_logits)
+directories, prompts, next_tokens = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+out = {}
+for name, directory in directories.items():
+    lm = load_exported(directory)
+    for batch, rows in prompts.items():
+        lengths = np.asarray([len(p) for p in rows], np.int32)
+        tokens = np.zeros((len(rows), lengths.max()), np.int32)
+        for i, p in enumerate(rows):
+            tokens[i, : len(p)] = p
+        logits, caches = lm.prefill(tokens, lengths)
+        step = lm.step(np.asarray(next_tokens[: len(rows)], np.int32), caches, lengths)[0]
+        out[f"{name}_prefill{batch}"], out[f"{name}_step{batch}"] = np.asarray(logits), np.asarray(step)
 assert not any(m == "lmjax.models" or m.startswith("lmjax.models.") for m in sys.modules)
 np.savez(sys.argv[4], **out)
 """
 
 
 def live_logits(config, workdir, rows, quantized=False):
-    """Next-token logits of the live model's full forward pass after each row (padding masked)."""
+    """Next-token logits of the live model's full forward pass after each row."""
     graphdef, params, _, _ = sample.load(config, workdir)
     if quantized:
         params = quantize.dequantize(quantize.quantize(params.to_pure_dict()))
     model = nnx.merge(graphdef, params)
-    out = []
-    for row in rows:
-        logits = model(jnp.asarray([row], jnp.int32))
-        out.append(np.asarray(logits[0, -1]))
-    return np.stack(out)
+    return np.stack([np.asarray(model(jnp.asarray([row], jnp.int32))[0, -1]) for row in rows])
 
 
-def run_loader(directory, tmp_path, repo):
+SOURCES = {"workdir": (False, False), "workdir-int8": (False, True), "hugging-face": (True, False)}
+
+
+def test_exported_logits_equal_the_live_model(chat_workdir, chat_config, hf_llama, repo, tmp_path):
+    """An lmjax workdir, the same in int8, and a Hugging Face Llama directory through finetune.init
+    (grouped-query attention): batch sizes 2 and 3, prefill and a decode step."""
+    configs, directories = {}, {}
+    for name, (hf, quantized) in SOURCES.items():
+        config = configs[name] = ConfigDict(chat_config.to_dict())
+        config.serve.update(export_dir=str(tmp_path / name), quantize="int8" if quantized else "", max_len=64)
+        config.finetune.init = str(hf_llama[0]) if hf else ""
+        directories[name] = str(export.export(config, chat_workdir))
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert manifest["quantize"] == config.serve.quantize and manifest["max_len"] == 64
     out = tmp_path / "exported.npz"
-    args = [json.dumps({str(k): v for k, v in PROMPTS.items()}), json.dumps(NEXT), str(out)]
-    subprocess.run([sys.executable, "-c", LOADER, str(directory), *args], cwd=repo, check=True)
-    return np.load(out)
-
-
-@pytest.mark.parametrize(
-    "source, quantized", [("workdir", False), ("workdir", True), ("hugging face", False)], ids=str
-)
-def test_exported_logits_equal_the_live_model(
-    chat_workdir, chat_config, hf_llama, repo, tmp_path, source, quantized
-):
-    config = chat_config
-    config.serve.update(export_dir=str(tmp_path / "export"), quantize="int8" if quantized else "")
-    if source == "hugging face":  # a Llama directory through finetune.init (grouped-query attention)
-        config.finetune.init = str(hf_llama[0])
-        config.serve.max_len = 64
-    directory = export.export(config, chat_workdir)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    assert manifest["quantize"] == config.serve.quantize and manifest["max_len"] == 64
-    got = run_loader(directory, tmp_path, repo)
-    for batch, rows in PROMPTS.items():
-        np.testing.assert_allclose(
-            got[f"prefill{batch}"], live_logits(config, chat_workdir, rows, quantized), atol=1e-5
-        )
-        longer = [row + [NEXT[i]] for i, row in enumerate(rows)]
-        np.testing.assert_allclose(
-            got[f"step{batch}"], live_logits(config, chat_workdir, longer, quantized), atol=1e-5
-        )
+    args = [json.dumps(directories), json.dumps({str(k): v for k, v in PROMPTS.items()}), json.dumps(NEXT)]
+    subprocess.run([sys.executable, "-c", LOADER, *args, str(out)], cwd=repo, check=True)
+    got = np.load(out)
+    for name, (_, quantized) in SOURCES.items():
+        for batch, rows in PROMPTS.items():
+            longer = [row + [NEXT[i]] for i, row in enumerate(rows)]
+            want = live_logits(configs[name], chat_workdir, rows + longer, quantized)
+            np.testing.assert_allclose(got[f"{name}_prefill{batch}"], want[: len(rows)], atol=1e-5)
+            np.testing.assert_allclose(got[f"{name}_step{batch}"], want[len(rows) :], atol=1e-5)
 
 
 def test_export_replaces_an_export_but_never_other_files(chat_workdir, chat_config, tmp_path):
