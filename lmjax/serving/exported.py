@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import jax
-import numpy as np
 from etils import epath
 from safetensors.numpy import load as load_safetensors
 
@@ -62,7 +61,3 @@ class ExportedLM(Runner):
             tokenizer=tokenizers.load(directory / TOKENIZER),
             name=manifest["model_name"],
         )
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(int(np.asarray(w).nbytes) for w in self.weights)

@@ -72,8 +72,7 @@ def build(graphdef: nnx.GraphDef, params, cache_len: int, quantized: bool) -> tu
     return DecoderFunctions(graphdef, treedef, cache_len), [jnp.asarray(w) for w in weights]
 
 
-def cache_spec(graphdef: nnx.GraphDef, params, cache_len: int) -> tuple[tuple[int, ...], str, int]:
+def cache_spec(model, cache_len: int) -> tuple[tuple[int, ...], str, int]:
     """(per-row cache shape (S, G, K), dtype, number of cache arrays) of a decoder."""
-    model = nnx.merge(graphdef, params)
     flat = flat_caches(jax.eval_shape(lambda: model.init_cache(1, cache_len)))
     return tuple(flat[0].shape[1:]), str(flat[0].dtype), len(flat)

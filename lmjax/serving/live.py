@@ -51,8 +51,10 @@ def cache_len(serve: ConfigDict, max_len: int) -> int:
 
 def load(config: ConfigDict, workdir: str | epath.PathLike) -> Loaded:
     graphdef, params, tok, source = sample.load(config, workdir)
-    S = cache_len(config.serve, nnx.merge(graphdef, params).max_len)
+    model = nnx.merge(graphdef, params)
+    S = cache_len(config.serve, model.max_len)
+    shape, dtype, count = functions.cache_spec(model, S)
+    del model
     fns, weights = functions.build(graphdef, params, S, config.serve.quantize == "int8")
-    shape, dtype, count = functions.cache_spec(graphdef, params, S)
     name = config.serve.model_name or epath.Path(config.finetune.init or workdir).name
     return Loaded(fns, weights, shape, dtype, count, tok, name, source)
