@@ -57,9 +57,13 @@ def write_corpus(directory: Path) -> list[Path]:
     return [directory / name for name in texts]
 
 
-def run_lmjax(kind: str, files: str, epochs: int, workdir: Path, seed: int) -> tuple[dict, float, int]:
+def run_lmjax(
+    kind: str, files: str, epochs: int, workdir: Path, seed: int, share: int = 0
+) -> tuple[dict, float, int]:
     config = word2vec.get_config(kind)
     config.seed = seed
+    if share:
+        config.model.share_negatives = share
     config.data.text_files = files
     corpus = corpora.load(config.data)
     tok = tokenizers.train("word", pipeline.tokenizer_texts(corpus, 0), 0, config.data.min_count)
@@ -122,16 +126,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--glove-epochs", type=int, default=15, help="0 leaves GloVe out")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--share-negatives",
+        type=int,
+        default=0,
+        help="lmjax skip-gram's model.share_negatives (0: the config's)",
+    )
     args = parser.parse_args()
     workdir = Path(args.workdir)
     if workdir.exists() and any(workdir.glob("lmjax_*")):
         sys.exit(f"error: {workdir} already holds runs; pass a new --workdir so nothing is overwritten")
     logging.set_verbosity(logging.WARNING)
+    workdir.mkdir(parents=True, exist_ok=True)
     files = args.texts or ",".join(str(p) for p in write_corpus(workdir / "corpus"))
 
     rows = []
     scores, seconds = run_gensim(files, args.epochs, workdir, args.seed)
-    lmjax_scores, lmjax_seconds, words = run_lmjax("skipgram", files, args.epochs, workdir, args.seed)
+    lmjax_scores, lmjax_seconds, words = run_lmjax(
+        "skipgram", files, args.epochs, workdir, args.seed, args.share_negatives
+    )
     rows.append(("gensim Word2Vec skip-gram", scores, words * args.epochs / seconds, args.epochs))
     rows.append(("lmjax skip-gram", lmjax_scores, words * args.epochs / lmjax_seconds, args.epochs))
     if args.glove_epochs:

@@ -44,6 +44,9 @@ def base() -> ConfigDict:
     config.model = ConfigDict(
         dict(
             family="decoder",  # decoder | encoder | encoder_decoder | rnn | elmo | word2vec | glove
+            # word2vec: consecutive groups of this many examples score the first one's data.negatives noise
+            # words (BlazingText's negative sharing; 1: each its own, as word2vec.c)
+            share_negatives=1,
             vocab_size=0,  # 0: the tokenizer's vocabulary size
             num_layers=4,
             num_decoder_layers=0,  # encoder_decoder: 0 means num_layers
@@ -187,6 +190,9 @@ def base() -> ConfigDict:
             num_labels=0,  # 0: the dataset's label count (else it must match)
             pooling="cls",  # classification: cls | mean | last (decoders: last)
             seq_len=128,
+            # > 0: a batch is cut to the shortest multiple of this many tokens holding its longest text
+            # (single process; each length compiles once); 0: every batch is seq_len long
+            trim_multiple=0,
             batch_size=32,
             head_dropout=0.1,
         )
@@ -355,6 +361,10 @@ def validate_finetune(config: ConfigDict) -> None:
         )
     if config.optim.grad_accum_steps != 1:
         raise InputError("fine-tuning runs without gradient accumulation; set optim.grad_accum_steps=1")
+    if config.task.trim_multiple < 0:
+        raise InputError(
+            f"task.trim_multiple={config.task.trim_multiple} is negative; use 0 (off) or e.g. 16"
+        )
     if not 0 < config.optim.layer_decay <= 1:
         raise InputError(f"optim.layer_decay={config.optim.layer_decay} must be in (0, 1]")
 

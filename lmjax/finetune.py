@@ -325,6 +325,11 @@ def char_table(config: ConfigDict, tok: tokenizers.Tokenizer) -> np.ndarray | No
 
 def task_batching(config: ConfigDict, tok: tokenizers.Tokenizer, head: str) -> dict:
     """The task pipeline's settings for this process: head, length, its share of the batch and its shard."""
+    if config.task.trim_multiple and jax.process_count() > 1:
+        raise InputError(
+            f"task.trim_multiple={config.task.trim_multiple} runs in one process only (each process would "
+            "cut its batches to its own length); set task.trim_multiple=0"
+        )
     return dict(
         head=head,
         seq_len=config.task.seq_len,
@@ -332,6 +337,7 @@ def task_batching(config: ConfigDict, tok: tokenizers.Tokenizer, head: str) -> d
         chars=char_table(config, tok),
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
+        trim_multiple=config.task.trim_multiple,
     )
 
 

@@ -40,7 +40,7 @@ def make_train_step(
         tables, sums, count = carry
         last, batch = xs
         ids = model.lookups(batch)
-        rows = {name: jnp.take(tables[name], i, axis=0) for name, i in ids.items()}
+        rows = {name: jnp.take(tables[name], i, axis=0, mode="clip") for name, i in ids.items()}  # ids < V
         grads, stats = jax.grad(lambda r: loss(model.score(r, batch), batch), has_aux=True)(rows)
         scale = 1.0 / jnp.maximum(stats["weight"], 1.0)  # the loss is the mean over the batch's examples
         flat = {}

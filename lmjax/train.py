@@ -126,6 +126,13 @@ def setup(config: ConfigDict, devices=None) -> loop.Engine:
             f"data.batch_size={config.data.batch_size} does not split into optim.updates_per_step="
             f"{config.optim.updates_per_step} equal updates over {layout.batch_shards} batch shards"
         )
+    per_update = config.data.batch_size // (layout.batch_shards * config.optim.updates_per_step)
+    share = config.model.share_negatives
+    if config.model.family == "word2vec" and (share < 1 or per_update % share):
+        raise InputError(
+            f"model.share_negatives={share} must divide an update's {per_update} examples per batch shard "
+            f"(data.batch_size / optim.updates_per_step / batch shards); use 1 or a divisor of {per_update}"
+        )
     batch_sharding = sharding.batch_sharding(layout)
 
     def compile_steps(graphdef, abstract_state, shardings) -> dict:
@@ -193,7 +200,7 @@ def load_trained(workdir: str | epath.PathLike) -> tuple[loop.Engine, nnx.State,
 
 
 # model settings a run may change on a checkpoint of the same architecture (resume, fine-tuning)
-NON_ARCHITECTURE = ("dropout", "attention_dropout", "remat", "attention")
+NON_ARCHITECTURE = ("dropout", "attention_dropout", "remat", "attention", "share_negatives")
 VECTORS_FILE = "vectors.txt"
 
 

@@ -81,6 +81,7 @@ def test_merged_weight_is_the_adapted_layer(name):
     np.testing.assert_allclose(x @ merged.reshape(a.shape[0], -1), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # ~60 s: a Llama fine-tuned, resumed and exported end to end
 def test_lora_fine_tuning_of_a_hugging_face_llama_resumes_exactly_and_exports_merged(
     hf_llama, tiny_config, tmp_path, monkeypatch
 ):

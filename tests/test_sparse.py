@@ -29,9 +29,9 @@ def batch(kind: str, rng: np.random.Generator, rows: int = B) -> dict:
     return out | {"inputs": words(rows)}
 
 
-def engine_parts(kind: str, num_steps: int, updates: int = 1):
+def engine_parts(kind: str, num_steps: int, updates: int = 1, share: int = 1):
     config = word2vec.get_config("smoke" if kind == "skipgram" else f"smoke_{kind}")
-    config.model.vocab_size = V
+    config.model.update(vocab_size=V, share_negatives=share)
     config.optim.updates_per_step = updates
     config.train.num_steps = num_steps
     objective = objectives.get(kind)
@@ -49,14 +49,16 @@ def engine_parts(kind: str, num_steps: int, updates: int = 1):
     return config, state, dense, jax.jit(sparse.make_train_step(graphdef, loss, config.optim, num_steps))
 
 
-@pytest.mark.parametrize("kind", ["skipgram", "cbow", "glove"])
-def test_sparse_updates_equal_the_dense_step(kind):
+@pytest.mark.parametrize(
+    "kind, share", [("skipgram", 1), ("skipgram", 4), ("cbow", 1), ("cbow", 8), ("glove", 1)]
+)
+def test_sparse_updates_equal_the_dense_step(kind, share):
     """3 sparse steps of 2 updates each = 6 dense steps on the same halves: parameters, AdaGrad's sums,
-    the schedule's count, losses."""
+    the schedule's count, losses (word2vec also with groups sharing noise words)."""
     rng = np.random.default_rng(0)
     batches = [batch(kind, rng) for _ in range(6)]
-    _, dense_state, dense_step, _ = engine_parts(kind, num_steps=3, updates=2)
-    _, sparse_state, _, sparse_step = engine_parts(kind, num_steps=3, updates=2)
+    _, dense_state, dense_step, _ = engine_parts(kind, num_steps=3, updates=2, share=share)
+    _, sparse_state, _, sparse_step = engine_parts(kind, num_steps=3, updates=2, share=share)
     dense_losses = []
     for b in batches:
         dense_state, m = dense_step(dense_state, b)
@@ -84,6 +86,23 @@ def test_sparse_updates_equal_the_dense_step(kind):
     )
 
 
+@pytest.mark.parametrize("kind", ["skipgram", "cbow"])
+def test_a_group_scores_its_first_examples_noise_words(kind):
+    """share_negatives=4 scores what each example scores alone (share 1) given its group's first noise
+    words."""
+    b = batch(kind, np.random.default_rng(1))
+    shared = train.models.build(engine_parts(kind, 1, share=4)[0].model, nnx.Rngs(0))
+    alone = train.models.build(engine_parts(kind, 1)[0].model, nnx.Rngs(0))
+    alone.context_VD[...] = shared.embed_VD[...][::-1]  # non-zero output vectors, the same in both
+    shared.context_VD[...] = alone.context_VD[...]
+    assert shared.lookups(b)["context_VD"].shape == (B + B // 4 * K,)
+    firsts = b | {"negatives": np.repeat(b["negatives"][::4], 4, axis=0)}
+    got, want = shared(b), alone(firsts)
+    assert not np.allclose(got["neg_BK"], alone(b)["neg_BK"])  # the sharing changed the noise words
+    for key in ("pos_B", "neg_BK"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-8)
+
+
 def test_settings_the_sparse_step_cannot_take_are_refused():
     config = word2vec.get_config("smoke")
     config.optim.name = "adamw"
@@ -93,3 +112,8 @@ def test_settings_the_sparse_step_cannot_take_are_refused():
     config.model.family, config.train.objective, config.optim.updates_per_step = "decoder", "causal_lm", 2
     with pytest.raises(InputError, match="optim.updates_per_step=2 applies to word vectors' sparse step"):
         objectives.check(config)
+    config = word2vec.get_config("smoke")
+    config.model.share_negatives = 3
+    per_update = config.data.batch_size // config.optim.updates_per_step
+    with pytest.raises(InputError, match=f"model.share_negatives=3 must divide an update's {per_update} "):
+        train.setup(config, jax.devices()[:1])

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from experiments import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +96,7 @@ def upload(local: Path, url: str) -> None:
             (epath.Path(url) / path.relative_to(local).as_posix()).write_bytes(path.read_bytes())
 
 
+@pytest.mark.slow  # ~80 s; test_storage.py keeps a bucket run (train, resume, sample) in the default suite
 def test_readme_lambda_sweep_smoke_in_a_bucket_from_a_pretrained_run_in_a_bucket(
     bert_workdir, cache_dir, gcs_emulator, monkeypatch
 ):

@@ -143,6 +143,22 @@ def _has(tokenizer: Tokenizer, piece: str) -> bool:
         return False
 
 
+class TrimPadding(grain.transforms.Map):
+    """Cuts a batch's length axis to the shortest multiple of `multiple` tokens that holds its longest
+    example (at most seq_len): a batch of short texts runs a shorter step, and each length compiles once."""
+
+    def __init__(self, seq_len: int, multiple: int, head: str):
+        self.L, self.multiple = seq_len, multiple
+        self.keys = {"inputs", "segments", "input_mask", "answer_mask", "chars"}
+        if head == "token_classification":
+            self.keys |= {"labels", "weights"}
+
+    def map(self, batch: dict) -> dict:
+        longest = max(int(batch["input_mask"].sum(axis=1).max()), 1)
+        L = min(-(-longest // self.multiple) * self.multiple, self.L)
+        return {k: v[:, :L] if k in self.keys else v for k, v in batch.items()}
+
+
 def train_dataset(
     task: Task,
     tokenizer: Tokenizer,
@@ -154,9 +170,11 @@ def train_dataset(
     shard_index: int = 0,
     shard_count: int = 1,
     chars: np.ndarray | None = None,
+    trim_multiple: int = 0,
 ) -> grain.IterDataset:
     """Infinite, reshuffled every epoch, checkpointable; `batch_size` is this process's share. With a
-    character table (pipeline.char_table, for ELMo) batches also hold the inputs' characters."""
+    character table (pipeline.char_table, for ELMo) batches also hold the inputs' characters; with
+    trim_multiple, batches are cut to a multiple of that many tokens (TrimPadding)."""
     source = grain.MapDataset.source(task.sources["train"])[shard_index::shard_count]
     batches = (
         source.shuffle(seed=seed)
@@ -164,7 +182,10 @@ def train_dataset(
         .map(Encode(task, tokenizer, seq_len, head))
         .batch(batch_size, drop_remainder=True)
     )
-    return (batches if chars is None else batches.map(AddChars(chars))).to_iter_dataset()
+    batches = batches if chars is None else batches.map(AddChars(chars))
+    return (
+        batches.map(TrimPadding(seq_len, trim_multiple, head)) if trim_multiple else batches
+    ).to_iter_dataset()
 
 
 def eval_batches(
@@ -178,9 +199,10 @@ def eval_batches(
     shard_index: int = 0,
     shard_count: int = 1,
     chars: np.ndarray | None = None,
+    trim_multiple: int = 0,
 ) -> Iterator[dict]:
     """All of `split` in order; the final batch is padded with weight-0 copies so every example counts
-    once."""
+    once; cut as train_dataset's with trim_multiple."""
     source = grain.MapDataset.source(task.sources[split])
     n = len(source)
     per_shard = -(-n // (batch_size * shard_count)) * batch_size
@@ -191,4 +213,5 @@ def eval_batches(
         batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
         real = np.asarray([r < n for r in rows], np.float32)
         batch["weights"] = batch["weights"] * real.reshape(-1, *([1] * (batch["weights"].ndim - 1)))
-        yield batch if chars is None else AddChars(chars).map(batch)
+        batch = batch if chars is None else AddChars(chars).map(batch)
+        yield TrimPadding(seq_len, trim_multiple, head).map(batch) if trim_multiple else batch

@@ -32,14 +32,25 @@ def keep_probabilities(counts_V: np.ndarray, sample: float) -> np.ndarray:
     return np.where(counts_V > 0, np.minimum(keep, 1.0), 0.0)
 
 
-def noise_cdf(counts_V: np.ndarray, power: float = 0.75) -> np.ndarray:
-    """Cumulative unigram^power distribution (negatives are `searchsorted(cdf, uniform)`)."""
-    p = counts_V.astype(np.float64) ** power
-    return np.cumsum(p / p.sum())
+class NoiseTable:
+    """Draws words from the unigram^power distribution in O(1) each (Walker's alias method: a uniform slot,
+    then the slot's word or its alias), exactly, without word2vec.c's 1e8-entry table or a binary search."""
 
+    def __init__(self, counts_V: np.ndarray, power: float = 0.75):
+        p_V = counts_V.astype(np.float64) ** power
+        scaled_V = p_V * len(p_V) / p_V.sum()  # mean 1: a slot keeps its own word with probability min(1, .)
+        self.keep_V, self.alias_V = np.ones(len(p_V)), np.arange(len(p_V), dtype=np.int32)
+        small = [i for i in range(len(p_V)) if scaled_V[i] < 1.0]
+        large = [i for i in range(len(p_V)) if scaled_V[i] >= 1.0]
+        while small and large:  # Vose: fill each short slot from a long one
+            s, g = small.pop(), large.pop()
+            self.keep_V[s], self.alias_V[s] = scaled_V[s], g
+            scaled_V[g] -= 1.0 - scaled_V[s]
+            (small if scaled_V[g] < 1.0 else large).append(g)
 
-def draw(cdf: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    return np.minimum(np.searchsorted(cdf, rng.random(shape), side="right"), len(cdf) - 1).astype(np.int32)
+    def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        slot = rng.integers(0, len(self.keep_V), shape, dtype=np.int32)
+        return np.where(rng.random(shape) < self.keep_V[slot], slot, self.alias_V[slot])
 
 
 def skipgram_pairs(
@@ -170,7 +181,7 @@ class WordPairs(grain.IterDataset):
                 "no training document has two in-vocabulary words; give a larger corpus or lower "
                 "data.min_count"
             )
-        self.keep_V, self.cdf = keep_probabilities(counts_V, sample), noise_cdf(counts_V)
+        self.keep_V, self.noise = keep_probabilities(counts_V, sample), NoiseTable(counts_V)
         self.cbow, self.window, self.negatives, self.batch_size, self.seed = (
             cbow,
             window,
@@ -210,7 +221,7 @@ class WordPairs(grain.IterDataset):
             out = {"inputs": inputs, "targets": targets}
         order = rng.permutation(len(targets))
         out = {k: v[order] for k, v in out.items()}
-        out["negatives"] = draw(self.cdf, (len(targets), self.negatives), rng)
+        out["negatives"] = self.noise.draw((len(targets), self.negatives), rng)
         out["weights"] = np.ones(len(targets), np.float32)
         return out
 

@@ -89,7 +89,9 @@ REGISTRY: dict[str, Callable[[ConfigDict, nnx.Rngs], nnx.Module]] = {
     "encoder_decoder": _encoder_decoder,
     "rnn": _rnn,
     "elmo": _elmo,
-    "word2vec": lambda model_config, rngs: Word2Vec(model_config.vocab_size, model_config.d_model, rngs=rngs),
+    "word2vec": lambda model_config, rngs: Word2Vec(
+        model_config.vocab_size, model_config.d_model, share_negatives=model_config.share_negatives, rngs=rngs
+    ),
     "glove": lambda model_config, rngs: GloVe(model_config.vocab_size, model_config.d_model, rngs=rngs),
 }
 

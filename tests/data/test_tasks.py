@@ -42,6 +42,39 @@ def test_eval_batches_cover_a_split_exactly(cache_dir, wordpiece):
     assert first["inputs"][0, n - 1] == wordpiece.special_id("[SEP]") and (first["inputs"][0, n:] == 0).all()
 
 
+def test_trimmed_batches_score_as_full_length_ones(cache_dir):
+    """task.trim_multiple: each batch cut to a multiple of 16 holding its longest text; MiniLM's mean-pooled
+    outputs equal those of the same batch at the full 64 tokens."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from lmjax import finetune, models
+    from lmjax.models import heads
+
+    pre = finetune.pretrained(MINILM)
+    task = tasks.load(task_config("rotten_tomatoes", cache_dir))
+    kw = dict(head="classification", seq_len=64, batch_size=8)
+    full = list(task_pipeline.eval_batches(task, pre.tokenizer, "test", **kw))[:20]
+    cut = list(task_pipeline.eval_batches(task, pre.tokenizer, "test", trim_multiple=16, **kw))[:20]
+    lengths = {b["inputs"].shape[1] for b in cut}
+    assert len(lengths) > 1 and lengths <= {16, 32, 48, 64}
+    model = models.build(pre.model_config, nnx.Rngs(0))
+    nnx.update(model, pre.params())
+    shorter = [(f, c) for f, c in zip(full, cut, strict=True) if c["inputs"].shape[1] < 64]
+    for f, c in shorter[:3]:
+        L = c["inputs"].shape[1]
+        assert f["input_mask"][:, L:].sum() == 0 and (f["inputs"][:, :L] == c["inputs"]).all()
+        pooled = [
+            heads.pool(
+                model.encode(jnp.asarray(b["inputs"]), mask_BL=b["input_mask"]), b["input_mask"], "mean"
+            )
+            for b in (f, c)
+        ]
+        np.testing.assert_allclose(pooled[1], pooled[0], atol=2e-5)
+    train = iter(task_pipeline.train_dataset(task, pre.tokenizer, seed=0, trim_multiple=16, **kw))
+    assert {next(train)["input_mask"].shape[1] for _ in range(20)} <= {16, 32, 48, 64}
+
+
 def test_label_mismatch_fails_clearly(cache_dir):
     with pytest.raises(ValueError, match=r"task.num_labels=5 but rotten_tomatoes has 2 labels"):
         tasks.load(task_config("rotten_tomatoes", cache_dir, num_labels=5))

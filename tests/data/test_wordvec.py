@@ -21,8 +21,7 @@ def test_subsampling_keeps_rare_words_and_thins_frequent_ones_as_word2vec():
 
 def test_negatives_follow_the_unigram_075_distribution():
     counts = np.array([0, 0, 0, 800, 100, 50, 50])
-    cdf = wordvec.noise_cdf(counts)
-    draws = wordvec.draw(cdf, (200_000,), np.random.default_rng(0))
+    draws = wordvec.NoiseTable(counts).draw((200_000,), np.random.default_rng(0))
     expected = counts**0.75 / (counts**0.75).sum()
     np.testing.assert_allclose(np.bincount(draws, minlength=7) / len(draws), expected, atol=0.004)
     assert not np.isin(draws, [0, 1, 2]).any()  # specials have count 0: never noise

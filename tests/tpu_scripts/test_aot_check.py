@@ -28,13 +28,17 @@ def aot(*args):
     return result.returncode, result.stdout, result.stderr
 
 
-# The default run compiles GPT-2 124M's widths at 2 of its 12 layers and short sequences (compile time);
-# the slow tests compile the whole model at its context and batch.
+# Slow (make test-slow): GPT-2 124M's widths at 2 of its 12 layers and short sequences, then the whole model
+# at its context and batch; the default run checks that the 7B without FSDP does not fit, and bad input.
 SMALL = ("--config.model.num_layers=2", "--config.data.seq_len=128", "--config.data.batch_size=16")
 
 
 @pytest.mark.parametrize(
-    "shrink", [pytest.param(SMALL, id="small"), pytest.param((), id="whole", marks=pytest.mark.slow)]
+    "shrink",
+    [
+        pytest.param(SMALL, id="small", marks=pytest.mark.slow),
+        pytest.param((), id="whole", marks=pytest.mark.slow),
+    ],
 )
 @needs_libtpu
 def test_gpt2_124m_fits_a_v5e_2x4_and_reports_memory_per_device(shrink):
