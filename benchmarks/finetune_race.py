@@ -1,16 +1,18 @@
 """all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes to the end, by lmjax and by transformers + PyTorch, side by
 side: test accuracy and wall time.
 
-  .venv/bin/python benchmarks/finetune_race.py --workdir=DIR [--arg ''] [--epochs 3] [--skip-lmjax]
+  .venv/bin/python benchmarks/finetune_race.py --workdir=DIR [--arg ''] [--epochs 3] [--config.KEY=VALUE ...]
+      [--skip-lmjax | --skip-reference]
 
 lmjax runs the command a user runs, `python -m lmjax.main --config=experiments/configs/finetune_minilm.py:ARG`
-(plus any --config.* overrides given after `--`), timed from launch to exit: imports, loading the weights,
-building the dataset, compiling, training, evaluating validation and test. Its accuracy is its results.json.
+(plus any --config.* overrides), timed from launch to exit: imports, loading the weights, building the
+dataset, compiling, training, evaluating validation and test. Its accuracy is its results.json.
 
-The reference is what a transformers user writes for the same recipe: the same directory read by
-`BertModel`, mean pooling, dropout and a linear head; the texts of the same splits tokenised by the model's
-fast tokenizer (truncated at the config's task.seq_len), shuffled every epoch, batches of task.batch_size
-padded to their longest text (DataCollatorWithPadding's way, fewer tokens than lmjax's fixed length), torch's
+The reference is what a transformers user writes for the same recipe (the config lmjax.main builds from the
+same command line, overrides included): the same directory read by `BertModel`, mean pooling, dropout and a
+linear head; the texts of the same splits tokenised by the model's fast tokenizer (truncated at the config's
+task.seq_len), shuffled every epoch, batches of task.batch_size padded to their longest text
+(DataCollatorWithPadding's way; lmjax pads to task.seq_len, or to a multiple of task.trim_multiple), torch's
 fused AdamW with lmjax's groups (head at optim.head_learning_rate, weight decay on the backbone's matrices
 only), the same warm-up and cosine decay, clipping at optim.grad_clip, eager (torch.compile is slower for
 this model on a 2-core CPU: benchmarks/RESULTS.md). It trains --epochs epochs and is scored on validation
@@ -31,7 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.configs import finetune_minilm  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
 from lmjax import finetune  # noqa: E402
 
 CONFIG = "experiments/configs/finetune_minilm.py"
@@ -46,6 +50,26 @@ def run_lmjax(workdir: Path, arg: str, overrides: list[str]) -> dict:
     subprocess.run(command + overrides, cwd=ROOT, check=True)
     seconds = time.perf_counter() - start
     return json.loads((workdir / "results.json").read_text()) | {"wall_seconds": seconds}
+
+
+def lmjax_config(arg: str, overrides: list[str]):
+    """The config lmjax.main builds from the same --config and overrides."""
+    argv, values = [sys.argv[0], f"--config={ROOT / CONFIG}:{arg}", *overrides], flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+    values(argv)
+    return values.config
+
+
+def unsupported(config) -> str | None:
+    """A setting of the recipe that the reference does not write (it would then train another recipe)."""
+    checks = {
+        "optim.freeze": config.optim.freeze,
+        "optim.layer_decay": config.optim.layer_decay != 1.0,
+        "optim.schedule": config.optim.schedule != "cosine",
+        "finetune.l2sp": config.finetune.l2sp,
+        "finetune.pretrain_lambda": config.finetune.pretrain_lambda,
+    }
+    return next((name for name, used in checks.items() if used), None)
 
 
 def split_texts(config) -> dict[str, tuple[list[str], list[int]]]:
@@ -169,7 +193,12 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     if any(not o.startswith("--config.") for o in overrides):
         parser.error(f"only --config.* overrides pass through to lmjax, not {overrides}")
-    config = finetune_minilm.get_config(args.arg)
+    try:
+        config = lmjax_config(args.arg, overrides)
+    except (flags.Error, AttributeError) as error:  # an unknown key or a value of the wrong type
+        parser.error(f"{' '.join(overrides)}: {error!r} (the keys are lmjax/config.py's)")
+    if not args.skip_reference and (setting := unsupported(config)):
+        parser.error(f"the reference does not implement {setting}; drop it or pass --skip-reference")
     ours = None if args.skip_lmjax else run_lmjax(Path(args.workdir).resolve(), args.arg, overrides)
     reference = [] if args.skip_reference else run_reference(config, args.epochs, args.seed)
     print("\n| run | validation accuracy | test accuracy | wall time (s) |\n|---|---|---|---|")
