@@ -18,7 +18,8 @@ the ratio to PyTorch the median of the rounds' ratios. --devices 1,2 measures th
 data-parallel over two side by side (on CPU the script splits the host into that many XLA devices, as
 XLA_FLAGS=--xla_force_host_platform_device_count=N does for a training run). Decoders also report greedy
 decoding tokens/s with the KV cache. --remat sets model.remat (what each block keeps for its backward pass);
-MFU counts model FLOPs, so recomputed forward passes do not raise it.
+MFU counts model FLOPs, so recomputed forward passes do not raise it; --attention sets model.attention and
+--batch-size the batch.
 
 FLOPs per token: lmjax.metrics.train_flops (PaLM appendix B): decoders 6·N + 12·L·H·Q·T (N = parameters in
 matrix products: all but the token and position embeddings, plus the V·D output head; L layers, H heads, Q
@@ -77,9 +78,11 @@ OTHER = {  # accelerator sizes from the family configs: (config module, argument
 PRESETS = sorted(GPT_SIZES) + sorted(OTHER)
 
 
-def make_config(preset: str, dtype: str, remat: str = "none"):
-    """The preset's config; dtype 'auto' is bfloat16 on accelerators and float32 on CPU; remat:
-    model.remat."""
+def make_config(
+    preset: str, dtype: str, remat: str = "none", attention: str = "auto", batch_size: int = 0
+):
+    """The preset's config; dtype 'auto' is bfloat16 on accelerators and float32 on CPU; remat and attention:
+    model.remat and model.attention; batch_size (0: the preset's) overrides data.batch_size."""
     if dtype == "auto":
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     if preset in GPT_SIZES:
@@ -94,7 +97,9 @@ def make_config(preset: str, dtype: str, remat: str = "none"):
         config = module.get_config(arg)
         config.model.update(model)
         config.data.update(data)
-    config.model.update(dtype=dtype, remat=remat)
+    config.model.update(dtype=dtype, remat=remat, attention=attention)
+    if batch_size:
+        config.data.batch_size = batch_size
     config.mesh.update(data=-1, fsdp=1)
     return config
 
@@ -204,6 +209,10 @@ def main() -> None:
         "pass (none | full | dots | dots_no_batch; lmjax/models/layers.py)",
     )
     parser.add_argument(
+        "--attention", default="auto", help="model.attention (auto | einsum | xla | cudnn | splash)"
+    )
+    parser.add_argument("--batch-size", type=int, default=0, help="data.batch_size (0: the preset's)")
+    parser.add_argument(
         "--devices", default="1", help="device counts to measure, comma-separated (data-parallel)"
     )
     parser.add_argument("--decode", type=int, default=1, help="0 skips the decoding measurement")
@@ -255,7 +264,9 @@ def main() -> None:
     rows = []
     for preset in args.presets.split(","):
         runs = {
-            n: LmjaxRun(make_config(preset, args.dtype, args.remat), jax.devices()[:n]) for n in device_counts
+            n: LmjaxRun(
+                make_config(preset, args.dtype, args.remat, args.attention, args.batch_size), jax.devices()[:n]
+            ) for n in device_counts
         }
         config = runs[device_counts[0]].config
         tokens, flops_per_token = tokens_and_flops(config)
@@ -264,7 +275,7 @@ def main() -> None:
             for n, run in runs.items():
                 lmjax_s[n].append(run.measure(args.steps, args.warmup))
             if reference and preset in GPT_SIZES:
-                layers, heads, width, context, batch = GPT_SIZES[preset]
+                layers, heads, width, context, _ = GPT_SIZES[preset]
                 for compiled in torch_s:
                     r = reference.measure(
                         vocab=VOCAB,
@@ -272,7 +283,7 @@ def main() -> None:
                         heads=heads,
                         d=width,
                         seq_len=context,
-                        batch=batch,
+                        batch=config.data.batch_size,
                         steps=args.steps,
                         warmup=args.warmup + (5 if compiled else 0),  # compilation happens in warm-up
                         compiled=compiled,
@@ -290,6 +301,8 @@ def main() -> None:
                 "devices": n,
                 "dtype": config.model.dtype,
                 "remat": config.model.remat,
+                "attention": config.model.attention,
+                "batch_size": config.data.batch_size,
                 "params": run.setup.num_params,
                 "step_ms": step_s * 1e3,
                 "tokens_per_s": tokens / step_s,

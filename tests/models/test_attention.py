@@ -74,6 +74,29 @@ def test_splash_gradients_equal_einsums():
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention runs on GPUs")
+@pytest.mark.parametrize("kv_heads", [4, 1])
+@pytest.mark.parametrize("mask_name", list(MASKS))
+def test_cudnn_outputs_and_gradients_equal_einsums_on_gpus(mask_name, kv_heads):
+    """cuDNN's kernel in bfloat16 against einsum attention in float32 on the same (bf16-rounded) inputs."""
+    q, k, v = (x.astype(jnp.bfloat16) for x in qkv(kv_heads))
+    mask = MASKS[mask_name]()
+    real = (packed_ids() > 0)[..., None, None] if mask.q_ids_BL is not None else True
+
+    def loss(name, dtype):
+        def f(q, k, v):
+            out = attention.attend(name, q.astype(dtype), k.astype(dtype), v.astype(dtype), mask, scale=0.25)
+            return jnp.sum(jnp.where(real, out.astype(jnp.float32), 0.0) ** 2), out
+
+        return jax.jit(jax.value_and_grad(f, (0, 1, 2), has_aux=True))
+
+    (_, got), got_grads = loss("cudnn", jnp.bfloat16)(q, k, v)
+    (_, want), want_grads = loss("einsum", jnp.float32)(q, k, v)
+    np.testing.assert_allclose(np.where(real, got.astype(jnp.float32), 0), np.where(real, want, 0), atol=2e-2)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        np.testing.assert_allclose(g.astype(jnp.float32), w.astype(jnp.float32), atol=5e-2, rtol=5e-2)
+
+
 def test_bias_and_explicit_masks_go_through_einsum_and_xla():
     q, k, v = qkv(4)
     bias = jax.random.normal(jax.random.PRNGKey(5), (1, H, L, L))
