@@ -78,9 +78,7 @@ OTHER = {  # accelerator sizes from the family configs: (config module, argument
 PRESETS = sorted(GPT_SIZES) + sorted(OTHER)
 
 
-def make_config(
-    preset: str, dtype: str, remat: str = "none", attention: str = "auto", batch_size: int = 0
-):
+def make_config(preset: str, dtype: str, remat: str = "none", attention: str = "auto", batch_size: int = 0):
     """The preset's config; dtype 'auto' is bfloat16 on accelerators and float32 on CPU; remat and attention:
     model.remat and model.attention; batch_size (0: the preset's) overrides data.batch_size."""
     if dtype == "auto":
@@ -265,8 +263,10 @@ def main() -> None:
     for preset in args.presets.split(","):
         runs = {
             n: LmjaxRun(
-                make_config(preset, args.dtype, args.remat, args.attention, args.batch_size), jax.devices()[:n]
-            ) for n in device_counts
+                make_config(preset, args.dtype, args.remat, args.attention, args.batch_size),
+                jax.devices()[:n],
+            )
+            for n in device_counts
         }
         config = runs[device_counts[0]].config
         tokens, flops_per_token = tokens_and_flops(config)
