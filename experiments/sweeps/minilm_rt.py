@@ -4,23 +4,11 @@ accuracy; the chosen run's test accuracy is the one reported.
 
   python -m experiments.sweep --sweep=experiments/sweeps/minilm_rt.py --outdir=sweeps/minilm_rt
 
-Arguments (`--sweep=...minilm_rt.py:ARG`): '' the 6 runs (learning rate in {5e-5, 1e-4, 2e-4} x 640 or 960
-steps of 32 texts: 2 or 3 epochs); 'smoke' two tiny runs (the tests).
+6 runs: learning rate in {5e-5, 1e-4, 2e-4} x 640 or 960 steps of 32 texts (2 or 3 epochs).
 """
 
-from lmjax.errors import InputError
 
-
-def get_sweep(arg: str = ""):
-    if arg == "smoke":
-        return dict(
-            config="experiments/configs/finetune_minilm.py:smoke",
-            grid={"optim.learning_rate": [1e-4, 2e-4]},
-            x="optim.learning_rate",
-            metrics=("validation/accuracy", "test/accuracy"),
-        )
-    if arg:
-        raise InputError(f"minilm_rt.py takes '' or 'smoke', not {arg!r}")
+def get_sweep():
     return dict(
         config="experiments/configs/finetune_minilm.py",
         grid={"optim.learning_rate": [5e-5, 1e-4, 2e-4], "train.num_steps": [640, 960]},
