@@ -238,7 +238,9 @@ def summarize(
     def cell(v):
         return f"{v:.4f}" if isinstance(v, float) else "-" if v is None else str(v)
 
-    per_run += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    per_run += [
+        "| " + " | ".join([str(r[k]) for k in keys] + [cell(r.get(m)) for m in metrics]) + " |" for r in rows
+    ]
     (outdir / "results.md").write_text(
         "## Mean over seeds (± sample sd)\n\n"
         + "\n".join(lines)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from experiments import sweep
+from lmjax import config as config_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,3 +191,20 @@ def test_launch_on_tpus_runs_each_point_through_tpu_py_and_tabulates_from_the_bu
     assert "| 3.0000 | 1 | 0.8000 | - | 3.0000 |" in result.stdout
     rerun = run_sweep(*args)
     assert rerun.returncode == 0 and len((tmp_path / "calls.jsonl").read_text().splitlines()) == 10
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments" / "sweeps").glob("*.py")), ids=lambda p: p.name)
+def test_every_committed_sweep_names_keys_its_config_has(path):
+    spec = sweep.load_sweep(str(path))
+    points = sweep.expand(spec["grid"])
+    sweep.check_keys(list(points[0]) + list(spec.get("overrides", {})), config_lib.load(spec["config"]))
+
+
+def test_every_run_table_prints_swept_values_as_given(tmp_path):
+    rows = [
+        {"optim.learning_rate": 5e-05, "eval/loss": 1.23456},
+        {"optim.learning_rate": 1e-4, "eval/loss": 2.0},
+    ]
+    sweep.summarize(rows, ["optim.learning_rate"], ["eval/loss"], tmp_path, None)
+    every_run = (tmp_path / "results.md").read_text().split("## Every run")[1]
+    assert "| 5e-05 | 1.2346 |" in every_run and "| 0.0001 | 2.0000 |" in every_run
