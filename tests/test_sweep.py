@@ -188,7 +188,7 @@ def test_launch_on_tpus_runs_each_point_through_tpu_py_and_tabulates_from_the_bu
     assert "sweep: 10 of 10 runs finished" in result.stdout
     # means over the two seeds, read from the bucket; the metric no run reported is "-"
     assert "| 3.0 | 0.8000 ± 0.0000 | - | 3.0000 ± 0.0000 | 2 |" in result.stdout
-    assert "| 3.0000 | 1 | 0.8000 | - | 3.0000 |" in result.stdout
+    assert "| 3.0 | 1 | 0.8000 | - | 3.0000 |" in result.stdout
     rerun = run_sweep(*args)
     assert rerun.returncode == 0 and len((tmp_path / "calls.jsonl").read_text().splitlines()) == 10
 
