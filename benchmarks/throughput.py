@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 from experiments.configs import bert_mlm, gpt, shakespeare_char, t5_span  # noqa: E402
 from lmjax import decode, host, metrics, objectives, sharding, train  # noqa: E402
 from lmjax.data import pipeline  # noqa: E402
-from lmjax.models import attention  # noqa: E402
+from lmjax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS  # noqa: E402
 
 VOCAB = 65
 # nanoGPT-architecture decoders on a character vocabulary: (layers, heads, width, context, batch)
@@ -208,7 +208,7 @@ def main() -> None:
         "pass (none | full | dots | dots_no_batch; lmjax/models/layers.py)",
     )
     parser.add_argument(
-        "--attention", default="auto", choices=attention.IMPLEMENTATIONS, help="model.attention"
+        "--attention", default="auto", choices=ATTENTION_IMPLEMENTATIONS, help="model.attention"
     )
     parser.add_argument("--batch-size", type=int, default=0, help="data.batch_size (0: the preset's)")
     parser.add_argument(
