@@ -12,10 +12,11 @@ The reference is what a transformers user writes for the same recipe (the config
 same command line, overrides included): the same directory read by `BertModel`, mean pooling, dropout and a
 linear head; the texts of the same splits tokenised by the model's fast tokenizer (truncated at the config's
 task.seq_len), shuffled every epoch, batches of task.batch_size padded to their longest text
-(DataCollatorWithPadding's way; lmjax pads to task.seq_len, or to a multiple of task.trim_multiple), torch's
-fused AdamW with lmjax's groups (head at optim.head_learning_rate, weight decay on the backbone's matrices
-only), the same warm-up and cosine decay, clipping at optim.grad_clip, eager (torch.compile is slower for
-this model on a 2-core CPU: benchmarks/RESULTS.md). It trains --epochs epochs and is scored on validation
+(DataCollatorWithPadding's way; lmjax packs each batch's texts into shared rows, task.pack, or pads them to
+task.seq_len or a multiple of task.trim_multiple), torch's fused AdamW with lmjax's groups (head at
+optim.head_learning_rate, weight decay on the backbone's matrices only), the same warm-up and cosine decay,
+clipping at optim.grad_clip, eager (torch.compile is slower for this model on a 2-core CPU:
+benchmarks/RESULTS.md). It trains --epochs epochs and is scored on validation
 and test after each, so that the table gives the time at which it first reaches lmjax's test accuracy;
 evaluation time counts in its clock as lmjax's evaluations count in lmjax's.
 """

@@ -1,20 +1,23 @@
 """The fine-tuning step of all-MiniLM-L6-v2 on Rotten Tomatoes batches: lmjax against Hugging Face
-`transformers` + PyTorch on the same batches, side by side.
+`transformers` + PyTorch on the same texts, side by side.
 
-  .venv/bin/python benchmarks/finetune_step.py [--steps 20 --rounds 3 --batch-size 32]
+  .venv/bin/python benchmarks/finetune_step.py [--steps 20 --rounds 3 --batch-size 16]
 
 lmjax runs experiments/configs/finetune_minilm.py's step (mean pooling, dropout 0.1, classifier head, AdamW
-with its layer-wise groups, clipping); the reference is the same model read by transformers' `BertModel`
-from the same directory, mean-pooled under the same dropout and linear head, with torch's AdamW (fused) and
-the same clipping, eager and under `torch.compile`. Both see the same task batches (lmjax's pipeline's
-token ids and masks, --batch-size texts of up to 64 tokens; 32 is the batch of the RESULTS entries, the
-config's own is 16). A round times --steps steps after warm-up (the loss read every step, as a
-training loop logs it); figures are medians over rounds, ratios the median of the rounds' ratios.
+with its layer-wise groups, clipping) on the same --batch-size texts a step shaped two ways: packed into
+shared rows (task.pack, the config's batching) and padded, each batch cut to a multiple of 16 tokens
+(task.trim_multiple=16, the batching before packing). The reference is the same model read by transformers'
+`BertModel` from the same directory, mean-pooled under the same dropout and linear head, with torch's AdamW
+(fused) and the same clipping, eager and under `torch.compile`, on each batch padded to its longest text
+(what transformers' DataCollatorWithPadding gives). A round times --steps steps after warm-up (the loss
+read every step, as a training loop logs it); figures are medians over rounds, ratios the median of the
+rounds' ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -28,6 +31,7 @@ import numpy as np  # noqa: E402
 
 from experiments.configs import finetune_minilm  # noqa: E402
 from lmjax import finetune, host  # noqa: E402
+from lmjax.data import task_pipeline  # noqa: E402
 
 
 def lmjax_step(config, task, head: str, pre: finetune.Pretrained, batches: list[dict]):
@@ -95,25 +99,30 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32, help="texts a batch")
+    parser.add_argument("--batch-size", type=int, default=16, help="texts a batch (the config's: 16)")
     args = parser.parse_args()
     host.setup()
     config = finetune_minilm.get_config("")
-    config.task.update(batch_size=args.batch_size)
+    config.task.update(batch_size=args.batch_size, pack=False, trim_multiple=0)  # whole rows, shaped below
     config.mesh.update(data=1, fsdp=1, tensor=1)
     workdir = Path(tempfile.mkdtemp(prefix="lmjax-ft-bench-"))
-    resolved, tok, pre, corpus = finetune.resolve(config, workdir)
+    resolved, tok, pre, _ = finetune.resolve(config, workdir)
     task, head = finetune.task_and_head(resolved)
-    task_iter, _ = finetune.streams(resolved, task, head, tok, corpus)
-    batches = [next(task_iter) for _ in range(args.steps)]
-    label_key = "labels" if "labels" in batches[0] else next(k for k in batches[0] if "label" in k)
-    for b in batches:
-        b["labels"] = b[label_key]
-    runners = {
-        "lmjax": lmjax_step(resolved, task, head, pre, batches),
-        "torch eager": torch_step(finetune.init_path(config.finetune.init), batches, False, 1e-4),
-        "torch.compile": torch_step(finetune.init_path(config.finetune.init), batches, True, 1e-4),
+    L = resolved.task.seq_len
+    stream = task_pipeline.train_dataset(task, tok, head=head, seq_len=L, batch_size=args.batch_size, seed=0)
+    padded = list(itertools.islice(iter(stream), args.steps))
+    packed = [task_pipeline.PackTexts(tok.pad_id).map(b) for b in padded]
+    trimmed = [task_pipeline.TrimPadding(L, 16, head).map(b) for b in padded]
+    longest = [task_pipeline.TrimPadding(L, 1, head).map(b) for b in padded]  # each batch to its longest text
+    model_dir = finetune.init_path(config.finetune.init)
+    runs = {  # name: (its batches, a function running them)
+        "lmjax, packed rows (task.pack)": (packed, lmjax_step(resolved, task, head, pre, packed)),
+        "lmjax, padded to a multiple of 16": (trimmed, lmjax_step(resolved, task, head, pre, trimmed)),
+        "transformers + PyTorch eager": (longest, torch_step(model_dir, longest, False, 1e-4)),
+        "transformers + PyTorch, torch.compile": (longest, torch_step(model_dir, longest, True, 1e-4)),
     }
+    tokens = {name: np.mean([b["inputs"].size for b in batches]) for name, (batches, _) in runs.items()}
+    runners = {name: run for name, (_, run) in runs.items()}
     for run in runners.values():  # warm-up: compilation (lmjax, torch.compile) and allocator
         run()
     seconds = {name: [] for name in runners}
@@ -122,14 +131,14 @@ def main() -> None:
             start = time.perf_counter()
             run()
             seconds[name].append((time.perf_counter() - start) / args.steps)
-    rows = batches[0]["inputs"].shape
-    print(f"\n{rows[0]} x {rows[1]} tokens per step; median of {args.rounds} rounds of {args.steps} steps")
-    print("| step | ms / step | examples/s | lmjax speed-up |\n|---|---|---|---|")
+    first = next(iter(runners))
+    print(f"\n{args.batch_size} texts a step; median of {args.rounds} rounds of {args.steps} steps")
+    print("| step | tokens / step | ms / step | texts/s | lmjax packed speed-up |\n|---|---|---|---|---|")
     for name, times in seconds.items():
-        ratio = statistics.median(t / m for t, m in zip(times, seconds["lmjax"], strict=True))
+        ratio = statistics.median(t / m for t, m in zip(times, seconds[first], strict=True))
         print(
-            f"| {name} | {statistics.median(times) * 1e3:.1f} | {rows[0] / statistics.median(times):,.1f} | "
-            f"{ratio:.2f}x |"
+            f"| {name} | {tokens[name]:.0f} | {statistics.median(times) * 1e3:.1f} | "
+            f"{args.batch_size / statistics.median(times):,.1f} | {ratio:.2f}x |"
         )
 
 

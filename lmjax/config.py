@@ -193,6 +193,9 @@ def base() -> ConfigDict:
             # > 0: a batch is cut to the shortest multiple of this many tokens holding its longest text
             # (single process; each length compiles once); 0: every batch is seq_len long
             trim_multiple=0,
+            # classification: each batch's texts packed into as few seq_len rows as hold them, attention kept
+            # within each text (the same texts and outputs as padded rows, fewer tokens; single process)
+            pack=False,
             batch_size=32,
             head_dropout=0.1,
         )
@@ -364,6 +367,11 @@ def validate_finetune(config: ConfigDict) -> None:
     if config.task.trim_multiple < 0:
         raise InputError(
             f"task.trim_multiple={config.task.trim_multiple} is negative; use 0 (off) or e.g. 16"
+        )
+    if config.task.pack and config.task.trim_multiple:
+        raise InputError(
+            f"task.pack=True and task.trim_multiple={config.task.trim_multiple} both cut padding; packed "
+            "rows are full already: set task.trim_multiple=0"
         )
     if not 0 < config.optim.layer_decay <= 1:
         raise InputError(f"optim.layer_decay={config.optim.layer_decay} must be in (0, 1]")

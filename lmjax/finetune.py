@@ -241,6 +241,9 @@ def uses_pretrain(config: ConfigDict) -> bool:
     return config.finetune.pretrain_lambda > 0
 
 
+PACKS = ("encoder", "decoder")  # backbones whose attention keeps packed texts apart (task.pack)
+
+
 def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.Engine:
     """The engine of a fine-tuning run: its train_step is (state, task_batch, pretrain_batch | None,
     anchor | None) -> (state, metrics), its eval_step scores task batches, its backbone_eval_step the
@@ -257,6 +260,11 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.
                 f"{key}.batch_size={config[key].batch_size} is not divisible by the batch shards of mesh "
                 f"{dict(layout.mesh.shape)}; change the batch size"
             )
+    if config.task.pack and (head != "classification" or model_config.family not in PACKS):
+        raise InputError(
+            f"task.pack=True packs classification texts for {' and '.join(PACKS)} backbones, not {head} "
+            f"with model.family={model_config.family!r}: set task.pack=False"
+        )
     if uses_pretrain(config) and not scores_pretraining(model_config):
         raise InputError(
             "finetune.pretrain_lambda > 0 needs the backbone's pretraining head, but this encoder has "
@@ -323,13 +331,16 @@ def char_table(config: ConfigDict, tok: tokenizers.Tokenizer) -> np.ndarray | No
     return pipeline.char_table(tok, config.data.max_chars) if config.model.family == "elmo" else None
 
 
-def task_batching(config: ConfigDict, tok: tokenizers.Tokenizer, head: str) -> dict:
-    """The task pipeline's settings for this process: head, length, its share of the batch and its shard."""
-    if config.task.trim_multiple and jax.process_count() > 1:
-        raise InputError(
-            f"task.trim_multiple={config.task.trim_multiple} runs in one process only (each process would "
-            "cut its batches to its own length); set task.trim_multiple=0"
-        )
+def task_batching(engine: loop.Engine, tok: tokenizers.Tokenizer, head: str) -> dict:
+    """The task pipeline's settings for this process: head, length, its share of the batch and its shard,
+    and how batches shed padding (trimmed, or packed into rows that the batch shards divide)."""
+    config = engine.config
+    for key, value in (("trim_multiple", config.task.trim_multiple), ("pack", config.task.pack)):
+        if value and jax.process_count() > 1:
+            raise InputError(
+                f"task.{key}={value} runs in one process only (each process would shape its batches on "
+                f"its own); set task.{key}={type(value)()}"
+            )
     return dict(
         head=head,
         seq_len=config.task.seq_len,
@@ -338,6 +349,8 @@ def task_batching(config: ConfigDict, tok: tokenizers.Tokenizer, head: str) -> d
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
         trim_multiple=config.task.trim_multiple,
+        pack=config.task.pack,
+        row_multiple=engine.layout.batch_shards,
     )
 
 
@@ -345,8 +358,8 @@ def evaluate_task(
     engine: loop.Engine, params: nnx.State, task: tasks.Task, tok: tokenizers.Tokenizer, head: str, split: str
 ) -> dict:
     """Task metrics over the whole split (accuracy and macro-F1; exact match and F1 for span QA)."""
-    config, totals = engine.config, None
-    for batch in task_pipeline.eval_batches(task, tok, split, **task_batching(config, tok, head)):
+    totals = None
+    for batch in task_pipeline.eval_batches(task, tok, split, **task_batching(engine, tok, head)):
         stats = engine.eval_step(params, sharding.global_batch(batch, engine.layout))
         totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
     return {f"{split}/{k}": float(v) for k, v in losses.summarize(totals).items() if k != "perplexity"}
@@ -402,10 +415,10 @@ def resolve(
 
 
 def streams(
-    config: ConfigDict, task: tasks.Task, head: str, tok: tokenizers.Tokenizer, corpus: corpora.Corpus | None
+    engine: loop.Engine, task: tasks.Task, head: str, tok: tokenizers.Tokenizer, corpus: corpora.Corpus | None
 ) -> tuple[Any, Any | None]:
     """This process's task batches and, with lambda > 0, its pretraining batches (train.objective's)."""
-    batching = task_batching(config, tok, head)
+    config, batching = engine.config, task_batching(engine, tok, head)
     task_iter = iter(task_pipeline.train_dataset(task, tok, seed=config.seed, **batching))
     if not uses_pretrain(config):
         return task_iter, None
@@ -436,7 +449,7 @@ def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
     config, tok, pre, corpus = resolve(config, workdir)
     task, head = task_and_head(config)
     engine = setup(config, task.num_labels, head)
-    task_iter, pretrain_iter = streams(config, task, head, tok, corpus)
+    task_iter, pretrain_iter = streams(engine, task, head, tok, corpus)
     with loop.Run(config, workdir) as run:
         state, fresh = initial_state(run, engine, pre, task_iter, pretrain_iter)
         anchor = jax.tree.map(jnp.copy, fresh.params["backbone"]) if config.finetune.l2sp else None

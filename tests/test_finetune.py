@@ -225,6 +225,13 @@ def test_bad_input_fails_with_one_line(bert_workdir, tmp_path, cache_dir):
     with pytest.raises(ValueError, match="finetune.pretrain_lambda=-0.1 is negative"):
         train.check_config(c)
     c.finetune.pretrain_lambda = 0.0
+    c.task.update(pack=True, trim_multiple=16)
+    with pytest.raises(ValueError, match="task.pack=True and task.trim_multiple=16 both cut padding"):
+        train.check_config(c)
+    c.task.trim_multiple = 0
+    with pytest.raises(ValueError, match="task.pack=True packs classification texts .* not text_to_text"):
+        finetune.setup(c, 2, "text_to_text")
+    c.task.pack = False
     c.finetune.init = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="is neither a directory nor a .gguf file"):
         finetune.run(c, tmp_path / "init")
@@ -257,9 +264,12 @@ def test_minilm_weights_and_wordpiece_tokenizer():
     assert abs(a @ b / np.linalg.norm(a) / np.linalg.norm(b) - 0.755) < 0.005
 
 
-@pytest.mark.parametrize("family", ["decoder", "encoder_decoder"])
-def test_decoder_and_encoder_decoder_fine_tune(family):
-    """A decoder classifies from its last token; an encoder-decoder writes the label's name (text-to-text)."""
+@pytest.mark.parametrize(
+    "family,pack", [("decoder", False), ("decoder", True), ("encoder_decoder", False)], ids=str
+)
+def test_decoder_and_encoder_decoder_fine_tune(family, pack):
+    """A decoder classifies from its last token (its texts packed into shared rows, on two devices, or
+    padded); an encoder-decoder writes the label's name (text-to-text)."""
     from experiments.configs import shakespeare_char, t5_span
     from lmjax.data import task_pipeline, tasks
 
@@ -282,14 +292,21 @@ def test_decoder_and_encoder_decoder_fine_tune(family):
     base = shakespeare_char.get_config("tiny") if family == "decoder" else t5_span.get_config("smoke")
     c = finetune_bert_mlm.get_config("smoke")
     c.model = base.model
-    c.model.update(vocab_size=tok.vocab_size, dropout=0.0)
+    L = 40 if pack else 24  # room for two of the toy texts in a row
+    c.model.update(vocab_size=tok.vocab_size, dropout=0.0, max_len=max(L, c.model.max_len))
     c.train.objective = base.train.objective
-    c.task.update(pooling="last", seq_len=24, batch_size=4, head_dropout=0.0)
+    c.task.update(pooling="last", seq_len=L, batch_size=4, head_dropout=0.0, pack=pack)
     c.optim.update(learning_rate=3e-3, warmup_steps=0, min_learning_rate=3e-3, weight_decay=0.0)
-    c.mesh.update(data=1)
+    shards = 2 if pack else 1  # packed rows split over a data-parallel mesh: their count rounds to 2
+    c.mesh.update(data=shards)
     head = "classification" if family == "decoder" else "text_to_text"
-    s = finetune.setup(c, 2, head, devices=jax.devices()[:1])
-    batch = next(task_pipeline.eval_batches(task, tok, "train", head=head, seq_len=24, batch_size=4))
+    s = finetune.setup(c, 2, head, devices=jax.devices()[:shards])
+    batch = next(
+        task_pipeline.eval_batches(
+            task, tok, "train", head=head, seq_len=L, batch_size=4, pack=pack, row_multiple=shards
+        )
+    )
+    assert batch["inputs"].shape[0] == (2 if pack else 4)
     state = s.init(jax.random.PRNGKey(0))
     losses = []
     for _ in range(60):

@@ -8,6 +8,8 @@ Every example holds inputs int32[L], input_mask int32[L] (1 on real tokens; inpu
                         weights float32[]
   text_to_text          decoder_inputs, targets int32[T], weights float32[T]: the label's words, then EOS
 Evaluation batches cover a split exactly: the last batch is filled with copies whose weights are 0.
+Batches may shed padding: cut to a multiple of some tokens (TrimPadding), or, for classification, their
+texts packed into shared rows (PackTexts: document_ids, positions, text_rows and text_documents added).
 """
 
 from __future__ import annotations
@@ -159,6 +161,55 @@ class TrimPadding(grain.transforms.Map):
         return {k: v[:, :L] if k in self.keys else v for k, v in batch.items()}
 
 
+class PackTexts(grain.transforms.Map):
+    """A batch of T right-padded classification texts -> the same texts packed first fit (longest first) into
+    as few rows of the batch's length as hold them: document_ids (1, 2, ... per text in its row; 0: padding)
+    and per-text positions, so that attention stays within each text; text_rows / text_documents int32[T]
+    say where each text sits (the head pools there). Labels and weights stay one per text. Rows are padded
+    to a multiple of row_multiple (the batch shards); each row count compiles once."""
+
+    TOKEN_KEYS = ("inputs", "segments", "input_mask")
+
+    def __init__(self, pad_id: int, row_multiple: int = 1):
+        self.pad_id, self.row_multiple = pad_id, row_multiple
+
+    def map(self, batch: dict) -> dict:
+        lengths_T = batch["input_mask"].sum(axis=1).astype(np.int32)
+        T, L = batch["inputs"].shape
+        R = -(-T // self.row_multiple) * self.row_multiple  # room for one text a row; cut below
+        out = {k: np.zeros((R, L), batch[k].dtype) for k in self.TOKEN_KEYS if k in batch}
+        out["inputs"][:] = self.pad_id
+        out |= {"document_ids": np.zeros((R, L), np.int32), "positions": np.zeros((R, L), np.int32)}
+        used_R, count_R = np.zeros(R, np.int32), np.zeros(R, np.int32)
+        rows_T, documents_T = np.zeros(T, np.int32), np.zeros(T, np.int32)
+        for t in np.argsort(-lengths_T, kind="stable"):  # first fit, longest first
+            n = lengths_T[t]
+            row = rows_T[t] = np.argmax(used_R + n <= L)  # rows fill in order: an unused one always fits
+            count_R[row] += 1
+            documents_T[t], span = count_R[row], slice(used_R[row], used_R[row] + n)
+            for k in self.TOKEN_KEYS:
+                if k in out:
+                    out[k][row, span] = batch[k][t, :n]
+            out["document_ids"][row, span], out["positions"][row, span] = count_R[row], np.arange(n)
+            used_R[row] += n
+        rows = -(-int(np.count_nonzero(count_R)) // self.row_multiple) * self.row_multiple
+        rest = {k: v for k, v in batch.items() if k not in self.TOKEN_KEYS}
+        return (
+            rest
+            | {k: v[:rows] for k, v in out.items()}
+            | {"text_rows": rows_T, "text_documents": documents_T}
+        )
+
+
+def batch_transforms(
+    tokenizer: Tokenizer, seq_len: int, head: str, trim_multiple: int, pack: bool, row_multiple: int
+) -> list[grain.transforms.Map]:
+    """What cuts a batch's padding: TrimPadding (trim_multiple > 0) or PackTexts (pack)."""
+    if pack:
+        return [PackTexts(tokenizer.pad_id, row_multiple)]
+    return [TrimPadding(seq_len, trim_multiple, head)] if trim_multiple else []
+
+
 def train_dataset(
     task: Task,
     tokenizer: Tokenizer,
@@ -171,10 +222,13 @@ def train_dataset(
     shard_count: int = 1,
     chars: np.ndarray | None = None,
     trim_multiple: int = 0,
+    pack: bool = False,
+    row_multiple: int = 1,
 ) -> grain.IterDataset:
     """Infinite, reshuffled every epoch, checkpointable; `batch_size` is this process's share. With a
     character table (pipeline.char_table, for ELMo) batches also hold the inputs' characters; with
-    trim_multiple, batches are cut to a multiple of that many tokens (TrimPadding)."""
+    trim_multiple, batches are cut to a multiple of that many tokens (TrimPadding); with pack, each batch's
+    texts are packed into rows (PackTexts)."""
     source = grain.MapDataset.source(task.sources["train"])[shard_index::shard_count]
     batches = (
         source.shuffle(seed=seed)
@@ -183,9 +237,9 @@ def train_dataset(
         .batch(batch_size, drop_remainder=True)
     )
     batches = batches if chars is None else batches.map(AddChars(chars))
-    return (
-        batches.map(TrimPadding(seq_len, trim_multiple, head)) if trim_multiple else batches
-    ).to_iter_dataset()
+    for transform in batch_transforms(tokenizer, seq_len, head, trim_multiple, pack, row_multiple):
+        batches = batches.map(transform)
+    return batches.to_iter_dataset()
 
 
 def eval_batches(
@@ -200,13 +254,16 @@ def eval_batches(
     shard_count: int = 1,
     chars: np.ndarray | None = None,
     trim_multiple: int = 0,
+    pack: bool = False,
+    row_multiple: int = 1,
 ) -> Iterator[dict]:
     """All of `split` in order; the final batch is padded with weight-0 copies so every example counts
-    once; cut as train_dataset's with trim_multiple."""
+    once; cut or packed as train_dataset's."""
     source = grain.MapDataset.source(task.sources[split])
     n = len(source)
     per_shard = -(-n // (batch_size * shard_count)) * batch_size
     encode = Encode(task, tokenizer, seq_len, head)
+    transforms = batch_transforms(tokenizer, seq_len, head, trim_multiple, pack, row_multiple)
     for start in range(0, per_shard, batch_size):
         rows = [shard_index * per_shard + start + j for j in range(batch_size)]
         examples = [encode.map(source[min(r, n - 1)]) for r in rows]
@@ -214,4 +271,6 @@ def eval_batches(
         real = np.asarray([r < n for r in rows], np.float32)
         batch["weights"] = batch["weights"] * real.reshape(-1, *([1] * (batch["weights"].ndim - 1)))
         batch = batch if chars is None else AddChars(chars).map(batch)
-        yield TrimPadding(seq_len, trim_multiple, head).map(batch) if trim_multiple else batch
+        for transform in transforms:
+            batch = transform.map(batch)
+        yield batch

@@ -71,14 +71,17 @@ class EncoderLM(nnx.Module):
         *,
         segments_BL: jax.Array | None = None,
         mask_BL: jax.Array | None = None,
+        document_ids_BL: jax.Array | None = None,
+        positions_BL: jax.Array | None = None,
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
     ) -> jax.Array:
-        """Hidden states h_BLD; mask_BL marks real tokens (padding is never attended to)."""
+        """Hidden states h_BLD; mask_BL marks real tokens (padding is never attended to); packed rows
+        (document_ids_BL, 0: padding; positions_BL restarting per document) attend within each document."""
         layers.check_length(tokens_BL.shape[1], self.max_len)
-        ids_BL = attention.documents(None, mask_BL)
+        ids_BL = attention.documents(document_ids_BL, mask_BL)
         x_BLD = jnp.take(self.embed_VD[...], tokens_BL, axis=0)
-        x_BLD = layers.add_positions(x_BLD, None, self.positions, self.pos_embed_LD, self.max_len)
+        x_BLD = layers.add_positions(x_BLD, positions_BL, self.positions, self.pos_embed_LD, self.max_len)
         if self.segment_embed_TD is not None:
             segments_BL = jnp.zeros_like(tokens_BL) if segments_BL is None else segments_BL
             x_BLD = x_BLD + jnp.take(self.segment_embed_TD[...], segments_BL, axis=0)
@@ -91,6 +94,7 @@ class EncoderLM(nnx.Module):
             self.relative_bias,
             self.positions,
             x_BLD,
+            positions_BL=positions_BL,
             mask=attention.Mask(ids_BL, ids_BL),
             deterministic=deterministic,
             rngs=rngs,
@@ -152,11 +156,14 @@ class EncoderLM(nnx.Module):
     def hidden_states(
         self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
     ) -> jax.Array:
-        """h_BLD for batch['inputs'] (+ 'segments'; padding marked by batch['input_mask'])."""
+        """h_BLD for batch['inputs'] (+ 'segments'; padding marked by batch['input_mask']; packed rows by
+        'document_ids' and 'positions')."""
         return self.encode(
             batch["inputs"],
             segments_BL=batch.get("segments"),
             mask_BL=batch["input_mask"],
+            document_ids_BL=batch.get("document_ids"),
+            positions_BL=batch.get("positions"),
             deterministic=deterministic,
             rngs=rngs,
         )

@@ -1,11 +1,13 @@
-"""Task heads on a pretrained language model (see layers.py for the dimension key; K is the number of labels).
+"""Task heads on a pretrained language model (see layers.py for the dimension key; K is the number of labels,
+T the texts of a packed batch).
 
 `TaskModel` holds the pretrained model whole under `backbone` (so its own LM head stays available for the
 pretraining-loss regulariser) and a new head under `head` (an ELMo backbone adds its task's scalar mix of
 layers under `mix`; freeze 'backbone/' to use ELMo as frozen features):
 
   classification        pooled h_BD -> logits_BK
-                        (pooling: cls = first token, mean over real tokens, last real token)
+                        (pooling: cls = first token, mean over real tokens, last real token; a packed
+                        batch, task_pipeline.PackTexts, pools each text within its row: logits_TK)
   token_classification  h_BLD -> logits_BLK
   span_qa               h_BLD -> start/end logits_BL, restricted to batch['answer_mask']
                         (context tokens + position 0)
@@ -30,12 +32,22 @@ POOLINGS = ("cls", "mean", "last")
 
 
 def pool(h_BLD: jax.Array, mask_BL: jax.Array, pooling: str) -> jax.Array:
-    if pooling == "cls":
-        return h_BLD[:, 0]
+    """h_BD over the tokens mask_BL marks (one contiguous run per row): their mean, first or last."""
     if pooling == "mean":
         return layers.masked_mean(h_BLD, mask_BL)
-    last_B = jnp.maximum(jnp.sum(mask_BL.astype(jnp.int32), axis=1) - 1, 0)  # inputs are right-padded
-    return jnp.take_along_axis(h_BLD, last_B[:, None, None], axis=1)[:, 0]
+    real_BL = mask_BL > 0
+    first_B = jnp.argmax(real_BL, axis=1)
+    at_B = first_B if pooling == "cls" else first_B + jnp.maximum(jnp.sum(real_BL, axis=1) - 1, 0)
+    return jnp.take_along_axis(h_BLD, at_B[:, None, None], axis=1)[:, 0]
+
+
+def per_text(h_BLD: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """(h, mask) with one row per text: a packed batch's texts gathered from their rows (h_TLD, mask_TL: the
+    text's own tokens), else the batch's rows as they are."""
+    if "text_rows" not in batch:
+        return h_BLD, batch["input_mask"]
+    rows_T = batch["text_rows"]
+    return h_BLD[rows_T], batch["document_ids"][rows_T] == batch["text_documents"][:, None]
 
 
 class TaskModel(nnx.Module):
@@ -82,7 +94,7 @@ class TaskModel(nnx.Module):
         else:
             h_BLD = self.backbone.hidden_states(batch, deterministic=deterministic, rngs=rngs)
         if self.kind == "classification":
-            h_BLD = pool(h_BLD, batch["input_mask"], self.pooling)
+            h_BLD = pool(*per_text(h_BLD, batch), self.pooling)
         y = self.head(self.dropout(h_BLD, deterministic=deterministic, rngs=rngs)).astype(jnp.float32)
         if self.kind != "span_qa":
             return {"logits": y}

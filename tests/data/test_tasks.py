@@ -75,6 +75,65 @@ def test_trimmed_batches_score_as_full_length_ones(cache_dir):
     assert {next(train)["input_mask"].shape[1] for _ in range(20)} <= {16, 32, 48, 64}
 
 
+def test_pack_texts_places_each_text_once_in_a_document_of_its_own():
+    lengths = np.array([10, 3, 7, 2, 5, 1, 4])
+    ids = np.arange(7)[:, None] * 100 + np.arange(1, 11)
+    mask = (np.arange(10) < lengths[:, None]).astype(np.int32)
+    batch = {
+        "inputs": (ids * mask).astype(np.int32),
+        "segments": (np.arange(10) >= 2).astype(np.int32) * mask,
+        "input_mask": mask,
+        "labels": np.arange(7, dtype=np.int32),
+        "weights": np.ones(7, np.float32),
+    }
+    out = task_pipeline.PackTexts(pad_id=9, row_multiple=3).map(batch)
+    # first fit, longest first: [10], [7, 3], [5, 4, 1], [2]; then padded to a multiple of 3 rows
+    assert out["inputs"].shape == (6, 10) and (out["document_ids"][4:] == 0).all()
+    assert (out["labels"] == batch["labels"]).all() and (out["weights"] == 1).all()
+    assert out["input_mask"].sum() == lengths.sum() and (out["inputs"][out["input_mask"] == 0] == 9).all()
+    for t, n in enumerate(lengths):
+        row, document = out["text_rows"][t], out["text_documents"][t]
+        here = out["document_ids"][row] == document
+        assert here.sum() == n and (out["input_mask"][row][here] == 1).all()
+        assert (out["inputs"][row][here] == ids[t, :n]).all()
+        assert (out["segments"][row][here] == batch["segments"][t, :n]).all()
+        assert (out["positions"][row][here] == np.arange(n)).all()
+
+
+def test_packed_minilm_batches_hold_the_same_texts_and_scores(cache_dir):
+    """task.pack on the real data: the train stream's batches hold the padded stream's texts (packed into
+    about half the rows), and MiniLM's mean-pooled classifier scores each text as in its padded row."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from lmjax import finetune, models
+    from lmjax.models import heads
+
+    pre = finetune.pretrained(MINILM)
+    task = tasks.load(task_config("rotten_tomatoes", cache_dir))
+    kw = dict(head="classification", seq_len=64, batch_size=16)
+    padded = iter(task_pipeline.train_dataset(task, pre.tokenizer, seed=3, **kw))
+    packed = iter(task_pipeline.train_dataset(task, pre.tokenizer, seed=3, pack=True, **kw))
+    model = heads.TaskModel(
+        models.build(pre.model_config, nnx.Rngs(0)),
+        head="classification",
+        num_labels=2,
+        pooling="mean",
+        dropout=0.0,
+        rngs=nnx.Rngs(1),
+    )
+    nnx.update(model.backbone, pre.params())
+    for _ in range(2):
+        p, q = next(padded), next(packed)
+        assert (p["labels"] == q["labels"]).all() and q["inputs"].shape[0] <= 10
+        for t in range(16):
+            here = q["document_ids"][q["text_rows"][t]] == q["text_documents"][t]
+            assert (q["inputs"][q["text_rows"][t]][here] == p["inputs"][t][p["input_mask"][t] > 0]).all()
+        logits = [model(jax.tree.map(jnp.asarray, b))["logits"] for b in (p, q)]
+        np.testing.assert_allclose(logits[1], logits[0], atol=2e-5)
+
+
 def test_label_mismatch_fails_clearly(cache_dir):
     with pytest.raises(ValueError, match=r"task.num_labels=5 but rotten_tomatoes has 2 labels"):
         tasks.load(task_config("rotten_tomatoes", cache_dir, num_labels=5))
