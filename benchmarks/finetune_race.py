@@ -16,9 +16,9 @@ task.seq_len), shuffled every epoch, batches of task.batch_size padded to their 
 task.seq_len or a multiple of task.trim_multiple), torch's fused AdamW with lmjax's groups (head at
 optim.head_learning_rate, weight decay on the backbone's matrices only), the same warm-up and cosine decay,
 clipping at optim.grad_clip, eager (torch.compile is slower for this model on a 2-core CPU:
-benchmarks/RESULTS.md). It trains --epochs epochs and is scored on validation
-and test after each, so that the table gives the time at which it first reaches lmjax's test accuracy;
-evaluation time counts in its clock as lmjax's evaluations count in lmjax's.
+benchmarks/RESULTS.md). It trains --epochs epochs and is scored on validation and test after each, so that
+the table gives the time at which it first reaches lmjax's test accuracy; evaluation time counts in its
+clock as lmjax's evaluations count in lmjax's.
 """
 
 from __future__ import annotations
