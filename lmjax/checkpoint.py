@@ -5,13 +5,13 @@ Beside the checkpoints, a run's workdir holds its config (config.json) and token
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-import logging
 import signal
-import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import grain
 import jax
@@ -113,6 +113,36 @@ def _read_error(e: BaseException) -> str:
     return (named or lines or ["unknown error"])[0].split(". See full")[0][:300]
 
 
+class _FinishingLoop(asyncio.SelectorEventLoop):
+    """An event loop that, asked to close, first cancels the tasks still pending on it and lets them end."""
+
+    def close(self) -> None:
+        left = asyncio.all_tasks(self) if not (self.is_running() or self.is_closed()) else set()
+        for task in left:
+            task.cancel()
+        if left:
+            self.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        super().close()
+
+
+class _FinishingLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    _loop_factory = _FinishingLoop
+
+
+@contextlib.contextmanager
+def _loops_that_finish_their_tasks() -> Iterator[None]:
+    """Orbax reads a checkpoint in a new event loop that it closes as soon as the read returns or fails
+    (orbax.checkpoint._src.asyncio_utils.run_sync). After a damaged file fails one array's read, the reads of
+    other arrays that had not started yet stay pending on the closed loop, and at exit Python reports each as
+    a coroutine that was never awaited. Loops made meanwhile cancel and finish such tasks before closing."""
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_FinishingLoopPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(previous)
+
+
 def restore(
     mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any | None, **iters: Any
 ) -> Any:
@@ -122,7 +152,8 @@ def restore(
         if it is not None:
             items[name] = grain.checkpoint.CheckpointRestore(_IteratorState(it))
     try:
-        restored = mngr.restore(step, args=ocp.args.Composite(**items))
+        with _loops_that_finish_their_tasks():
+            restored = mngr.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, TypeError) as e:
         if "reading" not in _read_error(e).lower():
             raise InputError(
@@ -134,9 +165,6 @@ def restore(
         unreadable = e
     else:
         return restored["state"]
-    # The read's other tasks fail too and would report as they are collected: one line says it all.
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    sys.unraisablehook = lambda unraisable: None
     older = [s for s in mngr.all_steps() if s < step]
     hint = (
         (

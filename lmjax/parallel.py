@@ -93,11 +93,15 @@ def initialize(dist: ConfigDict) -> bool:
         jax.distributed.initialize(
             dist.coordinator_address, dist.num_processes, dist.process_id, local_device_ids=local
         )
-        return True
-    if dist.enable == "yes" or cluster_detected():
+    elif dist.enable == "yes" or cluster_detected():
         jax.distributed.initialize()
-        return True
-    return False
+    else:
+        return False
+    if jax.default_backend() == "cpu":
+        # XLA:CPU programs that JAX's persistent compilation cache hands to several processes hang in
+        # their first cross-process collective (jax 0.12, gloo): each process compiles its own.
+        jax.config.update("jax_enable_compilation_cache", False)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

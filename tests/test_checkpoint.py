@@ -1,6 +1,7 @@
 """Checkpoints that cannot be read: one line naming the step, and train.restore_step to resume from an older
 one exactly, with the newer checkpoints moved aside rather than deleted."""
 
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -89,3 +90,30 @@ def test_restore_step_that_was_not_saved_is_one_clear_error(config, tmp_path):
         r"\(it has none\)",
     ):
         train.train_and_evaluate(config, tmp_path)
+
+
+def run_in_a_new_loop(coro):
+    """As Orbax runs a read: a new event loop, closed as soon as the coroutine returns or raises."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+def test_a_failed_read_leaves_no_task_pending_on_its_closed_loop():
+    """The cause of the damaged-checkpoint error's stray lines: a read that fails while others it started have
+    not run yet leaves them pending on a closed loop (reported at exit as never awaited); inside
+    checkpoint.restore the loop cancels and ends them first."""
+    left = []
+
+    async def other_read():
+        await asyncio.sleep(0)
+
+    async def read():
+        left.append(asyncio.ensure_future(other_read()))
+        raise OSError("damaged")
+
+    with checkpoint._loops_that_finish_their_tasks(), pytest.raises(OSError, match="damaged"):
+        run_in_a_new_loop(read())
+    assert left[0].cancelled()

@@ -87,7 +87,11 @@ def start_two_processes(config, workdir, steps: int, **overrides) -> list[subpro
 
 
 def finish(procs: list[subprocess.Popen], code: int = 0) -> list[str]:
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:  # a hung pair ignores SIGTERM (it means "save and stop" to lmjax): not left running
+        for p in procs:
+            p.kill()
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == code, out[-3000:]
     return outputs
