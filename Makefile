@@ -1,14 +1,20 @@
 # make demo: install into .venv if needed, then train the embedded default (char GPT on Shakespeare).
 # make test: install the test extras if needed, then lint (ruff format --check, ruff check) and run the tests.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# make accelerator-wheels: the wheels a GPU image without a registry lacks (benchmarks/accelerator.py's recipe).
+# The pinned stack needs Python >= 3.12: the first of python3.12 and python3.13 that runs (on PATH, or pyenv's).
+PYTHON ?= $(shell for p in python3.12 python3.13 $$HOME/.pyenv/versions/3.1[23]*/bin/python3.1[23]; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/demo
+WHEELS ?= accelerator-wheels
 
-.PHONY: demo test test-slow clean-demo
+.PHONY: demo test test-slow clean-demo accelerator-wheels
 
 $(VENV)/.runtime: requirements.txt requirements-nodeps.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "error: no Python >= 3.12 found; install python3.12 or set PYTHON=" >&2; exit 1; }
+	$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
+		|| { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
@@ -32,3 +38,6 @@ test-slow: $(VENV)/.test
 
 clean-demo:
 	rm -rf $(WORKDIR)
+
+accelerator-wheels: $(VENV)/.runtime
+	$(PY) benchmarks/accelerator_wheels.py --out $(WHEELS)

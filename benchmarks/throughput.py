@@ -79,9 +79,20 @@ OTHER = {  # accelerator sizes from the family configs: (config module, argument
 PRESETS = sorted(GPT_SIZES) + sorted(OTHER)
 
 
-def make_config(preset: str, dtype: str, remat: str = "none", attention: str = "auto", batch_size: int = 0):
+TINY = dict(num_layers=2, num_decoder_layers=2, num_heads=4, d_model=64, d_ff=256, vocab_size=512)
+
+
+def make_config(
+    preset: str,
+    dtype: str,
+    remat: str = "none",
+    attention: str = "auto",
+    batch_size: int = 0,
+    tiny: bool = False,
+):
     """The preset's config; dtype 'auto' is bfloat16 on accelerators and float32 on CPU; remat and attention:
-    model.remat and model.attention; batch_size (0: the preset's) overrides data.batch_size."""
+    model.remat and model.attention; batch_size (0: the preset's) overrides data.batch_size; tiny shrinks the
+    model to TINY, the context to a quarter (at most 64) and the batch to 4 (CPU smoke runs)."""
     if dtype == "auto":
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     if preset in GPT_SIZES:
@@ -97,6 +108,9 @@ def make_config(preset: str, dtype: str, remat: str = "none", attention: str = "
         config.model.update(model)
         config.data.update(data)
     config.model.update(dtype=dtype, remat=remat, attention=attention)
+    if tiny:
+        config.model.update({k: v for k, v in TINY.items() if k in config.model})
+        config.data.update(seq_len=min(64, config.data.seq_len // 4), batch_size=4)
     if batch_size:
         config.data.batch_size = batch_size
     config.mesh.update(data=-1, fsdp=1)
@@ -211,6 +225,7 @@ def main() -> None:
         "--attention", default="auto", choices=ATTENTION_IMPLEMENTATIONS, help="model.attention"
     )
     parser.add_argument("--batch-size", type=int, default=0, help="data.batch_size (0: the preset's)")
+    parser.add_argument("--tiny", action="store_true", help="shrink every preset (CPU smoke runs: TINY)")
     parser.add_argument(
         "--devices", default="1", help="device counts to measure, comma-separated (data-parallel)"
     )
@@ -264,7 +279,7 @@ def main() -> None:
     for preset in args.presets.split(","):
         runs = {
             n: LmjaxRun(
-                make_config(preset, args.dtype, args.remat, args.attention, args.batch_size),
+                make_config(preset, args.dtype, args.remat, args.attention, args.batch_size, args.tiny),
                 jax.devices()[:n],
             )
             for n in device_counts

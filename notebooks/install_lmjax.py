@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,8 +21,10 @@ import tomllib
 from pathlib import Path
 
 try:
+    from packaging.requirements import Requirement
     from packaging.specifiers import SpecifierSet
 except ImportError:  # a bare Python: pip's own copy
+    from pip._vendor.packaging.requirements import Requirement
     from pip._vendor.packaging.specifiers import SpecifierSet
 
 # the runtime's accelerator stack: kept as installed when jax fits lmjax's range
@@ -47,10 +48,11 @@ def installed(name: str) -> str | None:
 
 
 def jax_range(checkout: Path) -> str:
-    """The specifier of jax in the checkout's pyproject.toml, e.g. '>=0.10.2,<0.12'."""
+    """The specifier of jax in the checkout's pyproject.toml for this Python, e.g. '<0.13,>=0.11.1'. (By
+    Python, so that flax's range, which follows it, holds a release that imports under the kept jax.)"""
     deps = tomllib.loads((checkout / "pyproject.toml").read_text())["project"]["dependencies"]
-    (spec,) = [d[3:] for d in deps if re.match(r"jax[<>=!~ ]", d)]
-    return spec
+    (jax,) = [r for r in map(Requirement, deps) if r.name == "jax" and (not r.marker or r.marker.evaluate())]
+    return str(jax.specifier)
 
 
 def satisfies(version: str, spec: str) -> bool:

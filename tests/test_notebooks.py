@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.specifiers import SpecifierSet
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -50,29 +51,35 @@ def test_both_notebooks_share_one_install_cell_with_one_url_to_set():
 
 
 def test_install_keeps_a_jax_in_range_and_brings_the_platform_extra_otherwise(monkeypatch):
-    versions = {"jax": "0.10.2", "jaxlib": "0.10.2", "libtpu": "0.0.42.1"}
+    versions = {"jax": "0.11.2", "jaxlib": "0.11.2", "jax-cuda13-plugin": "0.11.2"}  # the GPU machines' image
     monkeypatch.setattr(install_lmjax, "installed", versions.get)
-    monkeypatch.setattr(install_lmjax, "platform_extra", lambda: "tpu")
-    assert install_lmjax.jax_range(ROOT) == ">=0.10.2,<0.12"
-    assert install_lmjax.plan(ROOT) == (str(ROOT), ["jax==0.10.2", "jaxlib==0.10.2", "libtpu==0.0.42.1"])
-    versions["jax"] = "0.11.1"  # the GPU machine's
-    assert install_lmjax.plan(ROOT)[1][0] == "jax==0.11.1"
-    versions["jax"] = "0.7.2"  # an older runtime: replaced, with the TPU build
-    assert install_lmjax.plan(ROOT) == (f"{ROOT}[tpu]", [])
+    monkeypatch.setattr(install_lmjax, "platform_extra", lambda: "cuda")
+    assert SpecifierSet(install_lmjax.jax_range(ROOT)) == SpecifierSet(">=0.11.1,<0.13")  # this Python: 3.12+
+    assert install_lmjax.plan(ROOT) == (
+        str(ROOT),
+        ["jax==0.11.2", "jaxlib==0.11.2", "jax-cuda13-plugin==0.11.2"],
+    )
+    versions.update(jax="0.12.1", jaxlib="0.12.1")
+    assert install_lmjax.plan(ROOT)[1][0] == "jax==0.12.1"
+    versions["jax"] = "0.10.2"  # fine on Python 3.11, but no flax for Python 3.12 imports under it: replaced
+    assert install_lmjax.plan(ROOT) == (f"{ROOT}[cuda]", [])
     versions.pop("jax")
     monkeypatch.setattr(install_lmjax, "platform_extra", lambda: "")
     assert install_lmjax.plan(ROOT) == (str(ROOT), [])
 
 
 @pytest.mark.slow  # a fresh venv and a real install from the package index (minutes)
-def test_install_cell_in_a_venv_that_has_jax_leaves_that_jax_untouched(tmp_path):
+@pytest.mark.parametrize("jax_version", ["0.11.2", "0.12.1"])
+def test_install_cell_keeps_the_runtimes_jax_and_brings_a_flax_that_imports_with_it(tmp_path, jax_version):
+    """A runtime with jax installed first, and flax 0.12.9, which does not import under jax >= 0.11.2."""
     venv = tmp_path / "venv"
     python = venv / "bin" / "python"
     subprocess.run([sys._base_executable, "-m", "venv", str(venv)], check=True)  # the interpreter, not .venv
-    subprocess.run([python, "-m", "pip", "install", "-q", "jax==0.10.2", "jaxlib==0.10.2"], check=True)
+    pins = [f"jax=={jax_version}", f"jaxlib=={jax_version}", "flax==0.12.9"]
+    subprocess.run([python, "-m", "pip", "install", "-q", *pins], check=True)
     probe = "import importlib.metadata as m, jax; print(jax.__file__, m.version('jax'), m.version('jaxlib'))"
     before = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True).stdout
-    record = next((venv / "lib").glob("python3*/site-packages/jax-0.10.2.dist-info/RECORD"))
+    record = next((venv / "lib").glob(f"python3*/site-packages/jax-{jax_version}.dist-info/RECORD"))
     stamp = record.stat().st_mtime_ns
     cell = code_cells("quickstart")[0]
     result = subprocess.run(
@@ -84,13 +91,14 @@ def test_install_cell_in_a_venv_that_has_jax_leaves_that_jax_untouched(tmp_path)
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "keeping jax==0.10.2, jaxlib==0.10.2" in result.stderr
+    assert f"keeping jax=={jax_version}, jaxlib=={jax_version}" in result.stderr
     assert subprocess.run([python, "-c", probe], capture_output=True, text=True).stdout == before
     assert record.stat().st_mtime_ns == stamp  # not reinstalled
     imported = subprocess.run(
-        [python, "-c", "import lmjax.train, gcsfs; print(lmjax.train.__file__)"],
+        [python, "-c", "import flax, lmjax.train, gcsfs; print(lmjax.train.__file__, flax.__version__)"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
     )
     assert imported.returncode == 0 and str(venv) in imported.stdout, imported.stderr[-2000:]
+    assert imported.stdout.split()[1] != "0.12.9"

@@ -1,7 +1,6 @@
 """Compiles a config's train step for a TPU topology on any machine (no TPU needed) and reports its memory.
 
-  pip install "libtpu==0.0.42.*"   # the TPU compiler, the version jax[tpu]==0.10.2 (make test:
-                                   .venv/tpu-compiler)
+  pip install "libtpu==0.0.52"     # the TPU compiler (make test: .venv/tpu-compiler; requirements-aot.txt)
   python tpu_scripts/aot_check.py --config=experiments/configs/gpt.py:124m --topology=v5e:2x4
   python tpu_scripts/aot_check.py --config=experiments/configs/gpt.py:7b --topology=v5e:2x2
   --config.mesh.fsdp=1 \
@@ -61,7 +60,7 @@ def tpu_devices(topology: str):
         if importlib.util.find_spec("libtpu") is None:
             raise RuntimeError(
                 f"cannot describe TPU topology {topology!r}: the TPU compiler is not installed; "
-                f"pip install 'libtpu==0.0.42.*'"
+                f"pip install 'libtpu==0.0.52'"
             ) from None
         raise RuntimeError(f"cannot describe TPU topology {topology!r}: {first[:300]}") from None
 

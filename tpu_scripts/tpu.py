@@ -44,7 +44,7 @@ DEFAULT_RUNTIME = {
 
 
 def setup_command(repo: str, ref: str) -> str:
-    """setup_worker.sh, sent whole (the worker has no checkout yet): clone/update, Python >= 3.11, install."""
+    """setup_worker.sh, sent whole (the worker has no checkout yet): clone/update, Python >= 3.12, install."""
     script = shlex.quote(SETUP_SCRIPT.read_text())
     return f"bash -c {script} setup_worker.sh {shlex.quote(repo)} {shlex.quote(ref)}"
 
