@@ -10,6 +10,7 @@ import difflib
 import importlib.util
 import os
 import re
+from collections.abc import Sequence
 
 from ml_collections import ConfigDict
 
@@ -377,17 +378,40 @@ def validate_finetune(config: ConfigDict) -> None:
         raise InputError(f"optim.layer_decay={config.optim.layer_decay} must be in (0, 1]")
 
 
-def unknown_key_message(error: Exception, config: ConfigDict) -> str | None:
-    """A one-line message for a misspelt `--config.a.b=...` override, or None if `error` is not that."""
+def unknown_key_message(error: Exception, config: ConfigDict, argv: Sequence[str] = ()) -> str | None:
+    """One line for a `--config.a.b=...` override in `argv` that names no key of `config` (else for the error
+    a misspelt key raised), or None if neither is the case."""
+    keys = list(_flat_keys(config))
+    sections = {k.rsplit(".", 1)[0] for k in keys if "." in k}
+    for arg in argv:
+        name = arg.removeprefix("--config.").split("=", 1)[0]
+        if arg.startswith("--config.") and name not in keys and name not in sections:
+            return _unknown_override(name, arg, keys, sections)
     text = str(error)
     match = re.search(r'instead of "(\w+)"', text) or re.search(r"""['"]([A-Za-z_]\w*)['"]""", text)
     if match is None or not ("Did you mean" in text or "does not exist" in text or "locked" in text):
         return None
-    keys = list(_flat_keys(config))
     bad = match.group(1)
     close = difflib.get_close_matches(bad, [k.rsplit(".", 1)[-1] for k in keys], n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return f"unknown config key {bad!r}.{hint} Valid keys: {', '.join(keys)}"
+
+
+def _unknown_override(name: str, arg: str, keys: list[str], sections: set[str]) -> str:
+    """The nearest key of the override's section (or the nearest section), and that section's keys."""
+    section, _, leaf = name.rpartition(".")
+    if section in sections or not section:
+        siblings = [k for k in keys if k.rpartition(".")[0] == section]
+        close = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=1)
+        hint = f"did you mean '{f'{section}.' if section else ''}{close[0]}'? " if close else ""
+        where = f"{section}'s keys" if section else "top-level keys"
+        options = ", ".join(k.rpartition(".")[2] for k in siblings)
+    else:
+        tops = sorted({k.split(".")[0] for k in sections})
+        close = difflib.get_close_matches(name.split(".")[0], tops, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        where, options = "the sections", ", ".join(tops)
+    return f"unknown config key {name!r} in {arg.split('=', 1)[0]}; {hint}{where}: {options}"
 
 
 def _flat_keys(config: ConfigDict, prefix: str = ""):

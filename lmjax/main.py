@@ -69,7 +69,7 @@ def run():
             raise
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         if not isinstance(e, errors.InputError):  # a misspelt --config.* key; anything else is a bug
-            message = config_lib.unknown_key_message(e, config_lib.base())
+            message = config_lib.unknown_key_message(e, config_lib.base(), sys.argv)
             if message is None:
                 raise
         print(f"error: {message}", file=sys.stderr)

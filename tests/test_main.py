@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CONFIG = "experiments/configs/shakespeare_char.py:tiny"
 
 
@@ -18,10 +20,22 @@ def run_main(*args):
     return result.returncode, lines, result
 
 
-def test_misspelt_config_key(tmp_path):
-    code, lines, _ = run_main(f"--workdir={tmp_path}", "--config.model.num_layer=3")
-    assert code == 1 and len(lines) == 1
-    assert "unknown config key 'num_layer'" in lines[0] and "Did you mean 'num_layers'?" in lines[0]
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        (
+            "--config.model.num_layer=3",
+            "'model.num_layer' in --config.model.num_layer; did you mean 'model.num_layers'?",
+        ),
+        ("--config.sample.max_new_tokens=60", "'sample.max_new_tokens' in --config.sample.max_new_tokens; "),
+        ("--config.smaple.top_k=3", "'smaple.top_k' in --config.smaple.top_k; did you mean 'sample'?"),
+    ],
+)
+def test_an_override_of_no_key_is_one_line_naming_it_and_its_sections_keys(tmp_path, override, says):
+    code, lines, result = run_main(f"--workdir={tmp_path}", override)
+    assert code == 1 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines[0].startswith(f"error: unknown config key {says}") and len(lines[0]) < 1000
+    assert "keys: " in lines[0] or "the sections: data, " in lines[0]  # what there is to choose from
 
 
 def test_missing_text_file(tmp_path):
