@@ -107,25 +107,11 @@ def test_every_repository_path_the_docs_mention_is_committed():
     assert not missing, f"mentioned but not in git (path: where): {missing}"
 
 
-@pytest.mark.slow  # builds a wheel (setuptools from the package index) and trains from outside the checkout
-def test_wheel_installs_apart_and_trains_a_config_given_by_path(tmp_path, corpus_file, cache_dir):
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
-        check=True,
-    )
-    (wheel,) = (tmp_path / "dist").glob("lmjax-*.whl")
-    site = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
-        check=True,
-    )
-    assert not (site / "experiments").exists() and (site / "lmjax" / "train.py").is_file()
-    away = tmp_path / "elsewhere"
-    away.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
+def trains_tiny_config(python: str, away: Path, env: dict, corpus_file, cache_dir) -> None:
+    """`python -m lmjax.main` from `away` with the tiny config given by path: 4 steps and their results."""
     result = subprocess.run(
         [
-            sys.executable,
+            python,
             "-m",
             "lmjax.main",
             f"--config={ROOT / 'experiments/configs/shakespeare_char.py'}:tiny",
@@ -142,6 +128,25 @@ def test_wheel_installs_apart_and_trains_a_config_given_by_path(tmp_path, corpus
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: step 4" in result.stdout and (away / "run" / "results.json").is_file()
+
+
+@pytest.mark.slow  # builds a wheel (setuptools from the package index) and trains from outside the checkout
+def test_wheel_installs_apart_and_trains_a_config_given_by_path(tmp_path, corpus_file, cache_dir):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+        check=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("lmjax-*.whl")
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        check=True,
+    )
+    assert not (site / "experiments").exists() and (site / "lmjax" / "train.py").is_file()
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
+    trains_tiny_config(sys.executable, away, env, corpus_file, cache_dir)
     where = subprocess.run(
         [sys.executable, "-c", "import lmjax; print(lmjax.__file__)"],
         cwd=away,
@@ -169,22 +174,4 @@ def test_the_oldest_stack_installs_with_pip_and_trains_from_another_directory(
     probe = "import sys, jax, flax; print(sys.version_info[:2], jax.__version__, flax.__version__)"
     stack = subprocess.run([python, "-c", probe], cwd=away, env=env, capture_output=True, text=True).stdout
     assert stack.split() == ["(3,", "11)", "0.10.2", "0.12.8"], stack
-    result = subprocess.run(
-        [
-            python,
-            "-m",
-            "lmjax.main",
-            f"--config={ROOT / 'experiments/configs/shakespeare_char.py'}:tiny",
-            "--workdir=run",
-            f"--config.data.text_files={corpus_file}",
-            f"--config.data.cache_dir={cache_dir}",
-            "--config.train.num_steps=4",
-        ],
-        cwd=away,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "done: step 4" in result.stdout and (away / "run" / "results.json").is_file()
+    trains_tiny_config(python, away, env, corpus_file, cache_dir)
