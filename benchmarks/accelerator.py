@@ -80,11 +80,13 @@ class Part:
             proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
             try:
                 rc = proc.wait(timeout=max(timeout, 1))
-                self.status = "ok" if rc == 0 else f"failed (exit {rc})"
+                status = "ok" if rc == 0 else f"failed (exit {rc})"
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-                self.status = f"cut at {timeout:.0f} s (the budget)"
+                status = f"cut at {timeout:.0f} s (the budget)"
+        if self.status in ("not run", "ok"):  # a part of several commands keeps its first trouble
+            self.status = status
         self.seconds += time.monotonic() - start
         return self.log.read_text()
 
