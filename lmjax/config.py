@@ -185,8 +185,27 @@ def base() -> ConfigDict:
     # ||theta - theta_0||^2
     config.task = ConfigDict(
         dict(
-            # rotten_tomatoes | glue/sst2 | imdb_reviews | conll2003 | squad (see lmjax/data/tasks.py)
+            # rotten_tomatoes | glue/sst2 | imdb_reviews | conll2003 | squad (see lmjax/data/tasks.py); with
+            # train_file: the run's own name for its task ('': the train file's name)
             name="",
+            # a task from the user's files (lmjax/data/task_files.py): kind is classification | regression |
+            # tokens; JSONL (CSV too for classification and regression), local paths or gs:// URLs
+            kind="",
+            train_file="",
+            validation_file="",  # '': no validation split
+            test_file="",  # '': no test split
+            # the files' column names: classification text (+ text_pair when the file has it), label;
+            # regression text, text_pair, score; tokens tokens, tags
+            columns=ConfigDict(
+                dict(
+                    text="text",
+                    text_pair="text_pair",
+                    label="label",
+                    score="score",
+                    tokens="tokens",
+                    tags="tags",
+                )
+            ),
             tfds_data_dir="",
             num_labels=0,  # 0: the dataset's label count (else it must match)
             pooling="cls",  # classification: cls | mean | last (decoders: last)
@@ -354,8 +373,15 @@ LAMBDA_SCHEDULES = ("constant", "warmup", "decay")
 
 def validate_finetune(config: ConfigDict) -> None:
     f = config.finetune
-    if not config.task.name:
-        raise InputError("mode=finetune needs task.name (e.g. rotten_tomatoes)")
+    if config.task.kind and not config.task.train_file:
+        raise InputError(f"task.kind={config.task.kind!r} needs its data: set task.train_file (JSONL or CSV)")
+    if config.task.train_file and not config.task.kind:
+        raise InputError("task.train_file needs task.kind: classification, regression or tokens")
+    if not config.task.name and not config.task.train_file:
+        raise InputError(
+            "mode=finetune needs task.name (e.g. rotten_tomatoes) or task.train_file with task.kind "
+            "(experiments/configs/finetune_files.py)"
+        )
     for key in ("pretrain_lambda", "l2sp"):
         if f[key] < 0:
             raise InputError(f"finetune.{key}={f[key]} is negative; a regulariser's weight must be >= 0")

@@ -35,10 +35,11 @@ from lmjax import (
     parallel,
     sharding,
     storage,
+    task_metrics,
     train,
 )
 from lmjax import config as config_lib
-from lmjax.data import corpora, pipeline, task_pipeline, tasks, tokenizers
+from lmjax.data import corpora, pipeline, task_files, task_pipeline, tasks, tokenizers
 from lmjax.errors import InputError, MissingInput
 from lmjax.interop import gguf, hf
 from lmjax.models import heads
@@ -115,9 +116,21 @@ def pretrained(init: str) -> Pretrained:
 
 
 def task_and_head(config: ConfigDict) -> tuple[tasks.Task, str]:
-    """The run's task dataset and the head it fine-tunes with (encoder-decoders: text to text)."""
-    task = tasks.load(ConfigDict(config.task.to_dict() | {"cache_dir": config.data.cache_dir}))
-    return task, "text_to_text" if config.model.family == "encoder_decoder" else task.spec.head
+    """The run's task dataset (a named one, or task.kind from task.train_file...) and the head it fine-tunes
+    with (encoder-decoders: text to text)."""
+    if config.task.train_file:
+        task = task_files.load(config.task)
+    else:
+        task = tasks.load(ConfigDict(config.task.to_dict() | {"cache_dir": config.data.cache_dir}))
+    if config.model.family != "encoder_decoder":
+        return task, task.spec.head
+    if task.spec.head != "classification" or task.kind:
+        raise InputError(
+            f"model.family='encoder_decoder' fine-tunes on the named classification tasks only, not "
+            f"{f'task.kind={task.kind!r}' if task.kind else task.name}; start from an encoder or a decoder "
+            "(finetune.init)"
+        )
+    return task, "text_to_text"
 
 
 def finetuned_backbone(workdir: epath.Path, config: ConfigDict) -> nnx.State:
@@ -260,9 +273,10 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.
                 f"{key}.batch_size={config[key].batch_size} is not divisible by the batch shards of mesh "
                 f"{dict(layout.mesh.shape)}; change the batch size"
             )
-    if config.task.pack and (head != "classification" or model_config.family not in PACKS):
+    if config.task.pack and (head not in heads.POOLED or model_config.family not in PACKS):
         raise InputError(
-            f"task.pack=True packs classification texts for {' and '.join(PACKS)} backbones, not {head} "
+            f"task.pack=True packs {' and '.join(heads.POOLED)} texts for {' and '.join(PACKS)} "
+            f"backbones, not {head} "
             f"with model.family={model_config.family!r}: set task.pack=False"
         )
     if uses_pretrain(config) and not scores_pretraining(model_config):
@@ -304,6 +318,10 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.
         def eval_step(params, task_batch):
             return task_loss(nnx.merge(graphdef, merge(params))(task_batch), task_batch)[1]
 
+        def predict_step(params, task_batch):
+            outputs = nnx.merge(graphdef, merge(params))(task_batch)
+            return task_loss(outputs, task_batch)[1], outputs
+
         backbone_eval = None
         if scores_pretraining(model_config):
             backbone_def = nnx.graphdef(nnx.eval_shape(lambda: models.build(model_config, nnx.Rngs(0))))
@@ -312,11 +330,16 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.
                 in_shardings=(shardings.params["backbone"], batch),
                 out_shardings=replicated,
             )
-        eval_step = jax.jit(
-            layout.traced(eval_step), in_shardings=(shardings.params, batch), out_shardings=replicated
+        eval_step, predict_step = (
+            jax.jit(layout.traced(f), in_shardings=(shardings.params, batch), out_shardings=replicated)
+            for f in (eval_step, predict_step)
         )
         return dict(
-            train_step=train_step, eval_step=eval_step, loss_fn=terms, backbone_eval_step=backbone_eval
+            train_step=train_step,
+            eval_step=eval_step,
+            predict_step=predict_step,
+            loss_fn=terms,
+            backbone_eval_step=backbone_eval,
         )
 
     return loop.build_engine(config, layout, build, tx, compile_steps)
@@ -355,14 +378,57 @@ def task_batching(engine: loop.Engine, tok: tokenizers.Tokenizer, head: str) -> 
 
 
 def evaluate_task(
-    engine: loop.Engine, params: nnx.State, task: tasks.Task, tok: tokenizers.Tokenizer, head: str, split: str
+    engine: loop.Engine,
+    params: nnx.State,
+    task: tasks.Task,
+    tok: tokenizers.Tokenizer,
+    head: str,
+    split: str,
+    workdir: epath.Path | None = None,
 ) -> dict:
-    """Task metrics over the whole split (accuracy and macro-F1; exact match and F1 for span QA)."""
+    """Task metrics over the whole split (accuracy and macro-F1; exact match and F1 for span QA). A task from
+    files is scored from its predictions instead (task_metrics: its loss stays), which go to
+    workdir/predictions/<split>.jsonl."""
+    if task.kind:
+        return predict_task(engine, params, task, tok, head, split, workdir)
     totals = None
     for batch in task_pipeline.eval_batches(task, tok, split, **task_batching(engine, tok, head)):
         stats = engine.eval_step(params, sharding.global_batch(batch, engine.layout))
         totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
     return {f"{split}/{k}": float(v) for k, v in losses.summarize(totals).items() if k != "perplexity"}
+
+
+def predict_task(
+    engine: loop.Engine,
+    params: nnx.State,
+    task: tasks.Task,
+    tok: tokenizers.Tokenizer,
+    head: str,
+    split: str,
+    workdir: epath.Path | None,
+) -> dict:
+    """The loss and the library metrics of every prediction of a task from files, in the split's order."""
+    batching = task_batching(engine, tok, head)
+    source, local = task.sources[split], batching["batch_size"]
+    per_shard = -(-len(source) // (local * jax.process_count())) * local  # as eval_batches shards the split
+    encode = task_pipeline.Encode(task, tok, batching["seq_len"], head)
+    totals, predictions = None, {}
+    for b, batch in enumerate(task_pipeline.eval_batches(task, tok, split, **batching)):
+        stats, outputs = engine.predict_step(params, sharding.global_batch(batch, engine.layout))
+        totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
+        outputs = jax.device_get(outputs)
+        for row in range(local * jax.process_count()):  # the global batch: each process's rows in turn
+            i = (row // local) * per_shard + b * local + row % local
+            if i < len(source):
+                row_outputs = {k: v[row] for k, v in outputs.items()}
+                predictions[i] = task_metrics.predict(task, encode, source[i], row_outputs)
+    predicted = [predictions[i] for i in range(len(source))]
+    references = [example["reference"] for example in source]
+    if workdir is not None and jax.process_index() == 0:
+        task_metrics.write(workdir, split, predicted, references)
+    result = {"loss": float(losses.summarize(totals)["loss"])}
+    result |= task_metrics.score(task.kind, predicted, references)
+    return {f"{split}/{k}": v for k, v in result.items()}
 
 
 def evaluate_pretraining(
@@ -468,7 +534,7 @@ def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
         def save(step: int, state) -> None:
             checkpoint.save(run.mngr, step, state, pretrain_iter, task_data=task_iter)
 
-        evaluate = make_evaluate(engine, task, tok, head, corpus)
+        evaluate = make_evaluate(engine, task, tok, head, corpus, workdir)
         state, result = run.loop(state, train_step, evaluate, save, tokens_per_step(config))
     if "preempted_at" not in result:
         result |= {f"{k}_before": v for k, v in before.items()}
@@ -479,7 +545,12 @@ def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
 
 
 def make_evaluate(
-    engine: loop.Engine, task: tasks.Task, tok: tokenizers.Tokenizer, head: str, corpus: corpora.Corpus | None
+    engine: loop.Engine,
+    task: tasks.Task,
+    tok: tokenizers.Tokenizer,
+    head: str,
+    corpus: corpora.Corpus | None,
+    workdir: epath.Path,
 ) -> Callable[[int, loop.TrainState, bool], dict]:
     """The loop's evaluation: the task's validation split (and its test split at the end), and the backbone's
     held-out pretraining loss."""
@@ -487,7 +558,8 @@ def make_evaluate(
     def evaluate(step: int, state: loop.TrainState, final: bool) -> dict:
         result = {}
         for split in ("validation", "test") if final else ("validation",):
-            result |= evaluate_task(engine, state.params, task, tok, head, split)
+            if split in task.sources:
+                result |= evaluate_task(engine, state.params, task, tok, head, split, workdir)
         if engine.backbone_eval_step:
             result |= evaluate_pretraining(engine, state.params, corpus, tok)
         return result
@@ -503,9 +575,10 @@ def tokens_per_step(config: ConfigDict) -> int:
 
 def header(config: ConfigDict, engine: loop.Engine, task: tasks.Task, head: str, start: int) -> str:
     settings = config.finetune
+    labels = f", {task.num_labels} labels" if task.num_labels else ""
     return (
-        f"lmjax finetune: {engine.num_params:,} parameters, task {task.name} ({head}, "
-        f"{task.num_labels or 'span'} labels), init {settings.init or 'random'}, lambda "
+        f"lmjax finetune: {engine.num_params:,} parameters, task {task.name} ({head}{labels}), init "
+        f"{settings.init or 'random'}, lambda "
         f"{settings.pretrain_lambda} ({settings.lambda_schedule}), l2sp {settings.l2sp}, "
         + (f"resuming at step {start}" if start else "from the start")
     )

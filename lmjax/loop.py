@@ -74,6 +74,7 @@ class Engine:
     eval_step: Callable  # (params, batch) -> summable stats
     loss_fn: Callable  # the unjitted loss the step differentiates (for tests and analysis)
     backbone_eval_step: Callable | None = None  # fine-tuning: the pretraining objective on the backbone
+    predict_step: Callable | None = None  # fine-tuning: (params, batch) -> (summable stats, the outputs)
 
     @property
     def mesh(self) -> jax.sharding.Mesh:

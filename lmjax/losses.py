@@ -148,6 +148,14 @@ def classification(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> 
     return loss_sum, stats | {"confusion": true_NK.T @ pred_NK}
 
 
+def regression(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tuple[jax.Array, Stats]:
+    """Squared error of scores_B against the labels_B (numbers): the summary's loss is the MSE."""
+    del label_smoothing
+    w_B = batch["weights"]
+    loss_sum = jnp.sum(w_B * jnp.square(outputs["scores"] - batch["labels"]))
+    return loss_sum, {"loss_sum": loss_sum, "weight": jnp.sum(w_B)}
+
+
 def best_span(start_BL: jax.Array, end_BL: jax.Array, max_answer: int = 30) -> tuple[jax.Array, jax.Array]:
     """The (start, end) maximising start + end logits with start <= end < start + max_answer."""
     L = start_BL.shape[-1]
@@ -201,6 +209,7 @@ def text_to_text(outputs: dict, batch: dict, label_smoothing: float = 0.0) -> tu
 
 TASK_LOSSES = {
     "classification": classification,
+    "regression": regression,
     "token_classification": classification,
     "span_qa": span_qa,
     "text_to_text": text_to_text,

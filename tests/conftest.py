@@ -148,6 +148,17 @@ def gcs_emulator(tmp_path_factory):
         log.close()
 
 
+@pytest.fixture
+def bucket(gcs_emulator, monkeypatch):
+    """The emulator's bucket, with this process and the ones it starts pointed at the emulator."""
+    url, bucket_url = gcs_emulator
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+    from lmjax import storage
+
+    storage.use_emulator()
+    return bucket_url
+
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

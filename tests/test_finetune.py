@@ -229,7 +229,7 @@ def test_bad_input_fails_with_one_line(bert_workdir, tmp_path, cache_dir):
     with pytest.raises(ValueError, match="task.pack=True and task.trim_multiple=16 both cut padding"):
         train.check_config(c)
     c.task.trim_multiple = 0
-    with pytest.raises(ValueError, match="task.pack=True packs classification texts .* not text_to_text"):
+    with pytest.raises(ValueError, match="task.pack=True packs classification and .* not text_to_text"):
         finetune.setup(c, 2, "text_to_text")
     c.task.pack = False
     c.finetune.init = str(tmp_path / "nowhere")

@@ -65,6 +65,16 @@ def test_macro_f1_matches_a_hand_count():
     np.testing.assert_allclose(out["accuracy"], 4 / 6, rtol=1e-6)
 
 
+def test_regression_loss_is_the_weighted_squared_error():
+    import jax.numpy as jnp
+
+    outputs = {"scores": jnp.asarray([1.0, 2.0, 5.0])}
+    batch = {"labels": jnp.asarray([0.5, 2.0, -3.0]), "weights": jnp.asarray([1.0, 1.0, 0.0])}
+    loss_sum, stats = losses.regression(outputs, batch)
+    np.testing.assert_allclose(loss_sum, 0.25)
+    np.testing.assert_allclose(losses.summarize(stats)["loss"], 0.125)
+
+
 def test_span_qa_exact_match_and_f1():
     import jax.numpy as jnp
 

@@ -10,10 +10,9 @@ import sys
 import time
 
 import numpy as np
-import pytest
 from etils import epath
 
-from lmjax import main, metrics, storage
+from lmjax import main, metrics
 
 CONFIG = "experiments/configs/shakespeare_char.py:tiny"
 
@@ -37,15 +36,6 @@ def command(tiny_config, workdir, *extra) -> list[str]:
         *(f"--config.{k}={v}" for k, v in values.items()),
         *extra,
     ]
-
-
-@pytest.fixture
-def bucket(gcs_emulator, monkeypatch):
-    """The emulator's bucket, with this process and the ones it starts pointed at the emulator."""
-    url, bucket_url = gcs_emulator
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
-    storage.use_emulator()
-    return bucket_url
 
 
 def losses(workdir) -> dict[int, float]:

@@ -3,6 +3,7 @@
 Every example holds inputs int32[L], input_mask int32[L] (1 on real tokens; inputs are right-padded) and:
   classification        labels int32[], weights float32[] (encoders: [CLS] a [SEP] (b [SEP]) with segments;
                         decoders: a [EOS], read at the last token)
+  regression            labels float32[] (the score), weights float32[]; texts framed as classification's
   token_classification  labels int32[L], weights float32[L] (each word's label on its first piece)
   span_qa               start, end int32[] (0, 0: the answer is cut off), answer_mask int32[L],
                         weights float32[]
@@ -79,6 +80,8 @@ class Encode(grain.transforms.Map):
         if spec.head == "span_qa":
             return self._span(ex)
         out = self._pad(*self._frame([self.tok.encode(_text(ex[k])) for k in spec.text_keys]))
+        if spec.head == "regression":
+            return out | {"labels": np.float32(ex[spec.label_key]), "weights": np.float32(1.0)}
         label = int(ex[spec.label_key])
         if self.head == "text_to_text":
             target = self.label_ids[label]
@@ -90,22 +93,28 @@ class Encode(grain.transforms.Map):
             }
         return out | {"labels": np.int32(label), "weights": np.float32(1.0)}
 
+    def words(self, words: list) -> tuple[np.ndarray, np.ndarray, list[int | None]]:
+        """Token ids and segments of the words' pieces, and where each word's first piece sits (None: the
+        word has no piece, or was cut off at seq_len)."""
+        pieces = [self.tok.encode(_text(w)).astype(np.int32) for w in words]
+        ids, segs = self._frame([np.concatenate(pieces) if pieces else np.zeros(0, np.int32)])
+        first = 1 if self.bert_style else 0  # after [CLS]
+        starts = first + np.cumsum([0] + [len(p) for p in pieces])[:-1]
+        end = len(ids) - 1  # [SEP] or EOS
+        at = [int(s) if len(p) and s < end else None for s, p in zip(starts, pieces, strict=True)]
+        return ids, segs, at
+
     def _tokens(self, ex: dict) -> dict:
-        pieces, labels = [], []
         words, tags = ex[self.task.spec.text_keys[0]], ex[self.task.spec.label_key]
-        for word, tag in zip(words, tags, strict=False):  # equal lengths; TFDS's mock data draws them apart
-            ids = self.tok.encode(_text(word))
-            pieces.append(ids)
-            labels.append(np.r_[tag, np.full(max(len(ids) - 1, 0), -1)][: len(ids)])
-        ids, segs = self._frame(
-            [np.concatenate(pieces).astype(np.int32)] if pieces else [np.zeros(0, np.int32)]
-        )
-        tags = np.concatenate(labels) if labels else np.zeros(0)
-        tags = (np.r_[-1, tags, -1] if self.bert_style else np.r_[tags, -1])[: len(ids)]
-        tags = np.pad(tags, (0, self.L - len(tags)), constant_values=-1)
+        n = min(len(words), len(tags))  # equal lengths; TFDS's mock data draws them apart
+        ids, segs, at = self.words(list(words[:n]))
+        labels = np.full(self.L, -1)
+        for position, tag in zip(at, tags[:n], strict=True):
+            if position is not None:
+                labels[position] = tag
         return self._pad(ids, segs) | {
-            "labels": np.maximum(tags, 0).astype(np.int32),
-            "weights": (tags >= 0).astype(np.float32),
+            "labels": np.maximum(labels, 0).astype(np.int32),
+            "weights": (labels >= 0).astype(np.float32),
         }
 
     def _span(self, ex: dict) -> dict:

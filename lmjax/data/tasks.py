@@ -29,7 +29,7 @@ RT_LABELS = ("rotten", "fresh")
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    head: str  # classification | token_classification | span_qa
+    head: str  # classification | regression | token_classification | span_qa
     text_keys: tuple[str, ...]  # one text, a text pair, or (question, context) for span_qa
     label_key: str
     splits: tuple[str, str, str]  # train, validation, test
@@ -67,7 +67,9 @@ class Task:
     name: str
     spec: TaskSpec
     sources: dict  # split name (train | validation | test) -> random-access source of examples
-    label_names: tuple[str, ...]  # () for span_qa
+    label_names: tuple[str, ...]  # () for span_qa and regression
+    kind: str = ""  # a task from the user's files (task_files.KINDS); '' for the datasets above
+    values: tuple = ()  # the files' labels (or tags) as given, by class id
 
     @property
     def num_labels(self) -> int:

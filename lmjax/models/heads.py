@@ -8,6 +8,7 @@ layers under `mix`; freeze 'backbone/' to use ELMo as frozen features):
   classification        pooled h_BD -> logits_BK
                         (pooling: cls = first token, mean over real tokens, last real token; a packed
                         batch, task_pipeline.PackTexts, pools each text within its row: logits_TK)
+  regression            pooled h_BD -> scores_B (pooled as classification)
   token_classification  h_BLD -> logits_BLK
   span_qa               h_BLD -> start/end logits_BL, restricted to batch['answer_mask']
                         (context tokens + position 0)
@@ -27,7 +28,8 @@ from lmjax.models.elmo import ELMo, ScalarMix
 from lmjax.models.encoder_decoder import EncoderDecoderLM
 from lmjax.models.rnn import RecurrentLM
 
-HEADS = ("classification", "token_classification", "span_qa", "text_to_text")
+HEADS = ("classification", "regression", "token_classification", "span_qa", "text_to_text")
+POOLED = ("classification", "regression")  # heads on one vector a text
 POOLINGS = ("cls", "mean", "last")
 
 
@@ -72,7 +74,7 @@ class TaskModel(nnx.Module):
             )
         if isinstance(backbone, ELMo) and head not in ("classification", "token_classification"):
             raise InputError(f"ELMo features feed classification or token_classification heads, not {head}")
-        if isinstance(backbone, (DecoderLM, RecurrentLM)) and head == "classification" and pooling != "last":
+        if isinstance(backbone, (DecoderLM, RecurrentLM)) and head in POOLED and pooling != "last":
             raise InputError(
                 f"a causal decoder sees the whole input only at its last token; set task.pooling='last' "
                 f"(not {pooling!r})"
@@ -83,7 +85,8 @@ class TaskModel(nnx.Module):
             ScalarMix(len(backbone.forward_layers) + 1, rngs=rngs) if isinstance(backbone, ELMo) else None
         )
         d = backbone.feature_dim if isinstance(backbone, ELMo) else backbone.embed_VD.shape[1]
-        outputs = {"classification": num_labels, "token_classification": num_labels, "span_qa": 2}.get(head)
+        outputs = dict(classification=num_labels, regression=1, token_classification=num_labels, span_qa=2)
+        outputs = outputs.get(head)
         self.head = layers.Dense(d, outputs, ("embed", None), use_bias=True, rngs=rngs) if outputs else None
 
     def __call__(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
@@ -93,9 +96,11 @@ class TaskModel(nnx.Module):
             h_BLD = self.mix(self.backbone.features(batch["chars"], deterministic=deterministic, rngs=rngs))
         else:
             h_BLD = self.backbone.hidden_states(batch, deterministic=deterministic, rngs=rngs)
-        if self.kind == "classification":
+        if self.kind in POOLED:
             h_BLD = pool(*per_text(h_BLD, batch), self.pooling)
         y = self.head(self.dropout(h_BLD, deterministic=deterministic, rngs=rngs)).astype(jnp.float32)
+        if self.kind == "regression":
+            return {"scores": y[..., 0]}
         if self.kind != "span_qa":
             return {"logits": y}
         blocked_BL = jnp.where(batch["answer_mask"] > 0, 0.0, -1e9)

@@ -49,6 +49,8 @@ def test_heads_fit_their_families():
     model = build(shakespeare_char.get_config("tiny"), "token_classification", pooling="last")
     out = model({"inputs": jnp.ones((2, 8), jnp.int32), "input_mask": jnp.ones((2, 8), jnp.int32)})
     assert out["logits"].shape == (2, 8, 3)
+    with pytest.raises(ValueError, match="task.pooling='last'"):
+        build(shakespeare_char.get_config("tiny"), "regression", pooling="mean")
 
 
 @pytest.mark.parametrize(
@@ -73,3 +75,8 @@ def test_packed_texts_score_as_padded_rows(family, pooling):
     logits = [model(jax.tree.map(jnp.asarray, b))["logits"] for b in (padded, packed)]
     assert logits[1].shape == (6, 3)
     np.testing.assert_allclose(logits[1], logits[0], atol=1e-5)
+    # a regression head pools the same way: one score a text
+    model.kind, model.head = "regression", build(cfg, "regression", pooling=pooling, dropout=0.0).head
+    scores = [model(jax.tree.map(jnp.asarray, b))["scores"] for b in (padded, packed)]
+    assert scores[1].shape == (6,)
+    np.testing.assert_allclose(scores[1], scores[0], atol=1e-5)

@@ -1,0 +1,41 @@
+"""Fine-tune on your own files: experiments/configs/finetune_files.py:KIND, KIND one of classification,
+regression or tokens (lmjax/data/task_files.py has the columns), from the pretrained all-MiniLM-L6-v2.
+
+  python -m lmjax.main --config=experiments/configs/finetune_files.py:classification --workdir=workdirs/mine \
+      --config.task.train_file=train.jsonl --config.task.validation_file=dev.jsonl \
+      --config.task.test_file=test.jsonl --config.task.columns.label=sentiment
+
+Files are JSONL (CSV or TSV too for classification and regression), local paths or gs:// URLs; validation and
+test are optional. Each evaluated split writes predictions/<split>.jsonl in the file's own terms, and its
+metrics (scikit-learn, scipy, seqeval: lmjax/task_metrics.py) go to metrics.jsonl and results.json as
+validation/<metric> and test/<metric>. finetune.init starts elsewhere: an lmjax workdir, a Hugging Face
+directory or a GGUF file; the usual overrides work (finetune.pretrain_lambda with a backbone that has its
+pretraining head, finetune.l2sp, optim.lora_rank, task.pack for classification and regression).
+
+Defaults: texts of at most 128 tokens, batches of 16, 1,000 steps (set train.num_steps for your data's size:
+steps = epochs x rows / 16), a backbone learning rate of 5e-5 and 1e-3 for the new head, evaluated every 200.
+"""
+
+from lmjax import config as base_config
+from lmjax.data import task_files
+from lmjax.errors import InputError
+
+
+def get_config(arg: str | None = None):
+    if arg not in task_files.KINDS:
+        raise InputError(f"finetune_files.py takes a kind, one of {sorted(task_files.KINDS)}, not {arg!r}")
+    config = base_config.base()
+    config.mode = "finetune"
+    config.model.update(dropout=0.1, attention_dropout=0.0)
+    config.task.update(kind=arg, pooling="mean", seq_len=128, batch_size=16, head_dropout=0.1)
+    config.finetune.update(init="all-MiniLM-L6-v2")
+    config.optim.update(
+        learning_rate=5e-5,
+        min_learning_rate=0.0,
+        warmup_steps=50,
+        weight_decay=0.01,
+        head_learning_rate=1e-3,
+        b2=0.999,
+    )
+    config.train.update(objective="mlm", num_steps=1000, eval_every=200, checkpoint_every=500, log_every=50)
+    return config

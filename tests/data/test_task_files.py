@@ -1,0 +1,126 @@
+"""Tasks from the user's files (lmjax/data/task_files.py): the columns each kind reads, the label sets, and a
+one-line refusal for each kind of bad file, which leaves the workdir as it was."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments.configs import finetune_files
+from lmjax import finetune, train
+from lmjax.data import task_files, task_pipeline, tokenizers
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def task_config(kind, **files):
+    c = finetune_files.get_config(kind).task
+    c.update(**files)
+    return c
+
+
+def test_classification_from_csv_with_pairs_and_string_labels(tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_text('premise,hypothesis,gold\n"a cat, asleep",a cat,yes\ndogs run,cats sit,no\nx,y,maybe\n')
+    test = tmp_path / "test.csv"
+    test.write_text("premise,hypothesis,gold\nbirds fly,birds,yes\n")
+    c = task_config("classification", train_file=str(train), test_file=str(test))
+    c.columns.update(text="premise", text_pair="hypothesis", label="gold")
+    task = task_files.load(c)
+    assert task.name == "train" and task.kind == "classification" and set(task.sources) == {"train", "test"}
+    assert task.values == ("maybe", "no", "yes") and task.num_labels == 3
+    assert task.spec.text_keys == ("text", "text_pair") and task.spec.head == "classification"
+    first = {"text": "a cat, asleep", "text_pair": "a cat", "label": 2, "reference": "yes"}
+    assert task.sources["train"][0] == first
+    tok = tokenizers.train("char", ["a cat asleep dogs run birds fly"], 0)
+    batches = task_pipeline.eval_batches(task, tok, "test", head="classification", seq_len=32, batch_size=2)
+    batch = next(batches)
+    assert batch["labels"].tolist() == [2, 2] and batch["weights"].tolist() == [1.0, 0.0]
+
+
+def test_integer_labels_keep_their_order_and_type(tmp_path):
+    rows = [{"text": t, "label": y} for t, y in (("a", 10), ("b", 2), ("c", 2))]
+    task = task_files.load(task_config("classification", train_file=write_jsonl(tmp_path / "t.jsonl", rows)))
+    assert task.values == (2, 10) and [e["label"] for e in task.sources["train"]] == [1, 0, 0]
+    assert task.spec.text_keys == ("text",)
+
+
+def test_regression_and_tokens(tmp_path):
+    rows = [{"text": "a", "text_pair": "b", "score": 0.5}, {"text": "c", "text_pair": "d", "score": "3"}]
+    task = task_files.load(task_config("regression", train_file=write_jsonl(tmp_path / "r.jsonl", rows)))
+    assert [e["label"] for e in task.sources["train"]] == [0.5, 3.0] and task.num_labels == 0
+    tok = tokenizers.train("char", ["abcd"], 0)
+    batch = next(task_pipeline.eval_batches(task, tok, "train", head="regression", seq_len=8, batch_size=2))
+    assert batch["labels"].dtype == np.float32 and batch["labels"].tolist() == [0.5, 3.0]
+
+    rows = [{"words": ["Ann", "met", "Bo"], "ner": ["B-PER", "O", "B-PER"]}, {"words": ["hi"], "ner": ["O"]}]
+    c = task_config("tokens", train_file=write_jsonl(tmp_path / "t.jsonl", rows))
+    c.columns.update(tokens="words", tags="ner")
+    task = task_files.load(c)
+    assert task.values == ("B-PER", "O") and task.spec.head == "token_classification"
+    assert task.sources["train"][0]["label"] == [0, 1, 0]
+    tok = tokenizers.train("char", ["Ann met Bo hi"], 0)
+    encode = task_pipeline.Encode(task, tok, 6, "token_classification")
+    example = encode.map(task.sources["train"][0])
+    assert example["weights"].tolist() == [1, 0, 0, 1, 0, 0]  # each word's first piece (plain: no [CLS])
+    assert encode.words(["Ann", "met", "Bo"])[2] == [0, 3, None]  # Bo is cut off (EOS takes the last slot)
+
+
+BAD = {
+    "missing column": (
+        [{"text": "a", "label": "x"}, {"txt": "b", "label": "y"}],
+        None,
+        r"t.jsonl:2: no column 'text' \(task.columns.text\); the row has \['label', 'txt'\]",
+    ),
+    "empty file": ([], None, r"task.train_file=.*t.jsonl' is empty: it holds no rows"),
+    "unseen label": (
+        [{"text": "a", "label": "x"}],
+        [{"text": "b", "label": "x"}, {"text": "c", "label": "z"}],
+        r"v.jsonl:2: the label 'z' never occurs in the train file, whose labels are \['x'\]",
+    ),
+    "bad json": ('{"text": "a", "label": "x"}\n{"text": "b", label: 1}\n', None, "t.jsonl:2: not valid JSON"),
+    "bad score": ([{"text": "a", "score": "high"}], None, "t.jsonl:1: the score 'high' is not a finite"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_files_end_in_one_line_naming_the_file(case, tmp_path):
+    train, validation, pattern = BAD[case]
+    path = tmp_path / "t.jsonl"
+    path.write_text(train) if isinstance(train, str) else write_jsonl(path, train)
+    files = dict(train_file=str(path))
+    if validation:
+        files["validation_file"] = write_jsonl(tmp_path / "v.jsonl", validation)
+    with pytest.raises(ValueError, match=pattern) as error:
+        task_files.load(task_config("regression" if case == "bad score" else "classification", **files))
+    assert "\n" not in str(error.value)
+
+
+def test_bad_settings_end_in_one_line(tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_text("tokens,tags\na,O\n")
+    with pytest.raises(ValueError, match="t.csv: a CSV file cannot hold this kind's lists; give a JSONL"):
+        task_files.load(task_config("tokens", train_file=str(csv)))
+    c = task_config("classification", train_file=str(csv))
+    c.kind = "spans"
+    with pytest.raises(ValueError, match=r"task.kind='spans' is unknown; use one of \['classification'"):
+        task_files.load(c)
+    with pytest.raises(ValueError, match="task.train_file='.*nowhere.jsonl' does not exist"):
+        task_files.load(task_config("classification", train_file=str(tmp_path / "nowhere.jsonl")))
+    c = finetune_files.get_config("classification")
+    with pytest.raises(ValueError, match="task.kind='classification' needs its data: set task.train_file"):
+        train.check_config(c)
+    c.task.update(kind="", train_file=str(csv))
+    with pytest.raises(ValueError, match="task.train_file needs task.kind: classification, regression or"):
+        train.check_config(c)
+    with pytest.raises(ValueError, match="finetune_files.py takes a kind, one of"):
+        finetune_files.get_config("seq2seqq")
+    # a kind the model cannot do: an encoder-decoder writes label names of the named tasks only
+    c = finetune_files.get_config("classification")
+    c.task.train_file = write_jsonl(tmp_path / "c.jsonl", [{"text": "a", "label": 1}])
+    c.model.family = "encoder_decoder"
+    with pytest.raises(ValueError, match="model.family='encoder_decoder' fine-tunes .* not task.kind="):
+        finetune.task_and_head(c)
