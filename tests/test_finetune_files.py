@@ -98,3 +98,17 @@ def test_each_kind_fine_tunes_from_files_and_its_metrics_are_the_libraries(
     logged = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     first = "validation/" + next(iter(recompute(kind, lines)))
     assert [r["step"] for r in logged if first in r] == [2, 4]
+
+    if kind == "classification":  # bad input in the same workdir: one line, and the run's files stay
+
+        def files_of_the_run():
+            paths = [*workdir.iterdir(), *(workdir / "predictions").iterdir()]
+            return {p.name: p.read_bytes() for p in paths if p.is_file()}
+
+        before = files_of_the_run()
+        assert {"results.json", "metrics.jsonl", "validation.jsonl", "test.jsonl"} <= set(before)
+        bad = {"text": "a b", "text_pair": "a", "label": "unheard-of"}
+        (directory / "validation.jsonl").write_text(json.dumps(bad) + "\n")
+        with pytest.raises(ValueError, match="validation.jsonl:1: the label 'unheard-of' never occurs"):
+            finetune.run(config(kind, bert_workdir, cache_dir, files), workdir)
+        assert files_of_the_run() == before
