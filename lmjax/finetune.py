@@ -409,16 +409,17 @@ def predict_task(
 ) -> dict:
     """The loss and the library metrics of every prediction of a task from files, in the split's order."""
     batching = task_batching(engine, tok, head)
-    source, local = task.sources[split], batching["batch_size"]
-    per_shard = -(-len(source) // (local * jax.process_count())) * local  # as eval_batches shards the split
+    source = task.sources[split]
+    rows = task_pipeline.eval_rows(len(source), batching["batch_size"], batching["shard_count"])
     encode = task_pipeline.Encode(task, tok, batching["seq_len"], head)
     totals, predictions = None, {}
-    for b, batch in enumerate(task_pipeline.eval_batches(task, tok, split, **batching)):
+    for batch, global_rows in zip(
+        task_pipeline.eval_batches(task, tok, split, **batching), rows, strict=True
+    ):
         stats, outputs = engine.predict_step(params, sharding.global_batch(batch, engine.layout))
         totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
         outputs = jax.device_get(outputs)
-        for row in range(local * jax.process_count()):  # the global batch: each process's rows in turn
-            i = (row // local) * per_shard + b * local + row % local
+        for row, i in enumerate(map(int, global_rows)):
             if i < len(source):
                 row_outputs = {k: v[row] for k, v in outputs.items()}
                 predictions[i] = task_metrics.predict(task, encode, source[i], row_outputs)

@@ -251,6 +251,14 @@ def train_dataset(
     return batches.to_iter_dataset()
 
 
+def eval_rows(n: int, batch_size: int, shard_count: int) -> list[np.ndarray]:
+    """Which example each row of each global evaluation batch holds (eval_batches' order): every shard takes
+    a contiguous run of the split, a batch its shards' rows in turn; a row >= n is a padding copy."""
+    per_shard = -(-n // (batch_size * shard_count)) * batch_size
+    shards = np.arange(shard_count)[:, None] * per_shard
+    return [(shards + start + np.arange(batch_size)).ravel() for start in range(0, per_shard, batch_size)]
+
+
 def eval_batches(
     task: Task,
     tokenizer: Tokenizer,
@@ -270,11 +278,10 @@ def eval_batches(
     once; cut or packed as train_dataset's."""
     source = grain.MapDataset.source(task.sources[split])
     n = len(source)
-    per_shard = -(-n // (batch_size * shard_count)) * batch_size
     encode = Encode(task, tokenizer, seq_len, head)
     transforms = batch_transforms(tokenizer, seq_len, head, trim_multiple, pack, row_multiple)
-    for start in range(0, per_shard, batch_size):
-        rows = [shard_index * per_shard + start + j for j in range(batch_size)]
+    for global_rows in eval_rows(n, batch_size, shard_count):
+        rows = global_rows[shard_index * batch_size : (shard_index + 1) * batch_size]
         examples = [encode.map(source[min(r, n - 1)]) for r in rows]
         batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
         real = np.asarray([r < n for r in rows], np.float32)

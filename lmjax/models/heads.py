@@ -85,8 +85,9 @@ class TaskModel(nnx.Module):
             ScalarMix(len(backbone.forward_layers) + 1, rngs=rngs) if isinstance(backbone, ELMo) else None
         )
         d = backbone.feature_dim if isinstance(backbone, ELMo) else backbone.embed_VD.shape[1]
-        outputs = dict(classification=num_labels, regression=1, token_classification=num_labels, span_qa=2)
-        outputs = outputs.get(head)
+        outputs = dict(
+            classification=num_labels, regression=1, token_classification=num_labels, span_qa=2
+        ).get(head)
         self.head = layers.Dense(d, outputs, ("embed", None), use_bias=True, rngs=rngs) if outputs else None
 
     def __call__(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
