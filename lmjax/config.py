@@ -189,13 +189,15 @@ def base() -> ConfigDict:
             # train_file: the run's own name for its task ('': the train file's name)
             name="",
             # a task from the user's files (lmjax/data/task_files.py): kind is classification | regression |
-            # tokens; JSONL (CSV too for classification and regression), local paths or gs:// URLs
+            # tokens | span_qa | seq2seq | chat; JSONL (CSV too for classification, regression and seq2seq),
+            # local paths or gs:// URLs
             kind="",
             train_file="",
             validation_file="",  # '': no validation split
             test_file="",  # '': no test split
             # the files' column names: classification text (+ text_pair when the file has it), label;
-            # regression text, text_pair, score; tokens tokens, tags
+            # regression text, text_pair, score; tokens tokens, tags; span_qa question, context, answers;
+            # seq2seq source, target; chat messages
             columns=ConfigDict(
                 dict(
                     text="text",
@@ -204,8 +206,26 @@ def base() -> ConfigDict:
                     score="score",
                     tokens="tokens",
                     tags="tags",
+                    question="question",
+                    context="context",
+                    answers="answers",
+                    source="source",
+                    target="target",
+                    messages="messages",
                 )
             ),
+            # span_qa: contexts longer than a window are read in windows whose starts lie doc_stride tokens
+            # apart (as BERT's run_squad.py; 0: half a window)
+            doc_stride=0,
+            # seq2seq on a decoder: the prompt, '{source}' standing for the source text; a chat model's user
+            # turn ('': the source alone), else the text before the target ('': '{source}\n')
+            prompt="",
+            target_len=64,  # seq2seq on an encoder-decoder: target tokens (with EOS) a row
+            # seq2seq and chat are evaluated by generation: greedy (num_beams=1) or beam search, at most
+            # max_new_tokens tokens a row
+            num_beams=1,
+            max_new_tokens=64,
+            generate_batch_size=0,  # rows generated at once (0: task.batch_size)
             tfds_data_dir="",
             num_labels=0,  # 0: the dataset's label count (else it must match)
             pooling="cls",  # classification: cls | mean | last (decoders: last)
@@ -376,7 +396,9 @@ def validate_finetune(config: ConfigDict) -> None:
     if config.task.kind and not config.task.train_file:
         raise InputError(f"task.kind={config.task.kind!r} needs its data: set task.train_file (JSONL or CSV)")
     if config.task.train_file and not config.task.kind:
-        raise InputError("task.train_file needs task.kind: classification, regression or tokens")
+        raise InputError(
+            "task.train_file needs task.kind: classification, regression, tokens, span_qa, seq2seq or chat"
+        )
     if not config.task.name and not config.task.train_file:
         raise InputError(
             "mode=finetune needs task.name (e.g. rotten_tomatoes) or task.train_file with task.kind "

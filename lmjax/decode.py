@@ -45,14 +45,14 @@ def sample_logits(
 
 
 def pad(
-    prompts: Sequence[Sequence[int]] | np.ndarray, pad_id: int = 0, *, left: bool = True
+    prompts: Sequence[Sequence[int]] | np.ndarray, pad_id: int = 0, *, left: bool = True, length: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sequences of different lengths -> (tokens_BP, mask_BP). Left padding right-aligns prompts, so every
-    row's next slot is P; encoder inputs are right-padded."""
+    """Sequences of different lengths -> (tokens_BP, mask_BP), P the longest's length or `length` if more.
+    Left padding right-aligns prompts, so every row's next slot is P; encoder inputs are right-padded."""
     prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
     if not prompts or min(p.size for p in prompts) < 1:
         raise InputError("a prompt is empty; give at least one token (e.g. a newline)")
-    P = max(p.size for p in prompts)
+    P = max(max(p.size for p in prompts), length)
     tokens = np.full((len(prompts), P), pad_id, np.int32)
     mask = np.zeros((len(prompts), P), bool)
     for i, p in enumerate(prompts):
@@ -101,12 +101,13 @@ def _step(model, tokens_B, state, index, enc_mask_BS):
     return logits_B1V[:, 0], {"caches": caches, "key_mask": key_mask_BS, "next_pos": state["next_pos"] + 1}
 
 
-def _prefix(model, prompts, inputs, start_id: int, pad_id: int, num_tokens: int):
-    """(prefix_BP, prefix_mask_BP, enc_inputs_BS, enc_mask_BS) as arrays, after checking lengths."""
+def _prefix(model, prompts, inputs, start_id: int, pad_id: int, num_tokens: int, length: int = 0):
+    """(prefix_BP, prefix_mask_BP, enc_inputs_BS, enc_mask_BS) as arrays, after checking lengths; prompts (or
+    inputs) padded to `length` at least."""
     if isinstance(model, EncoderDecoderLM):
         if inputs is None:
             raise InputError("an encoder-decoder model decodes from `inputs`; pass the source token ids")
-        enc, enc_mask = pad(inputs, pad_id, left=False)
+        enc, enc_mask = pad(inputs, pad_id, left=False, length=length)
         if enc.shape[1] > model.max_len:
             raise InputError(
                 f"input length {enc.shape[1]} is longer than the model's positions "
@@ -115,7 +116,7 @@ def _prefix(model, prompts, inputs, start_id: int, pad_id: int, num_tokens: int)
         prefix = np.full((enc.shape[0], 1), start_id, np.int32)
         mask = np.ones_like(prefix, bool)
     else:
-        prefix, mask = pad(prompts, pad_id)
+        prefix, mask = pad(prompts, pad_id, length=length)
         enc = enc_mask = None
     if prefix.shape[1] + num_tokens > model.max_len:
         raise InputError(
@@ -183,18 +184,20 @@ def generate(
     pad_id: int = 0,
     inputs=None,
     start_id: int = 0,
+    pad_to: int = 0,
 ) -> np.ndarray:
     """Sampled (or, at temperature 0, greedy) continuations: int32[B, num_tokens], pad_id after a row's EOS.
 
     Decoder-only models continue `prompts` (a list of token sequences of any lengths, or an int array
-    [B, P]); encoder-decoder models decode from `inputs` (same forms), starting from `start_id`.
+    [B, P]); encoder-decoder models decode from `inputs` (same forms), starting from `start_id`. Prompts
+    (or inputs) are padded to `pad_to` tokens at least: calls of one length compile once.
     """
     if temperature < 0:
         raise InputError(f"temperature={temperature} is negative; use 0 (greedy) or a positive value")
     if not 0.0 < top_p <= 1.0:
         raise InputError(f"top_p={top_p} is outside (0, 1]; use 1.0 to turn nucleus sampling off")
     prefix, mask, enc, enc_mask = _prefix(
-        nnx.merge(graphdef, params), prompts, inputs, start_id, pad_id, num_tokens
+        nnx.merge(graphdef, params), prompts, inputs, start_id, pad_id, num_tokens, pad_to
     )
     out = _sample(
         graphdef,
@@ -299,6 +302,7 @@ def beam_search(
     pad_id: int = 0,
     inputs=None,
     start_id: int = 0,
+    pad_to: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The best of `num_beams` beams per row: (int32[B, num_tokens] with pad_id after EOS, score[B]).
 
@@ -308,7 +312,7 @@ def beam_search(
     if num_beams < 1:
         raise InputError(f"num_beams={num_beams}; use 1 or more")
     prefix, mask, enc, enc_mask = _prefix(
-        nnx.merge(graphdef, params), prompts, inputs, start_id, pad_id, num_tokens
+        nnx.merge(graphdef, params), prompts, inputs, start_id, pad_id, num_tokens, pad_to
     )
     seqs, scores = _beam_search(
         graphdef,

@@ -35,11 +35,12 @@ from lmjax import (
     parallel,
     sharding,
     storage,
+    task_generate,
     task_metrics,
     train,
 )
 from lmjax import config as config_lib
-from lmjax.data import corpora, pipeline, task_files, task_pipeline, tasks, tokenizers
+from lmjax.data import corpora, pipeline, qa_windows, task_files, task_pipeline, tasks, tokenizers
 from lmjax.errors import InputError, MissingInput
 from lmjax.interop import gguf, hf
 from lmjax.models import heads
@@ -117,12 +118,23 @@ def pretrained(init: str) -> Pretrained:
 
 def task_and_head(config: ConfigDict) -> tuple[tasks.Task, str]:
     """The run's task dataset (a named one, or task.kind from task.train_file...) and the head it fine-tunes
-    with (encoder-decoders: text to text)."""
+    with (encoder-decoders: text to text; the generation kinds: the model's own LM head)."""
     if config.task.train_file:
         task = task_files.load(config.task)
     else:
         task = tasks.load(ConfigDict(config.task.to_dict() | {"cache_dir": config.data.cache_dir}))
-    if config.model.family != "encoder_decoder":
+    family = config.model.family
+    if task.spec.head == "generation":
+        can = {"decoder": "language_model"} | (
+            {"encoder_decoder": "text_to_text"} if task.kind == "seq2seq" else {}
+        )
+        if family not in can:
+            raise InputError(
+                f"task.kind={task.kind!r} generates text, which a model.family={family!r} model cannot; "
+                f"start from a {' or '.join(can)} model (finetune.init, e.g. {SMOLLM2})"
+            )
+        return task, can[family]
+    if family != "encoder_decoder":
         return task, task.spec.head
     if task.spec.head != "classification" or task.kind:
         raise InputError(
@@ -364,6 +376,8 @@ def task_batching(engine: loop.Engine, tok: tokenizers.Tokenizer, head: str) -> 
                 f"task.{key}={value} runs in one process only (each process would shape its batches on "
                 f"its own); set task.{key}={type(value)()}"
             )
+    if head in heads.GENERATES and config.task.kind and jax.process_count() > 1:
+        raise InputError(f"task.kind={config.task.kind!r} is evaluated by generation, in one process only")
     return dict(
         head=head,
         seq_len=config.task.seq_len,
@@ -374,6 +388,8 @@ def task_batching(engine: loop.Engine, tok: tokenizers.Tokenizer, head: str) -> 
         trim_multiple=config.task.trim_multiple,
         pack=config.task.pack,
         row_multiple=engine.layout.batch_shards,
+        target_len=config.task.target_len,
+        prompt=config.task.prompt,
     )
 
 
@@ -407,7 +423,8 @@ def predict_task(
     split: str,
     workdir: epath.Path | None,
 ) -> dict:
-    """The loss and the library metrics of every prediction of a task from files, in the split's order."""
+    """The loss and the library metrics of every prediction of a task from files, in the split's order (the
+    generation kinds: the loss teacher-forced, the predictions generated)."""
     batching = task_batching(engine, tok, head)
     source = task.sources[split]
     rows = task_pipeline.eval_rows(len(source), batching["batch_size"], batching["shard_count"])
@@ -416,15 +433,21 @@ def predict_task(
     for batch, global_rows in zip(
         task_pipeline.eval_batches(task, tok, split, **batching), rows, strict=True
     ):
-        stats, outputs = engine.predict_step(params, sharding.global_batch(batch, engine.layout))
+        batch = sharding.global_batch(batch, engine.layout)
+        if head in heads.GENERATES:  # the outputs are logits over the vocabulary: left on the device
+            stats = engine.eval_step(params, batch)
+        else:
+            stats, outputs = jax.device_get(engine.predict_step(params, batch))
+            for row, i in enumerate(map(int, global_rows)):
+                if i < len(source):
+                    row_outputs = {k: v[row] for k, v in outputs.items()}
+                    predictions[i] = task_metrics.predict(task, encode, source[i], row_outputs)
         totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
-        outputs = jax.device_get(outputs)
-        for row, i in enumerate(map(int, global_rows)):
-            if i < len(source):
-                row_outputs = {k: v[row] for k, v in outputs.items()}
-                predictions[i] = task_metrics.predict(task, encode, source[i], row_outputs)
-    predicted = [predictions[i] for i in range(len(source))]
-    references = [example["reference"] for example in source]
+    if head in heads.GENERATES:
+        predicted = task_generate.generate(engine.config, params, task, tok, split)
+    else:
+        predicted = [predictions[i] for i in range(len(source))]
+    predicted, references = qa_windows.by_row(source, predicted)
     if workdir is not None and jax.process_index() == 0:
         task_metrics.write(workdir, split, predicted, references)
     result = {"loss": float(losses.summarize(totals)["loss"])}
@@ -515,6 +538,7 @@ def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     config, tok, pre, corpus = resolve(config, workdir)
     task, head = task_and_head(config)
+    task = task_files.for_tokenizer(task, tok, config.task)
     engine = setup(config, task.num_labels, head)
     task_iter, pretrain_iter = streams(engine, task, head, tok, corpus)
     with loop.Run(config, workdir) as run:

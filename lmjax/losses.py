@@ -213,6 +213,7 @@ TASK_LOSSES = {
     "token_classification": classification,
     "span_qa": span_qa,
     "text_to_text": text_to_text,
+    "language_model": text_to_text,  # next-token targets, weights on the answer's tokens
 }
 
 

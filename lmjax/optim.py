@@ -127,17 +127,18 @@ def make(
         else 0
     )
 
-    def adamw(scale: float) -> optax.GradientTransformation:
+    def adamw(scale: float, rate: optax.Schedule = base) -> optax.GradientTransformation:
+        """The optimizer at `scale` times the rate schedule."""
         if optim_config.name == "sgd":  # word2vec's update; weight decay does not apply
-            return optax.sgd(lambda step: scale * base(step))
+            return optax.sgd(lambda step: scale * rate(step))
         if optim_config.name == "adagrad":  # GloVe's
             return optax.adagrad(
-                lambda step: scale * base(step),
+                lambda step: scale * rate(step),
                 initial_accumulator_value=optim_config.initial_accumulator,
                 eps=optim_config.eps,
             )
         return optax.adamw(
-            lambda step: scale * base(step),
+            lambda step: scale * rate(step),
             b1=optim_config.b1,
             b2=optim_config.b2,
             eps=optim_config.eps,
@@ -152,12 +153,13 @@ def make(
     groups = {
         f"depth{d}": adamw(optim_config.layer_decay ** (num_layers + 1 - d)) for d in range(num_layers + 2)
     }
-    groups |= {
-        "head": adamw(
-            (optim_config.head_learning_rate or optim_config.learning_rate) / optim_config.learning_rate
-        ),
-        "frozen": optax.set_to_zero(),
-    }
+    # the head's schedule has the backbone's shape at head_learning_rate (the backbone's rate may be 0)
+    lr, head_lr = optim_config.learning_rate, optim_config.head_learning_rate or optim_config.learning_rate
+    head_min = optim_config.min_learning_rate * head_lr / lr if lr else 0.0
+    head_config = ConfigDict(
+        optim_config.to_dict() | {"learning_rate": head_lr, "min_learning_rate": head_min}
+    )
+    groups |= {"head": adamw(1.0, schedule(head_config, num_steps)), "frozen": optax.set_to_zero()}
 
     def labels(p):
         return per_param(p, lambda path: _label(optim_config, num_layers, decoder_offset, path))

@@ -98,6 +98,15 @@ def test_layer_decay_head_rate_and_freezing():
     assert not any("blocks/2/" in m for m in moments) and any("blocks/1/" in m for m in moments)
 
 
+def test_a_backbone_at_rate_zero_leaves_the_head_its_own_rate():
+    c = shakespeare_char.get_config("tiny")
+    c.optim.update(warmup_steps=0, learning_rate=0.0, min_learning_rate=0.0, weight_decay=0.0)
+    c.optim.head_learning_rate = 1e-2
+    sizes, _ = first_update_sizes(c, fine_tune_params(c))
+    assert {v for k, v in sizes.items() if k.startswith("backbone/")} == {0.0}
+    np.testing.assert_allclose([v for k, v in sizes.items() if k.startswith("head/")], 1e-2, rtol=1e-3)
+
+
 def test_linear_schedule_and_plain_sgd_as_word2vec():
     from experiments.configs import word2vec
 

@@ -6,6 +6,12 @@ JSONL for every kind and CSV (or TSV) for the flat ones, local paths or gs:// UR
                                                        strings or integers as the file gives them
   regression      text (+ text_pair), score            regression (MSE on a number)
   tokens          tokens, tags (lists of equal length) token_classification; the tag set is train's tags
+  span_qa         question, context, answers           span_qa: SQuAD's answers {"text": [...],
+                                                       "answer_start": [...]} (train reads the first);
+                                                       long contexts in windows (lmjax/data/qa_windows.py)
+  seq2seq         source, target                       generation: a decoder's own LM head on prompt +
+                                                       target, or an encoder-decoder's (lmjax/data/prompts.py)
+  chat            messages (OpenAI's role and content) generation: a decoder's, on its assistant turns
 
 A text pair is read when the train file's first row has the text_pair column; every row then needs it.
 Each example of Task.sources keeps its row's answer as the file gives it under `reference` (the label, the
@@ -22,6 +28,7 @@ import json
 import math
 
 from lmjax import storage
+from lmjax.data import prompts, qa_windows
 from lmjax.data.tasks import Task, TaskSpec
 from lmjax.errors import InputError, MissingInput
 
@@ -34,13 +41,21 @@ class Kind:
     columns: tuple[str, ...]  # the task.columns keys every row needs
     pair: bool  # a text_pair column is read when train has it
     flat: bool  # one value a column: CSV works
+    text_keys: tuple[str, ...] = ("text",)  # the example's inputs (TaskSpec.text_keys)
+    label_key: str = "label"  # the example's answer (TaskSpec.label_key)
 
 
 KINDS = {
     "classification": Kind("classification", ("text", "label"), True, True),
     "regression": Kind("regression", ("text", "score"), True, True),
-    "tokens": Kind("token_classification", ("tokens", "tags"), False, False),
+    "tokens": Kind("token_classification", ("tokens", "tags"), False, False, ("tokens",)),
+    "span_qa": Kind(
+        "span_qa", ("question", "context", "answers"), False, False, ("question", "context"), "answers"
+    ),
+    "seq2seq": Kind("generation", ("source", "target"), False, True, ("source",), "target"),
+    "chat": Kind("generation", ("messages",), False, False, ("messages",), "messages"),
 }
+ROLES = ("system", "user", "assistant")
 
 
 def kind_of(task_config) -> Kind:
@@ -86,7 +101,7 @@ class Reader:
     """One file's rows -> examples: the columns checked, labels and tags mapped to train's sets."""
 
     def __init__(self, task_config, kind: Kind):
-        self.columns, self.kind = task_config.columns, kind
+        self.columns, self.kind, self.name = task_config.columns, kind, task_config.kind
         self.pair = False  # set from train's first row
         self.labels: dict = {}  # label or tag as given -> class id (filled from train)
 
@@ -117,7 +132,52 @@ class Reader:
             self.labels[value] = -1  # numbered once train is read
         return value
 
+    def answers(self, where: str, row: dict, context: str) -> dict:
+        answers, name = self.column(where, row, "answers"), self.columns.answers
+        texts, starts = (
+            answers.get(k) if isinstance(answers, dict) else None for k in ("text", "answer_start")
+        )
+        if not (isinstance(texts, list) and isinstance(starts, list) and len(texts) == len(starts) and texts):
+            raise InputError(
+                f'{where}: column {name!r} must be SQuAD\'s {{"text": [...], "answer_start": [...]}}, lists '
+                "of equal length with at least one answer"
+            )
+        for text, start in zip(texts, starts, strict=True):
+            if not (
+                isinstance(start, int) and isinstance(text, str) and context[start:][: len(text)] == text
+            ):
+                raise InputError(
+                    f"{where}: the answer {text!r} is not at character {start!r} of the context; "
+                    "answer_start counts characters from 0"
+                )
+        return {"text": texts, "answer_start": starts}
+
+    def messages(self, where: str, row: dict) -> list[dict]:
+        messages = self.column(where, row, "messages")
+        ok = isinstance(messages, list) and all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+            for m in messages
+        )
+        if not ok or not any(m["role"] == "assistant" for m in messages):
+            raise InputError(
+                f"{where}: column {self.columns.messages!r} must be a list of {{'role', 'content'}} with "
+                f"roles in {ROLES} and at least one assistant turn"
+            )
+        return [{"role": m["role"], "content": m["content"]} for m in messages]
+
     def example(self, where: str, row: dict, train: bool) -> dict:
+        if self.name == "span_qa":
+            context = self.text(where, row, "context")
+            answers = self.answers(where, row, context)
+            out = {"question": self.text(where, row, "question"), "context": context, "answers": answers}
+            return out | {"reference": answers["text"]}
+        if self.name == "seq2seq":
+            target = self.text(where, row, "target")
+            return {"source": self.text(where, row, "source"), "target": target, "reference": target}
+        if self.name == "chat":
+            messages = self.messages(where, row)
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            return {"messages": messages[: last + 1], "reference": messages[last]["content"]}
         if self.kind.head == "token_classification":
             tokens, tags = (self.column(where, row, k) for k in ("tokens", "tags"))
             if not (isinstance(tokens, list) and isinstance(tags, list) and len(tokens) == len(tags)):
@@ -156,7 +216,7 @@ class Reader:
 
     def number(self, example: dict) -> dict:
         """The example with its label (or tags) as class ids."""
-        if self.kind.head == "regression":
+        if "label" not in example or self.kind.head == "regression":
             return example
         label = example["label"]
         ids = [self.labels[t] for t in label] if isinstance(label, list) else self.labels[label]
@@ -174,8 +234,8 @@ def load(task_config) -> Task:
             sources[role] = [reader.number(e) for e in reader.read(path, role)]
         elif role == "train":
             raise InputError(f"task.kind={task_config.kind!r} needs task.train_file (JSONL or CSV)")
-    text_keys = ("tokens",) if kind.head == "token_classification" else ("text",)
-    spec = TaskSpec(kind.head, text_keys + (("text_pair",) if reader.pair else ()), "label", SPLITS)
+    text_keys = kind.text_keys + (("text_pair",) if reader.pair else ())
+    spec = TaskSpec(kind.head, text_keys, kind.label_key, SPLITS)
     values = tuple(sorted(reader.labels, key=reader.labels.get))
     name = task_config.name or storage.workdir(task_config.train_file).stem
     task = Task(name, spec, sources, tuple(str(v) for v in values), kind=task_config.kind, values=values)
@@ -185,3 +245,12 @@ def load(task_config) -> Task:
             f"labels; set task.num_labels=0 (the file's)"
         )
     return task
+
+
+def for_tokenizer(task: Task, tok, task_config) -> Task:
+    """The task as the model's tokenizer reads it: span_qa rows cut into windows (qa_windows.py); the first
+    row of a generation kind rendered, so that a prompt without '{source}' or a chat kind without a chat
+    template stops here, before the run writes anything."""
+    if task.spec.head == "generation":
+        prompts.pieces(tok, task_config.prompt, task.sources["train"][0])
+    return qa_windows.expand(task, tok, task_config.seq_len, task_config.doc_stride)

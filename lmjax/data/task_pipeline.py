@@ -6,8 +6,12 @@ Every example holds inputs int32[L], input_mask int32[L] (1 on real tokens; inpu
   regression            labels float32[] (the score), weights float32[]; texts framed as classification's
   token_classification  labels int32[L], weights float32[L] (each word's label on its first piece)
   span_qa               start, end int32[] (0, 0: the answer is cut off), answer_mask int32[L],
-                        weights float32[]
-  text_to_text          decoder_inputs, targets int32[T], weights float32[T]: the label's words, then EOS
+                        weights float32[] (one example a window of a row: qa_windows.py)
+  text_to_text          decoder_inputs, targets int32[T], weights float32[T]: the label's words (a task
+                        from files: the target's tokens, at most T), then EOS
+  language_model        targets int32[L] (the next token), weights float32[L]: 1 where the next token is
+                        the answer's (a decoder on prompt + target or a conversation: prompts.py); rows
+                        longer than L are cut
 Evaluation batches cover a split exactly: the last batch is filled with copies whose weights are 0.
 Batches may shed padding: cut to a multiple of some tokens (TrimPadding), or, for classification, their
 texts packed into shared rows (PackTexts: document_ids, positions, text_rows and text_documents added).
@@ -15,12 +19,12 @@ texts packed into shared rows (PackTexts: document_ids, positions, text_rows and
 
 from __future__ import annotations
 
-import re
 from typing import Iterator
 
 import grain
 import numpy as np
 
+from lmjax.data import prompts
 from lmjax.data.pipeline import AddChars
 from lmjax.data.tasks import Task
 from lmjax.data.tokenizers import CLS, SEP, Tokenizer
@@ -31,20 +35,32 @@ def _text(x) -> str:
     return x.decode("utf-8", errors="replace") if isinstance(x, bytes) else str(x)
 
 
+LABEL_TOKENS = 8  # text-to-text targets of the named tasks: a label's name and EOS
+
+
 class Encode(grain.transforms.Map):
-    def __init__(self, task: Task, tokenizer: Tokenizer, seq_len: int, head: str, target_len: int = 8):
+    def __init__(
+        self,
+        task: Task,
+        tokenizer: Tokenizer,
+        seq_len: int,
+        head: str,
+        target_len: int = 64,
+        prompt: str = "",
+    ):
         self.task, self.tok, self.L, self.head, self.T = task, tokenizer, seq_len, head, target_len
-        self.bert_style = head != "text_to_text" and _has(tokenizer, CLS) and _has(tokenizer, SEP)
-        if head == "span_qa" and not self.bert_style:
-            raise InputError("span QA needs a tokenizer with [CLS] and [SEP] (a BERT-style encoder's)")
-        if head == "text_to_text":
+        self.prompt = prompt
+        generates = head in ("text_to_text", "language_model")
+        self.bert_style = not generates and _has(tokenizer, CLS) and _has(tokenizer, SEP)
+        if head == "text_to_text" and not task.kind:  # a named task's label names
+            self.T = LABEL_TOKENS
             self.label_ids = [
                 np.append(tokenizer.encode(" " + n.replace("_", " ")), tokenizer.eos_id).astype(np.int32)
                 for n in task.label_names
             ]
-            if max(map(len, self.label_ids)) > target_len:
+            if max(map(len, self.label_ids)) > self.T:
                 raise InputError(
-                    f"a label of {task.name} is longer than {target_len} tokens; shorten the label names"
+                    f"a label of {task.name} is longer than {self.T} tokens; shorten the label names"
                 )
 
     def _frame(self, pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -79,19 +95,34 @@ class Encode(grain.transforms.Map):
             return self._tokens(ex)
         if spec.head == "span_qa":
             return self._span(ex)
+        if self.head == "language_model":
+            return self._lm(ex)
         out = self._pad(*self._frame([self.tok.encode(_text(ex[k])) for k in spec.text_keys]))
         if spec.head == "regression":
             return out | {"labels": np.float32(ex[spec.label_key]), "weights": np.float32(1.0)}
-        label = int(ex[spec.label_key])
         if self.head == "text_to_text":
-            target = self.label_ids[label]
+            if self.task.kind:
+                target = np.append(self.tok.encode(ex[spec.label_key])[: self.T - 1], self.tok.eos_id)
+            else:
+                target = self.label_ids[int(ex[spec.label_key])]
             targets = np.pad(target, (0, self.T - len(target)), constant_values=self.tok.pad_id)
             return out | {
                 "decoder_inputs": np.concatenate([[0], targets[:-1]]).astype(np.int32),
                 "targets": targets,
                 "weights": (np.arange(self.T) < len(target)).astype(np.float32),
             }
-        return out | {"labels": np.int32(label), "weights": np.float32(1.0)}
+        return out | {"labels": np.int32(ex[spec.label_key]), "weights": np.float32(1.0)}
+
+    def _lm(self, ex: dict) -> dict:
+        pieces = prompts.pieces(self.tok, self.prompt, ex)
+        ids = np.concatenate([p for p, _ in pieces])[: self.L + 1].astype(np.int32)
+        trained = np.concatenate([np.full(len(p), t) for p, t in pieces])[: self.L + 1]
+        n = len(ids) - 1
+        out = self._pad(ids[:n], np.zeros(n, np.int32))
+        return out | {
+            "targets": np.pad(ids[1:], (0, self.L - n), constant_values=self.tok.pad_id),
+            "weights": np.pad(trained[1:], (0, self.L - n)).astype(np.float32),
+        }
 
     def words(self, words: list) -> tuple[np.ndarray, np.ndarray, list[int | None]]:
         """Token ids and segments of the words' pieces, and where each word's first piece sits (None: the
@@ -118,29 +149,13 @@ class Encode(grain.transforms.Map):
         }
 
     def _span(self, ex: dict) -> dict:
-        question, context = (_text(ex[k]) for k in self.task.spec.text_keys)
-        answers = ex[self.task.spec.label_key]
-        answer, char_start = (
-            _text(np.asarray(answers["text"]).ravel()[0]),
-            int(np.asarray(answers["answer_start"]).ravel()[0]),
-        )
-        q_ids = self.tok.encode(question)[: self.L // 3]
-        words = [(m.start(), m.end(), self.tok.encode(m.group())) for m in re.finditer(r"\S+", context)]
-        c_ids = np.concatenate([w[2] for w in words]).astype(np.int32) if words else np.zeros(0, np.int32)
-        ids, segs = self._frame([q_ids, c_ids])
-        offset = len(q_ids) + 2  # [CLS] question [SEP]
-        n_context = len(ids) - offset - 1
-        start = end = 0
-        piece_at = np.cumsum([0] + [len(w[2]) for w in words])
-        inside = [i for i, (a, b, _) in enumerate(words) if a < char_start + len(answer) and b > char_start]
-        if answer and inside and piece_at[inside[-1] + 1] <= n_context:
-            start, end = offset + piece_at[inside[0]], offset + piece_at[inside[-1] + 1] - 1
+        """A window of a span_qa row (qa_windows.py)."""
         answer_mask = np.zeros(self.L, np.int32)
         answer_mask[0] = 1
-        answer_mask[offset : offset + n_context] = 1
-        return self._pad(ids, segs) | {
-            "start": np.int32(start),
-            "end": np.int32(end),
+        answer_mask[ex["offset"] : ex["offset"] + len(ex["spans"])] = 1
+        return self._pad(ex["window"], ex["segments"]) | {
+            "start": ex["start"],
+            "end": ex["end"],
             "answer_mask": answer_mask,
             "weights": np.float32(1.0),
         }
@@ -161,8 +176,8 @@ class TrimPadding(grain.transforms.Map):
     def __init__(self, seq_len: int, multiple: int, head: str):
         self.L, self.multiple = seq_len, multiple
         self.keys = {"inputs", "segments", "input_mask", "answer_mask", "chars"}
-        if head == "token_classification":
-            self.keys |= {"labels", "weights"}
+        if head in ("token_classification", "language_model"):
+            self.keys |= {"labels", "targets", "weights"}
 
     def map(self, batch: dict) -> dict:
         longest = max(int(batch["input_mask"].sum(axis=1).max()), 1)
@@ -233,6 +248,8 @@ def train_dataset(
     trim_multiple: int = 0,
     pack: bool = False,
     row_multiple: int = 1,
+    target_len: int = 64,
+    prompt: str = "",
 ) -> grain.IterDataset:
     """Infinite, reshuffled every epoch, checkpointable; `batch_size` is this process's share. With a
     character table (pipeline.char_table, for ELMo) batches also hold the inputs' characters; with
@@ -242,7 +259,7 @@ def train_dataset(
     batches = (
         source.shuffle(seed=seed)
         .repeat()
-        .map(Encode(task, tokenizer, seq_len, head))
+        .map(Encode(task, tokenizer, seq_len, head, target_len, prompt))
         .batch(batch_size, drop_remainder=True)
     )
     batches = batches if chars is None else batches.map(AddChars(chars))
@@ -273,12 +290,14 @@ def eval_batches(
     trim_multiple: int = 0,
     pack: bool = False,
     row_multiple: int = 1,
+    target_len: int = 64,
+    prompt: str = "",
 ) -> Iterator[dict]:
     """All of `split` in order; the final batch is padded with weight-0 copies so every example counts
     once; cut or packed as train_dataset's."""
     source = grain.MapDataset.source(task.sources[split])
     n = len(source)
-    encode = Encode(task, tokenizer, seq_len, head)
+    encode = Encode(task, tokenizer, seq_len, head, target_len, prompt)
     transforms = batch_transforms(tokenizer, seq_len, head, trim_multiple, pack, row_multiple)
     for global_rows in eval_rows(n, batch_size, shard_count):
         rows = global_rows[shard_index * batch_size : (shard_index + 1) * batch_size]

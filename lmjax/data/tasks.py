@@ -4,7 +4,8 @@ rotten_tomatoes  the Rotten Tomatoes fresh/rotten review snippets that the `scat
                  (13,905 rows; 'plot' rows dropped, repeated texts removed: 12,751), built here into an
                  array_record TFDS dataset with fixed 80/10/10 splits chosen by a hash of each text
 glue/sst2, imdb_reviews, conll2003, squad
-                 TFDS catalog datasets by name (downloaded by TFDS where a network is reachable)
+                 TFDS catalog datasets by name (downloaded by TFDS where a network is reachable); squad is
+                 read whole into span_qa rows, as task.kind='span_qa' reads files (windows, SQuAD's metric)
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ RT_LABELS = ("rotten", "fresh")
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    head: str  # classification | regression | token_classification | span_qa
-    text_keys: tuple[str, ...]  # one text, a text pair, or (question, context) for span_qa
+    head: str  # classification | regression | token_classification | span_qa | generation (task files)
+    text_keys: tuple[str, ...]  # a text, a pair, (question, context) for span_qa, (source,), (messages,)
     label_key: str
     splits: tuple[str, str, str]  # train, validation, test
     module: str = (
@@ -163,9 +164,23 @@ def load(task_config) -> Task:
                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
             ) from None
     labels = _label_names(sources["train"].dataset_info.features, spec)
+    if spec.head == "span_qa":  # read as a span_qa task from files is: in windows, scored by SQuAD's rules
+        return Task(name, spec, {k: [squad_row(x) for x in v] for k, v in sources.items()}, (), "span_qa")
     task = Task(name, spec, sources, labels)
     check_labels(task, task_config.num_labels)
     return task
+
+
+def _str(x) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def squad_row(example: dict) -> dict:
+    """A TFDS SQuAD example in the form of a span_qa row from files (lmjax/data/task_files.py)."""
+    texts = [_str(t) for t in np.ravel(example["answers"]["text"])]
+    answers = {"text": texts, "answer_start": [int(a) for a in np.ravel(example["answers"]["answer_start"])]}
+    row = {k: _str(example[k]) for k in ("question", "context")}
+    return row | {"answers": answers, "reference": texts}
 
 
 def check_labels(task: Task, num_labels: int, scan: int = 2000) -> None:

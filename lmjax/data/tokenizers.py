@@ -211,6 +211,13 @@ class SentencePieceTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in ids if int(i) not in (self.pad_id, self.eos_id)])
 
+    def encode_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """encode(text) and each piece's [start, end) characters in text: int32[N, 2]."""
+        pieces = self._sp.encode(text, return_type="proto").pieces
+        chars_at = np.cumsum([0] + [len(c.encode("utf-8")) for c in text])  # byte offset of each char
+        spans = [np.searchsorted(chars_at, (p.begin, p.end)) for p in pieces]
+        return np.asarray([p.id for p in pieces], np.int32), np.asarray(spans, np.int32).reshape(-1, 2)
+
     def save(self, directory: epath.Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / SPM_FILE).write_bytes(self.model_proto)
@@ -293,6 +300,11 @@ class HFTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
+    def encode_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """encode(text) and each piece's [start, end) characters in text: int32[N, 2]."""
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return np.asarray(encoding.ids, np.int32), np.asarray(encoding.offsets, np.int32).reshape(-1, 2)
+
     def save(self, directory: epath.Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / HF_FILE).write_text(self.json_text, encoding="utf-8")
@@ -310,9 +322,10 @@ class HFTokenizer:
     def special_ids(self) -> np.ndarray:
         return np.asarray(self._specials, np.int32)
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """The model's chat template (Jinja, sandboxed as transformers renders it) applied to `messages`
-        ({'role', 'content'} dicts), ending with the prompt for the assistant's turn."""
+        ({'role', 'content'} dicts), ending with the prompt for the assistant's turn when
+        add_generation_prompt."""
         if not self.chat_template:
             raise InputError(
                 "this tokenizer has no chat template (tokenizer_config.json chat_template); use "
@@ -323,7 +336,7 @@ class HFTokenizer:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         tokens = {key: self._token(key) for key in ("bos_token", "eos_token")}
         return env.from_string(self.chat_template).render(
-            messages=messages, add_generation_prompt=True, **tokens
+            messages=messages, add_generation_prompt=add_generation_prompt, **tokens
         )
 
     def word_starts(self) -> np.ndarray:

@@ -12,7 +12,9 @@ layers under `mix`; freeze 'backbone/' to use ELMo as frozen features):
   token_classification  h_BLD -> logits_BLK
   span_qa               h_BLD -> start/end logits_BL, restricted to batch['answer_mask']
                         (context tokens + position 0)
-  text_to_text          no new parameters: an encoder-decoder's own LM head writes the label as text
+  text_to_text          no new parameters: an encoder-decoder's own LM head writes the label (or target)
+  language_model        no new parameters: a decoder's own LM head continues a prompt (its loss masked to
+                        the answer's tokens by the batch's weights)
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from lmjax.models.elmo import ELMo, ScalarMix
 from lmjax.models.encoder_decoder import EncoderDecoderLM
 from lmjax.models.rnn import RecurrentLM
 
-HEADS = ("classification", "regression", "token_classification", "span_qa", "text_to_text")
+HEADS = ("classification", "regression", "token_classification", "span_qa", "text_to_text", "language_model")
+GENERATES = ("text_to_text", "language_model")  # heads that are the backbone's own LM head
 POOLED = ("classification", "regression")  # heads on one vector a text
 POOLINGS = ("cls", "mean", "last")
 
@@ -67,10 +70,13 @@ class TaskModel(nnx.Module):
             raise InputError(f"task head {head!r} is unknown; use one of {HEADS}")
         if pooling not in POOLINGS:
             raise InputError(f"task.pooling={pooling!r} is unknown; use one of {POOLINGS}")
-        if (head == "text_to_text") != isinstance(backbone, EncoderDecoderLM):
+        if (head == "text_to_text") != isinstance(backbone, EncoderDecoderLM) or (
+            head == "language_model" and not isinstance(backbone, DecoderLM)
+        ):
             raise InputError(
                 f"a {type(backbone).__name__} cannot take the {head} head: encoder-decoder models "
-                "fine-tune text-to-text, encoders and decoders with classification / token / span heads"
+                "fine-tune text-to-text, decoders with their LM head or task heads, encoders with "
+                "classification / token / span heads"
             )
         if isinstance(backbone, ELMo) and head not in ("classification", "token_classification"):
             raise InputError(f"ELMo features feed classification or token_classification heads, not {head}")
@@ -91,7 +97,7 @@ class TaskModel(nnx.Module):
         self.head = layers.Dense(d, outputs, ("embed", None), use_bias=True, rngs=rngs) if outputs else None
 
     def __call__(self, batch: dict, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> dict:
-        if self.kind == "text_to_text":
+        if self.kind in GENERATES:
             return self.backbone.forward(batch, deterministic=deterministic, rngs=rngs)
         if self.mix is not None:
             h_BLD = self.mix(self.backbone.features(batch["chars"], deterministic=deterministic, rngs=rngs))

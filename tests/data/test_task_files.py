@@ -83,7 +83,29 @@ BAD = {
     ),
     "bad json": ('{"text": "a", "label": "x"}\n{"text": "b", label: 1}\n', None, "t.jsonl:2: not valid JSON"),
     "bad score": ([{"text": "a", "score": "high"}], None, "t.jsonl:1: the score 'high' is not a finite"),
+    "answer elsewhere": (
+        [{"question": "q", "context": "a cat", "answers": {"text": ["cat"], "answer_start": [0]}}],
+        None,
+        "t.jsonl:1: the answer 'cat' is not at character 0 of the context",
+    ),
+    "no answers": (
+        [{"question": "q", "context": "a", "answers": {"text": [], "answer_start": []}}],
+        None,
+        r"t.jsonl:1: column 'answers' must be SQuAD's",
+    ),
+    "no assistant": (
+        [{"messages": [{"role": "user", "content": "hi"}]}],
+        None,
+        "t.jsonl:1: column 'messages' must be a list of .* at least one assistant turn",
+    ),
+    "missing target": (
+        [{"source": "a", "tgt": "b"}],
+        None,
+        r"t.jsonl:1: no column 'target' \(task.columns.targ",
+    ),
 }
+KIND_OF = {"bad score": "regression", "answer elsewhere": "span_qa", "no answers": "span_qa"}
+KIND_OF |= {"no assistant": "chat", "missing target": "seq2seq"}
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -95,7 +117,7 @@ def test_bad_files_end_in_one_line_naming_the_file(case, tmp_path):
     if validation:
         files["validation_file"] = write_jsonl(tmp_path / "v.jsonl", validation)
     with pytest.raises(ValueError, match=pattern) as error:
-        task_files.load(task_config("regression" if case == "bad score" else "classification", **files))
+        task_files.load(task_config(KIND_OF.get(case, "classification"), **files))
     assert "\n" not in str(error.value)
 
 
@@ -106,7 +128,9 @@ def test_bad_settings_end_in_one_line(tmp_path):
         task_files.load(task_config("tokens", train_file=str(csv)))
     c = task_config("classification", train_file=str(csv))
     c.kind = "spans"
-    with pytest.raises(ValueError, match=r"task.kind='spans' is unknown; use one of \['classification'"):
+    with pytest.raises(
+        ValueError, match=r"task.kind='spans' is unknown; use one of \['chat', 'classification'"
+    ):
         task_files.load(c)
     with pytest.raises(ValueError, match="task.train_file='.*nowhere.jsonl' does not exist"):
         task_files.load(task_config("classification", train_file=str(tmp_path / "nowhere.jsonl")))
@@ -114,7 +138,7 @@ def test_bad_settings_end_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="task.kind='classification' needs its data: set task.train_file"):
         train.check_config(c)
     c.task.update(kind="", train_file=str(csv))
-    with pytest.raises(ValueError, match="task.train_file needs task.kind: classification, regression or"):
+    with pytest.raises(ValueError, match="task.train_file needs task.kind: classification, regression, "):
         train.check_config(c)
     with pytest.raises(ValueError, match="finetune_files.py takes a kind, one of"):
         finetune_files.get_config("seq2seqq")
@@ -124,3 +148,60 @@ def test_bad_settings_end_in_one_line(tmp_path):
     c.model.family = "encoder_decoder"
     with pytest.raises(ValueError, match="model.family='encoder_decoder' fine-tunes .* not task.kind="):
         finetune.task_and_head(c)
+
+    # a kind the model cannot do: an encoder does not generate, an encoder-decoder does not chat
+    for kind, family in (("seq2seq", "encoder"), ("chat", "encoder_decoder")):
+        c = finetune_files.get_config(kind)
+        c.task.train_file = write_jsonl(tmp_path / "g.jsonl", [{"source": "a", "target": "b"}])
+        if kind == "chat":
+            c.task.train_file = write_jsonl(
+                tmp_path / "g.jsonl", [{"messages": [{"role": "assistant", "content": "b"}]}]
+            )
+        c.model.family = family
+        with pytest.raises(ValueError, match=f"task.kind='{kind}' generates text, which a model.family="):
+            finetune.task_and_head(c)
+
+
+def test_span_qa_seq2seq_and_chat_rows(tmp_path):
+    squad = {
+        "question": "Who?",
+        "context": "Ann met Bo.",
+        "answers": {"text": ["Bo", "Bo."], "answer_start": [8, 8]},
+    }
+    task = task_files.load(task_config("span_qa", train_file=write_jsonl(tmp_path / "q.jsonl", [squad])))
+    assert task.spec.head == "span_qa" and task.spec.text_keys == ("question", "context")
+    assert task.sources["train"][0]["reference"] == ["Bo", "Bo."] and task.num_labels == 0
+
+    csv = tmp_path / "s.csv"
+    csv.write_text("old,new\nthou art,you are\n")
+    c = task_config("seq2seq", train_file=str(csv))
+    c.columns.update(source="old", target="new")
+    task = task_files.load(c)
+    assert task.sources["train"] == [{"source": "thou art", "target": "you are", "reference": "you are"}]
+
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi", "name": "x"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"},
+    ]
+    task = task_files.load(
+        task_config("chat", train_file=write_jsonl(tmp_path / "c.jsonl", [{"messages": turns}]))
+    )
+    example = task.sources["train"][0]
+    assert example["reference"] == "Hello" and len(example["messages"]) == 3  # up to the last assistant turn
+    assert example["messages"][1] == {"role": "user", "content": "Hi"}
+
+
+def test_a_prompt_without_its_source_or_a_chat_without_a_template_stops_before_the_run(tmp_path):
+    tok = tokenizers.train("char", ["abcdefghijklmnopqrstuvwxyz "], 0)
+    c = task_config("seq2seq", train_file=write_jsonl(tmp_path / "s.jsonl", [{"source": "a", "target": "b"}]))
+    c.prompt = "Translate:"
+    with pytest.raises(ValueError, match=r"task.prompt='Translate:' has no '\{source\}'"):
+        task_files.for_tokenizer(task_files.load(c), tok, c)
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    c = task_config("chat", train_file=write_jsonl(tmp_path / "c.jsonl", [{"messages": turns}]))
+    with pytest.raises(
+        ValueError, match="task.kind='chat' renders conversations with the model's chat template"
+    ):
+        task_files.for_tokenizer(task_files.load(c), tok, c)

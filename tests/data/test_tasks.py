@@ -3,7 +3,7 @@ import pytest
 import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
-from lmjax.data import task_pipeline, tasks, tokenizers
+from lmjax.data import qa_windows, task_pipeline, tasks, tokenizers
 from lmjax.finetune import MINILM, init_path
 
 
@@ -154,6 +154,7 @@ def test_catalog_tasks_by_name(name, head, wordpiece):
     with tfds.testing.mock_data(num_examples=6):
         task = tasks.load(task_config(name))
         assert task.spec.head == head and len(task.sources["train"]) == 6
+        task = qa_windows.expand(task, wordpiece, 32, 0)
         batch = next(
             iter(task_pipeline.train_dataset(task, wordpiece, head=head, seq_len=32, batch_size=3, seed=0))
         )
@@ -191,20 +192,25 @@ def test_token_labels_sit_on_each_words_first_piece(wordpiece):
     assert [p for p, _ in scored][0] == "eu" and ex["weights"][0] == 0  # [CLS] is not scored
 
 
-def test_span_answer_maps_to_its_pieces(wordpiece):
+def test_squad_rows_read_in_windows_and_their_answer_maps_to_its_pieces(wordpiece):
     spec = tasks.TASKS["squad"]
     context = "The Normans were a people who in the 10th and 11th centuries gave their name to Normandy."
-    row = {
-        "question": b"When did the Normans name Normandy?",
-        "context": context.encode(),
-        "answers": {
-            "text": np.asarray([b"10th and 11th centuries"]),
-            "answer_start": np.asarray([context.index("10th")]),
-        },
-    }
-    task = tasks.Task("squad", spec, {"train": [row]}, ())
-    ex = task_pipeline.Encode(task, wordpiece, 64, "span_qa").map(row)
+    row = tasks.squad_row(
+        {
+            "question": b"When did the Normans name Normandy?",
+            "context": context.encode(),
+            "answers": {
+                "text": np.asarray([b"10th and 11th centuries"]),
+                "answer_start": np.asarray([context.index("10th")]),
+            },
+        }
+    )
+    assert row["reference"] == ["10th and 11th centuries"] and row["answers"]["answer_start"] == [37]
+    task = tasks.Task("squad", spec, {"train": [row]}, (), "span_qa")
+    (window,) = qa_windows.expand(task, wordpiece, 64, 0).sources["train"]
+    ex = task_pipeline.Encode(task, wordpiece, 64, "span_qa").map(window)
     assert wordpiece.decode(ex["inputs"][ex["start"] : ex["end"] + 1]) == "10th and 11th centuries"
     assert ex["answer_mask"][ex["start"]] and ex["answer_mask"][0] and not ex["answer_mask"][1]
-    cut = task_pipeline.Encode(task, wordpiece, 16, "span_qa").map(row)  # the answer is cut off: (0, 0)
-    assert (cut["start"], cut["end"]) == (0, 0)
+    windows = qa_windows.expand(task, wordpiece, 16, 4).sources["train"]  # the answer is in a later window
+    assert (windows[0]["start"], windows[0]["end"]) == (0, 0)
+    assert any(w["start"] > 0 for w in windows)
