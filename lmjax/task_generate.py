@@ -44,17 +44,19 @@ def generate(config: ConfigDict, params: nnx.State, task: Task, tok, split: str)
     kw = dict(
         num_tokens=settings.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id, pad_to=max(map(len, rows))
     )
+    encoder_decoder = config.model.family == "encoder_decoder"
     texts = []
     for begin in range(0, len(rows), B):
         batch = rows[begin : begin + B]
         batch += [batch[0]] * (B - len(batch))  # one batch shape a split
-        if config.model.family == "encoder_decoder":
-            kw |= dict(inputs=batch)
-            batch = None
+        prompts_, inputs = (None, batch) if encoder_decoder else (batch, None)
         if settings.num_beams > 1:
-            out = decode.beam_search(graphdef, backbone, batch, num_beams=settings.num_beams, **kw)[0]
+            out = decode.beam_search(
+                graphdef, backbone, prompts_, inputs=inputs, num_beams=settings.num_beams, **kw
+            )[0]
         else:
-            out = decode.generate(graphdef, backbone, batch, jax.random.PRNGKey(0), temperature=0.0, **kw)
+            key = jax.random.PRNGKey(0)
+            out = decode.generate(graphdef, backbone, prompts_, key, inputs=inputs, temperature=0.0, **kw)
         texts += [tok.decode(until_eos(row, tok.eos_id)) for row in out[: len(rows) - begin]]
     return texts
 
