@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from lmjax import finetune  # noqa: E402
+from lmjax import finetune, pretrained  # noqa: E402
 
 CONFIG = "experiments/configs/finetune_minilm.py"
 
@@ -91,7 +91,7 @@ def run_reference(config, epochs: int, seed: int) -> list[dict]:
     from transformers import AutoTokenizer, BertModel
 
     torch.manual_seed(seed)
-    model_dir = finetune.init_path(config.finetune.init)
+    model_dir = pretrained.init_path(config.finetune.init)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = split_texts(config)
     encoded = {

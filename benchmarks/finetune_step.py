@@ -30,11 +30,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.configs import finetune_minilm  # noqa: E402
-from lmjax import finetune, host  # noqa: E402
+from lmjax import finetune, host, pretrained  # noqa: E402
 from lmjax.data import task_pipeline  # noqa: E402
 
 
-def lmjax_step(config, task, head: str, pre: finetune.Pretrained, batches: list[dict]):
+def lmjax_step(config, task, head: str, pre: pretrained.Pretrained, batches: list[dict]):
     """A function running len(batches) lmjax steps (the loss read after each) of the resolved config."""
     engine = finetune.setup(config, task.num_labels, head)
     state = engine.init(jax.random.PRNGKey(0))
@@ -114,7 +114,7 @@ def main() -> None:
     packed = [task_pipeline.PackTexts(tok.pad_id).map(b) for b in padded]
     trimmed = [task_pipeline.TrimPadding(L, 16, head).map(b) for b in padded]
     longest = [task_pipeline.TrimPadding(L, 1, head).map(b) for b in padded]  # each batch to its longest text
-    model_dir = finetune.init_path(config.finetune.init)
+    model_dir = pretrained.init_path(config.finetune.init)
     runs = {  # name: (its batches, a function running them)
         "lmjax, packed rows (task.pack)": (packed, lmjax_step(resolved, task, head, pre, packed)),
         "lmjax, padded to a multiple of 16": (trimmed, lmjax_step(resolved, task, head, pre, trimmed)),

@@ -149,13 +149,13 @@ def hf_model(workdir: str, init: str):
     import transformers
     from flax import nnx
 
-    from lmjax import finetune, train
+    from lmjax import pretrained, train
     from lmjax.errors import InputError
     from lmjax.interop import hf
 
     if init:
-        path = Path(finetune.init_path(init))
-        tok = finetune.pretrained(init).tokenizer
+        path = Path(pretrained.init_path(init))
+        tok = pretrained.load(init).tokenizer
         kw = dict(gguf_file=path.name) if path.suffix == ".gguf" else {}
         directory = path.parent if path.suffix == ".gguf" else path
     else:

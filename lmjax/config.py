@@ -91,7 +91,7 @@ def base() -> ConfigDict:
 
     config.data = ConfigDict(
         dict(
-            text_files="",  # comma-separated text files; empty: the embedded Shakespeare corpus
+            text_files="",  # comma-separated text files (local or gs://); empty: the embedded corpus
             tfds_name="",
             tfds_data_dir="",
             train_split="train",
@@ -109,6 +109,10 @@ def base() -> ConfigDict:
             tokenizer_train_examples=0,  # examples the tokenizer is trained on; 0: the whole train split
             # shakespeare | wiki_sample: the embedded corpus used without text_files/tfds_name
             corpus="shakespeare",
+            # 'NAME:WEIGHT,...' (lmjax/data/mixture.py): rows drawn from several corpora by weight, each
+            # NAME a built-in corpus, a text file path or glob (local or gs://) or a TFDS name; every source
+            # is evaluated on its own (weight 0: evaluated, never trained on). Replaces corpus/text_files
+            mixture="",
             seq_len=64,
             batch_size=12,  # batch_size is global, over all processes and devices
             shards=0,  # data shards (documents i::shards), a multiple of the processes; 0: one per process
@@ -178,6 +182,19 @@ def base() -> ConfigDict:
             # 'A:B': a jax.profiler trace of steps A..B (inclusive) in <workdir>/profile (TensorBoard,
             # Perfetto); empty: none
             profile_steps="",
+            # mode=train from a pretrained model (continued pretraining): an lmjax workdir, a Hugging Face
+            # directory, a GGUF file or a shipped name; its architecture and tokenizer replace model.* and the
+            # tokenizer settings, the optimizer starts fresh ('': from scratch)
+            init="",
+            # distillation (lmjax/distill.py): a frozen teacher named as init is; the loss is
+            # alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * the objective's loss, on the next-token
+            # logits (mode=train) or the task head's (mode=finetune: a fine-tuning workdir of the same task)
+            teacher="",
+            distill_alpha=0.5,
+            distill_temperature=1.0,
+            # linear schedules from the values above at step 0 to these at train.num_steps (-1: constant)
+            distill_alpha_end=-1.0,
+            distill_temperature_end=-1.0,
         )
     )
 
@@ -346,6 +363,7 @@ def validate(config: ConfigDict) -> None:
     """Value checks that need no registry (lmjax.train.check_config runs these and those)."""
     if config.mode not in MODES:
         raise InputError(f"mode={config.mode!r} is unknown; use one of {', '.join(MODES)}")
+    validate_train(config)
     if config.mode == "finetune":
         validate_finetune(config)
     elif config.mode == "train" and config.optim.lora_rank:
@@ -371,6 +389,23 @@ def validate(config: ConfigDict) -> None:
         raise InputError(
             "data.tokenizer='sentencepiece' needs data.vocab_size (e.g. 8000) or data.tokenizer_path"
         )
+
+
+def validate_train(config: ConfigDict) -> None:
+    """train.init and the distillation settings."""
+    t = config.train
+    if t.init and config.mode != "train":
+        raise InputError(
+            f"train.init starts a pretraining run (mode=train); mode={config.mode} starts from finetune.init"
+        )
+    if t.teacher and config.mode not in ("train", "finetune"):
+        raise InputError(f"train.teacher distils in mode=train or mode=finetune, not mode={config.mode}")
+    for key in ("distill_alpha", "distill_alpha_end"):
+        if not (0 <= t[key] <= 1 or (key.endswith("_end") and t[key] == -1)):
+            raise InputError(f"train.{key}={t[key]} must lie in [0, 1]" + (" (or -1)" * key.endswith("_end")))
+    for key in ("distill_temperature", "distill_temperature_end"):
+        if not (t[key] > 0 or (key.endswith("_end") and t[key] == -1)):
+            raise InputError(f"train.{key}={t[key]} must be positive" + (" (or -1)" * key.endswith("_end")))
 
 
 QUANTIZE = ("", "int8")

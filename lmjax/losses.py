@@ -243,6 +243,8 @@ def summarize(stats: Stats) -> dict[str, jax.Array]:
     if "nsp_count" in stats:
         m = jnp.maximum(stats["nsp_count"], 1.0)
         out |= {"nsp_loss": stats["nsp_loss_sum"] / m, "nsp_accuracy": stats["nsp_correct"] / m}
+    if "distill_sum" in stats:  # lmjax/distill.py: the loss is alpha T^2 KL + (1 - alpha) hard
+        out |= {"distill_kl": stats["distill_sum"] / n, "hard_loss": stats["hard_sum"] / n}
     if "confusion" in stats:
         out["macro_f1"] = macro_f1(stats["confusion"])
     if "f1_sum" in stats:

@@ -37,12 +37,14 @@ def main(argv):
     train.check_config(config)  # against the registries (model families, objectives, optimizers, meshes)
     host.setup()  # XLA:CPU's per-step buffers stay in the heap (lmjax/host.py); before the backend starts
     parallel.initialize(config.distributed)  # before anything touches a device
-    jobs = {"sample": sample.sample, "eval": score.run, "export": export.export, "serve": server.serve}
+    jobs = {"sample": sample.sample, "export": export.export, "serve": server.serve}
     if config.mode in jobs:
         jobs[config.mode](config, FLAGS.workdir)
         return 0
-    job = finetune.run if config.mode == "finetune" else train.train_and_evaluate
-    return EXIT_PREEMPTED if "preempted_at" in job(config, FLAGS.workdir) else 0
+    # the command line's values: a model override that contradicts finetune.init / train.init stops the run
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    job = {"eval": score.run, "finetune": finetune.run, "train": train.train_and_evaluate}[config.mode]
+    return EXIT_PREEMPTED if "preempted_at" in job(config, FLAGS.workdir, overrides=overrides) else 0
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -10,14 +10,14 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from lmjax import config as config_lib
-from lmjax import decode, finetune, models, train
+from lmjax import decode, models, pretrained, train
 from lmjax.errors import InputError
 
 
 def load(config: ConfigDict, workdir: str | epath.PathLike) -> tuple[nnx.GraphDef, nnx.State, object, str]:
     """(graphdef, params, tokenizer, where from) of finetune.init when set, else of the workdir's run."""
     if config.finetune.init:
-        pre = finetune.pretrained(config.finetune.init)
+        pre = pretrained.load(config.finetune.init)
         model_config = ConfigDict(config_lib.base().model.to_dict() | pre.model_config.to_dict())
         family = model_config.family
         graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.build(model_config, nnx.Rngs(0))))

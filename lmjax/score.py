@@ -1,7 +1,7 @@
 """--config.mode=eval: a pretrained model's loss and perplexity on a corpus's validation split, no training.
 
 The model is finetune.init (an lmjax workdir, a Hugging Face directory, a GGUF file or a shipped model's name:
-finetune.SHIPPED), scored with train.objective on the data.* corpus tokenized by the model's own tokenizer;
+pretrained.SHIPPED), scored with train.objective on the data.* corpus tokenized by the model's own tokenizer;
 the figures go to results.json. With --config.serve.quantize=int8 the weights are first rounded as int8
 serving stores them (lmjax/serving/quantize.py).
 
@@ -13,26 +13,27 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Mapping
 
 import jax
 from etils import epath
 from ml_collections import ConfigDict
 
-from lmjax import checkpoint, finetune, storage, train
+from lmjax import checkpoint, finetune, pretrained, storage, train
 from lmjax.errors import InputError
 from lmjax.serving import quantize
 
 
-def run(config: ConfigDict, workdir: str | epath.PathLike) -> dict:
+def run(config: ConfigDict, workdir: str | epath.PathLike, overrides: Mapping[str, object] = {}) -> dict:
     """Evaluates finetune.init: {'eval/loss', 'eval/perplexity', ...}, also written to results.json."""
     if not config.finetune.init:
         raise InputError(
             "mode=eval scores a pretrained model; set --config.finetune.init (an lmjax workdir, a Hugging "
-            f"Face directory, a GGUF file or one of {sorted(finetune.SHIPPED)})"
+            f"Face directory, a GGUF file or one of {sorted(pretrained.SHIPPED)})"
         )
     started, workdir = time.perf_counter(), storage.workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    config, tok, pre, corpus = finetune.resolve(config, workdir)
+    config, tok, pre, corpus = finetune.resolve(config, workdir, overrides)
     engine = train.setup(config)
     params = pre.params()
     if config.serve.quantize == "int8":

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from ml_collections import ConfigDict
 from lmjax import (
     checkpoint,
     decode,
+    distill,
     loop,
     losses,
     metrics,
@@ -21,13 +23,14 @@ from lmjax import (
     objectives,
     optim,
     parallel,
+    pretrained,
     sharding,
     sparse,
     storage,
     vectors,
 )
 from lmjax import config as config_lib
-from lmjax.data import corpora, pipeline, tokenizers
+from lmjax.data import corpora, mixture, pipeline, tokenizers
 from lmjax.errors import InputError, MissingInput
 
 
@@ -45,23 +48,24 @@ def make_train_step(
     loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: int, axis_name: str | None = None
 ) -> Callable:
     """The pure step. Under pmap (`axis_name`), each device's summed gradients and statistics are summed over
-    devices before the one division by the token count, so the update equals the jit step's."""
+    devices before the one division by the token count, so the update equals the jit step's. `extra`
+    arguments of the step go to every call of the loss (a distillation teacher)."""
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
-    def train_step(state: loop.TrainState, batch: dict) -> tuple[loop.TrainState, dict]:
+    def train_step(state: loop.TrainState, batch: dict, *extra) -> tuple[loop.TrainState, dict]:
         key = jax.random.fold_in(state.rng, state.step)
         if accum_steps == 1:
-            grads, stats = grad_fn(state.params, batch, key)
+            grads, stats = grad_fn(state.params, batch, key, *extra)
         else:  # microbatch i takes rows i, i + A, ...: each device keeps its own rows
             micro = jax.tree.map(lambda x: x.reshape(-1, accum_steps, *x.shape[1:]).swapaxes(0, 1), batch)
 
             def accumulate(carry, xs):
                 i, mb = xs
-                g, s = grad_fn(state.params, mb, jax.random.fold_in(key, i))
+                g, s = grad_fn(state.params, mb, jax.random.fold_in(key, i), *extra)
                 return jax.tree.map(jnp.add, carry, (g, s)), None
 
             first = jax.tree.map(lambda x: x[0], micro)
-            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, key))
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, key, *extra))
             (grads, stats), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum_steps), micro))
         if axis_name is not None:
             grads, stats = jax.lax.psum((grads, stats), axis_name)
@@ -95,11 +99,13 @@ def make_eval_step(
 def check_config(config: ConfigDict) -> None:
     """Every check of a config before a run: its values on their own (lmjax.config.validate), then against the
     registries (optimizers, meshes, model families and objectives). The model of a fine-tuning run that starts
-    from finetune.init is checked once it is loaded (check_model)."""
+    from finetune.init or train.init is checked once it is loaded (check_model)."""
     config_lib.validate(config)
     optim.check(config.optim)
     parallel.check(config.mesh)
-    if not (config.mode in ("finetune", "eval") and config.finetune.init):
+    if distill.enabled(config):
+        distill.check(config)
+    if not ((config.mode in ("finetune", "eval") and config.finetune.init) or config.train.init):
         check_model(config)
 
 
@@ -108,11 +114,14 @@ def check_model(config: ConfigDict) -> None:
     objectives.check(config)
 
 
-def setup(config: ConfigDict, devices=None) -> loop.Engine:
-    """Builds the mesh and compiles nothing yet; parameters are created directly sharded by `init`."""
+def setup(config: ConfigDict, devices=None, tok: tokenizers.Tokenizer | None = None) -> loop.Engine:
+    """Builds the mesh and compiles nothing yet; parameters are created directly sharded by `init`. With
+    train.teacher and the run's tokenizer `tok` (which the teacher must share), the teacher is loaded onto
+    the mesh and the train step distils from it (evaluation and sampling pass no tokenizer: no teacher)."""
     if config.mesh.engine == "pmap":
         parallel.check_pmap(config.mesh)
     layout = parallel.make_layout(config.mesh, devices)
+    teacher = distill.load(config, tok, layout) if distill.enabled(config) and tok is not None else None
     accum = config.optim.grad_accum_steps
     if config.data.batch_size % (layout.batch_shards * accum):
         raise InputError(
@@ -136,11 +145,13 @@ def setup(config: ConfigDict, devices=None) -> loop.Engine:
     batch_sharding = sharding.batch_sharding(layout)
 
     def compile_steps(graphdef, abstract_state, shardings) -> dict:
-        loss_fn = make_loss_fn(graphdef, objective.make_loss(config.train))
+        loss = objective.make_loss(config.train)
+        if teacher is not None:  # loss_fn(params, batch, key, (teacher params, step))
+            loss_fn = distill.make_loss_fn(graphdef, teacher.graphdef, loss, config.train)
+        else:
+            loss_fn = make_loss_fn(graphdef, loss)
         if objective.word_vectors:  # updates only the rows a batch looks up
-            step = sparse.make_train_step(
-                graphdef, objective.make_loss(config.train), config.optim, config.train.num_steps
-            )
+            step = sparse.make_train_step(graphdef, loss, config.optim, config.train.num_steps)
         else:
             step = make_train_step(loss_fn, tx, accum)
         if config.mesh.engine == "pmap":
@@ -153,6 +164,16 @@ def setup(config: ConfigDict, devices=None) -> loop.Engine:
             def train_step(state, batch):
                 state, out = step(state, batch)
                 return state, parallel.unreplicate(out)
+        elif teacher is not None:
+            jitted = jax.jit(
+                layout.traced(lambda state, batch, t: step(state, batch, (t, state.step))),
+                donate_argnums=0,
+                in_shardings=(shardings, batch_sharding, teacher.shardings),
+                out_shardings=(shardings, layout.replicated),
+            )
+
+            def train_step(state, batch):  # the teacher's parameters: an argument, not a constant
+                return jitted(state, batch, teacher.params)
         else:
             train_step = jax.jit(
                 layout.traced(step),
@@ -167,7 +188,11 @@ def setup(config: ConfigDict, devices=None) -> loop.Engine:
         )
         return dict(train_step=train_step, eval_step=eval_step, loss_fn=loss_fn)
 
-    return loop.build_engine(config, layout, lambda rngs: models.build(config.model, rngs), tx, compile_steps)
+    engine = loop.build_engine(
+        config, layout, lambda rngs: models.build(config.model, rngs), tx, compile_steps
+    )
+    engine.teacher = teacher
+    return engine
 
 
 def load_trained(workdir: str | epath.PathLike) -> tuple[loop.Engine, nnx.State, tokenizers.Tokenizer, int]:
@@ -200,7 +225,7 @@ def load_trained(workdir: str | epath.PathLike) -> tuple[loop.Engine, nnx.State,
 
 
 # model settings a run may change on a checkpoint of the same architecture (resume, fine-tuning)
-NON_ARCHITECTURE = ("dropout", "attention_dropout", "remat", "attention", "share_negatives")
+NON_ARCHITECTURE = pretrained.RUN_SETTINGS
 VECTORS_FILE = "vectors.txt"
 
 
@@ -286,7 +311,17 @@ def evaluate_lm(
     corpus: corpora.Corpus,
     tok: tokenizers.Tokenizer,
 ) -> dict[str, float]:
-    """`evaluate` for any eval step of the train.objective (fine-tuning scores its backbone with it)."""
+    """`evaluate` for any eval step of the train.objective (fine-tuning scores its backbone with it). A
+    mixture is scored source by source (eval/<name>/...) and as the sources' weighted mean (eval/...;
+    perplexity: the exponential of the mean log-perplexity)."""
+    if isinstance(corpus, mixture.Mixture):
+        per = [(s, evaluate_lm(eval_step, layout, config, params, s.corpus, tok)) for s in corpus.sources]
+        result = {f"eval/{s.name}/{k[len('eval/') :]}": v for s, r in per for k, v in r.items()}
+        for k in per[0][1]:
+            log = k == "eval/perplexity"
+            mean = sum(s.weight * (math.log(r[k]) if log else r[k]) for s, r in per)
+            result[k] = math.exp(mean) if log else mean
+        return result
     totals = None
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
     for batch in pipeline.eval_batches(
@@ -342,27 +377,67 @@ def make_evaluate(engine: loop.Engine, corpus: corpora.Corpus, tok: tokenizers.T
     return evaluate_and_sample
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str | epath.PathLike, devices=None) -> dict:
-    """Trains (resuming from the workdir's latest checkpoint if any); returns the final evaluation metrics.
+def resolve_init(
+    config: ConfigDict, workdir: epath.Path, corpus: corpora.Corpus, overrides: Mapping[str, object]
+) -> tuple[ConfigDict, tokenizers.Tokenizer, pretrained.Pretrained | None]:
+    """The run's config, tokenizer and, with train.init, the pretrained model it continues: its architecture
+    (the run keeps its own dropout, remat, attention and scan_layers) and its tokenizer."""
+    pre = None
+    if config.train.init:
+        pre = pretrained.load(config.train.init, "train.init")
+        keep = (*pretrained.RUN_SETTINGS, "scan_layers")
+        config = pretrained.adopt(config, pre, "train.init", overrides, keep)
+        tok = pretrained.use_tokenizer(config, pre, "train.init", workdir)
+    else:
+        tok = prepare_tokenizer(config, workdir, corpus)
+    config = resolve_model_config(config, tok, workdir)
+    if pre is not None:
+        check_model(config)
+    return config, tok, pre
+
+
+def initial_state(engine: loop.Engine, pre: pretrained.Pretrained | None) -> loop.TrainState:
+    """A new run's state: random, or the pretrained parameters with a fresh optimizer state."""
+    state = engine.init(jax.random.PRNGKey(engine.config.seed))
+    if pre is None:
+        return state
+    params = pre.params()
+    if engine.config.model.scan_layers:  # pretrained models come in the per-block layout
+        params = models.with_layout(pre.model_config, params, scanned=True)[1]
+    params = pretrained.place(state.params, params, f"train.init={engine.config.train.init!r}")
+    opt_init = jax.jit(engine.tx.init, out_shardings=engine.state_shardings.opt_state)
+    return state.replace(params=params, opt_state=opt_init(params))
+
+
+def train_and_evaluate(
+    config: ConfigDict, workdir: str | epath.PathLike, devices=None, overrides: Mapping[str, object] = {}
+) -> dict:
+    """Trains (from train.init or from scratch; resuming from the workdir's latest checkpoint if any); returns
+    the final evaluation metrics.
 
     On SIGTERM (preemption) it saves a checkpoint at the next step boundary and returns {"preempted_at":
     step}; running it again resumes there. A finished run also writes them to results.json. `workdir` is a
-    local path or a gs:// URL; `devices` (default: all) is for tests that want a smaller mesh.
+    local path or a gs:// URL; `devices` (default: all) is for tests that want a smaller mesh; `overrides`:
+    the command line's --config.* values (a model override must not contradict train.init).
     """
     workdir = storage.workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     corpus = corpora.load(config.data)
-    tok = prepare_tokenizer(config, workdir, corpus)
-    config = resolve_model_config(config, tok, workdir)
-    engine, objective = setup(config, devices), objectives.get(config.train.objective)
+    config, tok, pre = resolve_init(config, workdir, corpus, overrides)
+    engine, objective = setup(config, devices, tok), objectives.get(config.train.objective)
     train_iter = train_data(config, corpus, tok, objective)
     with loop.Run(config, workdir) as run:
-        state = run.restore(engine, train_iter) if run.start else engine.init(jax.random.PRNGKey(config.seed))
-        resuming = f"resuming at step {run.start}" if run.start else "from scratch"
+        state = run.restore(engine, train_iter) if run.start else initial_state(engine, pre)
+        start = f"from train.init={config.train.init!r}" if pre else "from scratch"
+        resuming = f"resuming at step {run.start}" if run.start else start
         run.log(
             f"lmjax: {engine.num_params:,} parameters, mesh {dict(engine.mesh.shape)}, corpus {corpus.name}, "
             f"{tok.kind} tokenizer ({tok.vocab_size} tokens), {resuming}"
         )
+        shares = {}
+        if engine.teacher is not None:
+            run.log(teacher_report(engine))
+            shares["teacher"] = engine.teacher.forward_seconds
 
         def train_step(state):
             return engine.train_step(state, engine.device_batch(next(train_iter)))
@@ -373,7 +448,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | epath.PathLike, device
         tokens = config.data.batch_size * objective.tokens_per_row(config.data)
         evaluate_fn = make_evaluate(engine, corpus, tok)
         state, result = run.loop(
-            engine.to_engine(state), train_step, evaluate_fn, save, tokens, step_flops(config)
+            engine.to_engine(state), train_step, evaluate_fn, save, tokens, step_flops(config), shares
         )
     if "preempted_at" not in result:  # after the Run closed: the metrics file is complete
         _finish(run, engine, engine.from_engine(state).params, tok, objective, result)
@@ -390,6 +465,16 @@ def abstract_step_inputs(engine: loop.Engine) -> tuple[Any, dict]:
         k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, (shape, dtype) in shapes.items()
     }
     return checkpoint.abstract_with_shardings(engine.abstract_state, engine.state_shardings), batch
+
+
+def teacher_report(engine: loop.Engine) -> str:
+    """distill.report on a batch of zeros of the step's shapes (the data stream is not touched)."""
+    state, batch = abstract_step_inputs(engine)
+    zeros = {k: jnp.zeros(v.shape, v.dtype, device=v.sharding) for k, v in batch.items()}
+    graphdef = engine.teacher.graphdef
+    forward = jax.jit(lambda p, b: nnx.merge(graphdef, p).forward(b, deterministic=True)["logits"])
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    return distill.report(engine.teacher, state_bytes, forward, zeros)
 
 
 FLOP_OBJECTIVES = ("causal_lm", "mlm", "span_corruption")  # the ones metrics.train_flops counts

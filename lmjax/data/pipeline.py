@@ -30,6 +30,7 @@ from ml_collections import ConfigDict
 
 from lmjax.data import masking, spans, wordvec
 from lmjax.data.corpora import Corpus
+from lmjax.data.mixture import Mixture
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.errors import InputError
 
@@ -307,7 +308,7 @@ def _batches(
 
 
 def train_dataset(
-    corpus: Corpus,
+    corpus: Corpus | Mixture,
     tokenizer: Tokenizer,
     data: ConfigDict,
     *,
@@ -317,18 +318,33 @@ def train_dataset(
     shard_index: int = 0,
     shard_count: int = 1,
 ) -> grain.IterDataset:
-    """Infinite, reshuffled every epoch; `objective` (an lmjax.objectives.Objective) says what the batches
-    hold; `batch_size` is this process's share of the global batch. A thread prepares the next batch while the
-    step runs (its iterator state is that of the batches handed out)."""
+    """Infinite, reshuffled every epoch (a mixture's rows drawn from its sources by weight); `objective` (an
+    lmjax.objectives.Objective) says what the batches hold; `batch_size` is this process's share of the global
+    batch. A thread prepares the next batch while the step runs (its iterator state is that of the batches
+    handed out)."""
     if objective.dataset is not None:
+        if isinstance(corpus, Mixture):
+            raise InputError(f"train.objective={objective.name!r} reads one corpus; unset data.mixture")
         batches = objective.dataset(corpus, tokenizer, data, batch_size, seed, shard_index, shard_count)
     else:
-        streams = [
-            objective.examples(
-                documents.shuffle(seed=seed).repeat(), documents, corpus, tokenizer, data, seed, True
-            )
-            for documents in process_shards(corpus.train, data, shard_index, shard_count)
-        ]
+
+        def examples(corpus: Corpus, seed: int) -> list[grain.IterDataset]:
+            return [
+                objective.examples(
+                    documents.shuffle(seed=seed).repeat(), documents, corpus, tokenizer, data, seed, True
+                )
+                for documents in process_shards(corpus.train, data, shard_index, shard_count)
+            ]
+
+        if isinstance(corpus, Mixture):  # shard j of every source, mixed row by row
+            per_source = {s.name: examples(s.corpus, seed + i) for i, s in enumerate(corpus.trained)}
+            weights = {s.name: s.weight for s in corpus.trained}
+            streams = [
+                grain.IterDataset.mix({name: shards[j] for name, shards in per_source.items()}, weights)
+                for j in range(len(next(iter(per_source.values()))))
+            ]
+        else:
+            streams = examples(corpus, seed)
         batches = _batches(objective, streams, batch_size, tokenizer, data)
     return grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=1)
 
@@ -362,8 +378,13 @@ def eval_batches(
         yield batch
 
 
-def tokenizer_texts(corpus: Corpus, max_examples: int) -> Iterator[str]:
-    """Training texts for a tokenizer: the first `max_examples` train examples (0 means all)."""
+def tokenizer_texts(corpus: Corpus | Mixture, max_examples: int) -> Iterator[str]:
+    """Training texts for a tokenizer: the first `max_examples` train examples (0 means all) of the corpus, or
+    of each source of a mixture."""
+    if isinstance(corpus, Mixture):
+        for source in corpus.sources:
+            yield from tokenizer_texts(source.corpus, max_examples)
+        return
     n = len(corpus.train) if not max_examples else min(max_examples, len(corpus.train))
     for i in range(n):
         text = corpus.train[i][corpus.text_key]

@@ -3,8 +3,9 @@ import pytest
 import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
+from lmjax import pretrained
 from lmjax.data import qa_windows, task_pipeline, tasks, tokenizers
-from lmjax.finetune import MINILM, init_path
+from lmjax.pretrained import MINILM, init_path
 
 
 def task_config(name, cache_dir="", num_labels=0):
@@ -48,10 +49,10 @@ def test_trimmed_batches_score_as_full_length_ones(cache_dir):
     import jax.numpy as jnp
     from flax import nnx
 
-    from lmjax import finetune, models
+    from lmjax import models
     from lmjax.models import heads
 
-    pre = finetune.pretrained(MINILM)
+    pre = pretrained.load(MINILM)
     task = tasks.load(task_config("rotten_tomatoes", cache_dir))
     kw = dict(head="classification", seq_len=64, batch_size=8)
     full = list(task_pipeline.eval_batches(task, pre.tokenizer, "test", **kw))[:20]
@@ -107,10 +108,10 @@ def test_packed_minilm_batches_hold_the_same_texts_and_scores(cache_dir):
     import jax.numpy as jnp
     from flax import nnx
 
-    from lmjax import finetune, models
+    from lmjax import models
     from lmjax.models import heads
 
-    pre = finetune.pretrained(MINILM)
+    pre = pretrained.load(MINILM)
     task = tasks.load(task_config("rotten_tomatoes", cache_dir))
     kw = dict(head="classification", seq_len=64, batch_size=16)
     padded = iter(task_pipeline.train_dataset(task, pre.tokenizer, seed=3, **kw))

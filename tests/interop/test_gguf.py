@@ -194,9 +194,9 @@ CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 def smollm2(tmp_path_factory):
     """(file, transformers model and tokenizer read from it, an ordinary Hugging Face directory of the same
     weights written as ../shared/DATA.md says)."""
-    from lmjax import finetune
+    from lmjax import pretrained
 
-    path = finetune.init_path(finetune.SMOLLM2)
+    path = pretrained.init_path(pretrained.SMOLLM2)
     kw = dict(gguf_file=path.name, dtype=torch.float32)
     ref = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), **kw).eval()
     ref_tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
