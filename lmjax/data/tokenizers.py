@@ -300,6 +300,10 @@ class HFTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
+    def id_to_token(self, i: int) -> str:
+        """The vocabulary's own entry for id i (a special token's name; decode drops specials)."""
+        return self._tok.id_to_token(i)
+
     def encode_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """encode(text) and each piece's [start, end) characters in text: int32[N, 2]."""
         encoding = self._tok.encode(text, add_special_tokens=False)

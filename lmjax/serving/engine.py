@@ -1,8 +1,9 @@
 """Continuous batching: a fixed batch of `slots` sequences, each with its own KV-cache row. A request waits in
 a bounded queue, is prefilled into a free slot (a batch of one) and joins the running batch at the next
-decode step; every step decodes one token for all slots at once (runner.step writes each row at its own
-slot), samples per row (temperature, top-p, seed) and streams text to the request's asyncio queue. Finished
-or cancelled requests free their slot for the next in the queue.
+decode step (a request of at most one token, e.g. a prompt to score, is prefilled with others like it and
+never takes a slot); every step decodes one token for all slots at once (runner.step writes each row at its
+own slot), samples per row (temperature, top-p, seed) and streams text to the request's asyncio queue.
+Finished or cancelled requests free their slot for the next in the queue.
 
 The step always runs the full batch, so a row's numbers do not depend on what else is being served: at
 temperature 0 a request gets the same text alone or among others."""
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmjax.serving import functions
 from lmjax.serving.runner import Runner
 
 MIN_PREFILL = 8  # prompts are padded to a power of two (at least this) to bound prefill compilations
@@ -47,6 +49,17 @@ class Request:
     ids: list[int] = dataclasses.field(default_factory=list)
     sent: int = 0  # characters of text already sent
     finish_reason: str | None = None
+    # logprobs: the alternatives wanted at each position (None: no log-probabilities); echo: the prompt's too
+    logprobs: int | None = None
+    echo: bool = False
+    # filled before 'done': (log-probability or None, [(token id, log-probability), ...]) a token
+    prompt_scores: list = dataclasses.field(default_factory=list)
+    scores: list = dataclasses.field(default_factory=list)  # of each token in ids
+
+    @property
+    def slotless(self) -> bool:
+        """Finished by its prefill alone (at most one token): scored with others, never given a slot."""
+        return self.max_tokens <= 1
 
 
 def _deliver(events: list) -> None:
@@ -72,6 +85,15 @@ def sample_rows(logits_BV, temperature_B, top_p_B, seeds_B, counts_B, *, vocab: 
     keys_B = jax.vmap(lambda s, n: jax.random.fold_in(jax.random.key(s), n))(seeds_B, counts_B)
     drawn_B = jax.vmap(jax.random.categorical)(keys_B, scaled_BV)
     return jnp.where(temperature_B == 0.0, jnp.argmax(logits_BV, axis=-1), drawn_B).astype(jnp.int32)
+
+
+@jax.jit
+def _next_scores(logits_BV, tokens_B):
+    return functions.token_scores(logits_BV[:, None], tokens_B[:, None])
+
+
+def _alternatives(values, ids, k: int) -> list[tuple[int, float]]:
+    return [(int(i), float(v)) for v, i in zip(values[:k], ids[:k], strict=True)]
 
 
 def _held_back(text: str, stop: tuple[str, ...]) -> int:
@@ -180,10 +202,16 @@ class Engine:
                     self._wake.wait()
                 if self._stopping:
                     return
+                slotless = [r for r in self._queue if r.slotless][:N]
+                for r in slotless:
+                    self._queue.remove(r)
                 admitted = []
                 for i in range(N):
                     if active[i] is None and self._queue:
                         admitted.append((i, self._queue.popleft()))
+            if slotless:
+                self._prefill_only([r for r in slotless if not r.cancelled])
+                self.stats["cancelled"] += sum(r.cancelled for r in slotless)
             for i, r in admitted:
                 if r.cancelled:
                     self.stats["cancelled"] += 1
@@ -202,43 +230,96 @@ class Engine:
             if not any(active):
                 continue
             logits, caches = self.runner.step(tokens, caches, lengths)
-            new = np.asarray(sample_rows(logits, temperature, top_p, seeds, counts, vocab=self.vocab))
+            new_B = sample_rows(logits, temperature, top_p, seeds, counts, vocab=self.vocab)
+            scored = any(r is not None and r.logprobs is not None for r in active)
+            scores = jax.device_get(_next_scores(logits, new_B)) if scored else None
+            new = np.asarray(new_B)
             for i, r in enumerate(active):
                 if r is None:
                     continue
                 lengths[i] += 1
                 counts[i] += 1
                 tokens[i] = new[i]
-                self._add(r, int(new[i]), int(lengths[i]))
+                self._add(r, int(new[i]), int(lengths[i]), scores and [x[i, 0] for x in scores])
                 if r.finish_reason is not None:
                     active[i] = None
             self._flush()
 
     def _prefill(self, r: Request, row: int, caches: list) -> list:
-        P = len(r.prompt_ids)
-        bucket = min(max(MIN_PREFILL, 1 << (P - 1).bit_length()), self.runner.cache_len)
-        padded = np.zeros((1, bucket), np.int32)
-        padded[0, :P] = r.prompt_ids
-        logits, one = self.runner.prefill(padded, np.asarray([P], np.int32))
-        first = sample_rows(
-            logits,
-            np.asarray([r.temperature], np.float32),
-            np.asarray([r.top_p], np.float32),
-            np.asarray([r.seed], np.uint32),
-            np.zeros(1, np.int32),
-            vocab=self.vocab,
-        )
-        self._add(r, int(first[0]), P)
+        """r's prompt into cache row `row`, and its first token."""
+        one = self._prefill_only([r])
         return self.runner.insert(caches, one, row)
 
-    def _add(self, r: Request, token: int, filled: int) -> None:
-        """Appends a sampled token (the cache holds `filled` tokens before it); sends new text; finishes the
-        request at its end-of-sequence token, a stop string, max_tokens or a full cache."""
+    def _prefill_only(self, rs: list[Request]) -> list:
+        """One prefill of the requests' prompts (padded to a power of two, at least MIN_PREFILL, of rows and
+        of tokens: few shapes to compile); each gets its prompt's scores (echo) and its first token. Returns
+        the caches (of a lone request: what its slot takes)."""
+        if not rs:
+            return []
+        P = max(len(r.prompt_ids) for r in rs)
+        bucket = min(max(MIN_PREFILL, 1 << (P - 1).bit_length()), self.runner.cache_len)
+        rows = 1 << (len(rs) - 1).bit_length()
+        padded, lengths = np.zeros((rows, bucket), np.int32), np.ones(rows, np.int32)
+        for b, r in enumerate(rs):
+            padded[b, : len(r.prompt_ids)], lengths[b] = r.prompt_ids, len(r.prompt_ids)
+        logits, caches, *prompt = self.runner.prefill(padded, lengths)
+
+        def column(values, count: int):
+            return np.concatenate([values, np.ones(rows - count, values.dtype)])
+
+        first = np.asarray(
+            sample_rows(
+                logits,
+                column(np.asarray([r.temperature for r in rs], np.float32), len(rs)),
+                column(np.asarray([r.top_p for r in rs], np.float32), len(rs)),
+                column(np.asarray([r.seed for r in rs], np.uint32), len(rs)),
+                np.zeros(rows, np.int32),
+                vocab=self.vocab,
+            )
+        )
+        wanted = [r.logprobs is not None for r in rs]
+        if any(wanted) and not prompt:  # an export made before prefill gave scores: those requests fail
+            for r in [r for r in rs if r.logprobs is not None]:
+                r.finish_reason = "error"
+                self._emit(
+                    r, "error", "this export's prefill gives no log-probabilities; export the model again"
+                )
+        elif any(wanted):
+            next_scores = jax.device_get(_next_scores(logits, first))
+            logprobs_BP, values_BPK, ids_BPK = jax.device_get(prompt)
+        for b, r in enumerate(rs):
+            if r.finish_reason == "error":
+                continue
+            scores = None
+            if r.logprobs is not None:
+                scores = [next_scores[0][b, 0], next_scores[1][b, 0], next_scores[2][b, 0]]
+                if r.echo:
+                    r.prompt_scores = [(None, [])] + [
+                        (
+                            float(logprobs_BP[b, p]),
+                            _alternatives(values_BPK[b, p - 1], ids_BPK[b, p - 1], r.logprobs),
+                        )
+                        for p in range(1, len(r.prompt_ids))
+                    ]
+            if r.max_tokens == 0:  # echo alone: the prompt's scores
+                r.finish_reason = "length"
+                self.stats["finished"] += 1
+                self._emit(r, "done", "length")
+            else:
+                self._add(r, int(first[b]), len(r.prompt_ids), scores)
+        return caches
+
+    def _add(self, r: Request, token: int, filled: int, scores=None) -> None:
+        """Appends a sampled token (the cache holds `filled` tokens before it) with its scores (its
+        log-probability, the top values and ids); sends new text; finishes the request at its
+        end-of-sequence token, a stop string, max_tokens or a full cache."""
         tok = self.runner.tokenizer
         self.stats["tokens"] += 1
         if token == self.eos_id and not r.ignore_eos:
             return self._finish(r, "stop", tok.decode(r.ids))
         r.ids.append(token)
+        if r.logprobs is not None:
+            r.scores.append((float(scores[0]), _alternatives(scores[1], scores[2], r.logprobs)))
         text = tok.decode(r.ids)
         cuts = [c for c in (text.find(s, max(0, r.sent - len(s))) for s in r.stop) if c >= 0]
         if cuts:

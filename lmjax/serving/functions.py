@@ -1,7 +1,10 @@
 """The two functions a server runs and mode=export serialises, over a decoder's weights as one flat list:
 
-  prefill(weights, tokens_BP, lengths_B) -> (logits_BV, caches)    prompts right-padded to P, row b's
-      real tokens 0..lengths_B[b]-1 written to cache slots 0..; logits after each row's last real token
+  prefill(weights, tokens_BP, lengths_B) -> (logits_BV, caches, logprobs_BP, top_values_BPK, top_ids_BPK)
+      prompts right-padded to P, row b's real tokens 0..lengths_B[b]-1 written to cache slots 0..; logits
+      after each row's last real token; the prompt's scores: log P(token p | tokens < p) at p >= 1 (0 at p =
+      0) and the K = TOP_LOGPROBS most likely next tokens after each position (what echo and logprobs
+      answer: the same pass scores a prompt and starts its generation)
   step(weights, tokens_B, caches, lengths_B) -> (logits_BV, caches)    one token per row, written at its
       own slot lengths_B[b] (rows are independent sequences: continuous batching over cache slots)
 
@@ -18,6 +21,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lmjax.serving import quantize
+
+TOP_LOGPROBS = 20  # the most alternatives a request may ask for at each position (OpenAI's limit)
+
+
+def token_scores(logits_BLV: jax.Array, next_BL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(log P(next_BL) under logits_BLV, the top TOP_LOGPROBS log-probabilities and their token ids), each
+    position's distribution normalised over the model's whole vocabulary."""
+    logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
+    chosen_BL = jnp.take_along_axis(logp_BLV, next_BL[..., None], axis=-1)[..., 0]
+    values_BLK, ids_BLK = jax.lax.top_k(logp_BLV, TOP_LOGPROBS)
+    return chosen_BL, values_BLK, ids_BLK.astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +55,10 @@ class DecoderFunctions:
             positions_BL=jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P)),
         )
         last_BV = jnp.take_along_axis(logits_BPV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
-        return last_BV, flat_caches(caches)
+        # position p's distribution scores token p + 1: shifted, so logprobs_BP[:, p] belongs to token p
+        chosen_BP, top_values_BPK, top_ids_BPK = token_scores(logits_BPV, jnp.roll(tokens_BP, -1, axis=1))
+        logprobs_BP = jnp.pad(chosen_BP[:, :-1], ((0, 0), (1, 0)))
+        return last_BV, flat_caches(caches), logprobs_BP, top_values_BPK, top_ids_BPK
 
     def step(self, weights: list, tokens_B: jax.Array, caches: list, lengths_B: jax.Array):
         model = self.model(weights)

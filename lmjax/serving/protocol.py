@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmjax.serving.functions import TOP_LOGPROBS
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
@@ -37,12 +39,16 @@ class _Sampling(BaseModel):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] = Field(..., description="one prompt (a list of one string is accepted)")
+    # a text or its token ids, or a list of either (one choice each)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)  # 0: with echo, the prompt's log-probabilities alone
+    echo: bool = False  # the prompt is part of the answer (its text, and its tokens' log-probabilities)
+    logprobs: int | None = Field(None, ge=0, le=TOP_LOGPROBS)  # each token's, and this many alternatives
 
-    def text(self) -> str | None:
-        if isinstance(self.prompt, str):
-            return self.prompt
-        return self.prompt[0] if len(self.prompt) == 1 else None
+    def prompts(self) -> list[str | list[int]]:
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
 
 
 class Message(BaseModel):
@@ -55,6 +61,26 @@ class Message(BaseModel):
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
+    logprobs: bool = False  # each answer token's log-probability
+    top_logprobs: int | None = Field(None, ge=0, le=TOP_LOGPROBS)  # and this many alternatives
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's POST /tokenize: a text, or messages through the chat template."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    add_generation_prompt: bool = True
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = None
+    tokens: list[int]
 
 
 def error(message: str, kind: str = "invalid_request_error", code: str | None = None, param=None) -> dict:
@@ -78,12 +104,54 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def completion(model: str, rid: str, text: str, reason: str | None, use: dict | None = None) -> dict:
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
-    return _head("text_completion", model, rid) | {"choices": [choice]} | ({"usage": use} if use else {})
+    return completions(model, rid, [completion_choice(0, text, reason)], use)
 
 
-def chat(model: str, rid: str, text: str, reason: str, use: dict) -> dict:
+def completion_choice(index: int, text: str, reason: str | None, logprobs: dict | None = None) -> dict:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
+
+
+def completions(model: str, rid: str, choices: list[dict], use: dict | None = None) -> dict:
+    return _head("text_completion", model, rid) | {"choices": choices} | ({"usage": use} if use else {})
+
+
+def completion_logprobs(pieces: list[str], scores: list, offsets: list[int], names) -> dict:
+    """The completions API's logprobs: each token's text, log-probability (None: the first prompt token's),
+    its alternatives by text (`names`: token id -> text) and where its text starts."""
+    return {
+        "tokens": pieces,
+        "token_logprobs": [lp for lp, _ in scores],
+        "top_logprobs": [None if lp is None else _by_text(top, names) for lp, top in scores],
+        "text_offset": offsets,
+    }
+
+
+def _by_text(top: list, names) -> dict[str, float]:
+    """Alternatives most likely first; of two ids with one text, the likelier's value."""
+    out: dict[str, float] = {}
+    for i, v in top:
+        out.setdefault(names(i), v)
+    return out
+
+
+def chat_logprobs(pieces: list[str], scores: list, names) -> dict:
+    """The chat API's logprobs: per answer token its text, log-probability, UTF-8 bytes and alternatives."""
+
+    def entry(text: str, lp: float) -> dict:
+        return {"token": text, "logprob": lp, "bytes": list(text.encode())}
+
+    return {
+        "content": [
+            entry(text, lp) | {"top_logprobs": [entry(names(i), v) for i, v in top]}
+            for text, (lp, top) in zip(pieces, scores, strict=True)
+        ]
+    }
+
+
+def chat(model: str, rid: str, text: str, reason: str, use: dict, logprobs: dict | None = None) -> dict:
     choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+    if logprobs is not None:
+        choice["logprobs"] = logprobs
     return _head("chat.completion", model, rid) | {"choices": [choice], "usage": use}
 
 

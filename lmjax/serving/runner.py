@@ -19,7 +19,7 @@ def _insert(caches: list, new: list, row: jax.Array) -> list:
 
 @dataclasses.dataclass
 class Runner:
-    prefill_fn: Callable  # (weights, tokens_BP, lengths_B) -> (logits_BV, caches)
+    prefill_fn: Callable  # (weights, tokens_BP, lengths_B) -> (logits_BV, caches, prompt scores...)
     step_fn: Callable  # (weights, tokens_B, caches, lengths_B) -> (logits_BV, caches)
     weights: list
     cache_shape: tuple[int, ...]  # one row's cache array: (S, kv heads, head size)
@@ -37,8 +37,9 @@ class Runner:
     def cache_len(self) -> int:
         return self.cache_shape[0]
 
-    def prefill(self, tokens_BP, lengths_B) -> tuple[jax.Array, list]:
-        """Next-token logits after each right-padded prompt, and the prompts' caches."""
+    def prefill(self, tokens_BP, lengths_B) -> tuple:
+        """Next-token logits after each right-padded prompt, the prompts' caches, and the prompts' scores
+        (functions.py: logprobs_BP, top_values_BPK, top_ids_BPK)."""
         return self._prefill(
             self.weights, jnp.asarray(tokens_BP, jnp.int32), jnp.asarray(lengths_B, jnp.int32)
         )

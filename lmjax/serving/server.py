@@ -1,6 +1,8 @@
 """--config.mode=serve: an OpenAI-compatible HTTP server (FastAPI on uvicorn) over the continuous-batching
-engine. POST /v1/completions, POST /v1/chat/completions (the tokenizer's chat template), server-sent events
-with "stream": true, GET /v1/models, GET /health.
+engine. POST /v1/completions (prompts as text or token ids, one or a list; echo and logprobs: what
+lm-evaluation-harness scores with), POST /v1/chat/completions (the tokenizer's chat template; logprobs),
+server-sent events with "stream": true, GET /v1/models, GET /health, and vLLM's POST /tokenize, POST
+/detokenize and GET /tokenizer_info.
 
 It listens on serve.host (127.0.0.1 by default); on any other address it refuses to start without an API key
 in the environment variable serve.api_key_env, and with a key set every /v1 request must carry
@@ -114,7 +116,9 @@ def create_app(
             )
         return asked if asked is not None else min(max_tokens, S - len(ids))
 
-    def submit(body: protocol._Sampling, ids: list[int], asked: int | None) -> engine_lib.Request:
+    def submit(
+        body: protocol._Sampling, ids: list[int], asked: int | None, logprobs: int | None = None, echo=False
+    ) -> engine_lib.Request:
         r = engine_lib.Request(
             prompt_ids=ids,
             max_tokens=limits(ids, asked),
@@ -124,6 +128,8 @@ def create_app(
             stop=body.stops(),
             ignore_eos=body.ignore_eos,
             loop=asyncio.get_running_loop(),
+            logprobs=logprobs,
+            echo=echo,
         )
         if engine.error is not None:
             raise ApiError(500, f"the engine failed: {engine.error}", "engine_failed", "server_error")
@@ -162,6 +168,32 @@ def create_app(
         finally:
             r.cancelled = True  # no-op once finished
 
+    async def collect(r: engine_lib.Request, http: Request) -> tuple[str, str | None]:
+        """(the generated text, the finish reason: None when the client went away) of a plain response."""
+        parts, reason = [], None
+        async for kind, value in events(r, http, poll=True):
+            if kind == "text":
+                parts.append(value)
+            elif kind == "done":
+                reason = value
+            else:
+                raise ApiError(500, value, "engine_failed", "server_error")
+        return "".join(parts), reason
+
+    def kept(r: engine_lib.Request, text: str) -> int:
+        """How many generated tokens make `text` (a stop string may have cut the last ones off)."""
+        n = 0
+        while n < len(r.ids) and len(tok.decode(r.ids[:n])) < len(text):
+            n += 1
+        return n
+
+    def piece(i: int) -> str:
+        return tok.decode([i])
+
+    def no_stream_with(body, what: str) -> None:
+        if body.stream:
+            raise ApiError(400, f"{what} come in plain responses only; set stream=false", "invalid_value")
+
     async def answer(r, http, body, rid, whole, chunk_of, chunk_kind, first=None):
         if body.stream:
 
@@ -181,17 +213,10 @@ def create_app(
                 yield _sse("[DONE]")
 
             return StreamingResponse(stream(), media_type="text/event-stream")
-        parts, reason = [], None
-        async for kind, value in events(r, http, poll=True):
-            if kind == "text":
-                parts.append(value)
-            elif kind == "done":
-                reason = value
-            else:
-                raise ApiError(500, value, "engine_failed", "server_error")
+        text, reason = await collect(r, http)
         if reason is None:  # the client went away
             return JSONResponse({}, status_code=499)
-        return whole("".join(parts), reason, protocol.usage(len(r.prompt_ids), len(r.ids)))
+        return whole(text, reason, protocol.usage(len(r.prompt_ids), len(r.ids)))
 
     @app.get("/health")
     async def health():
@@ -209,28 +234,7 @@ def create_app(
         card = {"id": model_name, "object": "model", "created": int(time.time()), "owned_by": "lmjax"}
         return {"object": "list", "data": [card]}
 
-    @app.post("/v1/completions", dependencies=[Depends(authorized)])
-    async def completions(body: protocol.CompletionRequest, http: Request):
-        check_model(body.model)
-        text = body.text()
-        if text is None:
-            raise ApiError(
-                400, "prompt: give one prompt (a string, or a list of one string)", "invalid_value"
-            )
-        r = submit(body, [int(i) for i in tok.encode(text)], body.max_tokens)
-        rid = protocol.new_id("cmpl")
-
-        def chunk_of(delta, reason):
-            return protocol.completion(model_name, rid, delta or "", reason)
-
-        def whole(text, reason, use):
-            return protocol.completion(model_name, rid, text, reason, use)
-
-        return await answer(r, http, body, rid, whole, chunk_of, "text_completion")
-
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
-    async def chat(body: protocol.ChatRequest, http: Request):
-        check_model(body.model)
+    def template(messages: list[protocol.Message], add_generation_prompt: bool = True) -> str:
         if not getattr(tok, "chat_template", None):
             raise ApiError(
                 400,
@@ -238,20 +242,126 @@ def create_app(
                 "no_chat_template",
             )
         try:
-            prompt = tok.apply_chat_template([m.model_dump() for m in body.messages])
+            return tok.apply_chat_template([m.model_dump() for m in messages], add_generation_prompt)
         except Exception as e:  # the template's own checks (roles it does not take, ...)
             raise ApiError(400, f"messages: the chat template refused them: {e}", "invalid_value") from None
-        r = submit(body, [int(i) for i in tok.encode(prompt)], body.max_completion_tokens or body.max_tokens)
+
+    def prompt_ids(prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return [int(i) for i in tok.encode(prompt)]
+        bad = [i for i in prompt if not 0 <= i < tok.vocab_size]
+        if bad:
+            raise ApiError(
+                400,
+                f"prompt: token id {bad[0]} is outside the vocabulary (0..{tok.vocab_size - 1})",
+                "invalid_value",
+            )
+        return prompt
+
+    @app.post("/v1/completions", dependencies=[Depends(authorized)])
+    async def completions(body: protocol.CompletionRequest, http: Request):
+        check_model(body.model)
+        prompts = body.prompts()
+        if not prompts:
+            raise ApiError(
+                400, "prompt: give a prompt (a string, token ids, or a list of either)", "invalid_value"
+            )
+        if len(prompts) > 1 or body.echo or body.logprobs is not None:
+            no_stream_with(body, "several prompts, echo and logprobs")
+        if body.max_tokens == 0 and not body.echo:
+            raise ApiError(400, "max_tokens=0 answers nothing without echo=true", "invalid_value")
+        ids = [prompt_ids(p) for p in prompts]  # every prompt checked before any is queued
+        requests = []
+        try:
+            for one in ids:
+                requests.append(submit(body, one, body.max_tokens, body.logprobs, body.echo))
+        except ApiError:
+            for r in requests:
+                r.cancelled = True
+            raise
+        rid = protocol.new_id("cmpl")
+        if body.stream:
+
+            def chunk_of(delta, reason):
+                return protocol.completion(model_name, rid, delta or "", reason)
+
+            return await answer(requests[0], http, body, rid, None, chunk_of, "text_completion")
+        choices = []
+        for index, r in enumerate(requests):
+            text, reason = await collect(r, http)
+            if reason is None:
+                for other in requests:
+                    other.cancelled = True
+                return JSONResponse({}, status_code=499)
+            n = kept(r, text)
+            prompt_text = tok.decode(r.prompt_ids) if isinstance(prompts[index], list) else prompts[index]
+            logprobs = None
+            if body.logprobs is not None:
+                all_ids = (r.prompt_ids if body.echo else []) + r.ids[:n]
+                scores = (r.prompt_scores if body.echo else []) + r.scores[:n]
+                offsets = [len(tok.decode(all_ids[:j])) for j in range(len(all_ids))]
+                logprobs = protocol.completion_logprobs([piece(i) for i in all_ids], scores, offsets, piece)
+            text = prompt_text + text if body.echo else text
+            choices.append(protocol.completion_choice(index, text, reason, logprobs))
+        use = protocol.usage(sum(len(r.prompt_ids) for r in requests), sum(len(r.ids) for r in requests))
+        return protocol.completions(model_name, rid, choices, use)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+    async def chat(body: protocol.ChatRequest, http: Request):
+        check_model(body.model)
+        prompt = template(body.messages)
+        if body.top_logprobs is not None and not body.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs=true", "invalid_value")
+        if body.logprobs:
+            no_stream_with(body, "logprobs")
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        asked = body.max_completion_tokens or body.max_tokens
+        r = submit(body, [int(i) for i in tok.encode(prompt)], asked, logprobs)
         rid = protocol.new_id("chatcmpl")
 
         def chunk_of(delta, reason):
             return protocol.chat_chunk(model_name, rid, {} if delta is None else {"content": delta}, reason)
 
         def whole(text, reason, use):
-            return protocol.chat(model_name, rid, text, reason, use)
+            if logprobs is None:
+                return protocol.chat(model_name, rid, text, reason, use)
+            n = kept(r, text)
+            scored = protocol.chat_logprobs([piece(i) for i in r.ids[:n]], r.scores[:n], piece)
+            return protocol.chat(model_name, rid, text, reason, use, scored)
 
         first = protocol.chat_chunk(model_name, rid, {"role": "assistant", "content": ""}, None)
         return await answer(r, http, body, rid, whole, chunk_of, "chat.completion.chunk", first)
+
+    @app.post("/tokenize", dependencies=[Depends(authorized)])
+    async def tokenize(body: protocol.TokenizeRequest):
+        """vLLM's: a prompt's token ids (or the chat template's, for messages)."""
+        if body.model is not None:
+            check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise ApiError(400, "give either prompt or messages", "invalid_value")
+        text = body.prompt if body.messages is None else template(body.messages, body.add_generation_prompt)
+        ids = [int(i) for i in tok.encode(text)]
+        return {"count": len(ids), "max_model_len": S, "tokens": ids, "token_strs": None}
+
+    @app.post("/detokenize", dependencies=[Depends(authorized)])
+    async def detokenize(body: protocol.DetokenizeRequest):
+        if body.model is not None:
+            check_model(body.model)
+        return {"prompt": tok.decode(prompt_ids(body.tokens))}
+
+    @app.get("/tokenizer_info", dependencies=[Depends(authorized)])
+    async def tokenizer_info():
+        """What a client needs to tokenize as the server does (lm-evaluation-harness's remote tokenizer)."""
+        eos = getattr(tok, "eos_id", None)
+        return {
+            "tokenizer_class": type(tok).__name__,
+            "kind": tok.kind,
+            "vocab_size": tok.vocab_size,
+            "model_max_length": S,
+            "eos_token_id": eos,
+            "eos_token": None if eos is None else getattr(tok, "id_to_token", piece)(eos),
+            "chat_template": getattr(tok, "chat_template", None),
+        }
 
     return app
 

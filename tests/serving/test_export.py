@@ -38,7 +38,7 @@ for name, directory in directories.items():
         tokens = np.zeros((len(rows), lengths.max()), np.int32)
         for i, p in enumerate(rows):
             tokens[i, : len(p)] = p
-        logits, caches = lm.prefill(tokens, lengths)
+        logits, caches = lm.prefill(tokens, lengths)[:2]
         step = lm.step(np.asarray(next_tokens[: len(rows)], np.int32), caches, lengths)[0]
         out[f"{name}_prefill{batch}"], out[f"{name}_step{batch}"] = np.asarray(logits), np.asarray(step)
 assert not any(m == "lmjax.models" or m.startswith("lmjax.models.") for m in sys.modules)
