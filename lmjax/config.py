@@ -38,7 +38,8 @@ DEFAULT_RULES = {
 
 def base() -> ConfigDict:
     config = ConfigDict()
-    # train | sample | finetune | eval (finetune.init's loss on data.*'s validation) | export | serve
+    # train | sample | finetune | eval (finetune.init's loss on data.*'s validation) | export | serve |
+    # harness (lm-evaluation-harness tasks)
     config.mode = "train"
     config.seed = 0
 
@@ -195,6 +196,10 @@ def base() -> ConfigDict:
             # linear schedules from the values above at step 0 to these at train.num_steps (-1: constant)
             distill_alpha_end=-1.0,
             distill_temperature_end=-1.0,
+            # lm-evaluation-harness tasks (comma-separated; settings in harness.*) scored during a decoder's
+            # run every harness_every steps (0: at the end only) as harness/<task>/<metric>
+            harness_tasks="",
+            harness_every=0,
         )
     )
 
@@ -270,6 +275,11 @@ def base() -> ConfigDict:
             l2sp=0.0,
         )
     )  # L2-SP weight towards the pretrained backbone
+
+    # mode=harness (lmjax/evaluation/harness.py; pip install 'lmjax[eval]'): lm-evaluation-harness on
+    # finetune.init or the workdir's run. tasks: comma-separated; include_path: a directory of task YAML files
+    # (experiments/harness); limit: examples a task (0: all); num_fewshot: -1 for each task's own
+    config.harness = ConfigDict(dict(tasks="", include_path="", limit=0, num_fewshot=-1, batch_size=16))
 
     # Devices as a (data, fsdp, tensor) mesh (one axis -1: the rest); rules: logical axis -> mesh axes
     # (lmjax/sharding.py).
@@ -356,7 +366,7 @@ def profile_range(text: str) -> tuple[int, int] | None:
     return int(first), int(last)
 
 
-MODES = ("train", "sample", "finetune", "eval", "export", "serve")
+MODES = ("train", "sample", "finetune", "eval", "export", "serve", "harness")
 
 
 def validate(config: ConfigDict) -> None:
@@ -403,6 +413,10 @@ def validate_train(config: ConfigDict) -> None:
     for key in ("distill_alpha", "distill_alpha_end"):
         if not (0 <= t[key] <= 1 or (key.endswith("_end") and t[key] == -1)):
             raise InputError(f"train.{key}={t[key]} must lie in [0, 1]" + (" (or -1)" * key.endswith("_end")))
+    if t.harness_every < 0 or config.harness.batch_size < 1 or config.harness.limit < 0:
+        raise InputError(
+            "train.harness_every, harness.limit (0: all) and harness.batch_size must be >= 0, >= 0 and >= 1"
+        )
     for key in ("distill_temperature", "distill_temperature_end"):
         if not (t[key] > 0 or (key.endswith("_end") and t[key] == -1)):
             raise InputError(f"train.{key}={t[key]} must be positive" + (" (or -1)" * key.endswith("_end")))

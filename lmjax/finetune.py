@@ -42,6 +42,7 @@ from lmjax import (
 from lmjax import config as config_lib
 from lmjax.data import corpora, pipeline, qa_windows, task_files, task_pipeline, tasks, tokenizers
 from lmjax.errors import InputError
+from lmjax.evaluation import harness
 from lmjax.models import heads
 
 
@@ -552,8 +553,11 @@ def make_evaluate(
     corpus: corpora.Corpus | None,
     workdir: epath.Path,
 ) -> Callable[[int, loop.TrainState, bool], dict]:
-    """The loop's evaluation: the task's validation split (and its test split at the end), and the backbone's
-    held-out pretraining loss."""
+    """The loop's evaluation: the task's validation split (and its test split at the end), the backbone's
+    held-out pretraining loss, and train.harness_tasks on the backbone (a decoder)."""
+    model_config = engine.config.model
+    backbone_def = nnx.graphdef(nnx.eval_shape(lambda: models.build(model_config, nnx.Rngs(0))))
+    harness_every = harness.periodic(engine.config, tok, backbone_def)
 
     def evaluate(step: int, state: loop.TrainState, final: bool) -> dict:
         result = {}
@@ -562,6 +566,8 @@ def make_evaluate(
                 result |= evaluate_task(engine, state.params, task, tok, head, split, workdir)
         if engine.backbone_eval_step:
             result |= evaluate_pretraining(engine, state.params, corpus, tok)
+        if engine.config.train.harness_tasks:
+            result |= harness_every(step, lora.merge(state.params, engine.config.optim)["backbone"], final)
         return result
 
     return evaluate

@@ -32,6 +32,7 @@ def main(argv):
     config_lib.validate(config)
     # jax is imported after the value checks, so that bad values fail fast
     from lmjax import finetune, host, parallel, sample, score, train
+    from lmjax.evaluation import harness
     from lmjax.serving import export, server
 
     train.check_config(config)  # against the registries (model families, objectives, optimizers, meshes)
@@ -43,7 +44,12 @@ def main(argv):
         return 0
     # the command line's values: a model override that contradicts finetune.init / train.init stops the run
     overrides = config_flags.get_override_values(FLAGS["config"])
-    job = {"eval": score.run, "finetune": finetune.run, "train": train.train_and_evaluate}[config.mode]
+    job = {
+        "eval": score.run,
+        "finetune": finetune.run,
+        "train": train.train_and_evaluate,
+        "harness": harness.run,
+    }[config.mode]
     return EXIT_PREEMPTED if "preempted_at" in job(config, FLAGS.workdir, overrides=overrides) else 0
 
 

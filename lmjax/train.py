@@ -32,6 +32,7 @@ from lmjax import (
 from lmjax import config as config_lib
 from lmjax.data import corpora, mixture, pipeline, tokenizers
 from lmjax.errors import InputError, MissingInput
+from lmjax.evaluation import harness
 
 
 def make_loss_fn(graphdef: nnx.GraphDef, loss: Callable) -> Callable:
@@ -360,12 +361,14 @@ def train_data(
 
 
 def make_evaluate(engine: loop.Engine, corpus: corpora.Corpus, tok: tokenizers.Tokenizer) -> Callable:
-    """The loop's evaluation: `evaluate`, and a decoder's sample (train.sample_tokens) as text."""
+    """The loop's evaluation: `evaluate`, train.harness_tasks (lmjax/evaluation/harness.py), and a decoder's
+    sample (train.sample_tokens) as text."""
     config = engine.config
+    harness_every = harness.periodic(config, tok, engine.graphdef)
 
     def evaluate_and_sample(step: int, state: loop.TrainState, final: bool) -> dict:
         params = engine.from_engine(state).params
-        result = evaluate(engine, params, corpus, tok)
+        result = evaluate(engine, params, corpus, tok) | harness_every(step, params, final)
         if config.model.family == "decoder" and config.train.sample_tokens:
             key = jax.random.PRNGKey(step)
             text = decode.sample_text(

@@ -54,7 +54,8 @@ class Request:
     echo: bool = False
     # filled before 'done': (log-probability or None, [(token id, log-probability), ...]) a token
     prompt_scores: list = dataclasses.field(default_factory=list)
-    scores: list = dataclasses.field(default_factory=list)  # of each token in ids
+    scores: list = dataclasses.field(default_factory=list)  # of each token in ids (and of stop_token)
+    stop_token: int | None = None  # the end-of-sequence token that finished it, when logprobs are wanted
 
     @property
     def slotless(self) -> bool:
@@ -316,6 +317,9 @@ class Engine:
         tok = self.runner.tokenizer
         self.stats["tokens"] += 1
         if token == self.eos_id and not r.ignore_eos:
+            if r.logprobs is not None:  # scored (the harness reads the last token's), never text
+                r.scores.append((float(scores[0]), _alternatives(scores[1], scores[2], r.logprobs)))
+                r.stop_token = token
             return self._finish(r, "stop", tok.decode(r.ids))
         r.ids.append(token)
         if r.logprobs is not None:

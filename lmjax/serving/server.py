@@ -96,6 +96,8 @@ def create_app(
     def limits(ids: list[int], asked: int | None) -> int:
         if not ids:
             raise ApiError(400, "the prompt is empty; give at least one token of text", "empty_prompt")
+        if asked is not None and asked <= 1 and len(ids) <= S:  # scored by its prefill: no slot to decode in
+            return asked
         if len(ids) >= S:
             raise ApiError(
                 400,
@@ -296,9 +298,10 @@ def create_app(
             n = kept(r, text)
             prompt_text = tok.decode(r.prompt_ids) if isinstance(prompts[index], list) else prompts[index]
             logprobs = None
-            if body.logprobs is not None:
-                all_ids = (r.prompt_ids if body.echo else []) + r.ids[:n]
-                scores = (r.prompt_scores if body.echo else []) + r.scores[:n]
+            if body.logprobs is not None:  # an end-of-sequence token is scored too (it has no text)
+                last = [r.stop_token] if r.stop_token is not None and n == len(r.ids) else []
+                all_ids = (r.prompt_ids if body.echo else []) + r.ids[:n] + last
+                scores = (r.prompt_scores if body.echo else []) + r.scores[: n + len(last)]
                 offsets = [len(tok.decode(all_ids[:j])) for j in range(len(all_ids))]
                 logprobs = protocol.completion_logprobs([piece(i) for i in all_ids], scores, offsets, piece)
             text = prompt_text + text if body.echo else text
@@ -360,6 +363,8 @@ def create_app(
             "model_max_length": S,
             "eos_token_id": eos,
             "eos_token": None if eos is None else getattr(tok, "id_to_token", piece)(eos),
+            "bos_token": None,  # lmjax's tokenizers add none
+            "pad_token": None,
             "chat_template": getattr(tok, "chat_template", None),
         }
 
