@@ -104,6 +104,19 @@ def test_the_in_process_lm_scores_as_the_server_for_every_kind_of_request(served
         assert here["results"][task][metric] == pytest.approx(served["results"][task][metric], rel=1e-5)
 
 
+def test_mode_harness_scores_a_hugging_face_directory_into_results_json(
+    chat_config, hf_llama, tmp_path, capsys
+):
+    chat_config.update(mode="harness")
+    chat_config.finetune.init = str(hf_llama[0])
+    chat_config.harness.update(tasks="rt_sentiment", include_path="experiments/harness", limit=2)
+    result = harness.run(chat_config, tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text()) == result
+    assert (
+        0 <= result["harness/rt_sentiment/acc"] <= 1 and "harness/rt_sentiment/acc" in capsys.readouterr().out
+    )
+
+
 def test_train_harness_tasks_writes_harness_metrics(chat_config, tmp_path):
     chat_config.train.update(num_steps=2, eval_every=1, harness_tasks="rt_sentiment", harness_every=1)
     chat_config.harness.update(include_path="experiments/harness", limit=4)
