@@ -107,3 +107,14 @@ def test_bad_mixtures_are_one_line(files, cache_dir, spec, says):
 def test_a_mixture_replaces_the_single_corpus_settings(files):
     with pytest.raises(ValueError, match="data.mixture replaces data.text_files"):
         mixture.load(data_config(mixture=f"{files}/a.txt:1", text_files=f"{files}/b.txt"))
+
+
+def test_a_tfds_catalog_source(files, cache_dir):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=7):
+        corpus = corpora.load(
+            data_config(mixture=f"lm1b:1,{files}/a.txt:1", eval_split="test", cache_dir=str(cache_dir))
+        )
+    assert [(s.name, len(s.corpus.train)) for s in corpus.sources][0] == ("lm1b", 7)
+    assert corpus.sources[0].corpus.documents and not corpus.sources[1].corpus.documents
