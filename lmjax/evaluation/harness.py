@@ -100,6 +100,8 @@ def periodic(config: ConfigDict, tok, graphdef: nnx.GraphDef) -> Callable[[int, 
         raise InputError(
             f"train.harness_tasks scores decoders; this run trains a {config.model.family} model"
         )
+    if jax.process_count() > 1:
+        raise InputError("train.harness_tasks runs in one process; score the run's workdir with mode=harness")
     lm = None
 
     def run(step: int, params: nnx.State, final: bool) -> dict:
