@@ -2,6 +2,8 @@
 (mode=train on a 2 x 4 mesh with the teacher sharded like the student, and mode=finetune through the task
 head), the teacher's share in the log, and bad settings in one line."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,8 +83,21 @@ def test_a_teacher_with_another_vocabulary_is_one_line(hf_llama, tiny_config, tm
         train.train_and_evaluate(c, tmp_path)
 
 
-def llama_finetune(hf_llama, tiny_config):
+def llama_finetune(hf_llama, tiny_config, files):
+    """A tiny classification from files (8 rows a split) on the hf_llama fixture, at learning rate 0."""
+    for split, n in (("train", 8), ("validation", 8)):
+        rows = [
+            {"text": f"the king {'loves' if i % 2 else 'hates'} the queen {i}", "label": i % 2}
+            for i in range(n)
+        ]
+        (files / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     c = finetune_bert_mlm.get_config("smoke")
+    c.task.update(
+        name="",
+        kind="classification",
+        train_file=str(files / "train.jsonl"),
+        validation_file=str(files / "validation.jsonl"),
+    )
     c.data.update(tiny_config.data.to_dict() | dict(batch_size=8, seq_len=32))
     c.model.update(dropout=0.0, attention_dropout=0.0)
     c.task.update(pooling="last", seq_len=32, batch_size=8, head_dropout=0.0)
@@ -95,7 +110,7 @@ def llama_finetune(hf_llama, tiny_config):
 def test_fine_tuning_distils_the_task_head_of_a_teacher_fine_tuned_on_the_task(
     hf_llama, tiny_config, tmp_path
 ):
-    c = llama_finetune(hf_llama, tiny_config)
+    c = llama_finetune(hf_llama, tiny_config, tmp_path)
     finetune.run(c, tmp_path / "teacher")  # at rate 0: the init's backbone under the seed's new head
     c.train.update(teacher=str(tmp_path / "teacher"), distill_alpha=1.0)
     finetune.run(c, tmp_path / "student")

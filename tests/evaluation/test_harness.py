@@ -12,8 +12,6 @@ import pytest
 lm_eval = pytest.importorskip("lm_eval", reason="make test installs lm-evaluation-harness")
 torch = pytest.importorskip("torch", reason="make test installs the CPU build of torch")
 
-from lm_eval.tasks import TaskManager  # noqa: E402
-
 from lmjax import config as config_lib  # noqa: E402
 from lmjax import metrics, pretrained, train  # noqa: E402
 from lmjax.evaluation import harness  # noqa: E402
@@ -40,7 +38,7 @@ def run(lm, tasks=TASKS):
     return lm_eval.simple_evaluate(
         model=lm,
         tasks=tasks,
-        task_manager=TaskManager(include_path="experiments/harness"),
+        task_manager=harness.task_manager("experiments/harness"),  # built once a process
         limit=LIMIT,
         bootstrap_iters=0,
         log_samples=True,
@@ -115,6 +113,8 @@ def test_mode_harness_scores_a_hugging_face_directory_into_results_json(
     assert (
         0 <= result["harness/rt_sentiment/acc"] <= 1 and "harness/rt_sentiment/acc" in capsys.readouterr().out
     )
+    with pytest.raises(ValueError, match="harness task 'no_such_task' is unknown to lm-evaluation-harness"):
+        harness.evaluate(None, chat_config.harness, ["no_such_task"])
 
 
 def test_train_harness_tasks_writes_harness_metrics(chat_config, tmp_path):
@@ -144,8 +144,3 @@ def test_without_the_harness_it_says_what_to_install(chat_config, tmp_path, monk
     chat_config.train.harness_tasks = "rt_sentiment"
     with pytest.raises(ValueError, match=r"train.harness_tasks needs lm-evaluation-harness"):
         train.train_and_evaluate(chat_config, tmp_path / "train")
-
-
-def test_an_unknown_task_is_one_line(chat_config):
-    with pytest.raises(ValueError, match="harness task 'no_such_task' is unknown to lm-evaluation-harness"):
-        harness.evaluate(None, chat_config.harness, ["no_such_task"])
