@@ -1,8 +1,8 @@
 """Tables and plots of the continued-pretraining and distillation experiments (benchmarks/RESULTS.md), read
 from their workdirs' results.json and metrics.jsonl.
 
-  python -m experiments.report replay --runs=runs/continued --out=benchmarks/replay_smollm2.png
-  python -m experiments.report distill --runs=runs/distill --out=benchmarks/distill_smollm2.png
+  python -m experiments.report replay --runs=runs/continued --out=replay.png
+  python -m experiments.report distill --runs=runs/distill --out=distill.png
 
 replay: RUNS holds test_<arm> and val_<arm> (mode=eval of each arm: base, 0, 10, 30, ...); the table gives
 each arm's Shakespeare and Wikipedia perplexities and their change from the base model, the plot Wikipedia
