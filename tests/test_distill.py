@@ -107,6 +107,7 @@ def llama_finetune(hf_llama, tiny_config, files):
     return c
 
 
+@pytest.mark.slow  # ~25 s (two fine-tuning runs); mode=train distillation is in the default suite
 def test_fine_tuning_distils_the_task_head_of_a_teacher_fine_tuned_on_the_task(
     hf_llama, tiny_config, tmp_path
 ):

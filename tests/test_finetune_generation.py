@@ -102,6 +102,7 @@ def decoder_config(kind: str, hf_llama, cache_dir):
     return c
 
 
+@pytest.mark.slow  # ~35 s; the chat test covers a decoder generating in the default suite
 def test_decoder_seq2seq_with_lora_and_beams(hf_llama, cache_dir, tmp_path):
     c = decoder_config("seq2seq", hf_llama, cache_dir)
     c.task.update(prompt="Reverse: {source}\n", num_beams=2)

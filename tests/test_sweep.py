@@ -150,6 +150,7 @@ lam = float(re.search(r"--config.finetune.pretrain_lambda=(\\S+)", command).grou
 '''
 
 
+@pytest.mark.slow  # ~20 s; test_sweep_runs_skips_finished... runs a sweep in the default suite
 def test_launch_on_tpus_runs_each_point_through_tpu_py_and_tabulates_from_the_bucket(
     tmp_path, gcs_emulator, monkeypatch
 ):
