@@ -7,8 +7,8 @@ from their workdirs' results.json and metrics.jsonl.
 replay: RUNS holds test_<arm> and val_<arm> (mode=eval of each arm: base, 0, 10, 30, ...); the table gives
 each arm's Shakespeare and Wikipedia perplexities and their change from the base model, the plot Wikipedia
 perplexity lost against Shakespeare perplexity gained. distill: RUNS holds one workdir per arm; the plot gives
-each arm's validation perplexity against steps and against training seconds (evaluation excluded), the
-seconds summed from the log's tokens/s.
+each arm's validation perplexity against steps and against training seconds (evaluation excluded): steps
+times the median seconds a step in the log.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import argparse
 import json
 import math
 from pathlib import Path
+
+import numpy as np
 
 from lmjax import metrics
 
@@ -65,22 +67,17 @@ def replay(runs: Path, out: Path) -> str:
 
 
 def curve(workdir: Path) -> tuple[list[int], list[float], list[float]]:
-    """(steps, training seconds, validation perplexity) at each evaluation of a run."""
+    """(steps, training seconds, validation perplexity) at each evaluation of a run; the seconds are steps
+    times the median seconds a step over the log's intervals (the first, which compiles, left out), so that
+    an interval slowed by another process on the machine does not count."""
     rows = list(metrics.read_jsonl(workdir))
     config = json.loads((workdir / "config.json").read_text())
     tokens = config["data"]["batch_size"] * config["data"]["seq_len"]
-    seconds, last, clock = {}, 0, 0.0
-    for r in rows:
-        if "train/tokens_per_s" in r:
-            clock += (r["step"] - last) * tokens / r["train/tokens_per_s"]
-            last = r["step"]
-            seconds[r["step"]] = clock
+    per_step = [tokens / r["train/tokens_per_s"] for r in rows if "train/tokens_per_s" in r][1:]
+    step_seconds = float(np.median(per_step))
     evals = [r for r in rows if "eval/perplexity" in r]
-    return (
-        [r["step"] for r in evals],
-        [seconds[r["step"]] for r in evals],
-        [r["eval/perplexity"] for r in evals],
-    )
+    steps = [r["step"] for r in evals]
+    return steps, [s * step_seconds for s in steps], [r["eval/perplexity"] for r in evals]
 
 
 def distill(runs: Path, out: Path) -> str:

@@ -31,11 +31,13 @@ def test_replay_table_and_plot(tmp_path):
 
 def test_distill_curves_sum_training_seconds(tmp_path):
     rows = [
-        {"step": 10, "train/tokens_per_s": 8.0},  # 10 steps x 8 tokens at 8 tokens/s: 10 s
+        {"step": 5, "train/tokens_per_s": 0.5},  # compiling: left out
+        {"step": 10, "train/tokens_per_s": 8.0},  # 8 tokens a step at 8 tokens/s: 1 s a step
         {"step": 10, "eval/perplexity": 50.0},
-        {"step": 20, "train/tokens_per_s": 4.0},  # 20 s more
+        {"step": 15, "train/tokens_per_s": 2.0},  # slowed by something else: 4 s a step
+        {"step": 20, "train/tokens_per_s": 8.0},
         {"step": 20, "eval/perplexity": 30.0},
     ]
     write(tmp_path / "runs" / "alpha0", rows=rows)
-    assert report.curve(tmp_path / "runs" / "alpha0") == ([10, 20], [10.0, 30.0], [50.0, 30.0])
-    assert "| alpha0 | 10: 50.0, 20: 30.0 | 30 |" in report.distill(tmp_path / "runs", tmp_path / "d.png")
+    assert report.curve(tmp_path / "runs" / "alpha0") == ([10, 20], [10.0, 20.0], [50.0, 30.0])
+    assert "| alpha0 | 10: 50.0, 20: 30.0 | 20 |" in report.distill(tmp_path / "runs", tmp_path / "d.png")
