@@ -410,16 +410,18 @@ def validate_train(config: ConfigDict) -> None:
         )
     if t.teacher and config.mode not in ("train", "finetune"):
         raise InputError(f"train.teacher distils in mode=train or mode=finetune, not mode={config.mode}")
-    for key in ("distill_alpha", "distill_alpha_end"):
-        if not (0 <= t[key] <= 1 or (key.endswith("_end") and t[key] == -1)):
-            raise InputError(f"train.{key}={t[key]} must lie in [0, 1]" + (" (or -1)" * key.endswith("_end")))
     if t.harness_every < 0 or config.harness.batch_size < 1 or config.harness.limit < 0:
         raise InputError(
             "train.harness_every, harness.limit (0: all) and harness.batch_size must be >= 0, >= 0 and >= 1"
         )
-    for key in ("distill_temperature", "distill_temperature_end"):
-        if not (t[key] > 0 or (key.endswith("_end") and t[key] == -1)):
-            raise InputError(f"train.{key}={t[key]} must be positive" + (" (or -1)" * key.endswith("_end")))
+    ranges = {"distill_alpha": (lambda v: 0 <= v <= 1, "must lie in [0, 1]")}
+    ranges["distill_temperature"] = (lambda v: v > 0, "must be positive")
+    for name, (ok, rule) in ranges.items():
+        if not ok(t[name]):
+            raise InputError(f"train.{name}={t[name]} {rule}")
+        end = t[f"{name}_end"]  # -1: the schedule is constant
+        if not (ok(end) or end == -1):
+            raise InputError(f"train.{name}_end={end} {rule} (or -1)")
 
 
 QUANTIZE = ("", "int8")

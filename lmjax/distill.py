@@ -145,7 +145,7 @@ def place(graphdef: nnx.GraphDef, abstract: nnx.State, params: nnx.State, layout
     return Teacher(graphdef, jax.device_put(params, shardings), shardings)
 
 
-def report(teacher: Teacher, state_bytes: int, forward: Callable, batch: Any) -> str:
+def report(teacher: Teacher, abstract_state: Any, forward: Callable, batch: Any) -> str:
     """The teacher's size and share of the memory the run holds (its parameters against the student's
     parameters and optimizer state), and the time of its forward pass on one batch (the median of 3 after
     compiling), which the training log divides by the step's time (train/teacher_time_share)."""
@@ -156,6 +156,7 @@ def report(teacher: Teacher, state_bytes: int, forward: Callable, batch: Any) ->
         jax.block_until_ready(forward(teacher.params, batch))
         seconds.append(time.perf_counter() - start)
     teacher.forward_seconds = float(np.median(seconds))
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
     share = teacher.bytes / (teacher.bytes + state_bytes)
     return (
         f"teacher: {teacher.num_params:,} parameters, {teacher.bytes / 2**20:.1f} MiB ({share:.0%} of the "

@@ -579,8 +579,8 @@ def teacher_report(engine: loop.Engine, task: tasks.Task, tok: tokenizers.Tokeni
     first = next(iter(task_pipeline.train_dataset(task, tok, seed=engine.config.seed, **batching)))
     graphdef = engine.teacher.graphdef
     forward = jax.jit(lambda p, b: nnx.merge(graphdef, p)(b))
-    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(engine.abstract_state))
-    return distill.report(engine.teacher, state_bytes, forward, sharding.global_batch(first, engine.layout))
+    batch = sharding.global_batch(first, engine.layout)
+    return distill.report(engine.teacher, engine.abstract_state, forward, batch)
 
 
 def tokens_per_step(config: ConfigDict) -> int:

@@ -476,8 +476,7 @@ def teacher_report(engine: loop.Engine) -> str:
     zeros = {k: jnp.zeros(v.shape, v.dtype, device=v.sharding) for k, v in batch.items()}
     graphdef = engine.teacher.graphdef
     forward = jax.jit(lambda p, b: nnx.merge(graphdef, p).forward(b, deterministic=True)["logits"])
-    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-    return distill.report(engine.teacher, state_bytes, forward, zeros)
+    return distill.report(engine.teacher, state, forward, zeros)
 
 
 FLOP_OBJECTIVES = ("causal_lm", "mlm", "span_corruption")  # the ones metrics.train_flops counts
