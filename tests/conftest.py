@@ -70,6 +70,55 @@ def tiny_config(corpus_file, cache_dir):
     return c
 
 
+@pytest.fixture
+def train_batches(monkeypatch):
+    """The inputs of every train step lmjax.train's loop takes from now on, in order."""
+    from lmjax import train
+
+    seen = []
+    setup = train.setup
+
+    def recording_setup(*args, **kwargs):
+        s = setup(*args, **kwargs)
+        step = s.train_step
+
+        def recording_step(state, batch):
+            seen.append(np.asarray(batch["inputs"]))
+            return step(state, batch)
+
+        s.train_step = recording_step
+        return s
+
+    monkeypatch.setattr(train, "setup", recording_setup)
+    return seen
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.fixture
+def crash(monkeypatch):
+    """crash(run, *args, at_step=N): run(*args), a training job (train.train_and_evaluate, finetune.run),
+    dying as it logs step N's loss."""
+    from lmjax import metrics
+
+    def crashing_run(run, *args, at_step: int):
+        scalars = metrics.Writer.scalars
+
+        def crashing(self, step, values):
+            if step == at_step and "train/loss" in values:
+                raise Crash()
+            scalars(self, step, values)
+
+        with monkeypatch.context() as m:
+            m.setattr(metrics.Writer, "scalars", crashing)
+            with pytest.raises(Crash):
+                run(*args)
+
+    return crashing_run
+
+
 @pytest.fixture(scope="session")
 def verse():
     """make_text, for tests that need texts of their own."""
@@ -169,7 +218,7 @@ CHAT_TEMPLATE = (
 def hf_llama(tmp_path_factory, corpus_file):
     """A tiny random Hugging Face chat Llama directory (grouped-query attention, RoPE base 1e5, tied head)
     with a byte-level BPE tokenizer trained on the test corpus: (directory, transformers model, tokenizer)."""
-    torch = pytest.importorskip("torch", reason="needs torch (make test installs the CPU build)")
+    torch = pytest.importorskip("torch", reason="needs torch (make test installs it)")
     transformers = pytest.importorskip("transformers", reason="needs transformers (make test installs it)")
     import tokenizers
 

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from experiments.configs import bert_mlm, finetune_bert_mlm
-from lmjax import checkpoint, finetune, metrics, models, optim, pretrained, train
+from lmjax import checkpoint, finetune, models, optim, pretrained, train
 from lmjax.data import tokenizers
 
 V, L, B = 40, 16, 8
@@ -147,9 +147,7 @@ def test_restore_backbone_with_a_new_head(bert_workdir, tmp_path):
         finetune.load_backbone(s2.init(jax.random.PRNGKey(0)).params, pre.params())
 
 
-def test_finetune_from_a_pretraining_workdir_end_to_end_and_resume(
-    bert_workdir, tmp_path, cache_dir, monkeypatch
-):
+def test_finetune_from_a_pretraining_workdir_end_to_end_and_resume(bert_workdir, tmp_path, cache_dir, crash):
     c = finetune_bert_mlm.get_config("smoke")
     c.data.cache_dir = str(cache_dir)
     c.finetune.update(init=str(bert_workdir), pretrain_lambda=0.5, l2sp=0.01, lambda_schedule="warmup")
@@ -177,25 +175,15 @@ def test_finetune_from_a_pretraining_workdir_end_to_end_and_resume(
 
     # Interrupted after step 2's checkpoint, resumed: the parameters of the uninterrupted run (both streams
     # resume).
-    run_interrupted_at_3(c, tmp_path / "b", monkeypatch)
+    run_interrupted_at_3(c, tmp_path / "b", crash)
     restored = [finetune_params(tmp_path / name, c) for name in ("a", "b")]
     for x, y in zip(*map(jax.tree.leaves, restored), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
-def run_interrupted_at_3(c, workdir, monkeypatch):
+def run_interrupted_at_3(c, workdir, crash):
     """finetune.run crashing in step 3 (after step 2's checkpoint), then run again: it resumes."""
-    original = metrics.Writer.scalars
-
-    def crash_at_3(self, step, values):
-        if step == 3 and "train/loss" in values:
-            raise RuntimeError("crash")
-        original(self, step, values)
-
-    monkeypatch.setattr(metrics.Writer, "scalars", crash_at_3)
-    with pytest.raises(RuntimeError, match="crash"):
-        finetune.run(c, workdir)
-    monkeypatch.setattr(metrics.Writer, "scalars", original)
+    crash(finetune.run, c, workdir, at_step=3)
     assert checkpoint.saved_steps(workdir) == [2]
     return finetune.run(c, workdir)
 

@@ -83,7 +83,7 @@ def test_merged_weight_is_the_adapted_layer(name):
 
 @pytest.mark.slow  # ~60 s: a Llama fine-tuned, resumed and exported end to end
 def test_lora_fine_tuning_of_a_hugging_face_llama_resumes_exactly_and_exports_merged(
-    hf_llama, tiny_config, tmp_path, monkeypatch
+    hf_llama, tiny_config, tmp_path, crash
 ):
     directory, _, _ = hf_llama
     c = finetune_bert_mlm.get_config("smoke")
@@ -95,7 +95,7 @@ def test_lora_fine_tuning_of_a_hugging_face_llama_resumes_exactly_and_exports_me
     result = finetune.run(c, tmp_path / "a")
     assert result["pretrain/heldout_loss"] != result["pretrain/heldout_loss_before"]  # merged adapters moved
 
-    run_interrupted_at_3(c, tmp_path / "b", monkeypatch)
+    run_interrupted_at_3(c, tmp_path / "b", crash)
     a, b = (finetune_params(tmp_path / name, c) for name in ("a", "b"))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)

@@ -65,30 +65,6 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_config):
 # --- the loop, checkpoints and resume -------------------------------------------------------
 
 
-class Crash(Exception):
-    pass
-
-
-def record_batches(monkeypatch):
-    """Records the inputs of every train step the loop runs."""
-    seen = []
-    original = train.setup
-
-    def setup(*args, **kwargs):
-        s = original(*args, **kwargs)
-        step = s.train_step
-
-        def recording_step(state, batch):
-            seen.append(np.asarray(batch["inputs"]))
-            return step(state, batch)
-
-        s.train_step = recording_step
-        return s
-
-    monkeypatch.setattr(train, "setup", setup)
-    return seen
-
-
 def train_losses(workdir):
     return {r["step"]: r["train/loss"] for r in metrics.read_jsonl(workdir) if "train/loss" in r}
 
@@ -102,8 +78,8 @@ def loop_config(tiny_config):
     return tiny_config
 
 
-def test_crash_and_resume_equals_uninterrupted_run(loop_config, tmp_path, monkeypatch):
-    seen = record_batches(monkeypatch)
+def test_crash_and_resume_equals_uninterrupted_run(loop_config, tmp_path, train_batches, crash):
+    seen = train_batches
     train.train_and_evaluate(loop_config, tmp_path / "a")
     uninterrupted_batches = list(seen)
     ref = train_losses(tmp_path / "a")
@@ -117,17 +93,7 @@ def test_crash_and_resume_equals_uninterrupted_run(loop_config, tmp_path, monkey
         assert (tmp_path / "a" / name).exists(), name
     assert list((tmp_path / "a" / metrics.TB_DIR).glob("events.out.tfevents.*"))
 
-    original = metrics.Writer.scalars
-
-    def crash_at_13(self, step, values):
-        if step == 13 and "train/loss" in values:
-            raise Crash()
-        original(self, step, values)
-
-    monkeypatch.setattr(metrics.Writer, "scalars", crash_at_13)
-    with pytest.raises(Crash):
-        train.train_and_evaluate(loop_config, tmp_path / "b")
-    monkeypatch.setattr(metrics.Writer, "scalars", original)
+    crash(train.train_and_evaluate, loop_config, tmp_path / "b", at_step=13)
     seen.clear()
     train.train_and_evaluate(loop_config, tmp_path / "b")
     assert len(uninterrupted_batches) == 20 and len(seen) == 10

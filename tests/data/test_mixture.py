@@ -65,15 +65,26 @@ def test_a_restored_iterator_state_gives_the_same_batches(files, cache_dir):
         np.testing.assert_array_equal(a, b)
 
 
-def test_each_source_is_validated_on_its_own(files, tiny_config, tmp_path):
+def test_an_interrupted_run_resumes_with_the_same_batches_and_validates_each_source(
+    files, tiny_config, tmp_path, train_batches, crash
+):
     tiny_config.data.update(text_files="", mixture=f"{files}/a.txt:3,{files}/b.txt:1")
-    tiny_config.train.update(num_steps=2, eval_every=100, sample_tokens=0)
-    result = train.train_and_evaluate(tiny_config, tmp_path)
+    tiny_config.train.update(num_steps=6, checkpoint_every=3, eval_every=3, log_every=1, sample_tokens=0)
+    result = train.train_and_evaluate(tiny_config, tmp_path / "a")
+    uninterrupted = list(train_batches)
     assert {"eval/a/loss", "eval/b/loss", "eval/a/perplexity", "eval/b/accuracy"} <= set(result)
     weighted = 0.75 * result["eval/a/loss"] + 0.25 * result["eval/b/loss"]
     assert result["eval/loss"] == pytest.approx(weighted)
-    logged = [r for r in metrics.read_jsonl(tmp_path) if "eval/a/loss" in r]
-    assert logged and logged[-1]["eval/b/loss"] == result["eval/b/loss"]
+    logged = [r for r in metrics.read_jsonl(tmp_path / "a") if "eval/a/loss" in r]
+    assert [r["step"] for r in logged] == [3, 6] and logged[-1]["eval/b/loss"] == result["eval/b/loss"]
+
+    crash(train.train_and_evaluate, tiny_config, tmp_path / "b", at_step=5)  # after the checkpoint of step 3
+    train_batches.clear()
+    resumed = train.train_and_evaluate(tiny_config, tmp_path / "b")
+    assert len(uninterrupted) == 6 and len(train_batches) == 3
+    for a, b in zip(uninterrupted[3:], train_batches, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert resumed["eval/loss"] == pytest.approx(result["eval/loss"], rel=1e-6)
 
 
 def test_a_source_in_a_bucket(files, bucket, cache_dir):

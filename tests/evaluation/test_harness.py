@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 lm_eval = pytest.importorskip("lm_eval", reason="make test installs lm-evaluation-harness")
-torch = pytest.importorskip("torch", reason="make test installs the CPU build of torch")
+torch = pytest.importorskip("torch", reason="make test installs torch")
 
 from lmjax import config as config_lib  # noqa: E402
 from lmjax import metrics, pretrained, train  # noqa: E402
@@ -144,3 +144,29 @@ def test_without_the_harness_it_says_what_to_install(chat_config, tmp_path, monk
     chat_config.train.harness_tasks = "rt_sentiment"
     with pytest.raises(ValueError, match=r"train.harness_tasks needs lm-evaluation-harness"):
         train.train_and_evaluate(chat_config, tmp_path / "train")
+
+
+@pytest.mark.slow  # fine-tuning with the harness at two steps (a minute)
+def test_finetune_harness_tasks_score_the_backbone(hf_llama, tiny_config, tmp_path):
+    """Fine-tuning a task head on the Hugging Face Llama with its backbone at learning rate 0: the harness
+    scores taken during the run are mode=harness's on the directory itself."""
+    from experiments.configs import finetune_bert_mlm
+    from lmjax import finetune
+
+    c = finetune_bert_mlm.get_config("smoke")
+    c.data.update(tiny_config.data.to_dict() | dict(batch_size=8, seq_len=32))
+    c.train.update(objective="causal_lm", num_steps=4, eval_every=2, harness_tasks="shakespeare_ppl")
+    c.train.harness_every = 2
+    c.task.update(pooling="last", seq_len=32, batch_size=8)
+    c.optim.update(learning_rate=0.0, head_learning_rate=1e-2)
+    c.finetune.init = str(hf_llama[0])
+    c.harness.update(include_path="experiments/harness", limit=2)
+    result = finetune.run(c, tmp_path / "finetune")
+    metric = "harness/shakespeare_ppl/word_perplexity"
+    rows = [r for r in metrics.read_jsonl(tmp_path / "finetune") if metric in r]
+    assert [r["step"] for r in rows] == [2, 4] and result[metric] == rows[-1][metric]
+
+    c.update(mode="harness")
+    c.harness.tasks = "shakespeare_ppl"
+    base = harness.run(c, tmp_path / "base")
+    assert [r[metric] for r in rows] == pytest.approx([base[metric]] * 2, rel=1e-5)

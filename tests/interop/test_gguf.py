@@ -13,7 +13,7 @@ from lmjax.interop import gguf as lm_gguf
 from lmjax.interop import hf
 
 gguf = pytest.importorskip("gguf", reason="GGUF tests need the gguf package (make test installs it)")
-torch = pytest.importorskip("torch", reason="parity tests need torch (make test installs the CPU build)")
+torch = pytest.importorskip("torch", reason="parity tests need torch (make test installs it)")
 transformers = pytest.importorskip("transformers", reason="parity tests need transformers")
 pytest.importorskip("accelerate", reason="transformers reads GGUF only with accelerate installed")
 

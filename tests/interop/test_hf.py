@@ -8,7 +8,7 @@ import pytest
 
 from lmjax.interop import hf
 
-torch = pytest.importorskip("torch", reason="parity tests need torch (make test installs the CPU build)")
+torch = pytest.importorskip("torch", reason="parity tests need torch (make test installs it)")
 transformers = pytest.importorskip(
     "transformers", reason="parity tests need transformers (make test installs it)"
 )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 openai = pytest.importorskip("openai", reason="make test installs the openai client")
-torch = pytest.importorskip("torch", reason="make test installs the CPU build of torch")
+torch = pytest.importorskip("torch", reason="make test installs torch")
 
 MODEL = "tiny-llama"
 TEXTS = ["The king speaks of love and death.", "Thou art my lord, fair queen", "Night"]
