@@ -35,9 +35,11 @@ def flags(config, workdir, **overrides) -> list[str]:
 
 
 def env(devices: int) -> dict:
+    """A process's environment with `devices` CPU devices (tests/conftest.py's other XLA flags kept)."""
+    flags = [f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f]
     return dict(
         os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=" ".join([*flags, f"--xla_force_host_platform_device_count={devices}"]),
         JAX_PLATFORMS="cpu",
         JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
     )

@@ -18,8 +18,10 @@ import accelerator_wheels  # noqa: E402
 
 
 def smoke(python: str, out: Path, corpus_file, cache_dir, env: dict | None = None) -> dict:
-    """accelerator.py --smoke on one CPU device; corpus_file None: the Shakespeare corpus."""
-    env = (env or dict(os.environ)) | {"XLA_FLAGS": "", "LMJAX_CACHE": str(cache_dir)}
+    """accelerator.py --smoke on one CPU device (tests/conftest.py's other XLA flags kept); corpus_file None:
+    the Shakespeare corpus."""
+    flags = " ".join(f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f)
+    env = (env or dict(os.environ)) | {"XLA_FLAGS": flags, "LMJAX_CACHE": str(cache_dir)}
     cmd = [python, "benchmarks/accelerator.py", "--smoke", f"--out={out}"]
     cmd += [f"--text-files={corpus_file}"] if corpus_file else []
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
