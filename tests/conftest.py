@@ -12,8 +12,8 @@ import tempfile
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     # LLVM does not optimise the compiled CPU code: the tests' tiny programs take longer to compile than to
-    # run, and compiling them unoptimised takes some 40% off the suite. XLA's programs are the same (IEEE
-    # arithmetic, no fast math either way); only their machine code is slower.
+    # run, and compiling them unoptimised takes about a fifth off the suite's time. XLA's programs are the
+    # same (IEEE arithmetic, no fast math either way); only their machine code is slower.
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(
