@@ -414,8 +414,10 @@ def validate_train(config: ConfigDict) -> None:
         raise InputError(
             "train.harness_every, harness.limit (0: all) and harness.batch_size must be >= 0, >= 0 and >= 1"
         )
-    ranges = {"distill_alpha": (lambda v: 0 <= v <= 1, "must lie in [0, 1]")}
-    ranges["distill_temperature"] = (lambda v: v > 0, "must be positive")
+    ranges = {
+        "distill_alpha": (lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
+        "distill_temperature": (lambda v: v > 0, "must be positive"),
+    }
     for name, (ok, rule) in ranges.items():
         if not ok(t[name]):
             raise InputError(f"train.{name}={t[name]} {rule}")

@@ -29,7 +29,7 @@ def test_replay_table_and_plot(tmp_path):
     assert (tmp_path / "replay.png").stat().st_size > 0
 
 
-def test_distill_curves_sum_training_seconds(tmp_path):
+def test_distill_curves_time_steps_at_the_median_step_time(tmp_path):
     rows = [
         {"step": 5, "train/tokens_per_s": 0.5},  # compiling: left out
         {"step": 10, "train/tokens_per_s": 8.0},  # 8 tokens a step at 8 tokens/s: 1 s a step
