@@ -1,5 +1,6 @@
 # make demo: install into .venv if needed, then train the embedded default (char GPT on Shakespeare).
-# make test: install the test extras if needed, then lint (ruff format --check, ruff check) and run the tests.
+# make test: install the test extras if needed, then lint (ruff format --check, ruff check, the import layering:
+# lint-imports) and run the tests.
 # make accelerator-wheels: the wheels a GPU image without a registry lacks (benchmarks/accelerator.py's recipe).
 # The pinned stack needs Python >= 3.12: the first of python3.12 and python3.13 that runs (on PATH, or pyenv's).
 PYTHON ?= $(shell for p in python3.12 python3.13 $$HOME/.pyenv/versions/3.1[23]*/bin/python3.1[23]; do \
@@ -31,6 +32,7 @@ demo: $(VENV)/.runtime
 test: $(VENV)/.test
 	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -n auto
 
 test-slow: $(VENV)/.test

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from lmjax import config, train  # noqa: E402
+from lmjax import config
+from lmjax.training import pretrain  # noqa: E402
 
 
 def measure(config_spec: str, layers: int, scan: bool, seq_len: int, batch: int, remat: str) -> dict:
@@ -30,9 +31,9 @@ def measure(config_spec: str, layers: int, scan: bool, seq_len: int, batch: int,
     c.model.vocab_size = c.model.vocab_size or 50304
     c.data.update(seq_len=seq_len, batch_size=batch)
     c.mesh.update(data=-1, fsdp=1, tensor=1)
-    s = train.setup(c, jax.devices()[:1])
+    s = pretrain.setup(c, jax.devices()[:1])
     start = time.perf_counter()
-    lowered = s.train_step.lower(*train.abstract_step_inputs(s))
+    lowered = s.train_step.lower(*pretrain.abstract_step_inputs(s))
     lower_s = time.perf_counter() - start
     lines = lowered.as_text().count("\n")
     start = time.perf_counter()

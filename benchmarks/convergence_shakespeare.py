@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from absl import logging  # noqa: E402
 
 from experiments.configs import shakespeare_char  # noqa: E402
-from lmjax import train  # noqa: E402
+from lmjax.modes import train as train_mode  # noqa: E402
 
 
 def run(data_path: str, variant: str, seed: int, steps: int, workdir: Path) -> dict:
@@ -34,7 +34,7 @@ def run(data_path: str, variant: str, seed: int, steps: int, workdir: Path) -> d
     config.data.text_files = data_path
     config.train.update(num_steps=steps, eval_batches=0, eval_every=steps, progress=False)
     start = time.perf_counter()
-    result = train.train_and_evaluate(config, workdir)
+    result = train_mode.run(config, workdir)
     return {"seed": seed, "val_loss": result["eval/loss"], "wall_s": time.perf_counter() - start}
 
 

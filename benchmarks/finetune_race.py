@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from lmjax import finetune, pretrained  # noqa: E402
+from lmjax.tasks import resolve as task_resolve  # noqa: E402
+from lmjax.training import pretrained  # noqa: E402
 
 CONFIG = "experiments/configs/finetune_minilm.py"
 
@@ -74,7 +75,7 @@ def unsupported(config) -> str | None:
 
 
 def split_texts(config) -> dict[str, tuple[list[str], list[int]]]:
-    task, _ = finetune.task_and_head(config)
+    task, _ = task_resolve.task_and_head(config)
     out = {}
     for split, source in task.sources.items():
         rows = [source[i] for i in range(len(source))]

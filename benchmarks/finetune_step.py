@@ -30,15 +30,21 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.configs import finetune_minilm  # noqa: E402
-from lmjax import finetune, host, pretrained  # noqa: E402
-from lmjax.data import task_pipeline  # noqa: E402
+from lmjax import host
+from lmjax.tasks import pipeline as task_pipeline  # noqa: E402
+from lmjax.tasks import resolve as task_resolve
+from lmjax.training import (
+    finetune,
+    pretrained,  # noqa: E402
+    start,
+)
 
 
 def lmjax_step(config, task, head: str, pre: pretrained.Pretrained, batches: list[dict]):
     """A function running len(batches) lmjax steps (the loss read after each) of the resolved config."""
     engine = finetune.setup(config, task.num_labels, head)
     state = engine.init(jax.random.PRNGKey(0))
-    state = state.replace(params=finetune.load_backbone(state.params, pre.params()))
+    state = state.replace(params=start.load_backbone(state.params, pre.params()))
     device_batches = [engine.device_batch(b) for b in batches]
     box = {"state": state}
 
@@ -101,13 +107,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16, help="texts a batch (the config's: 16)")
     args = parser.parse_args()
-    host.setup()
+    host.tune_allocator()
     config = finetune_minilm.get_config("")
     config.task.update(batch_size=args.batch_size, pack=False, trim_multiple=0)  # whole rows, shaped below
     config.mesh.update(data=1, fsdp=1, tensor=1)
     workdir = Path(tempfile.mkdtemp(prefix="lmjax-ft-bench-"))
-    resolved, tok, pre, _ = finetune.resolve(config, workdir)
-    task, head = finetune.task_and_head(resolved)
+    resolved, tok, pre, _ = start.resolve_finetuning(config, workdir)
+    task, head = task_resolve.task_and_head(resolved)
     L = resolved.task.seq_len
     stream = task_pipeline.train_dataset(task, tok, head=head, seq_len=L, batch_size=args.batch_size, seed=0)
     padded = list(itertools.islice(iter(stream), args.steps))
@@ -128,9 +134,9 @@ def main() -> None:
     seconds = {name: [] for name in runners}
     for _ in range(args.rounds):
         for name, run in runners.items():
-            start = time.perf_counter()
+            began = time.perf_counter()
             run()
-            seconds[name].append((time.perf_counter() - start) / args.steps)
+            seconds[name].append((time.perf_counter() - began) / args.steps)
     first = next(iter(runners))
     print(f"\n{args.batch_size} texts a step; median of {args.rounds} rounds of {args.steps} steps")
     print("| step | tokens / step | ms / step | texts/s | lmjax packed speed-up |\n|---|---|---|---|---|")

@@ -65,12 +65,11 @@ def main() -> None:
     args = parser.parse_args()
     tasks = args.tasks.split(",")
 
-    from flax import nnx
     from lm_eval.api.registry import get_model
 
-    from lmjax import config as config_lib
-    from lmjax import models, pretrained
+    from lmjax import models
     from lmjax.evaluation.lm import LmjaxLM
+    from lmjax.training import pretrained
 
     path = pretrained.init_path(args.init)
     hf_args = dict(pretrained=str(path.parent), gguf_file=path.name) if path.suffix == ".gguf" else {}
@@ -97,9 +96,8 @@ def main() -> None:
             server.stop()
     start = time.perf_counter()
     pre = pretrained.load(args.init)
-    model_config = config_lib.base().model
-    model_config.update(pre.model_config.to_dict())
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.build(model_config, nnx.Rngs(0))))
+    model_config = pretrained.model_config_of(pre)
+    graphdef = models.graphdef(model_config)
     lm = LmjaxLM(graphdef, pre.params(), pre.tokenizer, max_len=args.max_len, batch_size=args.batch_size)
     outs["in-process"] = run(lm, tasks, args.limit)[0]
     seconds["in-process"] = time.perf_counter() - start  # loading the weights included, as hf's

@@ -7,14 +7,14 @@ For each preset (benchmarks/throughput.py's sizes, character tokens of the given
                      batches of the preset's shape drawn back to back after the first;
   step tokens/s      the compiled train step alone, dispatched back to back on one device batch (no input, no
                      metrics read): the fastest the trainer can consume;
-  loop tokens/s      lmjax.train.train_and_evaluate itself (pipeline, host-to-device copy, the step, the
+  loop tokens/s      lmjax.modes.train.run itself (pipeline, host-to-device copy, the step, the
                      metrics read one step behind dispatch, logging), its own train/tokens_per_s over the
                      logged intervals after the first (evaluation and checkpoint time excluded, as the loop
                      reports it).
 pipeline / step >= 10 means the input pipeline is not what limits training; loop / step near 1 means the loop
 adds no per-step host synchronisation (a blocking read each step would serialise host work with the device's;
 the pipeline prepares the next batch on a thread of its own while the step runs). The process is set up as
-lmjax.main sets it up (lmjax.host.setup). Medians of --rounds."""
+lmjax.main sets it up (lmjax.host.tune_allocator). Medians of --rounds."""
 
 from __future__ import annotations
 
@@ -33,15 +33,20 @@ import jax  # noqa: E402
 import throughput  # noqa: E402
 from absl import logging  # noqa: E402
 
-from lmjax import host, metrics, objectives, train  # noqa: E402
-from lmjax.data import corpora, pipeline  # noqa: E402
+from lmjax import host, metrics
+from lmjax.data import mixture, pipeline  # noqa: E402
+from lmjax.modes import train as train_mode
+from lmjax.training import (
+    objectives,
+    prepare,  # noqa: E402
+)
 
 
 def pipeline_tokens_per_s(config, batches: int) -> tuple[float, int]:
     """Tokens/s of the training pipeline, and the tokenizer's vocabulary size."""
-    corpus = corpora.load(config.data)
+    corpus = mixture.load_corpus(config.data)
     with tempfile.TemporaryDirectory() as workdir:
-        tok = train.prepare_tokenizer(config, Path(workdir), corpus)
+        tok = prepare.prepare_tokenizer(config, Path(workdir), corpus)
     it = iter(
         pipeline.train_dataset(
             corpus,
@@ -86,7 +91,7 @@ def loop_tokens_per_s(config, steps: int, log_every: int) -> float:
         progress=False,
     )
     with tempfile.TemporaryDirectory() as workdir:
-        train.train_and_evaluate(config, workdir)
+        train_mode.run(config, workdir)
         rates = [r["train/tokens_per_s"] for r in metrics.read_jsonl(workdir) if "train/tokens_per_s" in r]
     return statistics.median(rates[1:])
 
@@ -106,7 +111,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default="")
     args = parser.parse_args()
-    host.setup()  # as lmjax.main does
+    host.tune_allocator()  # as lmjax.main does
     if not Path(args.text).is_file():
         sys.exit(f"error: --text {args.text} is not a file; pass the path of a text corpus")
     unknown = [p for p in args.presets.split(",") if p not in throughput.PRESETS]

@@ -149,9 +149,9 @@ def hf_model(workdir: str, init: str):
     import transformers
     from flax import nnx
 
-    from lmjax import pretrained, train
     from lmjax.errors import InputError
     from lmjax.interop import hf
+    from lmjax.training import pretrained
 
     if init:
         path = Path(pretrained.init_path(init))
@@ -159,10 +159,10 @@ def hf_model(workdir: str, init: str):
         kw = dict(gguf_file=path.name) if path.suffix == ".gguf" else {}
         directory = path.parent if path.suffix == ".gguf" else path
     else:
-        engine, params, tok, _ = train.load_trained(workdir)
+        config, graphdef, params, tok, _ = pretrained.load_run(workdir)
         directory, kw = tempfile.mkdtemp(prefix="hf-"), {}
         try:
-            hf.save(nnx.merge(engine.graphdef, params), engine.config, directory)
+            hf.save(nnx.merge(graphdef, params), config, directory)
         except InputError as e:
             print(f"transformers: skipped ({e})")
             return None
@@ -202,10 +202,10 @@ def prompts_from(workdir: str, init: str, count: int, length: int) -> list[str]:
     Shakespeare corpus for an --init model)."""
     from lmjax import checkpoint
     from lmjax import config as config_lib
-    from lmjax.data import corpora
+    from lmjax.data import mixture
 
     config = config_lib.base() if init else config_lib.from_saved(checkpoint.load_config(Path(workdir)))
-    corpus = corpora.load(config.data)
+    corpus = mixture.load_corpus(config.data)
     pieces = [corpus.validation[i][corpus.text_key] for i in range(min(len(corpus.validation), 50))]
     text = "".join(p.decode() if isinstance(p, bytes) else p for p in pieces)
     starts = np.linspace(0, len(text) - length - 1, count).astype(int)

@@ -46,9 +46,14 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.configs import bert_mlm, gpt, shakespeare_char, t5_span  # noqa: E402
-from lmjax import decode, host, metrics, objectives, sharding, train  # noqa: E402
+from lmjax import host, metrics, sharding
 from lmjax.data import pipeline  # noqa: E402
+from lmjax.models import decode
 from lmjax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS  # noqa: E402
+from lmjax.training import (
+    objectives,
+    pretrain,  # noqa: E402
+)
 
 VOCAB = 65
 # nanoGPT-architecture decoders on a character vocabulary: (layers, heads, width, context, batch)
@@ -140,7 +145,7 @@ def tokens_and_flops(config) -> tuple[int, float]:
     """Tokens per step (inputs + targets for encoder-decoders) and training FLOPs per token."""
     target_len = pipeline.span_lengths(config.data)[1] if config.train.objective == "span_corruption" else 0
     tokens = config.data.batch_size * (config.data.seq_len + target_len)
-    return tokens, train.step_flops(config) / tokens
+    return tokens, pretrain.step_flops(config) / tokens
 
 
 def peak_tflops(arg: float) -> float | None:
@@ -152,7 +157,7 @@ class LmjaxRun:
 
     def __init__(self, config, devices=None):
         self.config = config
-        self.setup = train.setup(config, devices)
+        self.setup = pretrain.setup(config, devices)
         self.batch = sharding.global_batch(random_batch(config, np.random.default_rng(0)), self.setup.layout)
         self.state = self.setup.init(jax.random.PRNGKey(0))
         start = time.perf_counter()
@@ -161,8 +166,8 @@ class LmjaxRun:
 
     def measure(self, steps: int, warmup: int) -> float:
         """Seconds per step over `steps` steps run as the training loop runs them: step n's metrics are read
-        after step n + 1 is dispatched (with asynchronous dispatch, which lmjax.host.setup turns off on CPU,
-        dispatch overlaps the previous step), so no step runs ahead of the one before."""
+        after step n + 1 is dispatched (with asynchronous dispatch, which lmjax.host.tune_allocator turns off
+        on CPU, dispatch overlaps the previous step), so no step runs ahead of the one before."""
         for _ in range(warmup):
             self.state, metrics = self.step(self.state, self.batch)
         jax.block_until_ready(metrics)
@@ -176,9 +181,9 @@ class LmjaxRun:
 
 
 def decode_tokens_per_s(run: LmjaxRun, rounds: int = 3) -> float:
-    """Greedy generation with the KV cache (lmjax.decode.generate): batch rows x new tokens / wall time, for a
-    prompt of a quarter of the context and new tokens filling the rest (prefill included), median of
-    rounds."""
+    """Greedy generation with the KV cache (lmjax.models.decode.generate): batch rows x new tokens / wall
+    time, for a prompt of a quarter of the context and new tokens filling the rest (prefill included), median
+    of rounds."""
     config, params = run.config, run.state.params
     prompt_len = config.data.seq_len // 4
     new = config.data.seq_len - prompt_len
@@ -259,7 +264,7 @@ def main() -> None:
         except ImportError:
             sys.exit("error: --compare-torch needs PyTorch; pip install torch (the CPU build is enough)")
         reference = reference_torch.Process(keep_freed_memory=args.torch_malloc == "lmjax")
-    host.setup()  # as lmjax.main does (the PyTorch reference runs in a process of its own)
+    host.tune_allocator()  # as lmjax.main does (the PyTorch reference runs in a process of its own)
     device_counts = [int(n) for n in args.devices.split(",")]
     if max(device_counts) > 1 and "xla_force_host_platform_device_count" not in os.environ.get(
         "XLA_FLAGS", ""

@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from absl import logging  # noqa: E402
 
 from experiments.configs import word2vec  # noqa: E402
-from lmjax import train, vectors  # noqa: E402
-from lmjax.data import corpora, pipeline, tokenizers, wordvec  # noqa: E402
+from lmjax.data import corpora, mixture, pipeline, tokenizers, wordvec  # noqa: E402
+from lmjax.modes import train as train_mode
+from lmjax.tasks import vectors  # noqa: E402
 
 
 def write_corpus(directory: Path) -> list[Path]:
@@ -65,7 +66,7 @@ def run_lmjax(
     if share:
         config.model.share_negatives = share
     config.data.text_files = files
-    corpus = corpora.load(config.data)
+    corpus = mixture.load_corpus(config.data)
     tok = tokenizers.train("word", pipeline.tokenizer_texts(corpus, 0), 0, config.data.min_count)
     docs = pipeline.word_documents(corpus.train, tok, corpus.text_key)
     words = int(sum(len(d) for d in docs))
@@ -82,7 +83,7 @@ def run_lmjax(
         num_steps=steps, eval_every=steps, checkpoint_every=steps, log_every=max(steps // 20, 1)
     )
     start = time.perf_counter()
-    result = train.train_and_evaluate(config, workdir / f"lmjax_{kind}")
+    result = train_mode.run(config, workdir / f"lmjax_{kind}")
     return {k.removeprefix("eval/"): v for k, v in result.items()}, time.perf_counter() - start, words
 
 
@@ -91,7 +92,7 @@ def run_gensim(files: str, epochs: int, workdir: Path, seed: int) -> tuple[dict,
 
     config = word2vec.get_config("skipgram")
     config.data.text_files = files
-    corpus = corpora.load(config.data)
+    corpus = mixture.load_corpus(config.data)
     sentences = [tokenizers.WordTokenizer.split(text) for text in pipeline.tokenizer_texts(corpus, 0)]
     start = time.perf_counter()
     model = Word2Vec(

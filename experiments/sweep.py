@@ -143,10 +143,12 @@ def command(config_spec: str, workdir: Path, values: dict) -> str:
 
 def run_one(config, workdir: epath.Path) -> dict:
     """One run here; pretraining and fine-tuning both leave results.json in the workdir when finished."""
-    from lmjax import finetune, train
+    from lmjax.modes import finetune as finetune_mode
+    from lmjax.modes import train as train_mode
+    from lmjax.training import prepare
 
-    train.check_config(config)
-    return (finetune.run if config.mode == "finetune" else train.train_and_evaluate)(config, workdir)
+    prepare.check_config(config)
+    return (finetune_mode.run if config.mode == "finetune" else train_mode.run)(config, workdir)
 
 
 def tpu_command(vm: str, config_spec: str, workdir: epath.Path, values: dict) -> list[str]:

@@ -215,6 +215,20 @@ def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
     )
 
 
+def restore_latest(workdir: epath.Path, abstract_state: Any, shardings: Any) -> tuple[Any, int]:
+    """(state, step) of a workdir's latest checkpoint, sharded by `shardings` (no data iterator)."""
+    step = saved_steps(workdir)[-1]
+    abstract = abstract_with_shardings(abstract_state, shardings)
+    return restore(manager(workdir, keep=1), step, abstract, None), step
+
+
+def write_results(workdir: epath.Path, result: dict) -> epath.Path:
+    """results.json: a run's or an evaluation's final figures (what sweeps read)."""
+    path = epath.Path(workdir) / RESULTS_FILE
+    path.write_text(json.dumps(result, indent=2, sort_keys=True))
+    return path
+
+
 def saved_steps(workdir: epath.Path) -> list[int]:
     """The steps with a finished checkpoint, oldest first (without opening a manager, which creates dirs); in
     a bucket too, where a step's directory exists before its save has finished."""

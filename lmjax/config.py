@@ -2,7 +2,7 @@
 
 A leaf: it imports ml_collections and the standard library only, so loading an experiment config imports no
 JAX. `validate` checks values on their own; the checks against the registries (model families, objectives,
-optimizers, meshes) live beside them and run together in `lmjax.train.check_config`."""
+optimizers, meshes) live beside them and run together in `lmjax.training.prepare.check_config`."""
 
 from __future__ import annotations
 
@@ -36,14 +36,8 @@ DEFAULT_RULES = {
 }
 
 
-def base() -> ConfigDict:
-    config = ConfigDict()
-    # train | sample | finetune | eval (finetune.init's loss on data.*'s validation) | export | serve |
-    # harness (lm-evaluation-harness tasks)
-    config.mode = "train"
-    config.seed = 0
-
-    config.model = ConfigDict(
+def _model() -> ConfigDict:
+    return ConfigDict(
         dict(
             family="decoder",  # decoder | encoder | encoder_decoder | rnn | elmo | word2vec | glove
             # word2vec: consecutive groups of this many examples score the first one's data.negatives noise
@@ -90,7 +84,9 @@ def base() -> ConfigDict:
         )
     )  # elmo's character CNN
 
-    config.data = ConfigDict(
+
+def _data() -> ConfigDict:
+    return ConfigDict(
         dict(
             text_files="",  # comma-separated text files (local or gs://); empty: the embedded corpus
             tfds_name="",
@@ -132,7 +128,9 @@ def base() -> ConfigDict:
         )
     )  # skipgram / cbow / glove: window, noise words, subsampling threshold
 
-    config.optim = ConfigDict(
+
+def _optim() -> ConfigDict:
+    return ConfigDict(
         dict(
             name="adamw",  # adamw | sgd (word2vec) | adagrad (GloVe)
             schedule="cosine",  # cosine | linear: decay after warmup to min_learning_rate at train.num_steps
@@ -147,22 +145,26 @@ def base() -> ConfigDict:
             decay_embeddings=False,
             grad_clip=1.0,
             grad_accum_steps=1,
-            # word vectors (lmjax/sparse.py): the step's batch as this many sparse updates, one after another
+            # word vectors (lmjax/training/sparse.py): the step's batch as this many sparse updates, one after
+            # another
             updates_per_step=1,
             # comma-separated regexes matched at the start of parameter paths, e.g. 'backbone/' (a probe)
             freeze="",
             # layer-wise learning-rate decay: block i (from 0) of N learns at layer_decay ** (N - i) x
             layer_decay=1.0,
             head_learning_rate=0.0,  # fine-tuning: peak learning rate of the new head; 0: learning_rate
-            # LoRA (fine-tuning; lmjax/lora.py): rank of W + (lora_alpha / lora_rank) A B (0: off; on, the
-            # backbone is frozen), alpha (0: = rank), comma-separated regexes searched in backbone param paths
+            # LoRA (fine-tuning; lmjax/training/lora.py): rank of W + (lora_alpha / lora_rank) A B (0: off;
+            # on, the backbone is frozen), alpha (0: = rank), comma-separated regexes searched in backbone
+            # param paths
             lora_rank=0,
             lora_alpha=0.0,
             lora_targets="attn/(query|key|value)_DHK,attn/out_HKD",
         )
     )
 
-    config.train = ConfigDict(
+
+def _train() -> ConfigDict:
+    return ConfigDict(
         dict(
             # causal_lm | mlm | span_corruption | contrastive | bilm | skipgram | cbow | glove
             objective="causal_lm",
@@ -187,7 +189,7 @@ def base() -> ConfigDict:
             # directory, a GGUF file or a shipped name; its architecture and tokenizer replace model.* and the
             # tokenizer settings, the optimizer starts fresh ('': from scratch)
             init="",
-            # distillation (lmjax/distill.py): a frozen teacher named as init is; the loss is
+            # distillation (lmjax/training/distill.py): a frozen teacher named as init is; the loss is
             # alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * the objective's loss, on the next-token
             # logits (mode=train) or the task head's (mode=finetune: a fine-tuning workdir of the same task)
             teacher="",
@@ -203,14 +205,16 @@ def base() -> ConfigDict:
         )
     )
 
+
+def _task() -> ConfigDict:
     # mode=finetune: L_FT = L_task + lambda * L_pretrain (train.objective on the data.* stream) + l2sp *
     # ||theta - theta_0||^2
-    config.task = ConfigDict(
+    return ConfigDict(
         dict(
-            # rotten_tomatoes | glue/sst2 | imdb_reviews | conll2003 | squad (see lmjax/data/tasks.py); with
-            # train_file: the run's own name for its task ('': the train file's name)
+            # rotten_tomatoes | glue/sst2 | imdb_reviews | conll2003 | squad (see lmjax/tasks/catalog.py);
+            # with train_file: the run's own name for its task ('': the train file's name)
             name="",
-            # a task from the user's files (lmjax/data/task_files.py): kind is classification | regression |
+            # a task from the user's files (lmjax/tasks/files.py): kind is classification | regression |
             # tokens | span_qa | seq2seq | chat; JSONL (CSV too for classification, regression and seq2seq),
             # local paths or gs:// URLs
             kind="",
@@ -263,7 +267,9 @@ def base() -> ConfigDict:
         )
     )
 
-    config.finetune = ConfigDict(
+
+def _finetune() -> ConfigDict:
+    return ConfigDict(
         dict(
             # lmjax workdir, Hugging Face directory, or 'all-MiniLM-L6-v2'; the model comes from it ('':
             # config.model)
@@ -276,14 +282,18 @@ def base() -> ConfigDict:
         )
     )  # L2-SP weight towards the pretrained backbone
 
+
+def _harness() -> ConfigDict:
     # mode=harness (lmjax/evaluation/harness.py; pip install 'lmjax[eval]'): lm-evaluation-harness on
     # finetune.init or the workdir's run. tasks: comma-separated; include_path: a directory of task YAML files
     # (experiments/harness); limit: examples a task (0: all); num_fewshot: -1 for each task's own
-    config.harness = ConfigDict(dict(tasks="", include_path="", limit=0, num_fewshot=-1, batch_size=16))
+    return ConfigDict(dict(tasks="", include_path="", limit=0, num_fewshot=-1, batch_size=16))
 
+
+def _mesh() -> ConfigDict:
     # Devices as a (data, fsdp, tensor) mesh (one axis -1: the rest); rules: logical axis -> mesh axes
     # (lmjax/sharding.py).
-    config.mesh = ConfigDict(
+    return ConfigDict(
         dict(
             data=-1,
             fsdp=1,
@@ -292,22 +302,30 @@ def base() -> ConfigDict:
             rules=ConfigDict(DEFAULT_RULES),
         )
     )
+
+
+def _distributed() -> ConfigDict:
     # Multi-host (jax.distributed). enable: auto (start when the environment shows several processes: Slurm, a
     # TPU pod's TPU_WORKER_HOSTNAMES) | yes (let JAX detect the cluster: TPU VMs, Slurm, MPI, Kubernetes) |
     # no. An explicit coordinator_address (host:port) with num_processes / process_id works anywhere.
-    config.distributed = ConfigDict(
+    return ConfigDict(
         dict(enable="auto", coordinator_address="", num_processes=0, process_id=-1, local_device_ids="")
     )
 
+
+def _sample() -> ConfigDict:
     # mode=sample: from the workdir's run, or from finetune.init when set; chat: one user message put through
     # the model's chat template (the answer ends at its end-of-sequence token) instead of prompt
-    config.sample = ConfigDict(
+    return ConfigDict(
         dict(
             prompt="\n", chat="", num_tokens=500, temperature=0.8, top_k=200, top_p=1.0, num_samples=1, seed=0
         )
     )
+
+
+def _serve() -> ConfigDict:
     # mode=export / mode=serve (lmjax/serving): the decoder of the workdir's run, or of finetune.init when set
-    config.serve = ConfigDict(
+    return ConfigDict(
         dict(
             host="127.0.0.1",  # any other address needs the API key (api_key_env)
             port=8000,
@@ -322,6 +340,26 @@ def base() -> ConfigDict:
             platforms="cpu",  # mode=export: comma-separated jax.export platforms (cpu, cuda, tpu)
         )
     )
+
+
+def base() -> ConfigDict:
+    """Every setting with its default, built section by section (one function a section)."""
+    config = ConfigDict()
+    # train | sample | finetune | eval (finetune.init's loss on data.*'s validation) | export | serve |
+    # harness (lm-evaluation-harness tasks)
+    config.mode = "train"
+    config.seed = 0
+    config.model = _model()
+    config.data = _data()
+    config.optim = _optim()
+    config.train = _train()
+    config.task = _task()
+    config.finetune = _finetune()
+    config.harness = _harness()
+    config.mesh = _mesh()
+    config.distributed = _distributed()
+    config.sample = _sample()
+    config.serve = _serve()
     return config
 
 
@@ -370,7 +408,7 @@ MODES = ("train", "sample", "finetune", "eval", "export", "serve", "harness")
 
 
 def validate(config: ConfigDict) -> None:
-    """Value checks that need no registry (lmjax.train.check_config runs these and those)."""
+    """Value checks that need no registry (lmjax.training.prepare.check_config runs these and those)."""
     if config.mode not in MODES:
         raise InputError(f"mode={config.mode!r} is unknown; use one of {', '.join(MODES)}")
     validate_train(config)

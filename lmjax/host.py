@@ -59,7 +59,7 @@ def run_cpu_steps_inline() -> None:
     jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
-def setup() -> None:
+def tune_allocator() -> None:
     """Both, once, at the start of a training or benchmark process."""
     keep_freed_memory()
     run_cpu_steps_inline()

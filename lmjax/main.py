@@ -31,24 +31,30 @@ def main(argv):
     config = _CONFIG.value
     config_lib.validate(config)
     # jax is imported after the value checks, so that bad values fail fast
-    from lmjax import finetune, host, parallel, sample, score, train
-    from lmjax.evaluation import harness
-    from lmjax.serving import export, server
+    from lmjax import host, parallel
+    from lmjax.modes import eval as eval_mode
+    from lmjax.modes import export as export_mode
+    from lmjax.modes import finetune as finetune_mode
+    from lmjax.modes import harness as harness_mode
+    from lmjax.modes import sample as sample_mode
+    from lmjax.modes import serve as serve_mode
+    from lmjax.modes import train as train_mode
+    from lmjax.training import prepare
 
-    train.check_config(config)  # against the registries (model families, objectives, optimizers, meshes)
-    host.setup()  # XLA:CPU's per-step buffers stay in the heap (lmjax/host.py); before the backend starts
+    prepare.check_config(config)  # against the registries (model families, objectives, optimizers, meshes)
+    host.tune_allocator()  # XLA:CPU keeps per-step buffers in the heap (lmjax/host.py); before jax starts
     parallel.initialize(config.distributed)  # before anything touches a device
-    jobs = {"sample": sample.sample, "export": export.export, "serve": server.serve}
+    jobs = {"sample": sample_mode.run, "export": export_mode.run, "serve": serve_mode.run}
     if config.mode in jobs:
         jobs[config.mode](config, FLAGS.workdir)
         return 0
     # the command line's values: a model override that contradicts finetune.init / train.init stops the run
     overrides = config_flags.get_override_values(FLAGS["config"])
     job = {
-        "eval": score.run,
-        "finetune": finetune.run,
-        "train": train.train_and_evaluate,
-        "harness": harness.run,
+        "eval": eval_mode.run,
+        "finetune": finetune_mode.run,
+        "train": train_mode.run,
+        "harness": harness_mode.run,
     }[config.mode]
     return EXIT_PREEMPTED if "preempted_at" in job(config, FLAGS.workdir, overrides=overrides) else 0
 

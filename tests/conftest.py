@@ -78,11 +78,11 @@ def tiny_config(corpus_file, cache_dir):
 
 @pytest.fixture
 def train_batches(monkeypatch):
-    """The inputs of every train step lmjax.train's loop takes from now on, in order."""
-    from lmjax import train
+    """The inputs of every train step lmjax.training.pretrain's loop takes from now on, in order."""
+    from lmjax.training import pretrain
 
     seen = []
-    setup = train.setup
+    setup = pretrain.setup
 
     def recording_setup(*args, **kwargs):
         s = setup(*args, **kwargs)
@@ -95,7 +95,7 @@ def train_batches(monkeypatch):
         s.train_step = recording_step
         return s
 
-    monkeypatch.setattr(train, "setup", recording_setup)
+    monkeypatch.setattr(pretrain, "setup", recording_setup)
     return seen
 
 
@@ -105,8 +105,8 @@ class Crash(Exception):
 
 @pytest.fixture
 def crash(monkeypatch):
-    """crash(run, *args, at_step=N): run(*args), a training job (train.train_and_evaluate, finetune.run),
-    dying as it logs step N's loss."""
+    """crash(run, *args, at_step=N): run(*args), a training job (lmjax.modes.train.run,
+    lmjax.modes.finetune.run), dying as it logs step N's loss."""
     from lmjax import metrics
 
     def crashing_run(run, *args, at_step: int):
@@ -136,12 +136,12 @@ def bert_workdir(tmp_path_factory, cache_dir):
     """A tiny BERT pretrained for a few MLM steps on the Wikipedia sample
     (experiments/configs/bert_mlm.py:smoke)."""
     from experiments.configs import bert_mlm
-    from lmjax import train
+    from lmjax.modes import train as train_mode
 
     c = bert_mlm.get_config("smoke")
     c.data.cache_dir = str(cache_dir)
     workdir = tmp_path_factory.mktemp("bert_mlm")
-    train.train_and_evaluate(c, workdir)
+    train_mode.run(c, workdir)
     return workdir
 
 

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from lmjax import checkpoint, errors, metrics, train
+from lmjax import checkpoint, errors, metrics
+from lmjax.modes import train as train_mode
 
 
 def losses(workdir) -> dict[int, float]:
@@ -26,7 +27,7 @@ def config(tiny_config):
 
 
 def test_unreadable_newest_checkpoint_is_one_line_and_restore_step_resumes_exactly(config, tmp_path):
-    train.train_and_evaluate(config, tmp_path / "straight")
+    train_mode.run(config, tmp_path / "straight")
     ref = losses(tmp_path / "straight")
     run = tmp_path / "run"
     shutil.copytree(
@@ -73,7 +74,7 @@ def test_unreadable_newest_checkpoint_is_one_line_and_restore_step_resumes_exact
     assert checkpoint.saved_steps(run) == [10, 20, 30]  # nothing was touched
 
     config.train.restore_step = 20
-    train.train_and_evaluate(config, run)
+    train_mode.run(config, run)
     got = losses(run)
     assert sorted(got) == list(range(1, 31))
     np.testing.assert_allclose([got[s] for s in range(1, 31)], [ref[s] for s in range(1, 31)], rtol=2e-5)
@@ -89,7 +90,7 @@ def test_restore_step_that_was_not_saved_is_one_clear_error(config, tmp_path):
         match=r"train.restore_step=5: .* has no finished checkpoint of that step "
         r"\(it has none\)",
     ):
-        train.train_and_evaluate(config, tmp_path)
+        train_mode.run(config, tmp_path)
 
 
 def run_in_a_new_loop(coro):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from lmjax import config as config_lib
-from lmjax import train
+from lmjax.training import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def test_experiment_configs_only_change_values(name):
         except ValueError as e:  # an argument this config does not take
             assert "takes" in str(e)
             continue
-        train.check_config(c)
+        prepare.check_config(c)
         assert set(config_lib._flat_keys(c)) == base_keys
         assert module.__doc__ and "python -m lmjax.main" in module.__doc__
 
@@ -40,11 +40,11 @@ def test_value_checks():
     c = config_lib.base()
     c.optim.grad_accum_steps = 5
     with pytest.raises(ValueError, match="not divisible by optim.grad_accum_steps=5"):
-        train.check_config(c)
+        prepare.check_config(c)
     c = config_lib.base()
     c.data.tokenizer = "sentencepiece"
     with pytest.raises(ValueError, match="needs data.vocab_size"):
-        train.check_config(c)
+        prepare.check_config(c)
 
 
 def test_family_objective_and_length_checks():
@@ -53,39 +53,39 @@ def test_family_objective_and_length_checks():
     with pytest.raises(
         ValueError, match="train.objective='causal_lm' does not train a model.family='encoder' model; use mlm"
     ):
-        train.check_config(c)
+        prepare.check_config(c)
     c = config_lib.base()
     c.model.update(family="encoder_decoder", max_len=64)
     c.train.objective = "span_corruption"
     c.data.seq_len = 64
-    train.check_config(c)  # 64 inputs -> 14 targets
+    prepare.check_config(c)  # 64 inputs -> 14 targets
     c.model.max_len, c.data.seq_len = 8, 8
     c.data.noise_density = 0.9
     with pytest.raises(ValueError, match="targets, longer than model.max_len=8"):
-        train.check_config(c)
+        prepare.check_config(c)
 
 
 def test_lineage_checks():
     c = config_lib.base()
     c.model.family, c.train.objective = "word2vec", "skipgram"
     with pytest.raises(ValueError, match="learns vectors of words; set data.tokenizer='word'"):
-        train.check_config(c)
+        prepare.check_config(c)
     c.train.objective = "glove"
     with pytest.raises(ValueError, match="use skipgram or cbow"):
-        train.check_config(c)
+        prepare.check_config(c)
     c = config_lib.base()
     c.model.update(family="elmo", char_filters="1:8,9:8")
     c.train.objective, c.data.max_chars = "bilm", 8
     with pytest.raises(ValueError, match="filters wider than data.max_chars=8"):
-        train.check_config(c)
+        prepare.check_config(c)
     c = config_lib.base()
     c.model.update(family="rnn", remat="full")
     with pytest.raises(ValueError, match="model.remat='full' applies to Transformer blocks"):
-        train.check_config(c)
+        prepare.check_config(c)
     c = config_lib.base()
     c.optim.name = "lamb"
     with pytest.raises(ValueError, match="optim.name='lamb'"):
-        train.check_config(c)
+        prepare.check_config(c)
 
 
 def test_loading_an_experiment_config_imports_no_jax():

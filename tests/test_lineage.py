@@ -9,14 +9,17 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
-from lmjax import checkpoint, finetune, metrics, train
+from lmjax import checkpoint, metrics
 from lmjax.data import tokenizers
+from lmjax.modes import finetune as finetune_mode
+from lmjax.modes import train as train_mode
+from lmjax.training import prepare
 
 
 def smoke(name, arg, corpus_file, cache_dir, **data):
     c = importlib.import_module(f"experiments.configs.{name}").get_config(arg)
     c.data.update(cache_dir=str(cache_dir), text_files=str(corpus_file), **data)
-    train.check_config(c)
+    prepare.check_config(c)
     return c
 
 
@@ -25,11 +28,11 @@ def test_word_vectors_train_resume_and_export(arg, tmp_path, corpus_file, cache_
     from gensim.models import KeyedVectors
 
     c = smoke("word2vec", arg, corpus_file, cache_dir)
-    result = train.train_and_evaluate(c, tmp_path / "run")
+    result = train_mode.run(c, tmp_path / "run")
     assert (
         result["eval/wordsim353_pairs"] + result["eval/wordsim353_oov"] == 353
     )  # OOV pairs counted, not fatal
-    kv = KeyedVectors.load_word2vec_format(str(tmp_path / "run" / train.VECTORS_FILE))
+    kv = KeyedVectors.load_word2vec_format(str(tmp_path / "run" / train_mode.VECTORS_FILE))
     tok = tokenizers.load(tmp_path / "run" / checkpoint.TOKENIZER_DIR)
     assert kv.index_to_key == tok.words[3:] and kv.vector_size == c.model.d_model
     assert kv.most_similar("king", topn=1)  # gensim can use them
@@ -40,7 +43,7 @@ def test_word_vectors_train_resume_and_export(arg, tmp_path, corpus_file, cache_
     ]
     assert np.isfinite(losses).all()
     c.train.num_steps = 8  # resumes from step 6 with the data iterator's state
-    train.train_and_evaluate(c, tmp_path / "run")
+    train_mode.run(c, tmp_path / "run")
     assert checkpoint.saved_steps(tmp_path / "run")[-1] == 8
 
 
@@ -55,7 +58,7 @@ def test_word2vec_learns_the_corpus_structure(tmp_path, corpus_file, cache_dir):
     falls."""
     c = smoke("word2vec", "smoke", corpus_file, cache_dir)
     c.train.update(num_steps=150, eval_every=150, checkpoint_every=150, log_every=50)
-    train.train_and_evaluate(c, tmp_path / "run")
+    train_mode.run(c, tmp_path / "run")
     rows = [
         r
         for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
@@ -69,17 +72,17 @@ def test_too_small_corpus_fails_with_one_line(tmp_path, cache_dir):
     tiny.write_text("a few words only\n\nand a few more words\n")
     c = smoke("word2vec", "smoke", tiny, cache_dir)
     with pytest.raises(ValueError, match=r"distinct words seen at least data.min_count=2 times .* too few"):
-        train.train_and_evaluate(c, tmp_path / "run")
+        train_mode.run(c, tmp_path / "run")
     c.data.update(min_count=1, vocab_size=500)
     with pytest.raises(ValueError, match="too few for data.vocab_size=500"):
-        train.train_and_evaluate(c, tmp_path / "run2")
+        train_mode.run(c, tmp_path / "run2")
 
 
 @pytest.mark.parametrize("arg", ["smoke", "gru"])
 def test_recurrent_lm_trains(arg, tmp_path, corpus_file, cache_dir):
     c = smoke("rnn_lm", "smoke", corpus_file, cache_dir)
     c.model.cell = "lstm" if arg == "smoke" else "gru"
-    result = train.train_and_evaluate(c, tmp_path / "run")
+    result = train_mode.run(c, tmp_path / "run")
     assert np.isfinite(result["eval/loss"]) and 0 < result["eval/unigram_accuracy"] < 1
     assert_training_loss_falls(tmp_path / "run")
 
@@ -88,13 +91,13 @@ def test_recurrent_lm_trains(arg, tmp_path, corpus_file, cache_dir):
 def test_elmo_pretrains_then_feeds_a_frozen_classifier(tmp_path, cache_dir):
     c = importlib.import_module("experiments.configs.elmo").get_config("smoke")
     c.data.cache_dir = str(cache_dir)
-    result = train.train_and_evaluate(c, tmp_path / "elmo")
+    result = train_mode.run(c, tmp_path / "elmo")
     assert {"eval/loss", "eval/forward_perplexity"} <= set(result) and np.isfinite(result["eval/loss"])
 
     ft = importlib.import_module("experiments.configs.elmo").get_config("smoke_rotten_tomatoes")
     ft.data.cache_dir = str(cache_dir)
     ft.finetune.init = str(tmp_path / "elmo")
-    out = finetune.run(ft, tmp_path / "rt")
+    out = finetune_mode.run(ft, tmp_path / "rt")
     assert 0 <= out["test/accuracy"] <= 1
     # The backbone stayed frozen: its parameters equal the pretrained ones; the mix and head moved.
     pre = ocp.StandardCheckpointer().restore((tmp_path / "elmo" / "checkpoints" / "3" / "state").absolute())
@@ -107,9 +110,9 @@ def test_elmo_pretrains_then_feeds_a_frozen_classifier(tmp_path, cache_dir):
 def test_simcse_trains_with_dropout_views(tmp_path, cache_dir):
     c = importlib.import_module("experiments.configs.simcse").get_config("smoke")
     c.data.cache_dir = str(cache_dir)
-    result = train.train_and_evaluate(c, tmp_path / "simcse")
+    result = train_mode.run(c, tmp_path / "simcse")
     assert np.isfinite(result["eval/loss"]) and 0 <= result["eval/accuracy"] <= 1
     assert_training_loss_falls(tmp_path / "simcse")
     c.model.dropout = 0.0
     with pytest.raises(ValueError, match="makes a text's two views by dropout"):
-        train.check_config(c)
+        prepare.check_config(c)

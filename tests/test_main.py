@@ -85,11 +85,11 @@ def test_negative_lambda_fails_before_anything_runs(tmp_path):
 
 
 def run_with_failing_training(tmp_path, error: str) -> subprocess.CompletedProcess:
-    """lmjax.main with train.train_and_evaluate replaced by one that raises `error` (a Python expression)."""
+    """lmjax.main with mode=train's run replaced by one that raises `error` (a Python expression)."""
     script = (
-        "import sys\nfrom lmjax import main, train\n"
+        "import sys\nfrom lmjax import main\nfrom lmjax.modes import train\n"
         f"def fail(config, workdir, **kwargs):\n    raise {error}\n"
-        "train.train_and_evaluate = fail\n"
+        "train.run = fail\n"
         f"sys.argv = ['lmjax', '--config={CONFIG}', '--workdir={tmp_path}']\nmain.run()\n"
     )
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

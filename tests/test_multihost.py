@@ -11,8 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from lmjax import main, metrics, train
+from lmjax import main, metrics
 from lmjax.data import corpora
+from lmjax.modes import train as train_mode
 
 CONFIG = "experiments/configs/shakespeare_char.py:tiny"
 
@@ -49,7 +50,7 @@ def reference(config, workdir, steps: int) -> dict[int, float]:
     """One process, all 8 devices, uninterrupted (it also builds the corpus cache the other runs share)."""
     config.train.update(num_steps=steps, log_every=1, checkpoint_every=4, eval_every=100, sample_tokens=0)
     config.data.shards = 2
-    train.train_and_evaluate(config, workdir)
+    train_mode.run(config, workdir)
     return losses(workdir)
 
 
@@ -135,7 +136,7 @@ def test_checkpoint_restores_under_other_meshes(tiny_config, tmp_path):
 
     tiny_config.train.update(num_steps=6, log_every=1, checkpoint_every=2, eval_every=100, sample_tokens=0)
     straight = tmp_path / "straight"
-    train.train_and_evaluate(tiny_config, straight)
+    train_mode.run(tiny_config, straight)
     moved = tmp_path / "moved"
     for steps, mesh, devices in (
         (2, (8, 1, 1), None),
@@ -144,7 +145,7 @@ def test_checkpoint_restores_under_other_meshes(tiny_config, tmp_path):
     ):
         tiny_config.train.num_steps = steps
         tiny_config.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
-        train.train_and_evaluate(tiny_config, moved, devices=devices)
+        train_mode.run(tiny_config, moved, devices=devices)
     a, b = losses(straight), losses(moved)
     assert sorted(b) == list(range(1, 7))
     np.testing.assert_allclose([b[i] for i in range(1, 7)], [a[i] for i in range(1, 7)], rtol=2e-5)
@@ -179,9 +180,9 @@ def test_preempted_run_resumes_with_the_losses_of_an_uninterrupted_one(tiny_conf
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(metrics.Writer, "scalars", scalars_then_preempt)
-    result = train.train_and_evaluate(tiny_config, tmp_path / "preempted")
+    result = train_mode.run(tiny_config, tmp_path / "preempted")
     assert result == {"preempted_at": 6}  # the step after the signal is the boundary it saves at
     monkeypatch.setattr(metrics.Writer, "scalars", real_scalars)
-    train.train_and_evaluate(tiny_config, tmp_path / "preempted")
+    train_mode.run(tiny_config, tmp_path / "preempted")
     got = losses(tmp_path / "preempted")
     np.testing.assert_allclose([got[i] for i in range(1, 13)], [ref[i] for i in range(1, 13)], rtol=2e-5)

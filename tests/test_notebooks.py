@@ -95,7 +95,11 @@ def test_install_cell_keeps_the_runtimes_jax_and_brings_a_flax_that_imports_with
     assert subprocess.run([python, "-c", probe], capture_output=True, text=True).stdout == before
     assert record.stat().st_mtime_ns == stamp  # not reinstalled
     imported = subprocess.run(
-        [python, "-c", "import flax, lmjax.train, gcsfs; print(lmjax.train.__file__, flax.__version__)"],
+        [
+            python,
+            "-c",
+            "import flax, gcsfs, lmjax.training.pretrain as m; print(m.__file__, flax.__version__)",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

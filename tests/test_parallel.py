@@ -11,7 +11,8 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from lmjax import config as base_config
-from lmjax import loop, models, objectives, optim, parallel, sharding, train
+from lmjax import models, parallel, sharding
+from lmjax.training import loop, objectives, optim, pretrain
 
 V, L, B = 32, 16, 8
 FAMILIES = {
@@ -95,7 +96,7 @@ def batch_for(family: str, step: int) -> dict[str, np.ndarray]:
 
 
 def run_steps(config: ConfigDict, family: str, devices, steps: int = STEPS):
-    s = train.setup(config, devices)
+    s = pretrain.setup(config, devices)
     state = s.to_engine(s.init(jax.random.PRNGKey(0)))
     losses = []
     for i in range(steps):
@@ -210,7 +211,7 @@ def test_bad_mesh_and_rules_fail_clearly():
     c.mesh.engine = "pmap"
     c.mesh.tensor = 2
     with pytest.raises(ValueError, match="mesh.engine='pmap' is data-parallel only"):
-        train.setup(c)
+        pretrain.setup(c)
 
 
 def test_undivisible_dimensions_are_replicated_and_rules_are_config():

@@ -70,19 +70,19 @@ def main(argv) -> int:
     import jax
     import numpy as np
 
-    from lmjax import train
     from lmjax.models import attention
+    from lmjax.training import prepare, pretrain
 
     attention.TARGET = "tpu"  # model.attention='auto' and its checks choose for the TPU, not this CPU
     config = _CONFIG.value
-    train.check_config(config)
+    prepare.check_config(config)
     if not config.model.vocab_size:
         raise ValueError(
             "model.vocab_size=0 takes the tokenizer's size, which needs data; set --config.model.vocab_size"
         )
     devices = tpu_devices(_TOPOLOGY.value)
-    s = train.setup(config, devices)
-    state, batch = train.abstract_step_inputs(s)
+    s = pretrain.setup(config, devices)
+    state, batch = pretrain.abstract_step_inputs(s)
     hosts = len({d.process_index for d in devices})
     hbm = hbm_per_device(_TOPOLOGY.value, len(devices))
     state_bytes = sum(

@@ -1,6 +1,6 @@
 """Distillation: SmolLM2-135M-Instruct (train.teacher, frozen, in the same jitted step) taught to a student of
-6 x 384 with SmolLM2's architecture and tokenizer, trained from scratch on Shakespeare. The loss is
-alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy (lmjax/distill.py); alpha = 0 is the
+6 x 384 with SmolLM2's architecture and tokenizer, trained from scratch on Shakespeare. The loss is alpha *
+T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy (lmjax/training/distill.py); alpha = 0 is the
 student trained alone.
 
   python -m experiments.data.replay_texts --out=data/replay

@@ -1,5 +1,5 @@
 """Fine-tune on your own files: experiments/configs/finetune_files.py:KIND, KIND one of classification,
-regression, tokens, span_qa, seq2seq or chat (lmjax/data/task_files.py has the columns); the encoder kinds
+regression, tokens, span_qa, seq2seq or chat (lmjax/tasks/files.py has the columns); the encoder kinds
 start from the pretrained all-MiniLM-L6-v2, seq2seq and chat from SmolLM2-135M-Instruct.
 
   python -m lmjax.main --config=experiments/configs/finetune_files.py:classification --workdir=workdirs/mine \
@@ -9,11 +9,11 @@ start from the pretrained all-MiniLM-L6-v2, seq2seq and chat from SmolLM2-135M-I
 Files are JSONL (CSV or TSV too for classification, regression and seq2seq), local paths or gs:// URLs;
 validation and test are optional. Each evaluated split writes predictions/<split>.jsonl in the file's own
 terms, and its metrics (scikit-learn, scipy, seqeval, SQuAD v1.1's, sacrebleu, rouge-score:
-lmjax/task_metrics.py) go to metrics.jsonl and results.json as validation/<metric> and test/<metric>; seq2seq
-and chat are scored by generating (task.num_beams, task.max_new_tokens). finetune.init starts elsewhere: an
-lmjax workdir (an encoder-decoder's too, for seq2seq), a Hugging Face directory or a GGUF file; the usual
-overrides work (finetune.pretrain_lambda with a backbone that has its pretraining head, finetune.l2sp,
-optim.lora_rank, task.pack for classification and regression).
+lmjax/tasks/predictions.py) go to metrics.jsonl and results.json as validation/<metric> and test/<metric>;
+seq2seq and chat are scored by generating (task.num_beams, task.max_new_tokens). finetune.init starts
+elsewhere: an lmjax workdir (an encoder-decoder's too, for seq2seq), a Hugging Face directory or a GGUF file;
+the usual overrides work (finetune.pretrain_lambda with a backbone that has its pretraining head,
+finetune.l2sp, optim.lora_rank, task.pack for classification and regression).
 
 Defaults, encoder kinds: texts of at most 128 tokens (span_qa: 256, windows 128 apart), batches of 16, 1,000
 steps (set train.num_steps for your data's size: steps = epochs x rows / 16), a backbone learning rate of 5e-5
@@ -22,8 +22,8 @@ learning rate of 1e-4, answers of at most 64 new tokens, greedy.
 """
 
 from lmjax import config as base_config
-from lmjax.data import task_files
 from lmjax.errors import InputError
+from lmjax.tasks import files as task_files
 
 
 def get_config(arg: str | None = None):

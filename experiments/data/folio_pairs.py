@@ -12,7 +12,7 @@ one, the words of exactly one modern line. The Folio's speaker prefix ('  Ham. '
 of fewer than three words. Whole plays are held out: validation is Macbeth, test Hamlet and The Tempest,
 each cut to --eval_lines lines evenly spaced through it (generating on a CPU is slow). Writes
 {train,validation,test}.jsonl ({"source": Folio line, "target": modern line}) and prints the copy
-baseline's BLEU, chrF, ROUGE-L and exact match (lmjax/task_metrics.py).
+baseline's BLEU, chrF, ROUGE-L and exact match (lmjax/tasks/predictions.py).
 """
 
 from __future__ import annotations

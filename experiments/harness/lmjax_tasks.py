@@ -25,11 +25,11 @@ def _splits(rows: dict[str, list[dict]]) -> datasets.DatasetDict:
 
 
 def rt_sentiment(**kwargs) -> datasets.DatasetDict:
-    from lmjax.data import tasks
+    from lmjax.tasks import catalog
 
     rows: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
-    for text, label in tasks.rotten_tomatoes_rows():
-        rows[tasks.split_of(text)].append({"text": text, "label": label})
+    for text, label in catalog.rotten_tomatoes_rows():
+        rows[catalog.split_of(text)].append({"text": text, "label": label})
     return _splits(rows)
 
 

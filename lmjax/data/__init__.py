@@ -1,1 +1,1 @@
-"""Tokenizers, corpora (TFDS builders) and grain input pipelines."""
+"""Tokenizers, corpora (TFDS builders), mixtures and grain input pipelines for pretraining text."""

@@ -8,7 +8,7 @@ Four kinds of source, chosen by config:
   * user text files (`data.text_files=a.txt,b.txt`, local paths or gs:// URLs), built by the same builder;
   * a TFDS catalog name (`data.tfds_name=lm1b`), loaded by tfds (needs a network for the download).
 
-`data.mixture` weighs several of them (lmjax/data/mixture.py), each loaded here.
+`data.mixture` weighs several of them (lmjax/data/mixture.py, whose load_corpus loads either).
 
 Our builder cuts each file into a train part (the first 1 - validation_fraction of its characters)
 and a validation part (the rest), at line boundaries, then into paragraph-sized examples whose
@@ -246,12 +246,9 @@ class Corpus:
     documents: bool  # True: examples are whole documents (an EOS is appended); False: pieces of one text
 
 
-def load(data_config):
-    """The data.* corpus: a `Corpus`, or with data.mixture a `mixture.Mixture` of several."""
-    if data_config.mixture:
-        from lmjax.data import mixture  # it builds each of its sources with this module
-
-        return mixture.load(data_config)
+def load(data_config) -> Corpus:
+    """The corpus of data.corpus, data.text_files or data.tfds_name (mixture.load_corpus also takes
+    data.mixture)."""
     cache = cache_dir(data_config.cache_dir)
     if data_config.text_files and data_config.tfds_name:
         raise InputError("set either data.text_files or data.tfds_name, not both")

@@ -108,6 +108,11 @@ def _source(data: ConfigDict, name: str) -> tuple[str, corpora.Corpus]:
     )
 
 
+def load_corpus(data: ConfigDict) -> corpora.Corpus | Mixture:
+    """The data.* corpus: a `corpora.Corpus`, or with data.mixture a `Mixture` of several."""
+    return load(data) if data.mixture else corpora.load(data)
+
+
 def load(data: ConfigDict) -> Mixture:
     if data.text_files or data.tfds_name:
         raise InputError("data.mixture replaces data.text_files and data.tfds_name; set only data.mixture")

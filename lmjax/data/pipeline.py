@@ -1,6 +1,7 @@
 """grain pipelines, sharded per process; batches are dicts of per-process NumPy arrays.
 
-An objective (lmjax.objectives) names the examples its batches are made of; the example makers here are:
+An objective (lmjax.training.objectives) names the examples its batches are made of; the example makers here
+are:
 
   lm_examples        tokenize -> pack (concatenate-and-split) -> shuffle windows:
                      inputs int32[L], targets int32[L] (inputs shifted by one), weights float32[L],
@@ -319,9 +320,9 @@ def train_dataset(
     shard_count: int = 1,
 ) -> grain.IterDataset:
     """Infinite, reshuffled every epoch (a mixture's rows drawn from its sources by weight); `objective` (an
-    lmjax.objectives.Objective) says what the batches hold; `batch_size` is this process's share of the global
-    batch. A thread prepares the next batch while the step runs (its iterator state is that of the batches
-    handed out)."""
+    lmjax.training.objectives.Objective) says what the batches hold; `batch_size` is this process's share of
+    the global batch. A thread prepares the next batch while the step runs (its iterator state is that of the
+    batches handed out)."""
     if objective.dataset is not None:
         if isinstance(corpus, Mixture):
             raise InputError(f"train.objective={objective.name!r} reads one corpus; unset data.mixture")

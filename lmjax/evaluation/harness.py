@@ -1,8 +1,9 @@
-"""lm-evaluation-harness in lmjax: --config.mode=harness scores a model (finetune.init, or the workdir's run)
-on harness.tasks; train.harness_tasks does the same every train.harness_every steps of a run (pretraining or
-fine-tuning a decoder), into metrics.jsonl and TensorBoard as harness/<task>/<metric>. Tasks come from the
-harness's catalogue (which needs a network for their data) or from YAML files in harness.include_path
-(experiments/harness/ ships some that run offline).
+"""lm-evaluation-harness in lmjax: --config.mode=harness (lmjax/modes/harness.py) scores a model
+(finetune.init, or the workdir's run) on harness.tasks with `evaluate`; train.harness_tasks does the same
+every train.harness_every steps of a run (pretraining or fine-tuning a decoder, `periodic`), into
+metrics.jsonl and TensorBoard as harness/<task>/<metric>. Tasks come from the harness's catalogue (which
+needs a network for their data) or from YAML files in harness.include_path (experiments/harness/ ships some
+that run offline).
 
   python -m lmjax.main --config=experiments/configs/shakespeare_char.py --workdir=workdirs/harness \
       --config.mode=harness --config.finetune.init=smollm2-135m-instruct \
@@ -15,16 +16,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
-import time
-from typing import Callable, Mapping
+from typing import Callable
 
 import jax
 from etils import epath
 from flax import nnx
 from ml_collections import ConfigDict
 
-from lmjax import checkpoint, sample, storage
 from lmjax.errors import InputError, MissingInput
 
 EXTRA = "pip install 'lmjax[eval]' (lm-eval with its API extra; make test installs it)"
@@ -115,23 +113,3 @@ def periodic(config: ConfigDict, tok, graphdef: nnx.GraphDef) -> Callable[[int, 
         return evaluate(lm, config.harness, tasks)
 
     return run
-
-
-def run(config: ConfigDict, workdir: str | epath.PathLike, overrides: Mapping[str, object] = {}) -> dict:
-    """--config.mode=harness: finetune.init (or the workdir's run) on harness.tasks; results.json."""
-    require("mode=harness")
-    tasks = tasks_of(config.harness.tasks)
-    if not tasks:
-        raise InputError("mode=harness needs harness.tasks (comma-separated lm-eval task names)")
-    started = time.perf_counter()
-    graphdef, params, tok, source = sample.load(config, workdir)
-    max_len = nnx.merge(graphdef, params).max_len
-    result = evaluate(make_lm(graphdef, params, tok, max_len, config.harness), config.harness, tasks)
-    result["seconds"] = time.perf_counter() - started
-    workdir = storage.workdir(workdir)
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / checkpoint.RESULTS_FILE).write_text(json.dumps(result, indent=2, sort_keys=True))
-        scores = " ".join(f"{k}={v:.4f}" for k, v in result.items() if k.startswith("harness/"))
-        print(f"{source}: {scores}; {workdir / checkpoint.RESULTS_FILE}", flush=True)
-    return result

@@ -1,7 +1,7 @@
 """An lmjax decoder as lm-evaluation-harness's `LM` (its TemplateLM: lm-eval's own tokenization of
 context / continuation pairs and rolling windows). Prompts are scored by the compiled prefill the server runs
 (lmjax/serving/functions.py), so in-process scores equal the server's; text is generated greedily by
-lmjax.decode. Imports lm_eval: load it through lmjax.evaluation.harness, which says what to install."""
+lmjax.models.decode. Imports lm_eval: load it through lmjax.evaluation.harness, which says what to install."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from flax import nnx
 from lm_eval.api.model import TemplateLM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from lmjax import decode
+from lmjax.models import decode
 from lmjax.serving import functions
 
 MIN_BUCKET = 8  # prompts are padded to a power of two (at least this) of tokens and of rows

@@ -1,6 +1,6 @@
 """Model registry: `build(model_config, rngs)` makes the module named by `model_config.family`. Every model's
-`forward(batch)` gives the outputs its objectives score (lmjax.objectives); encoders, decoders and recurrent
-LMs also give `hidden_states(batch)`, which task heads read."""
+`forward(batch)` gives the outputs its objectives score (lmjax.training.objectives); encoders, decoders and
+recurrent LMs also give `hidden_states(batch)`, which task heads read."""
 
 from __future__ import annotations
 
@@ -104,6 +104,11 @@ def build(model_config: ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
             f"model.family={model_config.family!r} is unknown; use one of {sorted(REGISTRY)}"
         ) from None
     return factory(model_config, rngs)
+
+
+def graphdef(model_config: ConfigDict) -> nnx.GraphDef:
+    """The structure of the model `model_config` describes, built abstractly (no parameters are made)."""
+    return nnx.graphdef(nnx.eval_shape(lambda: build(model_config, nnx.Rngs(0))))
 
 
 def with_layout(model_config: ConfigDict, params: nnx.State, scanned: bool) -> tuple[ConfigDict, nnx.State]:

@@ -9,10 +9,9 @@ Every parameter carries logical axis names in its `axes` metadata, and the resid
 attention projections, the MLP hidden layer and the logits are constrained by logical names
 (`constrain`); `lmjax.sharding` maps both to mesh axes with one table.
 
-Attention caches are plain tuples (k_BSHK, v_BSHK): decoding threads them through the model
-functionally (see lmjax/decode.py); self-attention writes the new keys at `cache_index` (one slot for all
-rows, or one per row),
-cross-attention computes them once from the encoder output.
+Attention caches are plain tuples (k_BSHK, v_BSHK): decoding threads them through the model functionally (see
+lmjax/models/decode.py); self-attention writes the new keys at `cache_index` (one slot for all rows, or one
+per row), cross-attention computes them once from the encoder output.
 """
 
 from __future__ import annotations

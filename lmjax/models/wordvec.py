@@ -6,7 +6,7 @@ Word vectors are `vectors()`: word2vec's input vectors, GloVe's W + W~ (as the G
 
 A batch reads a few rows of each table: `lookups(batch)` names them (table -> row ids) and
 `score(rows, batch)` computes the outputs from those rows alone, so that a step can differentiate and update
-just the rows (lmjax/sparse.py); `__call__` is score(lookups).
+just the rows (lmjax/training/sparse.py); `__call__` is score(lookups).
 """
 
 from __future__ import annotations

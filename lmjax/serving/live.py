@@ -8,10 +8,10 @@ from etils import epath
 from flax import nnx
 from ml_collections import ConfigDict
 
-from lmjax import sample
 from lmjax.errors import InputError
 from lmjax.serving import functions
 from lmjax.serving.runner import Runner
+from lmjax.training import pretrained
 
 
 @dataclasses.dataclass
@@ -50,7 +50,7 @@ def cache_len(serve: ConfigDict, max_len: int) -> int:
 
 
 def load(config: ConfigDict, workdir: str | epath.PathLike) -> Loaded:
-    graphdef, params, tok, source = sample.load(config, workdir)
+    graphdef, params, tok, source = pretrained.load_decoder(config, workdir)
     model = nnx.merge(graphdef, params)
     S = cache_len(config.serve, model.max_len)
     shape, dtype, count = functions.cache_spec(model, S)

@@ -15,25 +15,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import os
 import random
 import secrets
-import signal
-import socket
 import time
 
-import uvicorn
-from etils import epath
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from ml_collections import ConfigDict
 from starlette.exceptions import HTTPException
 
-from lmjax import host
-from lmjax.errors import InputError
-from lmjax.serving import engine as engine_lib
-from lmjax.serving import live, protocol
+from lmjax.serving import batcher, protocol
 
 
 class ApiError(Exception):
@@ -52,78 +43,86 @@ def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-def create_app(
-    engine: engine_lib.Engine, *, model_name: str, api_key: str | None, max_tokens: int
-) -> FastAPI:
-    """The API over a started engine; max_tokens caps what one request may ask for."""
-    app = FastAPI(title="lmjax", docs_url=None, redoc_url=None, openapi_url=None)
-    tok, S = engine.runner.tokenizer, engine.runner.cache_len
+async def _api_error(request, e: ApiError):
+    return _error_response(e.status, e.message, e.code, e.kind)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request, e: ApiError):
-        return _error_response(e.status, e.message, e.code, e.kind)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, e: RequestValidationError):
-        first = e.errors()[0]
-        if first.get("type") == "json_invalid":
-            return _error_response(
-                400, f"the request body is not valid JSON: {first.get('msg')}", "invalid_json"
-            )
-        where = ".".join(str(x) for x in first.get("loc", ())[1:2]) or None  # the top-level field
-        message = f"{where or 'body'}: {first.get('msg')}"
-        return JSONResponse(protocol.error(message, code="invalid_value", param=where), status_code=400)
+async def _invalid(request, e: RequestValidationError):
+    first = e.errors()[0]
+    if first.get("type") == "json_invalid":
+        return _error_response(400, f"the request body is not valid JSON: {first.get('msg')}", "invalid_json")
+    where = ".".join(str(x) for x in first.get("loc", ())[1:2]) or None  # the top-level field
+    message = f"{where or 'body'}: {first.get('msg')}"
+    return JSONResponse(protocol.error(message, code="invalid_value", param=where), status_code=400)
 
-    @app.exception_handler(HTTPException)
-    async def _http(request, e: HTTPException):
-        if e.status_code == 400:  # FastAPI could not read the body (not UTF-8, ...)
-            return _error_response(400, "the request body is not UTF-8 JSON", "invalid_json")
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
-        return _error_response(e.status_code, str(e.detail), code)
 
-    def authorized(authorization: str | None = Header(None)) -> None:
-        if api_key is not None and not secrets.compare_digest(authorization or "", f"Bearer {api_key}"):
+async def _http(request, e: HTTPException):
+    if e.status_code == 400:  # FastAPI could not read the body (not UTF-8, ...)
+        return _error_response(400, "the request body is not UTF-8 JSON", "invalid_json")
+    code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+    return _error_response(e.status_code, str(e.detail), code)
+
+
+class Api:
+    """The OpenAI-compatible API over a started batcher: one method a route, and the checks they share;
+    max_tokens caps what one request may ask for."""
+
+    def __init__(self, engine: batcher.Batcher, *, model_name: str, api_key: str | None, max_tokens: int):
+        self.engine, self.model_name, self.api_key, self.max_tokens = engine, model_name, api_key, max_tokens
+        self.tok, self.S = engine.runner.tokenizer, engine.runner.cache_len
+
+    def authorized(self, authorization: str | None = Header(None)) -> None:
+        if self.api_key is not None and not secrets.compare_digest(
+            authorization or "", f"Bearer {self.api_key}"
+        ):
             raise ApiError(
                 401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key"
             )
 
-    def check_model(name: str) -> None:
-        if name != model_name:
+    def check_model(self, name: str) -> None:
+        if name != self.model_name:
             raise ApiError(
-                404, f"model {name!r} does not exist; this server serves {model_name!r}", "model_not_found"
+                404,
+                f"model {name!r} does not exist; this server serves {self.model_name!r}",
+                "model_not_found",
             )
 
-    def limits(ids: list[int], asked: int | None) -> int:
+    def limits(self, ids: list[int], asked: int | None) -> int:
         if not ids:
             raise ApiError(400, "the prompt is empty; give at least one token of text", "empty_prompt")
-        if asked is not None and asked <= 1 and len(ids) <= S:  # scored by its prefill: no slot to decode in
+        if asked is not None and asked <= 1 and len(ids) <= self.S:  # scored by its prefill: no slot needed
             return asked
-        if len(ids) >= S:
+        if len(ids) >= self.S:
             raise ApiError(
                 400,
-                f"the prompt is {len(ids)} tokens; this model's context is {S} tokens, so prompts must be "
-                f"shorter than {S}",
+                f"the prompt is {len(ids)} tokens; this model's context is {self.S} tokens, so prompts must "
+                f"be shorter than {self.S}",
                 "context_length_exceeded",
             )
-        if asked is not None and asked > max_tokens:
+        if asked is not None and asked > self.max_tokens:
             raise ApiError(
-                400, f"max_tokens={asked} is above this server's limit of {max_tokens}", "invalid_value"
+                400, f"max_tokens={asked} is above this server's limit of {self.max_tokens}", "invalid_value"
             )
-        if asked is not None and len(ids) + asked > S:
+        if asked is not None and len(ids) + asked > self.S:
             raise ApiError(
                 400,
-                f"the prompt ({len(ids)} tokens) + max_tokens={asked} exceed this model's context of {S} "
-                "tokens; ask for fewer tokens or shorten the prompt",
+                f"the prompt ({len(ids)} tokens) + max_tokens={asked} exceed this model's context of "
+                f"{self.S} tokens; ask for fewer tokens or shorten the prompt",
                 "context_length_exceeded",
             )
-        return asked if asked is not None else min(max_tokens, S - len(ids))
+        return asked if asked is not None else min(self.max_tokens, self.S - len(ids))
 
     def submit(
-        body: protocol._Sampling, ids: list[int], asked: int | None, logprobs: int | None = None, echo=False
-    ) -> engine_lib.Request:
-        r = engine_lib.Request(
+        self,
+        body: protocol._Sampling,
+        ids: list[int],
+        asked: int | None,
+        logprobs: int | None = None,
+        echo=False,
+    ) -> batcher.Request:
+        r = batcher.Request(
             prompt_ids=ids,
-            max_tokens=limits(ids, asked),
+            max_tokens=self.limits(ids, asked),
             temperature=body.temperature,
             top_p=body.top_p,
             seed=random.randrange(2**32) if body.seed is None else body.seed,
@@ -133,17 +132,19 @@ def create_app(
             logprobs=logprobs,
             echo=echo,
         )
-        if engine.error is not None:
-            raise ApiError(500, f"the engine failed: {engine.error}", "engine_failed", "server_error")
+        if self.engine.error is not None:
+            raise ApiError(500, f"the engine failed: {self.engine.error}", "engine_failed", "server_error")
         try:
-            engine.submit(r)
-        except engine_lib.QueueFull:
+            self.engine.submit(r)
+        except batcher.QueueFull:
             raise ApiError(
-                503, f"the server is busy ({engine.max_queue} requests queued); retry later", "server_busy"
+                503,
+                f"the server is busy ({self.engine.max_queue} requests queued); retry later",
+                "server_busy",
             ) from None
         return r
 
-    async def events(r: engine_lib.Request, http: Request, poll: bool):
+    async def events(self, r: batcher.Request, http: Request, poll: bool):
         """The request's events (text that arrived together merged into one); cancels the request (freeing
         its slot) when the client goes away."""
         try:
@@ -170,10 +171,10 @@ def create_app(
         finally:
             r.cancelled = True  # no-op once finished
 
-    async def collect(r: engine_lib.Request, http: Request) -> tuple[str, str | None]:
+    async def collect(self, r: batcher.Request, http: Request) -> tuple[str, str | None]:
         """(the generated text, the finish reason: None when the client went away) of a plain response."""
         parts, reason = [], None
-        async for kind, value in events(r, http, poll=True):
+        async for kind, value in self.events(r, http, poll=True):
             if kind == "text":
                 parts.append(value)
             elif kind == "done":
@@ -182,101 +183,98 @@ def create_app(
                 raise ApiError(500, value, "engine_failed", "server_error")
         return "".join(parts), reason
 
-    def kept(r: engine_lib.Request, text: str) -> int:
+    def kept(self, r: batcher.Request, text: str) -> int:
         """How many generated tokens make `text` (a stop string may have cut the last ones off)."""
         n = 0
-        while n < len(r.ids) and len(tok.decode(r.ids[:n])) < len(text):
+        while n < len(r.ids) and len(self.tok.decode(r.ids[:n])) < len(text):
             n += 1
         return n
 
-    def piece(i: int) -> str:
-        return tok.decode([i])
+    def piece(self, i: int) -> str:
+        return self.tok.decode([i])
 
-    def no_stream_with(body, what: str) -> None:
+    def no_stream_with(self, body, what: str) -> None:
         if body.stream:
             raise ApiError(400, f"{what} come in plain responses only; set stream=false", "invalid_value")
 
-    async def answer(r, http, body, rid, whole, chunk_of, chunk_kind, first=None):
+    async def answer(self, r, http, body, rid, whole, chunk_of, chunk_kind, first=None):
         if body.stream:
 
             async def stream():
                 if first is not None:
                     yield _sse(first)
-                async for kind, value in events(r, http, poll=False):
+                async for kind, value in self.events(r, http, poll=False):
                     if kind == "text":
                         yield _sse(chunk_of(value, None))
                     elif kind == "done":
                         yield _sse(chunk_of(None, value))
                         if body.stream_options is not None and body.stream_options.include_usage:
                             use = protocol.usage(len(r.prompt_ids), len(r.ids))
-                            yield _sse(protocol.usage_chunk(chunk_kind, model_name, rid, use))
+                            yield _sse(protocol.usage_chunk(chunk_kind, self.model_name, rid, use))
                     else:
                         yield _sse(protocol.error(value, "server_error", "engine_failed"))
                 yield _sse("[DONE]")
 
             return StreamingResponse(stream(), media_type="text/event-stream")
-        text, reason = await collect(r, http)
+        text, reason = await self.collect(r, http)
         if reason is None:  # the client went away
             return JSONResponse({}, status_code=499)
         return whole(text, reason, protocol.usage(len(r.prompt_ids), len(r.ids)))
 
-    @app.get("/health")
-    async def health():
-        status = "ok" if engine.error is None else "failed"
+    async def health(self):
+        status = "ok" if self.engine.error is None else "failed"
         return {
             "status": status,
-            "model": model_name,
-            "slots": engine.slots,
-            "busy": engine.busy,
-            "queued": engine.queued,
-        } | engine.stats
+            "model": self.model_name,
+            "slots": self.engine.slots,
+            "busy": self.engine.busy,
+            "queued": self.engine.queued,
+        } | self.engine.stats
 
-    @app.get("/v1/models", dependencies=[Depends(authorized)])
-    async def models():
-        card = {"id": model_name, "object": "model", "created": int(time.time()), "owned_by": "lmjax"}
+    async def models(self):
+        card = {"id": self.model_name, "object": "model", "created": int(time.time()), "owned_by": "lmjax"}
         return {"object": "list", "data": [card]}
 
-    def template(messages: list[protocol.Message], add_generation_prompt: bool = True) -> str:
-        if not getattr(tok, "chat_template", None):
+    def template(self, messages: list[protocol.Message], add_generation_prompt: bool = True) -> str:
+        if not getattr(self.tok, "chat_template", None):
             raise ApiError(
                 400,
-                f"this model's {tok.kind} tokenizer has no chat template; use /v1/completions",
+                f"this model's {self.tok.kind} tokenizer has no chat template; use /v1/completions",
                 "no_chat_template",
             )
         try:
-            return tok.apply_chat_template([m.model_dump() for m in messages], add_generation_prompt)
+            return self.tok.apply_chat_template([m.model_dump() for m in messages], add_generation_prompt)
         except Exception as e:  # the template's own checks (roles it does not take, ...)
             raise ApiError(400, f"messages: the chat template refused them: {e}", "invalid_value") from None
 
-    def prompt_ids(prompt: str | list[int]) -> list[int]:
+    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
-            return [int(i) for i in tok.encode(prompt)]
-        bad = [i for i in prompt if not 0 <= i < tok.vocab_size]
+            return [int(i) for i in self.tok.encode(prompt)]
+        bad = [i for i in prompt if not 0 <= i < self.tok.vocab_size]
         if bad:
             raise ApiError(
                 400,
-                f"prompt: token id {bad[0]} is outside the vocabulary (0..{tok.vocab_size - 1})",
+                f"prompt: token id {bad[0]} is outside the vocabulary (0..{self.tok.vocab_size - 1})",
                 "invalid_value",
             )
         return prompt
 
-    @app.post("/v1/completions", dependencies=[Depends(authorized)])
-    async def completions(body: protocol.CompletionRequest, http: Request):
-        check_model(body.model)
+    async def completions(self, body: protocol.CompletionRequest, http: Request):
+        self.check_model(body.model)
         prompts = body.prompts()
         if not prompts:
             raise ApiError(
                 400, "prompt: give a prompt (a string, token ids, or a list of either)", "invalid_value"
             )
         if len(prompts) > 1 or body.echo or body.logprobs is not None:
-            no_stream_with(body, "several prompts, echo and logprobs")
+            self.no_stream_with(body, "several prompts, echo and logprobs")
         if body.max_tokens == 0 and not body.echo:
             raise ApiError(400, "max_tokens=0 answers nothing without echo=true", "invalid_value")
-        ids = [prompt_ids(p) for p in prompts]  # every prompt checked before any is queued
+        ids = [self.prompt_ids(p) for p in prompts]  # every prompt checked before any is queued
         requests = []
         try:
             for one in ids:
-                requests.append(submit(body, one, body.max_tokens, body.logprobs, body.echo))
+                requests.append(self.submit(body, one, body.max_tokens, body.logprobs, body.echo))
         except ApiError:
             for r in requests:
                 r.cancelled = True
@@ -285,89 +283,109 @@ def create_app(
         if body.stream:
 
             def chunk_of(delta, reason):
-                return protocol.completion(model_name, rid, delta or "", reason)
+                return protocol.completion(self.model_name, rid, delta or "", reason)
 
-            return await answer(requests[0], http, body, rid, None, chunk_of, "text_completion")
+            return await self.answer(requests[0], http, body, rid, None, chunk_of, "text_completion")
         choices = []
         for index, r in enumerate(requests):
-            text, reason = await collect(r, http)
+            text, reason = await self.collect(r, http)
             if reason is None:
                 for other in requests:
                     other.cancelled = True
                 return JSONResponse({}, status_code=499)
-            n = kept(r, text)
-            prompt_text = tok.decode(r.prompt_ids) if isinstance(prompts[index], list) else prompts[index]
+            n = self.kept(r, text)
+            prompt_text = (
+                self.tok.decode(r.prompt_ids) if isinstance(prompts[index], list) else prompts[index]
+            )
             logprobs = None
             if body.logprobs is not None:  # an end-of-sequence token is scored too (it has no text)
                 last = [r.stop_token] if r.stop_token is not None and n == len(r.ids) else []
                 all_ids = (r.prompt_ids if body.echo else []) + r.ids[:n] + last
                 scores = (r.prompt_scores if body.echo else []) + r.scores[: n + len(last)]
-                offsets = [len(tok.decode(all_ids[:j])) for j in range(len(all_ids))]
-                logprobs = protocol.completion_logprobs([piece(i) for i in all_ids], scores, offsets, piece)
+                offsets = [len(self.tok.decode(all_ids[:j])) for j in range(len(all_ids))]
+                logprobs = protocol.completion_logprobs(
+                    [self.piece(i) for i in all_ids], scores, offsets, self.piece
+                )
             text = prompt_text + text if body.echo else text
             choices.append(protocol.completion_choice(index, text, reason, logprobs))
         use = protocol.usage(sum(len(r.prompt_ids) for r in requests), sum(len(r.ids) for r in requests))
-        return protocol.completions(model_name, rid, choices, use)
+        return protocol.completions(self.model_name, rid, choices, use)
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
-    async def chat(body: protocol.ChatRequest, http: Request):
-        check_model(body.model)
-        prompt = template(body.messages)
+    async def chat(self, body: protocol.ChatRequest, http: Request):
+        self.check_model(body.model)
+        prompt = self.template(body.messages)
         if body.top_logprobs is not None and not body.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs=true", "invalid_value")
         if body.logprobs:
-            no_stream_with(body, "logprobs")
+            self.no_stream_with(body, "logprobs")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         asked = body.max_completion_tokens or body.max_tokens
-        r = submit(body, [int(i) for i in tok.encode(prompt)], asked, logprobs)
+        r = self.submit(body, [int(i) for i in self.tok.encode(prompt)], asked, logprobs)
         rid = protocol.new_id("chatcmpl")
 
         def chunk_of(delta, reason):
-            return protocol.chat_chunk(model_name, rid, {} if delta is None else {"content": delta}, reason)
+            return protocol.chat_chunk(
+                self.model_name, rid, {} if delta is None else {"content": delta}, reason
+            )
 
         def whole(text, reason, use):
             if logprobs is None:
-                return protocol.chat(model_name, rid, text, reason, use)
-            n = kept(r, text)
-            scored = protocol.chat_logprobs([piece(i) for i in r.ids[:n]], r.scores[:n], piece)
-            return protocol.chat(model_name, rid, text, reason, use, scored)
+                return protocol.chat(self.model_name, rid, text, reason, use)
+            n = self.kept(r, text)
+            scored = protocol.chat_logprobs([self.piece(i) for i in r.ids[:n]], r.scores[:n], self.piece)
+            return protocol.chat(self.model_name, rid, text, reason, use, scored)
 
-        first = protocol.chat_chunk(model_name, rid, {"role": "assistant", "content": ""}, None)
-        return await answer(r, http, body, rid, whole, chunk_of, "chat.completion.chunk", first)
+        first = protocol.chat_chunk(self.model_name, rid, {"role": "assistant", "content": ""}, None)
+        return await self.answer(r, http, body, rid, whole, chunk_of, "chat.completion.chunk", first)
 
-    @app.post("/tokenize", dependencies=[Depends(authorized)])
-    async def tokenize(body: protocol.TokenizeRequest):
+    async def tokenize(self, body: protocol.TokenizeRequest):
         """vLLM's: a prompt's token ids (or the chat template's, for messages)."""
         if body.model is not None:
-            check_model(body.model)
+            self.check_model(body.model)
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "give either prompt or messages", "invalid_value")
-        text = body.prompt if body.messages is None else template(body.messages, body.add_generation_prompt)
-        ids = [int(i) for i in tok.encode(text)]
-        return {"count": len(ids), "max_model_len": S, "tokens": ids, "token_strs": None}
+        text = (
+            body.prompt if body.messages is None else self.template(body.messages, body.add_generation_prompt)
+        )
+        ids = [int(i) for i in self.tok.encode(text)]
+        return {"count": len(ids), "max_model_len": self.S, "tokens": ids, "token_strs": None}
 
-    @app.post("/detokenize", dependencies=[Depends(authorized)])
-    async def detokenize(body: protocol.DetokenizeRequest):
+    async def detokenize(self, body: protocol.DetokenizeRequest):
         if body.model is not None:
-            check_model(body.model)
-        return {"prompt": tok.decode(prompt_ids(body.tokens))}
+            self.check_model(body.model)
+        return {"prompt": self.tok.decode(self.prompt_ids(body.tokens))}
 
-    @app.get("/tokenizer_info", dependencies=[Depends(authorized)])
-    async def tokenizer_info():
+    async def tokenizer_info(self):
         """What a client needs to tokenize as the server does (lm-evaluation-harness's remote tokenizer)."""
-        eos = getattr(tok, "eos_id", None)
+        eos = getattr(self.tok, "eos_id", None)
         return {
-            "tokenizer_class": type(tok).__name__,
-            "kind": tok.kind,
-            "vocab_size": tok.vocab_size,
-            "model_max_length": S,
+            "tokenizer_class": type(self.tok).__name__,
+            "kind": self.tok.kind,
+            "vocab_size": self.tok.vocab_size,
+            "model_max_length": self.S,
             "eos_token_id": eos,
-            "eos_token": None if eos is None else getattr(tok, "id_to_token", piece)(eos),
+            "eos_token": None if eos is None else getattr(self.tok, "id_to_token", self.piece)(eos),
             "bos_token": None,  # lmjax's tokenizers add none
             "pad_token": None,
-            "chat_template": getattr(tok, "chat_template", None),
+            "chat_template": getattr(self.tok, "chat_template", None),
         }
 
+
+def create_app(engine: batcher.Batcher, *, model_name: str, api_key: str | None, max_tokens: int) -> FastAPI:
+    """The app serving `Api`'s routes over a started engine."""
+    api = Api(engine, model_name=model_name, api_key=api_key, max_tokens=max_tokens)
+    app = FastAPI(title="lmjax", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(HTTPException, _http)
+    auth = [Depends(api.authorized)]
+    app.get("/health")(api.health)
+    app.get("/v1/models", dependencies=auth)(api.models)
+    app.post("/v1/completions", dependencies=auth)(api.completions)
+    app.post("/v1/chat/completions", dependencies=auth)(api.chat)
+    app.post("/tokenize", dependencies=auth)(api.tokenize)
+    app.post("/detokenize", dependencies=auth)(api.detokenize)
+    app.get("/tokenizer_info", dependencies=auth)(api.tokenizer_info)
     return app
 
 
@@ -378,44 +396,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name other than localhost
         return False
-
-
-def serve(config: ConfigDict, workdir: str | epath.PathLike) -> None:
-    """Serves the decoder of the workdir (or finetune.init) until SIGTERM / Ctrl-C."""
-    settings = config.serve
-    api_key = os.environ.get(settings.api_key_env) or None
-    if api_key is None and not is_loopback(settings.host):
-        raise InputError(
-            f"serve.host={settings.host!r} is reachable from other machines: put an API key in the "
-            f"environment variable {settings.api_key_env} (clients send 'Authorization: Bearer <key>') or "
-            "serve on 127.0.0.1"
-        )
-    loaded = live.load(config, workdir)
-    host.release_freed_memory()  # the parameters as read (fp32 before int8) are garbage now
-    engine = engine_lib.Engine(loaded.runner(), slots=settings.slots, max_queue=settings.max_queue)
-    engine.warm_up()
-    app = create_app(engine.start(), model_name=loaded.name, api_key=api_key, max_tokens=settings.max_tokens)
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    try:
-        sock = socket.create_server((settings.host, settings.port), family=family)
-    except OSError as e:
-        raise InputError(
-            f"cannot listen on {settings.host}:{settings.port} ({e.strerror}); choose another serve.port"
-        ) from None
-    address, port = sock.getsockname()[:2]
-    print(
-        f"serving {loaded.name!r} ({loaded.source}; {settings.slots} slots of {engine.runner.cache_len} "
-        f"tokens{', int8' if settings.quantize else ''}) on http://{address}:{port}/v1"
-        + (" (API key required)" if api_key else ""),
-        flush=True,
-    )
-    # uvicorn handles SIGTERM / SIGINT (stop accepting, finish requests in flight), then raises the signal
-    # again with the previous handlers: these make that a normal return (exit status 0).
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=None))
-    try:
-        server.run(sockets=[sock])
-    finally:
-        engine.stop()
-        print("server stopped", flush=True)

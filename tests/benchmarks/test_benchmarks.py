@@ -106,10 +106,10 @@ def test_compile_time_measures_both_layouts():
 def test_serving_measures_every_level_and_the_serial_server(tmp_path, tiny_config):
     import serving
 
-    from lmjax import train
+    from lmjax.modes import train as train_mode
 
     tiny_config.train.update(num_steps=2, eval_every=2, sample_tokens=0)
-    train.train_and_evaluate(tiny_config, tmp_path / "run")
+    train_mode.run(tiny_config, tmp_path / "run")
     rows = serving.main(
         [f"--workdir={tmp_path / 'run'}", "--clients=1,2", "--requests=4", "--max-tokens=6", "--rounds=1"]
         + ["--prompt-chars=5", "--no-transformers", f"--out={tmp_path / 'serving.json'}"]

@@ -2,8 +2,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from lmjax import config as base_config
-from lmjax import objectives
 from lmjax.data import corpora, pipeline, tokenizers
+from lmjax.training import objectives
 
 
 def data_config(**kw):

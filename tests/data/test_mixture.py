@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 from etils import epath
 
-from lmjax import checkpoint, metrics, objectives, train
+from lmjax import checkpoint, metrics
 from lmjax import config as base_config
-from lmjax.data import corpora, mixture, pipeline, tokenizers
+from lmjax.data import mixture, pipeline, tokenizers
+from lmjax.modes import train as train_mode
+from lmjax.training import objectives
 
 
 def data_config(**kw):
@@ -30,7 +32,7 @@ def files(tmp_path_factory):
 
 def mixed(files, spec, cache_dir, **kw):
     data = data_config(mixture=spec.format(root=files), cache_dir=str(cache_dir), seq_len=8, **kw)
-    corpus = corpora.load(data)
+    corpus = mixture.load_corpus(data)
     tok = tokenizers.train("char", pipeline.tokenizer_texts(corpus, 0), 0)
     ds = pipeline.train_dataset(
         corpus, tok, data, objective=objectives.get("causal_lm"), batch_size=100, seed=0
@@ -70,7 +72,7 @@ def test_an_interrupted_run_resumes_with_the_same_batches_and_validates_each_sou
 ):
     tiny_config.data.update(text_files="", mixture=f"{files}/a.txt:3,{files}/b.txt:1")
     tiny_config.train.update(num_steps=6, checkpoint_every=3, eval_every=3, log_every=1, sample_tokens=0)
-    result = train.train_and_evaluate(tiny_config, tmp_path / "a")
+    result = train_mode.run(tiny_config, tmp_path / "a")
     uninterrupted = list(train_batches)
     assert {"eval/a/loss", "eval/b/loss", "eval/a/perplexity", "eval/b/accuracy"} <= set(result)
     weighted = 0.75 * result["eval/a/loss"] + 0.25 * result["eval/b/loss"]
@@ -78,9 +80,9 @@ def test_an_interrupted_run_resumes_with_the_same_batches_and_validates_each_sou
     logged = [r for r in metrics.read_jsonl(tmp_path / "a") if "eval/a/loss" in r]
     assert [r["step"] for r in logged] == [3, 6] and logged[-1]["eval/b/loss"] == result["eval/b/loss"]
 
-    crash(train.train_and_evaluate, tiny_config, tmp_path / "b", at_step=5)  # after the checkpoint of step 3
+    crash(train_mode.run, tiny_config, tmp_path / "b", at_step=5)  # after the checkpoint of step 3
     train_batches.clear()
-    resumed = train.train_and_evaluate(tiny_config, tmp_path / "b")
+    resumed = train_mode.run(tiny_config, tmp_path / "b")
     assert len(uninterrupted) == 6 and len(train_batches) == 3
     for a, b in zip(uninterrupted[3:], train_batches, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -90,7 +92,7 @@ def test_an_interrupted_run_resumes_with_the_same_batches_and_validates_each_sou
 def test_a_source_in_a_bucket(files, bucket, cache_dir):
     for letter in "ab":
         (epath.Path(bucket) / "mix" / f"{letter}.txt").write_text(lines(letter, 500))
-    corpus = corpora.load(
+    corpus = mixture.load_corpus(
         data_config(mixture=f"{bucket}/mix/*.txt:1,{files}/c.txt:1", cache_dir=str(cache_dir))
     )
     assert [s.name for s in corpus.sources] == ["mix", "c"]
@@ -112,7 +114,7 @@ def test_a_source_in_a_bucket(files, bucket, cache_dir):
 )
 def test_bad_mixtures_are_one_line(files, cache_dir, spec, says):
     with pytest.raises(ValueError, match=says):
-        corpora.load(data_config(mixture=spec.format(root=files), cache_dir=str(cache_dir)))
+        mixture.load_corpus(data_config(mixture=spec.format(root=files), cache_dir=str(cache_dir)))
 
 
 def test_a_mixture_replaces_the_single_corpus_settings(files):
@@ -124,7 +126,7 @@ def test_a_tfds_catalog_source(files, cache_dir):
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=7):
-        corpus = corpora.load(
+        corpus = mixture.load_corpus(
             data_config(mixture=f"lm1b:1,{files}/a.txt:1", eval_split="test", cache_dir=str(cache_dir))
         )
     assert [(s.name, len(s.corpus.train)) for s in corpus.sources][0] == ("lm1b", 7)

@@ -12,10 +12,12 @@ import pytest
 lm_eval = pytest.importorskip("lm_eval", reason="make test installs lm-evaluation-harness")
 torch = pytest.importorskip("torch", reason="make test installs torch")
 
-from lmjax import config as config_lib  # noqa: E402
-from lmjax import metrics, pretrained, train  # noqa: E402
+from lmjax import metrics  # noqa: E402
 from lmjax.evaluation import harness  # noqa: E402
 from lmjax.evaluation.lm import LmjaxLM  # noqa: E402
+from lmjax.modes import harness as harness_mode  # noqa: E402
+from lmjax.modes import train as train_mode  # noqa: E402
+from lmjax.training import pretrained  # noqa: E402
 from tests.serving.conftest import running_server  # noqa: E402
 
 MODEL = "tiny-llama"
@@ -84,13 +86,10 @@ def test_local_completions_scores_each_sample_as_transformers(served, hf_llama):
 
 def test_the_in_process_lm_scores_as_the_server_for_every_kind_of_request(served, hf_llama):
     pre = pretrained.load(str(hf_llama[0]))
-    model_config = config_lib.base().model
-    model_config.update(pre.model_config.to_dict())
-    from flax import nnx
-
+    model_config = pretrained.model_config_of(pre)
     from lmjax import models
 
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.build(model_config, nnx.Rngs(0))))
+    graphdef = models.graphdef(model_config)
     here = run(LmjaxLM(graphdef, pre.params(), pre.tokenizer, max_len=model_config.max_len, batch_size=4))
     for task in ("rt_sentiment", "shakespeare_ppl"):  # multiple choice; rolling windows of 128 tokens
         ours, theirs = responses(here, task), responses(served, task)
@@ -108,7 +107,7 @@ def test_mode_harness_scores_a_hugging_face_directory_into_results_json(
     chat_config.update(mode="harness")
     chat_config.finetune.init = str(hf_llama[0])
     chat_config.harness.update(tasks="rt_sentiment", include_path="experiments/harness", limit=2)
-    result = harness.run(chat_config, tmp_path)
+    result = harness_mode.run(chat_config, tmp_path)
     assert json.loads((tmp_path / "results.json").read_text()) == result
     assert (
         0 <= result["harness/rt_sentiment/acc"] <= 1 and "harness/rt_sentiment/acc" in capsys.readouterr().out
@@ -120,7 +119,7 @@ def test_mode_harness_scores_a_hugging_face_directory_into_results_json(
 def test_train_harness_tasks_writes_harness_metrics(chat_config, tmp_path):
     chat_config.train.update(num_steps=2, eval_every=1, harness_tasks="rt_sentiment", harness_every=1)
     chat_config.harness.update(include_path="experiments/harness", limit=4)
-    train.train_and_evaluate(chat_config, tmp_path)
+    train_mode.run(chat_config, tmp_path)
     rows = [r for r in metrics.read_jsonl(tmp_path) if "harness/rt_sentiment/acc" in r]
     assert [r["step"] for r in rows] == [1, 2] and all(0 <= r["harness/rt_sentiment/acc"] <= 1 for r in rows)
     assert (
@@ -139,11 +138,11 @@ def test_without_the_harness_it_says_what_to_install(chat_config, tmp_path, monk
     with pytest.raises(
         ValueError, match=r"mode=harness needs lm-evaluation-harness: pip install 'lmjax\[eval\]'"
     ):
-        harness.run(chat_config, tmp_path)
+        harness_mode.run(chat_config, tmp_path)
     chat_config.update(mode="train")
     chat_config.train.harness_tasks = "rt_sentiment"
     with pytest.raises(ValueError, match=r"train.harness_tasks needs lm-evaluation-harness"):
-        train.train_and_evaluate(chat_config, tmp_path / "train")
+        train_mode.run(chat_config, tmp_path / "train")
 
 
 @pytest.mark.slow  # fine-tuning with the harness at two steps (a minute)
@@ -151,7 +150,7 @@ def test_finetune_harness_tasks_score_the_backbone(hf_llama, tiny_config, tmp_pa
     """Fine-tuning a task head on the Hugging Face Llama with its backbone at learning rate 0: the harness
     scores taken during the run are mode=harness's on the directory itself."""
     from experiments.configs import finetune_bert_mlm
-    from lmjax import finetune
+    from lmjax.modes import finetune as finetune_mode
 
     c = finetune_bert_mlm.get_config("smoke")
     c.data.update(tiny_config.data.to_dict() | dict(batch_size=8, seq_len=32))
@@ -161,12 +160,12 @@ def test_finetune_harness_tasks_score_the_backbone(hf_llama, tiny_config, tmp_pa
     c.optim.update(learning_rate=0.0, head_learning_rate=1e-2)
     c.finetune.init = str(hf_llama[0])
     c.harness.update(include_path="experiments/harness", limit=2)
-    result = finetune.run(c, tmp_path / "finetune")
+    result = finetune_mode.run(c, tmp_path / "finetune")
     metric = "harness/shakespeare_ppl/word_perplexity"
     rows = [r for r in metrics.read_jsonl(tmp_path / "finetune") if metric in r]
     assert [r["step"] for r in rows] == [2, 4] and result[metric] == rows[-1][metric]
 
     c.update(mode="harness")
     c.harness.tasks = "shakespeare_ppl"
-    base = harness.run(c, tmp_path / "base")
+    base = harness_mode.run(c, tmp_path / "base")
     assert [r[metric] for r in rows] == pytest.approx([base[metric]] * 2, rel=1e-5)

@@ -194,7 +194,7 @@ CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 def smollm2(tmp_path_factory):
     """(file, transformers model and tokenizer read from it, an ordinary Hugging Face directory of the same
     weights written as ../shared/DATA.md says)."""
-    from lmjax import pretrained
+    from lmjax.training import pretrained
 
     path = pretrained.init_path(pretrained.SMOLLM2)
     kw = dict(gguf_file=path.name, dtype=torch.float32)
@@ -216,7 +216,7 @@ def smollm2(tmp_path_factory):
 def test_smollm2_logits_and_greedy_decoding_match_transformers(smollm2):
     from flax import nnx
 
-    from lmjax import decode
+    from lmjax.models import decode
 
     path, ref, ref_tok, directory = smollm2
     model, model_config, tok = lm_gguf.load(path)
@@ -265,7 +265,7 @@ def test_sample_mode_answers_a_chat_message_with_smollm2(tmp_path):
 def test_a_gguf_file_as_finetune_init_is_scored_like_its_weights_in_a_hugging_face_directory(
     hf_llama, tiny_config, tmp_path
 ):
-    from lmjax import score
+    from lmjax.modes import eval as eval_mode
 
     path = write_gguf(tmp_path / "m.gguf", tiny_model(hf_llama, "llama"), hf_llama[0])
     model, model_config, tok = lm_gguf.load(path)
@@ -276,6 +276,6 @@ def test_a_gguf_file_as_finetune_init_is_scored_like_its_weights_in_a_hugging_fa
     results = {}
     for init in (path, tmp_path / "as_hf"):
         tiny_config.finetune.init = str(init)
-        results[init.name] = score.run(tiny_config, tmp_path / f"eval_{init.name}")
+        results[init.name] = eval_mode.run(tiny_config, tmp_path / f"eval_{init.name}")
     assert np.isfinite(results["m.gguf"]["eval/loss"])
     np.testing.assert_allclose(results["m.gguf"]["eval/loss"], results["as_hf"]["eval/loss"], rtol=1e-6)

@@ -159,7 +159,7 @@ def packed_decoder_row() -> dict:
 
 @pytest.mark.parametrize("positions", ["learned", "rotary", "sinusoidal"])
 def test_a_packed_decoder_row_gives_each_document_its_logits_and_loss_alone(positions):
-    from lmjax import losses
+    from lmjax.training import losses
 
     model = models.build(model_config(max_len=ROW, positions=positions), nnx.Rngs(0))
     row = packed_decoder_row()
@@ -183,8 +183,8 @@ def test_a_packed_encoder_decoder_row_gives_each_document_its_logits_and_loss_al
     each document's decoder logits equal those of its example alone."""
     import grain
 
-    from lmjax import losses
     from lmjax.data import spans
+    from lmjax.training import losses
 
     class Tok:
         eos_id = 1

@@ -6,8 +6,8 @@ from flax import nnx
 
 from experiments.configs import bert_mlm, shakespeare_char, t5_span
 from lmjax import models
-from lmjax.data import task_pipeline
 from lmjax.models import heads
+from lmjax.tasks import pipeline as task_pipeline
 
 
 def test_pooling_reads_only_real_tokens():

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lmjax import losses
 from lmjax.models import GloVe, Word2Vec
+from lmjax.training import losses
 
 
 def sigmoid(x):

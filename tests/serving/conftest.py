@@ -30,14 +30,14 @@ def chat_config(corpus_file, cache_dir, hf_llama):
 @pytest.fixture(scope="session")
 def chat_workdir(tmp_path_factory, corpus_file, cache_dir, hf_llama):
     """A workdir holding a tiny GPT trained 30 steps; its tokenizer has a chat template and an EOS token."""
-    from lmjax import train
+    from lmjax.modes import train as train_mode
 
     c = shakespeare_char.get_config("tiny")
     c.data.update(text_files=str(corpus_file), cache_dir=str(cache_dir), tokenizer_path=str(hf_llama[0]))
     c.model.max_len = 64
     c.train.update(num_steps=30, sample_tokens=0)
     workdir = tmp_path_factory.mktemp("chat_lm") / "tiny-chat"
-    train.train_and_evaluate(c, workdir)
+    train_mode.run(c, workdir)
     return workdir
 
 

@@ -11,8 +11,9 @@ import pytest
 from flax import nnx
 from ml_collections import ConfigDict
 
-from lmjax import sample
-from lmjax.serving import export, quantize
+from lmjax.modes import export as export_mode
+from lmjax.serving import quantize
+from lmjax.training import pretrained
 
 PROMPTS = {2: [[5, 9, 14, 3, 7], [8, 2]], 3: [[4, 4, 4], [11, 12, 13, 14, 15, 16, 17], [6]]}
 NEXT = [13, 7, 21]  # the token each row continues with for the step
@@ -48,7 +49,7 @@ np.savez(sys.argv[4], **out)
 
 def live_logits(config, workdir, rows, quantized=False):
     """Next-token logits of the live model's full forward pass after each row."""
-    graphdef, params, _, _ = sample.load(config, workdir)
+    graphdef, params, _, _ = pretrained.load_decoder(config, workdir)
     if quantized:
         params = quantize.dequantize(quantize.quantize(params.to_pure_dict()))
     model = nnx.merge(graphdef, params)
@@ -66,7 +67,7 @@ def test_exported_logits_equal_the_live_model(chat_workdir, chat_config, hf_llam
         config = configs[name] = ConfigDict(chat_config.to_dict())
         config.serve.update(export_dir=str(tmp_path / name), quantize="int8" if quantized else "", max_len=64)
         config.finetune.init = str(hf_llama[0]) if hf else ""
-        directories[name] = str(export.export(config, chat_workdir))
+        directories[name] = str(export_mode.run(config, chat_workdir))
         manifest = json.loads((tmp_path / name / "manifest.json").read_text())
         assert manifest["quantize"] == config.serve.quantize and manifest["max_len"] == 64
     out = tmp_path / "exported.npz"
@@ -90,13 +91,13 @@ def test_export_replaces_an_export_but_never_other_files(chat_workdir, chat_conf
     (other / "keep.txt").write_text("mine")
     config.serve.export_dir = str(other)
     with pytest.raises(InputError, match="is not empty and holds no export; choose a new serve.export_dir"):
-        export.export(config, chat_workdir)
+        export_mode.run(config, chat_workdir)
     assert (other / "keep.txt").read_text() == "mine"
     config.serve.export_dir = str(tmp_path / "export")
-    first = export.export(config, chat_workdir)
+    first = export_mode.run(config, chat_workdir)
     (first / "stale.txt").write_text("old")
     config.serve.quantize = "int8"
-    second = export.export(config, chat_workdir)
+    second = export_mode.run(config, chat_workdir)
     assert second == first and not (second / "stale.txt").exists()
     assert json.loads((second / "manifest.json").read_text())["quantize"] == "int8"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "results"]  # no staging left behind

@@ -138,12 +138,12 @@ def test_the_api_key_is_required_when_set(url):
 
 def test_a_non_loopback_host_without_a_key_is_refused_before_loading(chat_config, monkeypatch, tmp_path):
     from lmjax.errors import InputError
-    from lmjax.serving import server
+    from lmjax.modes import serve as serve_mode
 
     monkeypatch.delenv("LMJAX_API_KEY", raising=False)
     chat_config.serve.host = "0.0.0.0"
     with pytest.raises(InputError) as refused:
-        server.serve(chat_config, tmp_path / "no-run-needed")
+        serve_mode.run(chat_config, tmp_path / "no-run-needed")
     assert str(refused.value) == (
         "serve.host='0.0.0.0' is reachable from other machines: put an API key in the environment "
         "variable LMJAX_API_KEY (clients send 'Authorization: Bearer <key>') or serve on 127.0.0.1"
