@@ -7,6 +7,10 @@ PYTHON ?= $(shell for p in python3.12 python3.13 $$HOME/.pyenv/versions/3.1[23]*
 	$$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
 PY := $(VENV)/bin/python
+# uv installs the pinned sets (the same pins as pip would; from its cache, a fresh clone's .venv takes seconds,
+# not pip's minutes)
+UV_PIN := uv==0.13.10
+UV := $(VENV)/bin/uv pip install --quiet --python $(PY)
 WORKDIR ?= workdirs/demo
 WHEELS ?= accelerator-wheels
 
@@ -16,14 +20,14 @@ $(VENV)/.runtime: requirements.txt requirements-nodeps.txt
 	@test -n "$(PYTHON)" || { echo "error: no Python >= 3.12 found; install python3.12 or set PYTHON=" >&2; exit 1; }
 	$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
 		|| { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --upgrade pip "$(UV_PIN)"
+	$(UV) -r requirements.txt
+	$(UV) --no-deps -r requirements-nodeps.txt
 	touch $@
 
 $(VENV)/.test: requirements-test.txt requirements-aot.txt $(VENV)/.runtime
-	$(PY) -m pip install --quiet -r requirements-test.txt
-	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/tpu-compiler -r requirements-aot.txt
+	$(UV) -r requirements-test.txt
+	$(UV) --no-deps --upgrade --target $(VENV)/tpu-compiler -r requirements-aot.txt
 	touch $@
 
 demo: $(VENV)/.runtime
@@ -33,7 +37,7 @@ test: $(VENV)/.test
 	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --durations=30
 
 test-slow: $(VENV)/.test
 	$(PY) -m pytest -q -m slow
