@@ -7,10 +7,10 @@ PYTHON ?= $(shell for p in python3.12 python3.13 $$HOME/.pyenv/versions/3.1[23]*
 	$$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
 PY := $(VENV)/bin/python
-# uv installs the pinned sets (the same pins as pip would; from its cache, a fresh clone's .venv takes seconds,
+# uv installs the pinned sets, compiled to bytecode as pip does (from its cache, a fresh clone's .venv takes seconds,
 # not pip's minutes)
 UV_PIN := uv==0.13.10
-UV := $(VENV)/bin/uv pip install --quiet --python $(PY)
+UV := $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY)
 WORKDIR ?= workdirs/demo
 WHEELS ?= accelerator-wheels
 

@@ -108,7 +108,11 @@ def read_jsonl(workdir: epath.PathLike) -> list[dict]:
     path = epath.Path(workdir) / JSONL
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):  # read while a live run rewrites the file: its last line is cut
+        lines.pop()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def plot_losses(workdir: epath.PathLike) -> epath.Path:

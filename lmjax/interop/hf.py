@@ -565,7 +565,7 @@ def from_tensors(
     make_config, make_rows = ARCHITECTURES[arch]
     model_config = base_config.base().model
     model_config.update(make_config(hf_config, hf, arch))
-    model = models.build(model_config, nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: models.build(model_config, nnx.Rngs(0)))  # every parameter is filled below
     params = nnx.state(model, nnx.Param)
     flat = {".".join(map(str, path)): var for path, var in params.flat_state()}
     filled = set()
