@@ -19,14 +19,28 @@ def build(family="decoder", **kw):
     return models.build(c, nnx.Rngs(0))
 
 
+# The references are compiled (one program each, not one per operation and shape), as decoding is.
+prefill = nnx.jit(decode._prefill, static_argnums=3)
+step = nnx.jit(decode._step)
+forward = nnx.jit(lambda model, *args, **kw: model(*args, **kw))
+
+
+def full_logits(model, tokens):
+    """The causal model's logits at each of `tokens`, computed on the row right-padded to model.max_len (one
+    shape for every length: a position sees only the tokens before it)."""
+    row = np.zeros((1, model.max_len), np.int32)
+    row[0, : len(tokens)] = tokens
+    return forward(model, jnp.asarray(row))[0, : len(tokens)]
+
+
 def cached_logits(model, prompts, continuation_BN):
     """Prefill left-padded prompts, then feed known tokens one by one: the logits after each step."""
     prefix, mask = decode.pad(prompts)
     P, N = prefix.shape[1], continuation_BN.shape[1]
-    logits, state = decode._prefill(model, jnp.asarray(prefix), jnp.asarray(mask), P + N, None, None)
+    logits, state = prefill(model, jnp.asarray(prefix), jnp.asarray(mask), P + N, None, None)
     out = [logits]
     for i in range(N - 1):
-        logits, state = decode._step(model, jnp.asarray(continuation_BN[:, i]), state, P + i, None)
+        logits, state = step(model, jnp.asarray(continuation_BN[:, i]), state, P + i, None)
         out.append(logits)
     return np.stack(out, axis=1)
 
@@ -50,7 +64,7 @@ def test_kv_cache_decoding_matches_the_full_forward_for_prompts_of_different_len
     cont = rng.integers(1, V, (3, 5)).astype(np.int32)
     got = cached_logits(model, prompts, cont)
     for b, p in enumerate(prompts):
-        full = model(jnp.asarray(np.concatenate([p, cont[b]])[None]))[0]
+        full = full_logits(model, np.concatenate([p, cont[b]]))
         np.testing.assert_allclose(got[b], full[p.size - 1 : p.size + 4], atol=1e-5, rtol=1e-5)
 
 
@@ -63,14 +77,12 @@ def test_encoder_decoder_cached_decoding_matches_the_full_forward():
     targets = rng.integers(1, V, (2, 6)).astype(np.int32)
     enc, enc_mask = decode.pad(inputs, left=False)
     dec_in = np.concatenate([np.zeros((2, 1), np.int32), targets[:, :-1]], axis=1)
-    full = model(jnp.asarray(enc), jnp.asarray(dec_in), mask_BS=jnp.asarray(enc_mask))
+    full = forward(model, jnp.asarray(enc), jnp.asarray(dec_in), mask_BS=jnp.asarray(enc_mask))
     start = jnp.zeros((2, 1), jnp.int32)
-    logits, state = decode._prefill(
-        model, start, jnp.ones((2, 1), bool), 6, jnp.asarray(enc), jnp.asarray(enc_mask)
-    )
+    logits, state = prefill(model, start, jnp.ones((2, 1), bool), 6, jnp.asarray(enc), jnp.asarray(enc_mask))
     got = [logits]
     for i in range(5):
-        logits, state = decode._step(model, jnp.asarray(targets[:, i]), state, 1 + i, jnp.asarray(enc_mask))
+        logits, state = step(model, jnp.asarray(targets[:, i]), state, 1 + i, jnp.asarray(enc_mask))
         got.append(logits)
     np.testing.assert_allclose(np.stack(got, 1), full, atol=1e-5, rtol=1e-5)
 
@@ -78,7 +90,7 @@ def test_encoder_decoder_cached_decoding_matches_the_full_forward():
 def greedy_reference(model, prompt, n, eos=None):
     tokens = list(prompt)
     for _ in range(n):
-        nxt = int(jnp.argmax(model(jnp.asarray([tokens]))[0, -1]))
+        nxt = int(jnp.argmax(full_logits(model, tokens)[-1]))
         tokens.append(nxt)
         if nxt == eos:
             break
