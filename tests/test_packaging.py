@@ -142,7 +142,8 @@ def test_wheel_installs_apart_and_trains_a_config_given_by_path(tmp_path, corpus
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
         check=True,
     )
-    assert not (site / "experiments").exists() and (site / "lmjax" / "train.py").is_file()
+    assert not (site / "experiments").exists()
+    assert all((site / "lmjax" / p).is_file() for p in ("main.py", "modes/train.py", "training/pretrain.py"))
     away = tmp_path / "elsewhere"
     away.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
