@@ -7,10 +7,12 @@ PYTHON ?= $(shell for p in python3.12 python3.13 $$HOME/.pyenv/versions/3.1[23]*
 	$$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
 PY := $(VENV)/bin/python
-# uv installs the pinned sets, compiled to bytecode as pip does (from its cache, a fresh clone's .venv takes seconds,
-# not pip's minutes)
+# uv installs the pinned sets (from its cache, a fresh clone's .venv takes seconds, not pip's minutes). It does
+# not compile them to bytecode, as pip does: Python does, once for each module it imports, which it is let do here
+# (an empty PYTHONDONTWRITEBYTECODE is unset) so that the suite's many processes do not each parse every module.
 UV_PIN := uv==0.13.10
-UV := $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY)
+UV := $(VENV)/bin/uv pip install --quiet --python $(PY)
+export PYTHONDONTWRITEBYTECODE =
 WORKDIR ?= workdirs/demo
 WHEELS ?= accelerator-wheels
 

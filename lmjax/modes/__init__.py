@@ -1,2 +1,2 @@
-"""One module per --config.mode, each with `run(config, workdir, ...)`: the leaves that main.py dispatches to.
-Nothing in lmjax imports them."""
+"""One module per --config.mode, each with `run(config, workdir, ...)`: the leaves that main.py dispatches to;
+no other lmjax module imports them."""
