@@ -17,8 +17,7 @@ from lmjax.tasks import catalog, qa_windows
 from lmjax.tasks import generate as task_generate
 from lmjax.tasks import pipeline as task_pipeline
 from lmjax.tasks import predictions as task_metrics
-from lmjax.training import evaluator, loop, lora, losses
-from lmjax.training.finetune import task_batching
+from lmjax.training import evaluator, finetune, loop, lora, losses
 
 
 def evaluate_task(
@@ -36,7 +35,7 @@ def evaluate_task(
     if task.kind:
         return predict_task(engine, params, task, tok, head, split, workdir)
     totals = None
-    for batch in task_pipeline.eval_batches(task, tok, split, **task_batching(engine, tok, head)):
+    for batch in task_pipeline.eval_batches(task, tok, split, **finetune.task_batching(engine, tok, head)):
         stats = engine.eval_step(params, sharding.global_batch(batch, engine.layout))
         totals = evaluator.add(totals, stats)
     return {f"{split}/{k}": float(v) for k, v in losses.summarize(totals).items() if k != "perplexity"}
@@ -53,7 +52,7 @@ def predict_task(
 ) -> dict:
     """The loss and the library metrics of every prediction of a task from files, in the split's order (the
     generation kinds: the loss teacher-forced, the predictions generated)."""
-    batching = task_batching(engine, tok, head)
+    batching = finetune.task_batching(engine, tok, head)
     source = task.sources[split]
     rows = task_pipeline.eval_rows(len(source), batching["batch_size"], batching["shard_count"])
     encode = task_pipeline.Encode(task, tok, batching["seq_len"], head)
